@@ -1,0 +1,24 @@
+# The README's two commands: `make demo` and `make test`. Both build .venv with a Python >= 3.12 first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	@python=$$(scripts/find-python) && echo "using $$python" && "$$python" -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/ppgen demo --out runs/demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/svi_overhead.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,12 @@
+"""ppgen: deep generative models as explicit Pyro programs, with one inference layer for all."""
+
+from ppgen.data import load_dataset
+from ppgen.inference import FitResult, LikelihoodResult, fit, log_likelihood
+from ppgen.models import VAE, GenerativeModel, IndependentBernoulli
+
+__version__ = "0.1.0"
+__all__ = [
+    "load_dataset",
+    "fit", "FitResult", "log_likelihood", "LikelihoodResult",
+    "GenerativeModel", "IndependentBernoulli", "VAE",
+]

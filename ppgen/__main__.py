@@ -1,0 +1,3 @@
+from ppgen.cli import main
+
+raise SystemExit(main())

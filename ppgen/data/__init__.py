@@ -1,0 +1,147 @@
+"""Data sets: the embedded binarized digits, binarized MNIST, and torchvision's MNIST.
+
+Every loader returns a :class:`Dataset` ``(x, y)``: ``x`` a float tensor (N, 784) of 0/1
+values and ``y`` the labels (int64, (N,)) or None where the set has none.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+__all__ = ["load_dataset", "Dataset", "DynamicBinarization", "DATASETS", "SPLITS"]
+
+DATASETS = ("digits", "binarized_mnist", "mnist")
+SPLITS = ("train", "valid", "test")
+MNIST_VALID_SIZE = 10_000  # the last 10,000 MNIST training images, as in binarized MNIST
+
+
+class Dataset(NamedTuple):
+    """Rows ``x`` (N, D) and labels ``y`` (N,) or None. Unpacks as ``x, y = dataset``."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None
+
+
+class DynamicBinarization:
+    """Grey-level images whose pixels are drawn afresh from Bernoulli(intensity) when indexed.
+
+    Indexing with a tensor of row indices returns a float tensor of 0/1 values; ``fit`` draws
+    each minibatch this way, so every epoch sees a new binarization (dynamic binarization).
+    """
+
+    def __init__(self, intensities: torch.Tensor):
+        if intensities.dim() != 2 or intensities.min() < 0 or intensities.max() > 1:
+            raise ValueError("intensities must be a (N, D) tensor of values in [0, 1]")
+        self.intensities = intensities
+        self.shape = intensities.shape
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        return torch.bernoulli(self.intensities[idx])
+
+    def check_rows(self, dim: int | None, name: str) -> None:
+        if dim is not None and self.shape[1] != dim:
+            raise ValueError(f"{name} has {self.shape[1]} columns, but the model expects {dim}")
+
+
+def load_dataset(name: str, split: str = "train", *, root: str | os.PathLike | None = None,
+                 binarize: str = "static", download: bool = False) -> Dataset:
+    """Load a binary image data set as float tensors.
+
+    Parameters
+    ----------
+    name : {"digits", "binarized_mnist", "mnist"}
+        ``"digits"``: shipped with ppgen (10,000 train / 1,000 valid / 2,000 test labelled
+        28x28 digits from MNIST, each pixel sampled once from Bernoulli(intensity/255) with a
+        fixed seed by ``scripts/make_digits.py``). ``"binarized_mnist"``: the statically
+        binarized MNIST of Larochelle & Murray (2011), 50,000 / 10,000 / 10,000 rows without
+        labels, from ``root`` or ``$PPGEN_DATA``. ``"mnist"``: torchvision's MNIST from
+        ``root`` (50,000 / 10,000 / 10,000 with the last 10,000 training images as
+        ``valid``), binarized as ``binarize`` says.
+    split : {"train", "valid", "test"}
+    root : path, optional
+        Folder holding ``binarized_mnist.npz`` or ``MNIST/raw/``. Defaults to ``$PPGEN_DATA``.
+    binarize : {"static", "dynamic"}
+        For ``"mnist"``: threshold intensities at 0.5 once (static), or return a
+        :class:`DynamicBinarization` that resamples Bernoulli(intensity) whenever it is read.
+    download : bool
+        For ``"mnist"``: let torchvision download the files when missing (needs internet).
+
+    Examples
+    --------
+    >>> x, y = load_dataset("digits", "valid")
+    >>> x.shape, x.dtype, y[:5].tolist()
+    (torch.Size([1000, 784]), torch.float32, [0, 1, 3, 1, 0])
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choices: {', '.join(DATASETS)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choices: {', '.join(SPLITS)}")
+    if binarize not in ("static", "dynamic"):
+        raise ValueError(f"binarize must be 'static' or 'dynamic', got {binarize!r}")
+    if binarize == "dynamic" and name != "mnist":
+        raise ValueError(f"{name!r} is binarized already; binarize='dynamic' needs name='mnist'")
+    if name == "digits":
+        return _load_digits(split)
+    folder = _data_root(root)
+    if name == "binarized_mnist":
+        return _load_binarized_mnist(folder, split)
+    return _load_mnist(folder, split, binarize, download)
+
+
+def _load_digits(split: str) -> Dataset:
+    with resources.files("ppgen.data").joinpath("digits.npz").open("rb") as f, np.load(f) as arrays:
+        pixels = np.unpackbits(arrays[f"{split}_x"], axis=1, count=784)
+        labels = arrays[f"{split}_y"]
+    return Dataset(torch.from_numpy(pixels).float(), torch.from_numpy(labels.astype(np.int64)))
+
+
+def _data_root(root) -> Path:
+    root = root if root is not None else os.environ.get("PPGEN_DATA")
+    if root is None:
+        raise ValueError("this data set is read from disk: pass root=FOLDER or set PPGEN_DATA=FOLDER "
+                         "(the folder holding binarized_mnist.npz and MNIST/raw/)")
+    return Path(root).expanduser()
+
+
+def _load_binarized_mnist(folder: Path, split: str) -> Dataset:
+    path = folder / "binarized_mnist.npz"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"binarized MNIST: {path} not found (looked in root={folder}). It is one .npz with "
+            "uint8 arrays train_x (50000, 784), valid_x and test_x (10000, 784), made from "
+            "Larochelle & Murray's binarized_mnist_{train,valid,test}.amat; see the data README.")
+    with np.load(path) as arrays:
+        key = f"{split}_x"
+        if key not in arrays:
+            raise ValueError(f"{path} has no array {key!r} (it has {sorted(arrays.files)})")
+        pixels = arrays[key]
+    return Dataset(torch.from_numpy(pixels.astype(np.float32)), None)
+
+
+def _load_mnist(folder: Path, split: str, binarize: str, download: bool) -> Dataset:
+    from torchvision.datasets import MNIST
+
+    raw = folder / "MNIST" / "raw"
+    needed = "t10k-images-idx3-ubyte" if split == "test" else "train-images-idx3-ubyte"
+    if not download and not (raw / needed).is_file():
+        raise FileNotFoundError(
+            f"MNIST: {raw / needed} not found (looked in root={folder}). Put the four decompressed "
+            "idx files in ROOT/MNIST/raw/, or pass download=True where the internet is reachable.")
+    data = MNIST(root=str(folder), train=split != "test", download=download)
+    images, labels = data.data.reshape(-1, 784), data.targets
+    if split != "test":
+        keep = slice(None, -MNIST_VALID_SIZE) if split == "train" else slice(-MNIST_VALID_SIZE, None)
+        images, labels = images[keep], labels[keep]
+    intensities = images.float() / 255.0
+    if binarize == "dynamic":
+        return Dataset(DynamicBinarization(intensities), labels)
+    return Dataset((intensities > 0.5).float(), labels)

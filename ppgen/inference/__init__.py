@@ -1,0 +1,6 @@
+"""The inference layer: fit, score and diagnose any ppgen model or Pyro program."""
+
+from ppgen.inference.likelihood import LikelihoodResult, log_likelihood
+from ppgen.inference.svi import ELBOS, FitResult, NonFiniteLossError, fit
+
+__all__ = ["fit", "FitResult", "NonFiniteLossError", "ELBOS", "log_likelihood", "LikelihoodResult"]

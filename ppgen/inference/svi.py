@@ -1,0 +1,467 @@
+"""fit(): stochastic variational inference for every ppgen model and for plain Pyro programs."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+from torch import nn
+from tqdm.auto import tqdm
+
+from ppgen.inference._programs import (
+    Program,
+    ScaleDataPlate,
+    as_program,
+    as_xy,
+    batch_rows,
+    call_args,
+    log_weights,
+    logmeanexp,
+    max_plate_nesting,
+    resolve_device,
+    sample_sites,
+)
+from ppgen.inference.checkpoint import CHECKPOINT_NAME, FORMAT, load_checkpoint, save_atomic
+from ppgen.models.base import local_params
+
+__all__ = ["fit", "FitResult", "NonFiniteLossError", "Objective", "ELBOS"]
+
+ELBOS = ("trace", "meanfield", "enum", "graph", "iwae")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or a gradient became NaN or infinite; ``step`` and ``site`` say where."""
+
+    def __init__(self, message: str, step: int, site: str | None):
+        super().__init__(message)
+        self.step = step
+        self.site = site
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What :func:`fit` did. ELBO figures are in nats per example (higher is better).
+
+    Attributes
+    ----------
+    model, guide
+        The trained model and guide (the guide is the autoguide ``fit`` built, if any).
+    losses : list of float
+        Negative ELBO estimate of every step, per example of the full data set.
+    train_elbo, valid_elbo : list of float
+        Per epoch: the mean training ELBO over the epoch's steps, and the validation ELBO
+        (empty without ``valid``).
+    epochs, steps : int
+        Epochs and optimisation steps completed in total (across resumes).
+    seconds, examples_per_second : float
+        Wall time of this call and training throughput (rows per second of step time).
+    stopped_early : bool
+    best_epoch : int or None
+        Epoch (1-based) of the best validation ELBO, whose parameters the model holds when
+        early stopping was on.
+    device : str
+    """
+
+    model: Any
+    guide: Any
+    losses: list[float]
+    train_elbo: list[float]
+    valid_elbo: list[float]
+    epochs: int
+    steps: int
+    seconds: float
+    examples_per_second: float
+    stopped_early: bool
+    best_epoch: int | None
+    device: str
+
+
+class Objective(nn.Module):
+    """Negative ELBO of a minibatch, scaled to the full data set.
+
+    An ``nn.Module`` owning the model's and guide's parameters, so a plain PyTorch optimiser
+    (or ``DistributedDataParallel``) can drive it. ``forward(x, y=None, scale=None)`` returns
+    a scalar tensor; ``scale`` defaults to ``data_size / len(x)``.
+    """
+
+    def __init__(self, program: Program, elbo: str = "trace", num_particles: int = 1, data_size: int = 1):
+        super().__init__()
+        if elbo not in ELBOS:
+            raise ValueError(f"elbo must be one of {ELBOS}, got {elbo!r}")
+        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
+            raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
+        self.program = program
+        self.owners = nn.ModuleList(program.modules)
+        self.elbo_name = elbo
+        self.num_particles = num_particles
+        self.data_size = data_size
+        vectorize = num_particles > 1 and elbo in ("trace", "meanfield", "graph", "enum")
+        self._pyro_elbo = {
+            "trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO,
+            "enum": TraceEnum_ELBO, "graph": TraceGraph_ELBO,
+        }.get(elbo, Trace_ELBO)(num_particles=num_particles, vectorize_particles=vectorize)
+        self._nesting: int | None = None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+        scale = self.data_size / x.shape[0] if scale is None else scale
+        if self._nesting is None:
+            self._nesting = max_plate_nesting(self.program, x, y)
+            self._pyro_elbo.max_plate_nesting = self._nesting
+        if self.elbo_name == "iwae":
+            log_w = log_weights(self.program, x, y, self.num_particles, self._nesting)  # (K, B)
+            return -scale * logmeanexp(log_w).sum()
+        model = ScaleDataPlate(scale)(self.program.model)
+        guide = ScaleDataPlate(scale)(self.program.guide)
+        if self.elbo_name == "graph":
+            # TraceGraph_ELBO has no differentiable_loss: take the loss value from the ELBO and
+            # the gradient from its surrogate (which includes the score-function terms).
+            elbo, surrogate = self._pyro_elbo._loss_and_surrogate_loss(model, guide, call_args(x, y), {})
+            surrogate = torch.as_tensor(surrogate)
+            return surrogate - surrogate.detach() - torch.as_tensor(elbo).detach()
+        return self._pyro_elbo.differentiable_loss(model, guide, *call_args(x, y))
+
+
+def fit(
+    model,
+    data,
+    *,
+    guide=None,
+    elbo: str = "trace",
+    num_particles: int = 1,
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    valid=None,
+    patience: int | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> FitResult:
+    """Fit a generative model by stochastic variational inference (Adam on the negative ELBO).
+
+    Parameters
+    ----------
+    model : GenerativeModel or callable
+        A ppgen model, or a plain Pyro model function ``model(x[, y])`` whose observations sit
+        in ``pyro.plate("data", len(x))``.
+    data : Tensor (N, D), array, or (x, y)
+        Training rows (and labels or conditions ``y``, passed to the model as its second
+        argument). ``ppgen.data.load_dataset`` output is accepted as it is.
+    guide : None, callable or str
+        The model's own guide (default), a guide function or module, or an autoguide name
+        (``"auto_normal"``, ``"auto_delta"``, ...).
+    elbo : {"trace", "meanfield", "enum", "graph", "iwae"}
+        ``Trace_ELBO``, ``TraceMeanField_ELBO`` (analytic KL where known), ``TraceEnum_ELBO``
+        (discrete latents summed out), ``TraceGraph_ELBO`` (score-function terms with
+        Rao-Blackwellisation), or the importance-weighted bound of Burda et al. (2016) per
+        example with ``num_particles`` samples.
+    num_particles : int
+        Samples per example (vectorised).
+    epochs, batch_size, lr
+        Passes over the data, rows per minibatch, Adam learning rate. Each minibatch's ELBO is
+        scaled by N / batch size inside the ``"data"`` plate only, so it estimates the full
+        data set's ELBO without bias even with global latent variables.
+    device : "auto", "cpu", "cuda", ...
+        ``"auto"`` takes CUDA when available. The model is moved there.
+    seed : int
+        Seeds the sampling and the data order. Same seed, same result on the same device.
+    valid : Tensor or (x, y), optional
+        Held-out rows: their ELBO is recorded after every epoch.
+    patience : int, optional
+        With ``valid``, stop after this many epochs without a better validation ELBO and
+        restore the parameters of the best epoch.
+    checkpoint_dir : path, optional
+        Write ``checkpoint.pt`` there after every epoch (atomically), when interrupted, and
+        when the loss becomes non-finite.
+    resume : bool
+        Continue from the checkpoint in ``checkpoint_dir``: the final parameters equal those
+        of an uninterrupted run (on the same device).
+    progress : bool
+        Show a progress bar (only when stderr is a terminal).
+
+    Returns
+    -------
+    FitResult
+
+    Raises
+    ------
+    NonFiniteLossError
+        When the loss or a gradient becomes NaN or infinite; the parameters keep their last
+        finite values and the message names the step and the site.
+
+    Examples
+    --------
+    >>> from ppgen.models import IndependentBernoulli
+    >>> x = torch.bernoulli(torch.full((100, 3), 0.25), generator=torch.Generator().manual_seed(0))
+    >>> result = fit(IndependentBernoulli(3), x, epochs=30, batch_size=100, lr=0.1, progress=False)
+    >>> len(result.losses), result.epochs
+    (30, 30)
+    """
+    _check_positive_int(epochs, "epochs")
+    _check_positive_int(batch_size, "batch_size")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if patience is not None:
+        _check_positive_int(patience, "patience")
+        if valid is None:
+            raise ValueError("patience (early stopping) needs valid= data")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir= (where the checkpoint is)")
+
+    program = as_program(model, guide)
+    x, y = as_xy(data, program, "data")
+    valid_xy = as_xy(valid, program, "valid") if valid is not None else None
+    device = resolve_device(device)
+    program.to(device)
+    n_rows = x.shape[0]
+    checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if checkpoint_path is not None and checkpoint_path.exists() and not resume:
+        raise ValueError(f"{checkpoint_path} already exists; pass resume=True to continue that run, "
+                         "or choose another checkpoint_dir")
+    config = {"num_rows": n_rows, "batch_size": batch_size, "seed": seed, "elbo": elbo,
+              "num_particles": num_particles}
+
+    start = time.perf_counter()
+    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    with local_params(*program.modules), torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(seed)
+        objective = Objective(program, elbo, num_particles, n_rows)
+        params = _collect_params(objective, *batch_rows(x, y, torch.arange(min(batch_size, n_rows)), device))
+        optimizer = torch.optim.Adam(params, lr=lr)
+        state = _TrainState()
+        if resume:
+            state = _restore(checkpoint_path, objective, params, optimizer, config)
+
+        batches_per_epoch = math.ceil(n_rows / batch_size)
+        bar = tqdm(total=epochs * batches_per_epoch, initial=state.step, unit="step",
+                   disable=not (progress and sys.stderr.isatty()), desc=_describe(program), leave=False)
+        step_seconds = 0.0
+        rows_seen = 0
+        stopped_early = False
+        try:
+            for epoch in range(state.epoch, epochs):
+                order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+                for b, idx in enumerate(order.split(batch_size)):
+                    if b < state.batch:
+                        continue  # resumed mid-epoch: these were done before the interruption
+                    xb, yb = batch_rows(x, y, idx, device)
+                    t0 = time.perf_counter()
+                    loss_value = _step(objective, optimizer, params, xb, yb, state, program, checkpoint_path,
+                                       config, epoch, b)
+                    step_seconds += time.perf_counter() - t0
+                    rows_seen += len(idx)
+                    state.losses.append(loss_value / n_rows)
+                    state.epoch_losses.append(loss_value / n_rows)
+                    state.step += 1
+                    state.batch = b + 1
+                    bar.update()
+                    if state.step % 25 == 0:
+                        bar.set_postfix(elbo=f"{-loss_value / n_rows:.3f}", refresh=False)
+                state.train_elbo.append(-sum(state.epoch_losses) / len(state.epoch_losses))
+                state.epoch_losses = []
+                state.epoch, state.batch = epoch + 1, 0
+                if valid_xy is not None:
+                    state.valid_elbo.append(_evaluate(objective, *valid_xy, batch_size, device, seed + epoch + 1))
+                    if state.best_elbo is None or state.valid_elbo[-1] > state.best_elbo:
+                        state.best_elbo, state.best_epoch = state.valid_elbo[-1], epoch + 1
+                        if patience is not None:
+                            state.best_state = _state_dicts(objective, params)
+                    elif patience is not None and epoch + 1 - state.best_epoch >= patience:
+                        stopped_early = True
+                if checkpoint_path is not None:
+                    _save(checkpoint_path, objective, params, optimizer, state, config)
+                if stopped_early:
+                    break
+        except KeyboardInterrupt:
+            if checkpoint_path is not None:
+                _save(checkpoint_path, objective, params, optimizer, state, config)
+            raise
+        finally:
+            bar.close()
+        if patience is not None and state.best_state is not None:
+            _load_state_dicts(objective, params, state.best_state)
+
+    return FitResult(
+        model=model,
+        guide=program.guide_module if program.guide_module is not None else program.guide,
+        losses=state.losses,
+        train_elbo=state.train_elbo,
+        valid_elbo=state.valid_elbo,
+        epochs=state.epoch,
+        steps=state.step,
+        seconds=time.perf_counter() - start,
+        examples_per_second=rows_seen / step_seconds if step_seconds > 0 else float("nan"),
+        stopped_early=stopped_early,
+        best_epoch=state.best_epoch,
+        device=str(device),
+    )
+
+
+@dataclasses.dataclass
+class _TrainState:
+    epoch: int = 0          # epochs completed
+    batch: int = 0          # batches completed in the current epoch
+    step: int = 0           # steps completed in total
+    losses: list[float] = dataclasses.field(default_factory=list)
+    epoch_losses: list[float] = dataclasses.field(default_factory=list)
+    train_elbo: list[float] = dataclasses.field(default_factory=list)
+    valid_elbo: list[float] = dataclasses.field(default_factory=list)
+    best_elbo: float | None = None
+    best_epoch: int | None = None
+    best_state: dict | None = None
+
+
+def _step(objective, optimizer, params, xb, yb, state, program, checkpoint_path, config, epoch, b) -> float:
+    """One optimisation step; refuses to apply a non-finite loss or gradient."""
+    rng = torch.get_rng_state()
+    loss = objective(xb, yb)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    loss_value, norm_value = torch.stack([loss.detach(), grad_norm.to(loss.dtype)]).tolist()
+    if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+        if checkpoint_path is not None:
+            _save(checkpoint_path, objective, params, optimizer, state, config)
+        torch.set_rng_state(rng)
+        site = _find_non_finite(objective, params, xb, yb)
+        what = f"the loss became {loss_value}" if not math.isfinite(loss_value) else \
+            f"the gradient norm became {norm_value} (loss {loss_value:.6g})"
+        saved = f"; a checkpoint of that state is in {checkpoint_path}" if checkpoint_path else ""
+        raise NonFiniteLossError(
+            f"{what} at step {state.step + 1} (epoch {epoch + 1}, batch {b + 1}); first non-finite: "
+            f"{site or 'not found when re-run'}. The parameters are kept as they were after step "
+            f"{state.step}{saved}. Try a smaller lr, or check the data and the model's scales.",
+            step=state.step + 1, site=site)
+    optimizer.step()
+    return loss_value
+
+
+def _find_non_finite(objective: Objective, params, x, y) -> str | None:
+    """Name the first parameter, gradient, sample or log-density that is not finite."""
+    names = {id(p): n for n, p in objective.owners.named_parameters()}
+    for p in params:
+        if not torch.isfinite(p).all():
+            return f"parameter {names.get(id(p), '?')!r}"
+    for p in params:
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return f"gradient of parameter {names.get(id(p), '?')!r}"
+    program = objective.program
+    with torch.no_grad(), poutine.block():
+        guide_trace = poutine.trace(program.guide).get_trace(*call_args(x, y))
+        model_trace = poutine.trace(poutine.replay(program.model, trace=guide_trace)).get_trace(*call_args(x, y))
+    for where, trace in (("guide", guide_trace), ("model", model_trace)):
+        for site in sample_sites(trace):
+            if not torch.isfinite(site["value"]).all():
+                return f"value of site {site['name']!r} in the {where}"
+            if not torch.isfinite(site["fn"].log_prob(site["value"])).all():
+                return f"log-density of site {site['name']!r} in the {where}"
+    return None
+
+
+def _collect_params(objective: Objective, x, y) -> list[torch.Tensor]:
+    """The tensors to optimise: the modules' parameters, then plain ``pyro.param`` sites.
+
+    Runs the objective once so that lazily created parameters (autoguides, ``pyro.param``)
+    exist before the optimiser is built.
+    """
+    with poutine.trace(param_only=True) as capture:
+        objective(x, y)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    known = {id(p) for p in params}
+    for site in capture.trace.nodes.values():
+        value = site["value"]
+        unconstrained = value.unconstrained() if hasattr(value, "unconstrained") else value
+        if id(unconstrained) not in known and unconstrained.requires_grad:
+            known.add(id(unconstrained))
+            params.append(unconstrained)
+    if not params:
+        raise ValueError("the model and guide have no parameters to fit")
+    return params
+
+
+def _evaluate(objective: Objective, x, y, batch_size: int, device, seed: int) -> float:
+    """ELBO per example on held-out rows (with a fixed seed, so it does not disturb training)."""
+    total = 0.0
+    with torch.no_grad(), torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for idx in torch.arange(x.shape[0]).split(batch_size):
+            total += objective(*batch_rows(x, y, idx, device), scale=1.0).item()
+    return -total / x.shape[0]
+
+
+def _describe(program: Program) -> str:
+    if program.generative_model is not None:
+        return f"fit {type(program.generative_model).__name__}"
+    return f"fit {getattr(program.model, '__name__', 'model')}"
+
+
+def _check_positive_int(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+def _param_names(objective: Objective, params) -> list[str]:
+    names = {id(p): n for n, p in objective.owners.named_parameters()}
+    store = pyro.get_param_store()
+    return [names.get(id(p)) or f"pyro.param:{store.param_name(p)}" for p in params]
+
+
+def _state_dicts(objective: Objective, params) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone().cpu() for name, p in zip(_param_names(objective, params), params)}
+
+
+def _load_state_dicts(objective: Objective, params, saved: dict[str, torch.Tensor]) -> None:
+    names = _param_names(objective, params)
+    missing = [n for n in names if n not in saved]
+    if missing or len(saved) != len(names):
+        raise ValueError(f"checkpoint parameters do not match the model: missing {missing[:5]}, "
+                         f"unexpected {sorted(set(saved) - set(names))[:5]}")
+    with torch.no_grad():
+        for name, p in zip(names, params):
+            if saved[name].shape != p.shape:
+                raise ValueError(f"checkpoint parameter {name!r} has shape {tuple(saved[name].shape)}, "
+                                 f"the model's has {tuple(p.shape)}")
+            p.copy_(saved[name])
+
+
+def _save(path: Path, objective, params, optimizer, state: _TrainState, config) -> None:
+    payload = {
+        "format": FORMAT,
+        "config": config,
+        "params": _state_dicts(objective, params),
+        "optimizer": optimizer.state_dict(),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "state": {k: v for k, v in dataclasses.asdict(state).items() if k != "best_state"},
+        "best_state": state.best_state,
+    }
+    save_atomic(payload, path)
+
+
+def _restore(path: Path, objective, params, optimizer, config) -> _TrainState:
+    payload = load_checkpoint(path)
+    for key, value in config.items():
+        if payload["config"].get(key) != value:
+            raise ValueError(f"cannot resume from {path}: it was written with {key}="
+                             f"{payload['config'].get(key)!r}, this call has {key}={value!r}")
+    _load_state_dicts(objective, params, payload["params"])
+    optimizer.load_state_dict(copy.deepcopy(payload["optimizer"]))
+    torch.set_rng_state(payload["rng"])
+    if payload["cuda_rng"]:
+        torch.cuda.set_rng_state_all(payload["cuda_rng"])
+    state = _TrainState(**payload["state"])
+    state.best_state = payload["best_state"]
+    return state

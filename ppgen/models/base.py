@@ -1,0 +1,172 @@
+"""The protocol every ppgen model follows.
+
+A model is a :class:`pyro.nn.PyroModule` with a ``model`` method telling the generative story
+p(x, z [| y]) and a ``guide`` method for q(z | x [, y]). Both are plain Pyro programs: they run
+under ``poutine.trace``, condition with ``pyro.condition`` and train with any ``pyro.infer``
+algorithm. ppgen's own inference keeps every model's parameters local to the model
+(:func:`local_params`), so two models never share parameters through Pyro's global store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import ClassVar, Iterator
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.nn import PyroModule, pyro_method
+
+__all__ = ["GenerativeModel", "local_params", "check_data", "num_rows"]
+
+
+class GenerativeModel(PyroModule):
+    """Base class: a generative story ``model`` and its amortised posterior ``guide``.
+
+    Subclasses define ``model(x=None, y=None, *, size=None)`` and, when they have latent
+    variables, ``guide(x=None, y=None, *, size=None)``. Observations sit inside
+    ``pyro.plate("data", n)`` in a site named ``"x"``. When ``x`` is None the model generates
+    ``size`` new rows (or one per label in ``y``).
+
+    Class attributes
+    ----------------
+    has_exact_likelihood : bool
+        True when :meth:`log_prob` computes log p(x) exactly.
+    data_support : str
+        ``"binary"`` (values in {0, 1}) or ``"real"``; checked by :meth:`check_data`.
+    """
+
+    has_exact_likelihood: ClassVar[bool] = False
+    data_support: ClassVar[str] = "binary"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # pyro_method makes parameters of submodules visible to Pyro's own optimisers
+        # (pyro.infer.SVI) when a user hands model/guide to plain Pyro.
+        for name in ("model", "guide"):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "_ppgen_pyro_method", False):
+                wrapped = pyro_method(method)
+                wrapped._ppgen_pyro_method = True
+                setattr(cls, name, wrapped)
+
+    def __init__(self, x_dim: int):
+        super().__init__()
+        if not isinstance(x_dim, int) or isinstance(x_dim, bool) or x_dim < 1:
+            raise ValueError(f"x_dim must be a positive int, got {x_dim!r}")
+        self.x_dim = x_dim
+
+    def model(self, x=None, y=None, *, size=None):
+        raise NotImplementedError
+
+    def guide(self, x=None, y=None, *, size=None):
+        """q(z | x): empty for fully observed models."""
+
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact log p(x) per row, shape (N,). Raises where it is intractable."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no exact likelihood; "
+            "use ppgen.inference.log_likelihood for an importance-sampled estimate"
+        )
+
+    @torch.no_grad()
+    def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``n`` new observations drawn from the generative story, shape (n, x_dim)."""
+        n = _check_count(n, "n")
+        with local_params(self):
+            trace = poutine.trace(self.model).get_trace(None, y, size=n)
+        return trace.nodes["x"]["value"]
+
+    @property
+    def num_parameters(self) -> int:
+        """Number of free scalar parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.parameters():
+            return tensor.device
+        for tensor in self.buffers():
+            return tensor.device
+        return torch.device("cpu")
+
+    def check_data(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+        """Validate ``x`` for this model (see :func:`check_data`)."""
+        return check_data(x, dim=self.x_dim, support=self.data_support, name=name)
+
+    def extra_repr(self) -> str:
+        return f"x_dim={self.x_dim}"
+
+
+def check_data(x, *, dim: int | None = None, support: str = "real", name: str = "x") -> torch.Tensor:
+    """Return ``x`` as a 2-D floating tensor, or raise naming what is wrong with it.
+
+    Nothing is coerced silently: integer or boolean data is refused (convert with
+    ``.float()``), NumPy arrays of floats are accepted as they are.
+    """
+    if hasattr(x, "__array__") and not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or a NumPy array, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must hold floats, got dtype {x.dtype}; convert it with .float()")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must have shape (N, D), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty: it has shape {tuple(x.shape)}")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{name} has {x.shape[1]} columns, but the model expects {dim}")
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        row, col = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{name} contains NaN or inf (first at row {row}, column {col})")
+    if support == "binary":
+        off = (x != 0) & (x != 1)
+        if off.any():
+            row, col = (int(i) for i in off.nonzero()[0])
+            raise ValueError(
+                f"{name} must hold only 0 and 1 for a Bernoulli likelihood; "
+                f"found {x[row, col].item():g} at row {row}, column {col}"
+            )
+    return x
+
+
+def num_rows(x=None, y=None, size=None) -> int:
+    """How many rows a model call covers: those of ``x``, else of ``y``, else ``size`` (default 1)."""
+    if x is not None:
+        return x.shape[0]
+    if y is not None:
+        return y.shape[0]
+    return 1 if size is None else size
+
+
+def _check_count(n, name: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{name} must be a positive int, got {n!r}")
+    return n
+
+
+@contextlib.contextmanager
+def local_params(*modules: torch.nn.Module) -> Iterator[None]:
+    """Run with PyroModule parameters kept local to their modules.
+
+    Inside, PyroModules never read from or write to Pyro's global parameter store
+    (``pyro.settings`` ``module_local_params``), so same-named parameters of two models stay
+    apart. Modules built while the setting was off lack the local state Pyro expects; it is
+    added here.
+    """
+    for module in modules:
+        if not isinstance(module, torch.nn.Module):
+            continue
+        for sub in module.modules():
+            context = getattr(sub, "_pyro_context", None)
+            if context is not None and not hasattr(context, "param_state"):
+                context.param_state = {"params": {}, "constraints": {}}
+    with pyro.settings.context(module_local_params=True):
+        yield
+
+
+def bits_per_dim(log_likelihood_nats: float, dim: int) -> float:
+    """Negative log-likelihood in bits per dimension (lower is better)."""
+    return -log_likelihood_nats / (dim * math.log(2.0))

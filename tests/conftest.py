@@ -1,0 +1,30 @@
+"""Test hygiene: every test starts seeded, with an empty param store and Pyro validation on."""
+
+import pyro
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pyro_state():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    with pyro.validation_enabled(True):
+        yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from ppgen.data import load_dataset
+
+    return {split: load_dataset("digits", split) for split in ("train", "valid", "test")}
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
