@@ -79,7 +79,7 @@ def load_dataset(name: str, split: str = "train", *, root: str | os.PathLike | N
     --------
     >>> x, y = load_dataset("digits", "valid")
     >>> x.shape, x.dtype, y[:5].tolist()
-    (torch.Size([1000, 784]), torch.float32, [0, 1, 3, 1, 0])
+    (torch.Size([1000, 784]), torch.float32, [1, 4, 0, 3, 1])
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choices: {', '.join(DATASETS)}")

@@ -10,6 +10,7 @@ turns each of them into one :class:`Program`:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any, Callable
@@ -21,7 +22,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
-from ppgen.models.base import GenerativeModel, check_data
+from ppgen.models.base import GenerativeModel, check_data, local_params
 
 AUTOGUIDES = {
     "auto_normal": autoguide.AutoNormal,
@@ -51,6 +52,14 @@ class Program:
         """Whether log p(x) is available in closed form (and the guide is the model's own)."""
         gm = self.generative_model
         return gm is not None and gm.has_exact_likelihood and self.guide_module is None
+
+    def param_scope(self):
+        """Keep a ppgen model's parameters local to it; plain Pyro functions keep Pyro's usual
+        global param store (their ``pyro.param`` sites live there, and Pyro does not support
+        global params inside module-local PyroModules such as an autoguide tracing them)."""
+        if self.generative_model is None:
+            return contextlib.nullcontext()
+        return local_params(*self.modules)
 
     def check_data(self, x, name: str) -> torch.Tensor:
         if self.generative_model is not None:

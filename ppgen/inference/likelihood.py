@@ -10,7 +10,7 @@ import torch
 from ppgen.inference._programs import (
     as_program, as_xy, batch_rows, log_weights, logmeanexp, max_plate_nesting, resolve_device,
 )
-from ppgen.models.base import bits_per_dim, local_params
+from ppgen.models.base import bits_per_dim
 
 __all__ = ["log_likelihood", "LikelihoodResult"]
 
@@ -99,7 +99,7 @@ def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_si
     estimates, variances, elbos = [], [], []
     chunk = max(1, 10_000 // min(batch_size, x.shape[0]))  # particles per pass: ~10k samples live
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
-    with local_params(*program.modules), torch.random.fork_rng(devices=cuda_devices):
+    with program.param_scope(), torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
         nesting = max_plate_nesting(program, *batch_rows(x, y, rows[0], device))
         for idx in rows:

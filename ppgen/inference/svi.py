@@ -13,6 +13,7 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
+from pyro.infer.autoguide import AutoGuide
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from torch import nn
 from tqdm.auto import tqdm
@@ -31,7 +32,6 @@ from ppgen.inference._programs import (
     sample_sites,
 )
 from ppgen.inference.checkpoint import CHECKPOINT_NAME, FORMAT, load_checkpoint, save_atomic
-from ppgen.models.base import local_params
 
 __all__ = ["fit", "FitResult", "NonFiniteLossError", "Objective", "ELBOS"]
 
@@ -115,7 +115,8 @@ class Objective(nn.Module):
         scale = self.data_size / x.shape[0] if scale is None else scale
         if self._nesting is None:
             self._nesting = max_plate_nesting(self.program, x, y)
-            self._pyro_elbo.max_plate_nesting = self._nesting
+            # Pyro counts the vectorised particle plate in max_plate_nesting
+            self._pyro_elbo.max_plate_nesting = self._nesting + int(self._pyro_elbo.vectorize_particles)
         if self.elbo_name == "iwae":
             log_w = log_weights(self.program, x, y, self.num_particles, self._nesting)  # (K, B)
             return -scale * logmeanexp(log_w).sum()
@@ -169,7 +170,8 @@ def fit(
     num_particles : int
         Samples per example (vectorised).
     epochs, batch_size, lr
-        Passes over the data, rows per minibatch, Adam learning rate. Each minibatch's ELBO is
+        Passes over the data, rows per minibatch (a batch of all rows keeps their order, as local
+        guides need), Adam learning rate. Each minibatch's ELBO is
         scaled by N / batch size inside the ``"data"`` plate only, so it estimates the full
         data set's ELBO without bias even with global latent variables.
     device : "auto", "cpu", "cuda", ...
@@ -234,10 +236,13 @@ def fit(
 
     start = time.perf_counter()
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
-    with local_params(*program.modules), torch.random.fork_rng(devices=cuda_devices):
+    with program.param_scope(), torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
         objective = Objective(program, elbo, num_particles, n_rows)
-        params = _collect_params(objective, *batch_rows(x, y, torch.arange(min(batch_size, n_rows)), device))
+        first_batch = batch_rows(x, y, torch.arange(min(batch_size, n_rows)), device)
+        params = _collect_params(objective, *first_batch)
+        if batch_size < n_rows:
+            _refuse_minibatched_local_guide(program, *first_batch)
         optimizer = torch.optim.Adam(params, lr=lr)
         state = _TrainState()
         if resume:
@@ -248,14 +253,17 @@ def fit(
                    disable=not (progress and sys.stderr.isatty()), desc=_describe(program), leave=False)
         step_seconds = 0.0
         rows_seen = 0
+        step_rng = torch.get_rng_state()
         stopped_early = False
         try:
             for epoch in range(state.epoch, epochs):
-                order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+                order = (torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+                         if batch_size < n_rows else torch.arange(n_rows))  # full batch: rows keep their place
                 for b, idx in enumerate(order.split(batch_size)):
                     if b < state.batch:
                         continue  # resumed mid-epoch: these were done before the interruption
                     xb, yb = batch_rows(x, y, idx, device)
+                    step_rng = torch.get_rng_state()  # an interrupted step restarts from here
                     t0 = time.perf_counter()
                     loss_value = _step(objective, optimizer, params, xb, yb, state, program, checkpoint_path,
                                        config, epoch, b)
@@ -285,7 +293,7 @@ def fit(
                     break
         except KeyboardInterrupt:
             if checkpoint_path is not None:
-                _save(checkpoint_path, objective, params, optimizer, state, config)
+                _save(checkpoint_path, objective, params, optimizer, state, config, rng=step_rng)
             raise
         finally:
             bar.close()
@@ -390,6 +398,21 @@ def _collect_params(objective: Objective, x, y) -> list[torch.Tensor]:
     return params
 
 
+def _refuse_minibatched_local_guide(program: Program, x, y) -> None:
+    """An autoguide with a latent per row keeps one parameter per row *position*; shuffled
+    minibatches would pair those parameters with different rows at every step."""
+    if not isinstance(program.guide_module, AutoGuide):
+        return
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(program.guide).get_trace(*call_args(x, y))
+    for site in sample_sites(trace):
+        if any(f.name == "data" and f.size == f.full_size for f in site["cond_indep_stack"]):
+            raise ValueError(
+                f"the autoguide has a local latent {site['name']!r} per row, which minibatches cannot "
+                "train: use batch_size >= the number of rows, an amortised guide (a GenerativeModel), or "
+                "pyro.plate('data', N, subsample=...) in the model")
+
+
 def _evaluate(objective: Objective, x, y, batch_size: int, device, seed: int) -> float:
     """ELBO per example on held-out rows (with a fixed seed, so it does not disturb training)."""
     total = 0.0
@@ -437,13 +460,13 @@ def _load_state_dicts(objective: Objective, params, saved: dict[str, torch.Tenso
             p.copy_(saved[name])
 
 
-def _save(path: Path, objective, params, optimizer, state: _TrainState, config) -> None:
+def _save(path: Path, objective, params, optimizer, state: _TrainState, config, rng=None) -> None:
     payload = {
         "format": FORMAT,
         "config": config,
         "params": _state_dicts(objective, params),
         "optimizer": optimizer.state_dict(),
-        "rng": torch.get_rng_state(),
+        "rng": torch.get_rng_state() if rng is None else rng,
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
         "state": {k: v for k, v in dataclasses.asdict(state).items() if k != "best_state"},
         "best_state": state.best_state,

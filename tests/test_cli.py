@@ -1,0 +1,62 @@
+"""The ppgen command, with tiny arguments (Pyro's test_examples habit)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ppgen.cli import main
+
+
+def test_demo_writes_its_run_folder(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--epochs", "2", "--num-samples", "20", "--device", "cpu"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"independent", "vae"}
+    for name, m in metrics.items():
+        assert {"log_likelihood", "elbo", "bits_per_dim", "exact", "num_parameters", "train_seconds"} <= set(m)
+    assert metrics["independent"]["exact"] and not metrics["vae"]["exact"]
+    assert metrics["independent"]["num_parameters"] == 784 and metrics["independent"]["elbo"] is None
+    assert metrics["vae"]["elbo"] <= metrics["vae"]["log_likelihood"]
+    for png in ("elbo_curves.png", "samples_vae.png", "samples_independent.png", "reconstructions_vae.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert "| vae |" in capsys.readouterr().out
+
+
+def test_train_evaluate_sample_round_trip(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "vae", "--data", "digits", "--out", str(run), "--epochs", "1",
+                 "-o", "z_dim=3", "-o", "hidden=[16]", "--num-samples", "10"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["options"] == {"z_dim": 3, "hidden": [16]}
+    assert main(["evaluate", str(run), "--num-samples", "10", "--split", "valid"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["split"] == "valid"
+    assert main(["sample", str(run), "-n", "8"]) == 0
+    assert (run / "samples.png").is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "gan", "--out", "{tmp}/x"], "ppgen train: error: unknown model 'gan'; choices: independent, vae"),
+    (["train", "vae", "--data", "cifar", "--out", "{tmp}/x"], "unknown data set 'cifar'"),
+    (["train", "vae", "--batch-size", "0", "--out", "{tmp}/x"], "batch_size must be a positive int, got 0"),
+    (["evaluate", "{tmp}/nothing"], "is not a finished run folder: config.json is missing"),
+])
+def test_bad_arguments_get_one_line(tmp_path, capsys, argv, message):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_corrupt_weights_are_refused(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "independent", "--out", str(run), "--epochs", "1"]) == 0
+    (run / "model.pt").write_bytes(b"garbage")
+    assert main(["evaluate", str(run)]) == 2
+
+
+def test_console_script_help():
+    for command in ([], ["demo"], ["train"], ["evaluate"], ["sample"]):
+        done = subprocess.run([sys.executable, "-m", "ppgen", *command, "--help"], capture_output=True, text=True)
+        assert done.returncode == 0 and "usage: ppgen" in done.stdout

@@ -1,0 +1,163 @@
+"""fit(): minibatch scaling, resume equality, the NaN guard, early stopping, estimators."""
+
+import re
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from ppgen import VAE, IndependentBernoulli, fit, log_likelihood
+from ppgen.inference import NonFiniteLossError
+from ppgen.inference._programs import as_program
+from ppgen.inference.checkpoint import load_checkpoint
+from ppgen.inference.svi import Objective
+
+
+def beta_bernoulli(x):
+    theta = pyro.sample("theta", dist.Beta(2.0, 2.0))  # global: outside the data plate
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", dist.Bernoulli(theta).expand([x.shape[0], x.shape[1]]).to_event(1), obs=x)
+
+
+def point_guide(x):
+    pyro.sample("theta", dist.Delta(torch.tensor(0.3)))
+
+
+def test_minibatch_loss_scales_only_the_data_plate():
+    x = torch.bernoulli(torch.full((1000, 1), 0.3), generator=torch.Generator().manual_seed(0))
+    batch = x[:100]
+    loss = Objective(as_program(beta_bernoulli, point_guide), data_size=1000)(batch)
+    theta = torch.tensor(0.3)
+    # -[log p(theta) + (N / B) sum_batch log p(x_n | theta)]; the prior is counted once
+    expected = -(dist.Beta(2.0, 2.0).log_prob(theta) + 10 * dist.Bernoulli(theta).log_prob(batch).sum())
+    assert torch.allclose(loss, expected, rtol=1e-6)
+
+
+def _small_vae():
+    torch.manual_seed(1)
+    return VAE(784, z_dim=4, hidden=16)
+
+
+def _params(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_at_an_epoch_boundary_equals_an_uninterrupted_run(digits, tmp_path):
+    x = digits["train"].x[:600]
+    settings = dict(batch_size=128, lr=1e-2, seed=5, progress=False)
+    straight = _small_vae()
+    fit(straight, x, epochs=4, **settings)
+
+    first = _small_vae()
+    fit(first, x, epochs=2, checkpoint_dir=tmp_path, **settings)
+    resumed = VAE(784, z_dim=4, hidden=16)  # other initial weights: the checkpoint must replace them
+    result = fit(resumed, x, epochs=4, checkpoint_dir=tmp_path, resume=True, **settings)
+    assert result.epochs == 4 and result.steps == 4 * 5
+    for name, value in _params(straight).items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+def test_resume_after_an_interrupt_mid_epoch(digits, tmp_path, monkeypatch):
+    x = digits["train"].x[:600]
+    settings = dict(batch_size=128, lr=1e-2, seed=7, progress=False)
+    straight = _small_vae()
+    fit(straight, x, epochs=3, **settings)
+
+    calls = {"n": 0}
+    real_step = torch.optim.Adam.step
+
+    def interrupted_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:  # the 8th step: epoch 2, batch 3
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        fit(_small_vae(), x, epochs=3, checkpoint_dir=tmp_path, **settings)
+    monkeypatch.setattr(torch.optim.Adam, "step", real_step)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["state"]["step"] == 7
+
+    resumed = VAE(784, z_dim=4, hidden=16)
+    fit(resumed, x, epochs=3, checkpoint_dir=tmp_path, resume=True, **settings)
+    for name, value in _params(straight).items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+def test_same_seed_same_result_and_other_seed_differs(digits):
+    x = digits["train"].x[:300]
+    runs = []
+    for seed in (3, 3, 4):
+        model = _small_vae()
+        runs.append(fit(model, x, epochs=1, batch_size=100, seed=seed, progress=False).losses)
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_nan_guard_names_the_site_and_keeps_the_last_good_state(tmp_path):
+    x = torch.full((50, 1), 3.0)
+
+    def model(x):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        # a trap: an observation whose density overflows to -inf once loc passes 0.5
+        trap_loc = torch.tensor(float("inf")) if loc.item() > 0.5 else torch.tensor(0.0)
+        pyro.sample("trap", dist.Normal(trap_loc, 1.0), obs=torch.tensor(0.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(loc, 1.0).expand([x.shape[0], 1]).to_event(1), obs=x)
+
+    with pytest.raises(NonFiniteLossError) as caught:
+        fit(model, x, guide=lambda x: None, epochs=50, batch_size=50, lr=0.1, checkpoint_dir=tmp_path,
+            progress=False)
+    err = caught.value
+    assert err.site == "log-density of site 'trap' in the model"
+    assert re.match(rf"the loss became (nan|-?inf) at step {err.step} \(epoch {err.step}, batch 1\)", str(err))
+    loc = pyro.param("loc").item()
+    # the failing step read loc > 0.5, and Adam moves at most lr per step: loc is where the
+    # previous (finite) step left it, not updated by the non-finite one
+    assert 0.5 < loc <= 0.5 + 0.1 + 1e-6
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert saved["state"]["step"] == err.step - 1
+    assert saved["params"]["pyro.param:loc"].item() == pytest.approx(loc)
+
+
+def test_early_stopping_restores_the_best_epoch(digits):
+    x, valid = digits["train"].x[:200], digits["valid"].x[:200]
+    model = _small_vae()
+    result = fit(model, x, valid=valid, patience=2, epochs=60, batch_size=50, lr=5e-2, progress=False)
+    assert result.stopped_early and result.epochs < 60
+    best = result.best_epoch
+    assert result.valid_elbo[best - 1] == max(result.valid_elbo)
+    assert result.epochs - best == 2
+    # the model now holds the best epoch's weights: its held-out ELBO is the best one
+    # (re-estimated with another seed: a Monte Carlo check, so compared with 3 nats of slack)
+    again = log_likelihood(model, valid, num_samples=1, seed=11).elbo
+    assert abs(again - result.valid_elbo[best - 1]) < 3.0
+
+
+@pytest.mark.parametrize("elbo", ["trace", "meanfield", "graph", "iwae"])
+def test_every_estimator_trains_the_vae(digits, elbo):
+    x = digits["train"].x[:500]
+    model = _small_vae()
+    before = log_likelihood(model, x, num_samples=50, seed=1).mean
+    fit(model, x, elbo=elbo, num_particles=2, epochs=3, batch_size=100, lr=1e-2, progress=False)
+    after = log_likelihood(model, x, num_samples=50, seed=1).mean
+    assert after > before + 50  # from ~-540 nats at initialisation; each estimator climbs fast
+
+
+def test_iwae_loss_equals_the_importance_weighted_bound(digits):
+    x = digits["valid"].x[:64]
+    model = _small_vae()
+    objective = Objective(as_program(model), "iwae", num_particles=500, data_size=64)
+    with torch.no_grad():
+        loss = objective(x).item() / 64
+    bound = log_likelihood(model, x, num_samples=500, seed=2)
+    # two independent draws of the K = 500 bound; their difference is within 5 standard errors
+    assert abs(-loss - bound.mean) < 5 * bound.stderr * 2**0.5 + 1e-3
+
+
+def test_fit_isolates_parameters_of_two_models():
+    x = torch.bernoulli(torch.full((64, 5), 0.8), generator=torch.Generator().manual_seed(0))
+    a, b = IndependentBernoulli(5), IndependentBernoulli(5)
+    fit(a, x, epochs=20, batch_size=64, lr=0.1, progress=False)
+    assert torch.equal(b.logits, torch.zeros(5))  # untouched
+    assert len(pyro.get_param_store()) == 0  # nothing left in Pyro's global store
