@@ -2,11 +2,14 @@
 
 from ppgen.data import load_dataset
 from ppgen.inference import FitResult, LikelihoodResult, fit, log_likelihood
-from ppgen.models import VAE, GenerativeModel, IndependentBernoulli
+from ppgen.models import (
+    FVSBN, MADE, NADE, VAE, BayesianCPTs, BayesNet, FullJointTable, GenerativeModel, IndependentBernoulli, PixelCNN,
+)
 
 __version__ = "0.1.0"
 __all__ = [
     "load_dataset",
     "fit", "FitResult", "log_likelihood", "LikelihoodResult",
-    "GenerativeModel", "IndependentBernoulli", "VAE",
+    "GenerativeModel", "IndependentBernoulli", "FullJointTable", "BayesNet", "BayesianCPTs",
+    "FVSBN", "NADE", "MADE", "PixelCNN", "VAE",
 ]

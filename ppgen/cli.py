@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -18,13 +19,24 @@ import torch
 from ppgen.data import DATASETS, load_dataset
 from ppgen.inference import NonFiniteLossError, fit, log_likelihood
 from ppgen.inference.checkpoint import save_atomic
-from ppgen.models import VAE, IndependentBernoulli
+from ppgen.models import FVSBN, MADE, NADE, VAE, IndependentBernoulli, PixelCNN
 from ppgen.plots import elbo_curves, image_grid
 
-# name -> (class, default keyword arguments); the CLI's -o KEY=VALUE overrides them.
-MODELS: dict[str, tuple[type, dict]] = {
+def _pixelcnn(x_dim: int, **kwargs) -> PixelCNN:
+    model = PixelCNN(**kwargs)
+    if model.x_dim != x_dim:
+        raise ValueError(f"PixelCNN of {model.height}x{model.width} pixels cannot model {x_dim}-dimensional data")
+    return model
+
+
+# name -> (constructor taking x_dim first, default keyword arguments); -o KEY=VALUE overrides them.
+MODELS: dict[str, tuple[Callable, dict]] = {
     "independent": (IndependentBernoulli, {}),
     "vae": (VAE, {"z_dim": 50, "hidden": 400}),
+    "fvsbn": (FVSBN, {}),
+    "nade": (NADE, {"hidden": 500}),
+    "made": (MADE, {"hidden_sizes": [500], "num_masks": 1}),
+    "pixelcnn": (_pixelcnn, {"channels": 32, "layers": 5, "kernel": 5, "gated": True}),
 }
 
 
@@ -32,8 +44,8 @@ def build_model(name: str, x_dim: int, **overrides) -> torch.nn.Module:
     """A model from the registry, with its defaults updated by ``overrides``."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choices: {', '.join(MODELS)}")
-    cls, defaults = MODELS[name]
-    return cls(x_dim, **{**defaults, **overrides})
+    make, defaults = MODELS[name]
+    return make(x_dim, **{**defaults, **overrides})
 
 
 def train_run(model_name: str, data: str, out: Path, *, root=None, options=None, epochs=20, batch_size=128,

@@ -1,6 +1,7 @@
 """The inference layer: fit, score and diagnose any ppgen model or Pyro program."""
 
+from ppgen.inference.anomaly import roc_auc
 from ppgen.inference.likelihood import LikelihoodResult, log_likelihood
 from ppgen.inference.svi import ELBOS, FitResult, NonFiniteLossError, fit
 
-__all__ = ["fit", "FitResult", "NonFiniteLossError", "ELBOS", "log_likelihood", "LikelihoodResult"]
+__all__ = ["fit", "FitResult", "NonFiniteLossError", "ELBOS", "log_likelihood", "LikelihoodResult", "roc_auc"]

@@ -1,7 +1,15 @@
 """Generative stories, one file per family."""
 
+from ppgen.models.autoregressive import FVSBN, MADE, NADE, PixelCNN
 from ppgen.models.base import GenerativeModel
+from ppgen.models.bayesnet import BayesianCPTs, BayesNet, FullJointTable
 from ppgen.models.independent import IndependentBernoulli
 from ppgen.models.latent import VAE
 
-__all__ = ["GenerativeModel", "IndependentBernoulli", "VAE"]
+__all__ = [
+    "GenerativeModel",
+    "IndependentBernoulli", "FullJointTable",
+    "BayesNet", "BayesianCPTs",
+    "FVSBN", "NADE", "MADE", "PixelCNN",
+    "VAE",
+]
