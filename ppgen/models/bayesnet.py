@@ -44,6 +44,7 @@ __all__ = ["BayesNet", "BayesianCPTs", "FullJointTable"]
 
 ROW_SUM_TOLERANCE = 1e-6
 _BATCH_NOMINAL = 1024  # batch size the contraction paths of batched queries are optimised for
+_TABLE_LIMIT = 2**16  # batched queries over at most this many joint cells become table lookups
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,11 +58,29 @@ class _Plan:
 
     operands: tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...]
     steps: tuple[tuple[tuple[int, ...], str], ...]
+    _folded: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
-    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *tensors: torch.Tensor, constant: Sequence[bool] = (), version=None) -> torch.Tensor:
+        """Run the steps. ``constant[k]`` marks ``tensors[k]`` as a function of the CPTs alone:
+        a step whose inputs are all constant is computed once per CPT ``version`` and reused
+        (constant folding: most of a query's contraction does not involve the evidence)."""
         tensors = list(tensors)
-        for positions, equation in self.steps:
-            tensors.append(torch.einsum(equation, *[tensors.pop(k) for k in positions]))
+        flags = [bool(c) for c in constant] + [False] * (len(tensors) - len(constant))
+        if version is not None and self._folded.get("version") != version:
+            self._folded.clear()
+            self._folded["version"] = version
+        for j, (positions, equation) in enumerate(self.steps):
+            inputs = [tensors.pop(k) for k in positions]
+            input_flags = [flags.pop(k) for k in positions]
+            folded = version is not None and all(input_flags)
+            if folded and j in self._folded:
+                result = self._folded[j]
+            else:
+                result = torch.einsum(equation, *inputs)
+                if folded:
+                    self._folded[j] = result
+            tensors.append(result)
+            flags.append(folded)
         return tensors[0]
 
 
@@ -145,7 +164,8 @@ class BayesNet(GenerativeModel):
                 raise ValueError(f"cpts has no entry for variable {v!r} (expected an array of shape "
                                  f"{self._cpt_shape(i)})")
             self.register_buffer(f"cpt_{i}", self._check_cpt(i, cpts[v]))
-        self._plans: dict[tuple, _Plan] = {}  # compiled contractions by (observed, queries, batched)
+        # compiled contractions by (observed, queries, batched); marginal tables by ("table", variables)
+        self._plans: dict[tuple, object] = {}
 
     # --- construction ---------------------------------------------------------------------------
 
@@ -324,8 +344,16 @@ class BayesNet(GenerativeModel):
         gives them a batch axis). Returns shapes () / (card,) or (n,) / (n, card).
         """
         batched = isinstance(evidence, torch.Tensor) and bool(observed)  # no evidence: the prior, broadcast
-        plan = self._plan(observed, queries, batched)
         cpts = self._cpt_list()
+        version = tuple((id(t), t._version) for t in cpts)  # changes when a CPT is replaced or edited
+        table = self._marginal_table(observed + queries, version) if not batched or len(queries) <= 1 else None
+        if table is not None:  # p(x_observed, x_queries) is small: the evidence is a lookup in it
+            if batched:
+                joint = table[tuple(evidence[:, c] for c in observed)]  # (n,) or (n, card)
+                return (joint.sum(-1), [joint]) if queries else (joint, [])
+            joint = table[tuple(evidence)] if observed else table  # one axis per query
+            return joint.sum(), [joint.movedim(k, 0).reshape(joint.shape[k], -1).sum(-1) for k in range(joint.dim())]
+        plan = self._plan(observed, queries, batched)
         if batched:
             operands = [cpts[v].permute(perm)[tuple(evidence[:, c] for c in cols)] if cols else cpts[v]
                         for v, perm, cols in plan.operands]
@@ -333,16 +361,34 @@ class BayesNet(GenerativeModel):
             value = dict(zip(observed, evidence)) if observed else {}
             operands = [cpts[v].permute(perm)[tuple(value[c] for c in cols)] if cols else cpts[v]
                         for v, perm, cols in plan.operands]
+        constant = [not cols for _, _, cols in plan.operands]
         if len(queries) <= 1:
-            joint = plan(*operands)
+            joint = plan(*operands, constant=constant, version=version)
             return (joint.sum(-1), [joint]) if queries else (joint, [])
         with torch.enable_grad():
             batch = (evidence.shape[0],) if batched else ()
             indicators = [torch.ones(batch + (self.cards[q],), dtype=torch.float64, device=cpts[0].device,
                                      requires_grad=True) for q in queries]
-            evidence_prob = plan(*operands, *indicators)
+            evidence_prob = plan(*operands, *indicators, constant=constant, version=version)
             joints = torch.autograd.grad(evidence_prob.sum(), indicators)
         return evidence_prob.detach(), list(joints)
+
+    def _marginal_table(self, variables: tuple[int, ...], version) -> torch.Tensor | None:
+        """The joint marginal p(x_variables) as a table with one axis per variable, in the order
+        given, computed once per CPT version by one contraction; None past _TABLE_LIMIT cells."""
+        if math.prod(self.cards[v] for v in variables) > _TABLE_LIMIT:
+            return None
+        key = ("table", variables)
+        cached = self._plans.get(key)
+        if cached is None or cached[0] != version:
+            relevant = sorted(self._ancestors(set(variables)))
+            symbol = opt_einsum.get_symbol
+            cpts = self._cpt_list()
+            equation = (",".join("".join(symbol(a) for a in self._family[v]) for v in relevant)
+                        + "->" + "".join(symbol(v) for v in variables))
+            table = opt_einsum.contract(equation, *[cpts[v] for v in relevant], backend="torch")
+            cached = self._plans[key] = (version, table)
+        return cached[1]
 
     def _plan(self, observed: tuple[int, ...], queries: tuple[int, ...], batched: bool) -> _Plan:
         key = (observed, queries, batched)
@@ -814,14 +860,13 @@ def _check_rows(x, variables, cards, name: str, allow_missing: bool) -> torch.Te
         raise ValueError(f"{name} has {x.shape[1]} columns, expected {len(variables)} (one per variable)")
     if not x.is_floating_point():
         x = x.double()
-    if not torch.isfinite(x).all():
-        row, col = (int(i) for i in (~torch.isfinite(x)).nonzero()[0])
-        raise ValueError(f"{name} contains NaN or inf at row {row}, column {col} ({variables[col]!r}); "
-                         "mark missing entries with -1")
     low = -1 if allow_missing else 0
-    bad = (x != x.round()) | (x < low) | (x >= torch.as_tensor(cards, device=x.device))
-    if bad.any():
-        row, col = (int(i) for i in bad.nonzero()[0])
+    valid = (x == x.round()) & (x >= low) & (x < torch.as_tensor(cards, device=x.device))  # NaN fails too
+    if not valid.all():
+        row, col = (int(i) for i in (~valid).nonzero()[0])
+        if not math.isfinite(x[row, col]):
+            raise ValueError(f"{name} contains NaN or inf at row {row}, column {col} ({variables[col]!r}); "
+                             "mark missing entries with -1")
         allowed = f"{low}..{cards[col] - 1}" + (" (-1 = missing)" if allow_missing else "")
         raise ValueError(f"{name}[{row}, {col}] = {x[row, col].item():g} is not a state index of "
                          f"{variables[col]!r}: expected an integer in {allowed}")
