@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -66,6 +67,8 @@ def train_run(model_name: str, data: str, out: Path, *, root=None, options=None,
                  checkpoint_dir=out / "checkpoints", resume=resume, progress=progress)
     config["train_seconds"] = result.seconds
     config["device"] = result.device
+    if not is_main_process():
+        return config  # under torchrun every rank trains; rank 0 writes the run folder
     save_atomic(model.state_dict(), out / "model.pt")
     _write_json(out / "config.json", config)
     _write_json(out / "history.json", {"losses": result.losses, "train_elbo": result.train_elbo,
@@ -73,6 +76,11 @@ def train_run(model_name: str, data: str, out: Path, *, root=None, options=None,
                                         "stopped_early": result.stopped_early,
                                         "examples_per_second": result.examples_per_second})
     return config
+
+
+def is_main_process() -> bool:
+    """False on the ranks other than 0 of a torchrun launch."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def load_run(run: Path, device="cpu") -> tuple[torch.nn.Module, dict]:
@@ -225,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, elbo=args.elbo,
                       num_particles=args.num_particles, patience=args.patience, device=args.device,
                       seed=args.seed, resume=args.resume)
+            if not is_main_process():
+                return 0
             metrics = evaluate_run(args.out, split="test", num_samples=args.num_samples, device=args.device,
                                    seed=args.seed)
             print(format_table({args.model: metrics}))

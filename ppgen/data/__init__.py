@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["load_dataset", "Dataset", "DynamicBinarization", "DATASETS", "SPLITS"]
+__all__ = ["load_dataset", "Dataset", "DynamicBinarization", "NpyRows", "DATASETS", "SPLITS"]
 
 DATASETS = ("digits", "binarized_mnist", "mnist")
 SPLITS = ("train", "valid", "test")
@@ -46,6 +46,68 @@ class DynamicBinarization:
 
     def __getitem__(self, idx) -> torch.Tensor:
         return torch.bernoulli(self.intensities[idx])
+
+    def check_rows(self, dim: int | None, name: str) -> None:
+        if dim is not None and self.shape[1] != dim:
+            raise ValueError(f"{name} has {self.shape[1]} columns, but the model expects {dim}")
+
+
+class NpyRows:
+    """The rows of a 2-D ``.npy`` file, read from disk when indexed: data larger than memory.
+
+    Indexing with a tensor of row indices reads just those rows (one ``pread`` each, so neither
+    the file nor a memory map of it becomes resident) and returns them as float32. Any numeric
+    dtype works; a binary data set is best stored as uint8 (1 byte per pixel).
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "rows.npy")
+    >>> np.save(path, np.eye(3, dtype=np.uint8))
+    >>> rows = NpyRows(path)
+    >>> rows.shape, rows[torch.tensor([2, 0])].tolist()
+    (torch.Size([3, 3]), [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no .npy file at {self.path}")
+        with open(self.path, "rb") as f:
+            try:
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(f)
+            except ValueError as err:
+                raise ValueError(f"{self.path} is not a .npy file: {err}") from None
+            self._offset = f.tell()
+        if len(shape) != 2 or fortran or dtype.hasobject:
+            raise ValueError(f"{self.path} must hold a C-ordered 2-D numeric array, got shape {shape}"
+                             f"{' in Fortran order' if fortran else ''} of {dtype}")
+        self.shape = torch.Size(shape)
+        self.dtype = dtype
+        self._row_bytes = shape[1] * dtype.itemsize
+        self._fd: int | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        idx = torch.as_tensor(idx).reshape(-1)
+        if self._fd is None:  # opened lazily, so that DataLoader workers each open their own
+            self._fd = os.open(self.path, os.O_RDONLY)
+        buffer = b"".join(os.pread(self._fd, self._row_bytes, self._offset + int(i) * self._row_bytes)
+                          for i in idx.tolist())
+        rows = np.frombuffer(buffer, dtype=self.dtype).reshape(len(idx), self.shape[1])
+        return torch.from_numpy(rows.astype(np.float32))
+
+    def __getstate__(self):
+        return {**self.__dict__, "_fd": None}
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
     def check_rows(self, dim: int | None, name: str) -> None:
         if dim is not None and self.shape[1] != dim:

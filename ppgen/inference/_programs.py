@@ -15,6 +15,7 @@ import dataclasses
 import math
 from typing import Any, Callable
 
+import numpy as np
 import pyro
 import pyro.infer.autoguide as autoguide
 import torch
@@ -22,6 +23,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
+from ppgen.data import NpyRows
 from ppgen.models.base import GenerativeModel, check_data, local_params
 
 AUTOGUIDES = {
@@ -107,7 +109,11 @@ def as_xy(data, program: Program, name: str):
         x, y = data
     else:
         x, y = data, None
-    if hasattr(x, "check_rows"):  # a dataset that draws rows when indexed (dynamic binarization)
+    if isinstance(x, np.memmap) and x.filename is not None and str(x.filename).endswith(".npy"):
+        x = NpyRows(x.filename)  # read rows on demand instead of mapping the whole file
+    elif isinstance(x, torch.utils.data.Dataset) and not hasattr(x, "check_rows"):
+        x = DatasetRows(x)
+    if hasattr(x, "check_rows"):  # rows read or drawn when indexed (on disk, dynamic binarization)
         x.check_rows(program.generative_model.x_dim if program.generative_model else None, name)
     else:
         x = program.check_data(x, name)
@@ -116,6 +122,27 @@ def as_xy(data, program: Program, name: str):
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"{name}: x has {x.shape[0]} rows but y has {y.shape[0]}")
     return x, y
+
+
+class DatasetRows:
+    """A ``torch.utils.data.Dataset`` of rows (tensors, or (x, y) pairs of which x is used)
+    indexed by a tensor of row numbers, as ``fit`` draws its minibatches."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset):
+        self.dataset = dataset
+        first = self._x(dataset[0])
+        self.shape = torch.Size((len(dataset), first.numel()))
+
+    @staticmethod
+    def _x(item) -> torch.Tensor:
+        return torch.as_tensor(item[0] if isinstance(item, (tuple, list)) else item).reshape(-1)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        return torch.stack([self._x(self.dataset[i]) for i in torch.as_tensor(idx).tolist()]).float()
+
+    def check_rows(self, dim: int | None, name: str) -> None:
+        if dim is not None and self.shape[1] != dim:
+            raise ValueError(f"{name} has {self.shape[1]} columns, but the model expects {dim}")
 
 
 def resolve_device(device) -> torch.device:

@@ -16,6 +16,8 @@ from pyro import poutine
 from pyro.infer.autoguide import AutoGuide
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ppgen.inference._programs import (
@@ -32,6 +34,7 @@ from ppgen.inference._programs import (
     sample_sites,
 )
 from ppgen.inference.checkpoint import CHECKPOINT_NAME, FORMAT, load_checkpoint, save_atomic
+from ppgen.inference.distributed import Cluster, join
 
 __all__ = ["fit", "FitResult", "NonFiniteLossError", "Objective", "ELBOS"]
 
@@ -148,6 +151,8 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    strategy: str = "auto",
+    num_workers: int = 0,
 ) -> FitResult:
     """Fit a generative model by stochastic variational inference (Adam on the negative ELBO).
 
@@ -156,9 +161,12 @@ def fit(
     model : GenerativeModel or callable
         A ppgen model, or a plain Pyro model function ``model(x[, y])`` whose observations sit
         in ``pyro.plate("data", len(x))``.
-    data : Tensor (N, D), array, or (x, y)
+    data : Tensor (N, D), array, row source, or (x, y)
         Training rows (and labels or conditions ``y``, passed to the model as its second
-        argument). ``ppgen.data.load_dataset`` output is accepted as it is.
+        argument). ``ppgen.data.load_dataset`` output is accepted as it is. Data larger than
+        memory: a :class:`ppgen.data.NpyRows` (or a ``numpy.load(..., mmap_mode="r")`` array,
+        read the same way) or any ``torch.utils.data.Dataset`` of rows streams minibatches
+        from disk; their rows are checked batch by batch.
     guide : None, callable or str
         The model's own guide (default), a guide function or module, or an autoguide name
         (``"auto_normal"``, ``"auto_delta"``, ...).
@@ -190,7 +198,14 @@ def fit(
         Continue from the checkpoint in ``checkpoint_dir``: the final parameters equal those
         of an uninterrupted run (on the same device).
     progress : bool
-        Show a progress bar (only when stderr is a terminal).
+        Show a progress bar (only when stderr is a terminal; rank 0 only).
+    strategy : {"auto", "single", "ddp"}
+        Data-parallel training over a ``torch.distributed`` process group (see
+        :mod:`ppgen.inference.distributed`): ``"auto"`` when launched by ``torchrun`` with more
+        than one process. ``batch_size`` is then the global batch; only rank 0 writes
+        checkpoints and shows progress, and every rank returns the same result.
+    num_workers : int
+        DataLoader worker processes that prefetch minibatches of a streamed row source.
 
     Returns
     -------
@@ -220,11 +235,27 @@ def fit(
             raise ValueError("patience (early stopping) needs valid= data")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir= (where the checkpoint is)")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
 
     program = as_program(model, guide)
     x, y = as_xy(data, program, "data")
     valid_xy = as_xy(valid, program, "valid") if valid is not None else None
-    device = resolve_device(device)
+    cluster = join(strategy, resolve_device(device))
+    try:
+        return _fit(program, model, x, y, valid_xy, cluster, cluster.device(resolve_device(device)), elbo=elbo,
+                    num_particles=num_particles, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                    patience=patience, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress,
+                    num_workers=num_workers)
+    finally:
+        cluster.close()
+
+
+def _fit(program: Program, model, x, y, valid_xy, cluster: Cluster, device: torch.device, *, elbo, num_particles,
+         epochs, batch_size, lr, seed, patience, checkpoint_dir, resume, progress, num_workers) -> FitResult:
+    if batch_size < cluster.world_size:
+        raise ValueError(f"batch_size ({batch_size}) is the global batch and must be at least the number "
+                         f"of processes ({cluster.world_size})")
     program.to(device)
     n_rows = x.shape[0]
     checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
@@ -232,25 +263,32 @@ def fit(
         raise ValueError(f"{checkpoint_path} already exists; pass resume=True to continue that run, "
                          "or choose another checkpoint_dir")
     config = {"num_rows": n_rows, "batch_size": batch_size, "seed": seed, "elbo": elbo,
-              "num_particles": num_particles}
+              "num_particles": num_particles, "world_size": cluster.world_size}
 
     start = time.perf_counter()
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     with program.param_scope(), torch.random.fork_rng(devices=cuda_devices):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed + cluster.rank)  # each rank its own (reproducible) sampling noise
         objective = Objective(program, elbo, num_particles, n_rows)
-        first_batch = batch_rows(x, y, torch.arange(min(batch_size, n_rows)), device)
+        first_batch = batch_rows(x, y, cluster.shard(torch.arange(min(batch_size, n_rows))), device)
         params = _collect_params(objective, *first_batch)
         if batch_size < n_rows:
             _refuse_minibatched_local_guide(program, *first_batch)
+        if cluster.parallel and len(params) != len([p for p in objective.parameters() if p.requires_grad]):
+            raise ValueError("strategy='ddp' synchronises module parameters only; this model has plain "
+                             "pyro.param sites: write it as a GenerativeModel or a PyroModule")
+        module = cluster.wrap(objective, device)  # DDP broadcasts rank 0's parameters here
         optimizer = torch.optim.Adam(params, lr=lr)
         state = _TrainState()
         if resume:
-            state = _restore(checkpoint_path, objective, params, optimizer, config)
+            state = _restore(checkpoint_path, objective, params, optimizer, config, cluster)
+        if not cluster.is_main:
+            checkpoint_path = None  # rank 0 writes; the others only take part in gathering state
+        saver = _Saver(checkpoint_path, objective, params, optimizer, config, cluster)
 
-        batches_per_epoch = math.ceil(n_rows / batch_size)
-        bar = tqdm(total=epochs * batches_per_epoch, initial=state.step, unit="step",
-                   disable=not (progress and sys.stderr.isatty()), desc=_describe(program), leave=False)
+        batches_per_epoch = len(_global_batches(torch.arange(n_rows), batch_size, cluster.world_size))
+        bar = tqdm(total=epochs * batches_per_epoch, initial=state.step, unit="step", leave=False,
+                   disable=not (progress and cluster.is_main and sys.stderr.isatty()), desc=_describe(program))
         step_seconds = 0.0
         rows_seen = 0
         step_rng = torch.get_rng_state()
@@ -259,14 +297,16 @@ def fit(
             for epoch in range(state.epoch, epochs):
                 order = (torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
                          if batch_size < n_rows else torch.arange(n_rows))  # full batch: rows keep their place
-                for b, idx in enumerate(order.split(batch_size)):
-                    if b < state.batch:
-                        continue  # resumed mid-epoch: these were done before the interruption
-                    xb, yb = batch_rows(x, y, idx, device)
+                batches = _global_batches(order, batch_size, cluster.world_size)
+                todo = [cluster.shard(idx) for idx in batches[state.batch:]]  # resumed mid-epoch: skip done ones
+                for b, (idx, (xb, yb)) in enumerate(zip(todo, _stream(x, y, todo, device, num_workers)),
+                                                    start=state.batch):
+                    if not isinstance(x, torch.Tensor):
+                        xb = program.check_data(xb, f"data rows {idx[:3].tolist()}...")
                     step_rng = torch.get_rng_state()  # an interrupted step restarts from here
                     t0 = time.perf_counter()
-                    loss_value = _step(objective, optimizer, params, xb, yb, state, program, checkpoint_path,
-                                       config, epoch, b)
+                    scale = cluster.world_size * n_rows / len(batches[b])  # DDP averages over ranks
+                    loss_value = _step(module, optimizer, params, xb, yb, scale, state, program, saver, epoch, b)
                     step_seconds += time.perf_counter() - t0
                     rows_seen += len(idx)
                     state.losses.append(loss_value / n_rows)
@@ -280,20 +320,20 @@ def fit(
                 state.epoch_losses = []
                 state.epoch, state.batch = epoch + 1, 0
                 if valid_xy is not None:
-                    state.valid_elbo.append(_evaluate(objective, *valid_xy, batch_size, device, seed + epoch + 1))
+                    state.valid_elbo.append(_evaluate(objective, *valid_xy, batch_size, device, seed + epoch + 1,
+                                                      cluster))
                     if state.best_elbo is None or state.valid_elbo[-1] > state.best_elbo:
                         state.best_elbo, state.best_epoch = state.valid_elbo[-1], epoch + 1
                         if patience is not None:
                             state.best_state = _state_dicts(objective, params)
                     elif patience is not None and epoch + 1 - state.best_epoch >= patience:
                         stopped_early = True
-                if checkpoint_path is not None:
-                    _save(checkpoint_path, objective, params, optimizer, state, config)
+                saver.save(state)
                 if stopped_early:
                     break
         except KeyboardInterrupt:
-            if checkpoint_path is not None:
-                _save(checkpoint_path, objective, params, optimizer, state, config, rng=step_rng)
+            if not cluster.parallel:  # with several ranks, the epoch checkpoints are the resume points
+                saver.save(state, rng=step_rng)
             raise
         finally:
             bar.close()
@@ -309,7 +349,7 @@ def fit(
         epochs=state.epoch,
         steps=state.step,
         seconds=time.perf_counter() - start,
-        examples_per_second=rows_seen / step_seconds if step_seconds > 0 else float("nan"),
+        examples_per_second=cluster.world_size * rows_seen / step_seconds if step_seconds > 0 else float("nan"),
         stopped_early=stopped_early,
         best_epoch=state.best_epoch,
         device=str(device),
@@ -330,19 +370,21 @@ class _TrainState:
     best_state: dict | None = None
 
 
-def _step(objective, optimizer, params, xb, yb, state, program, checkpoint_path, config, epoch, b) -> float:
+def _step(module, optimizer, params, xb, yb, scale, state, program, saver, epoch, b) -> float:
     """One optimisation step; refuses to apply a non-finite loss or gradient."""
     rng = torch.get_rng_state()
-    loss = objective(xb, yb)
+    loss = module(xb, yb, scale=scale)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.backward()  # under DDP, the gradients are averaged over the ranks here
     grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-    loss_value, norm_value = torch.stack([loss.detach(), grad_norm.to(loss.dtype)]).tolist()
+    # every rank gets the mean loss and the same (synchronised) gradient norm
+    loss_value, norm_value = saver.cluster.mean(torch.stack([loss.detach(), grad_norm.to(loss.dtype)])).tolist()
     if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-        if checkpoint_path is not None:
-            _save(checkpoint_path, objective, params, optimizer, state, config)
+        saver.save(state)
+        checkpoint_path = saver.path
         torch.set_rng_state(rng)
-        site = _find_non_finite(objective, params, xb, yb)
+        objective = module.module if isinstance(module, DistributedDataParallel) else module
+        site = _find_non_finite(objective, params, xb, yb, scale)
         what = f"the loss became {loss_value}" if not math.isfinite(loss_value) else \
             f"the gradient norm became {norm_value} (loss {loss_value:.6g})"
         saved = f"; a checkpoint of that state is in {checkpoint_path}" if checkpoint_path else ""
@@ -355,7 +397,7 @@ def _step(objective, optimizer, params, xb, yb, state, program, checkpoint_path,
     return loss_value
 
 
-def _find_non_finite(objective: Objective, params, x, y) -> str | None:
+def _find_non_finite(objective: Objective, params, x, y, scale: float) -> str | None:
     """Name the first parameter, gradient, sample or log-density that is not finite."""
     names = {id(p): n for n, p in objective.owners.named_parameters()}
     for p in params:
@@ -365,9 +407,10 @@ def _find_non_finite(objective: Objective, params, x, y) -> str | None:
         if p.grad is not None and not torch.isfinite(p.grad).all():
             return f"gradient of parameter {names.get(id(p), '?')!r}"
     program = objective.program
+    model, guide = ScaleDataPlate(scale)(program.model), ScaleDataPlate(scale)(program.guide)
     with torch.no_grad(), poutine.block():
-        guide_trace = poutine.trace(program.guide).get_trace(*call_args(x, y))
-        model_trace = poutine.trace(poutine.replay(program.model, trace=guide_trace)).get_trace(*call_args(x, y))
+        guide_trace = poutine.trace(guide).get_trace(*call_args(x, y))
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*call_args(x, y))
     for where, trace in (("guide", guide_trace), ("model", model_trace)):
         for site in sample_sites(trace):
             if not torch.isfinite(site["value"]).all():
@@ -413,14 +456,47 @@ def _refuse_minibatched_local_guide(program: Program, x, y) -> None:
                 "pyro.plate('data', N, subsample=...) in the model")
 
 
-def _evaluate(objective: Objective, x, y, batch_size: int, device, seed: int) -> float:
-    """ELBO per example on held-out rows (with a fixed seed, so it does not disturb training)."""
-    total = 0.0
+def _evaluate(objective: Objective, x, y, batch_size: int, device, seed: int, cluster: Cluster) -> float:
+    """ELBO per example on held-out rows (with a fixed seed, so it does not disturb training);
+    each rank scores its share of every batch and the totals are summed."""
+    total = torch.zeros((), dtype=torch.float64, device=device)
     with torch.no_grad(), torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed + cluster.rank)
         for idx in torch.arange(x.shape[0]).split(batch_size):
-            total += objective(*batch_rows(x, y, idx, device), scale=1.0).item()
-    return -total / x.shape[0]
+            idx = cluster.shard(idx)
+            if len(idx):
+                total += objective(*batch_rows(x, y, idx, device), scale=1.0).double()
+    return -cluster.sum(total).item() / x.shape[0]
+
+
+def _global_batches(order: torch.Tensor, batch_size: int, world_size: int) -> list[torch.Tensor]:
+    """Minibatches of ``order``; with several ranks, a last batch too small to give every rank a
+    row joins the one before it."""
+    batches = list(order.split(batch_size))
+    if world_size > 1 and len(batches) > 1 and len(batches[-1]) < world_size:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
+
+def _stream(x, y, batches: list[torch.Tensor], device, num_workers: int):
+    """The rows of each batch, in order: indexed directly, or prefetched by DataLoader workers
+    (with pinned memory for a GPU) for a row source on disk."""
+    if num_workers == 0 or isinstance(x, torch.Tensor):
+        return (batch_rows(x, y, idx, device) for idx in batches)
+    loader = DataLoader(_Rows(x, y), sampler=batches, batch_size=None, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    return ((xb.to(device, non_blocking=True), yb if yb is None else yb.to(device, non_blocking=True))
+            for xb, yb in loader)
+
+
+class _Rows(torch.utils.data.Dataset):
+    """Rows ``idx`` of ``x`` and ``y`` per item: a batch sampler's unit for DataLoader workers."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __getitem__(self, idx):
+        return self.x[idx], (self.y[idx] if self.y is not None else None)
 
 
 def _describe(program: Program) -> str:
@@ -460,31 +536,46 @@ def _load_state_dicts(objective: Objective, params, saved: dict[str, torch.Tenso
             p.copy_(saved[name])
 
 
-def _save(path: Path, objective, params, optimizer, state: _TrainState, config, rng=None) -> None:
-    payload = {
-        "format": FORMAT,
-        "config": config,
-        "params": _state_dicts(objective, params),
-        "optimizer": optimizer.state_dict(),
-        "rng": torch.get_rng_state() if rng is None else rng,
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-        "state": {k: v for k, v in dataclasses.asdict(state).items() if k != "best_state"},
-        "best_state": state.best_state,
-    }
-    save_atomic(payload, path)
+@dataclasses.dataclass
+class _Saver:
+    """Writes checkpoints (rank 0) holding every rank's random-number state."""
+
+    path: Path | None
+    objective: Objective
+    params: list
+    optimizer: torch.optim.Optimizer
+    config: dict
+    cluster: Cluster
+
+    def save(self, state: _TrainState, rng: torch.Tensor | None = None) -> None:
+        rngs = self.cluster.gather((torch.get_rng_state() if rng is None else rng,
+                                    torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []))
+        if self.path is None:
+            return
+        payload = {
+            "format": FORMAT,
+            "config": self.config,
+            "params": _state_dicts(self.objective, self.params),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": [cpu for cpu, _ in rngs],
+            "cuda_rng": [cuda for _, cuda in rngs],
+            "state": {k: v for k, v in dataclasses.asdict(state).items() if k != "best_state"},
+            "best_state": state.best_state,
+        }
+        save_atomic(payload, self.path)
 
 
-def _restore(path: Path, objective, params, optimizer, config) -> _TrainState:
+def _restore(path: Path, objective, params, optimizer, config, cluster: Cluster) -> _TrainState:
     payload = load_checkpoint(path)
     for key, value in config.items():
-        if payload["config"].get(key) != value:
+        if payload["config"].get(key, 1 if key == "world_size" else None) != value:
             raise ValueError(f"cannot resume from {path}: it was written with {key}="
                              f"{payload['config'].get(key)!r}, this call has {key}={value!r}")
     _load_state_dicts(objective, params, payload["params"])
     optimizer.load_state_dict(copy.deepcopy(payload["optimizer"]))
-    torch.set_rng_state(payload["rng"])
-    if payload["cuda_rng"]:
-        torch.cuda.set_rng_state_all(payload["cuda_rng"])
+    torch.set_rng_state(payload["rng"][cluster.rank])
+    if payload["cuda_rng"][cluster.rank]:
+        torch.cuda.set_rng_state_all(payload["cuda_rng"][cluster.rank])
     state = _TrainState(**payload["state"])
     state.best_state = payload["best_state"]
     return state
