@@ -2,6 +2,10 @@
 
 from ppgen.inference.anomaly import roc_auc
 from ppgen.inference.likelihood import LikelihoodResult, log_likelihood
+from ppgen.inference.posterior import (
+    ParetoKhat, compare, loo, loo_approximate_posterior, pareto_khat, run_nuts, to_arviz,
+)
 from ppgen.inference.svi import ELBOS, FitResult, NonFiniteLossError, fit
 
-__all__ = ["fit", "FitResult", "NonFiniteLossError", "ELBOS", "log_likelihood", "LikelihoodResult", "roc_auc"]
+__all__ = ["fit", "FitResult", "NonFiniteLossError", "ELBOS", "log_likelihood", "LikelihoodResult", "roc_auc",
+           "to_arviz", "run_nuts", "pareto_khat", "ParetoKhat", "loo", "loo_approximate_posterior", "compare"]

@@ -3,6 +3,7 @@
 from ppgen.models.autoregressive import FVSBN, MADE, NADE, PixelCNN
 from ppgen.models.base import GenerativeModel
 from ppgen.models.bayesnet import BayesianCPTs, BayesNet, FullJointTable
+from ppgen.models.classifiers import BayesianLogisticRegression, NaiveBayes
 from ppgen.models.independent import IndependentBernoulli
 from ppgen.models.latent import VAE
 
@@ -12,4 +13,5 @@ __all__ = [
     "BayesNet", "BayesianCPTs",
     "FVSBN", "NADE", "MADE", "PixelCNN",
     "VAE",
+    "NaiveBayes", "BayesianLogisticRegression",
 ]

@@ -1,0 +1,402 @@
+"""Posterior draws into ArviZ: NUTS reference runs, guide draws, PSIS diagnostics and LOO.
+
+Every source of posterior draws (a Pyro :class:`~pyro.infer.MCMC` run, a fitted guide, a dict of
+draws) becomes one ArviZ ``DataTree`` with the groups ``posterior``, ``log_likelihood``
+(pointwise, for the model's observed sites), ``posterior_predictive``, ``observed_data`` and
+``sample_stats``. Dimensions are named after the model's plates (the data plate gives the
+dimension ``"data"``); the singleton dimensions that Pyro adds to broadcast against plates are
+squeezed away.
+
+Whether variational inference worked is then checked two ways:
+
+- :func:`pareto_khat`: the Pareto-smoothed importance sampling (PSIS) shape estimate k̂ of the
+  weights p(x, z) / q(z) for z drawn from the guide (Yao et al. 2018): k̂ < 0.5 the guide is
+  good, < 0.7 usable, else the importance weights have too heavy a tail to trust it.
+- :func:`loo`, :func:`loo_approximate_posterior` and :func:`compare`: PSIS leave-one-out
+  cross-validation (Vehtari, Gelman & Gabry 2017) of the posterior predictive, for MCMC draws
+  and for draws of an approximate posterior (Magnusson et al. 2019).
+
+References: Y. Yao, A. Vehtari, D. Simpson, A. Gelman, "Yes, but Did It Work?: Evaluating
+Variational Inference", ICML 2018. A. Vehtari, A. Gelman, J. Gabry, "Practical Bayesian model
+evaluation using leave-one-out cross-validation and WAIC", Statistics and Computing 2017.
+M. Magnusson, M. Andersen, J. Jonasson, A. Vehtari, "Bayesian leave-one-out cross-validation
+for large data", ICML 2019.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+from typing import Any, Callable, Mapping
+
+import arviz_base
+import arviz_stats
+import numpy as np
+import pyro
+import torch
+import xarray as xr
+from pyro import poutine
+from pyro.infer import MCMC, NUTS, Predictive
+
+from ppgen.inference._programs import sample_sites
+from ppgen.inference.svi import FitResult
+from ppgen.models.base import GenerativeModel, local_params
+
+__all__ = ["to_arviz", "run_nuts", "pareto_khat", "ParetoKhat", "loo", "loo_approximate_posterior", "compare"]
+
+SAMPLE_DIMS = ("chain", "draw")
+
+
+def to_arviz(source, model=None, data=None, *, num_samples: int = 1000, seed: int = 0,
+             sample_stats: Mapping[str, Any] | None = None) -> xr.DataTree:
+    """Posterior draws as an ArviZ ``DataTree``, with pointwise log-likelihood and predictions.
+
+    Parameters
+    ----------
+    source : pyro.infer.MCMC, FitResult, guide, or dict
+        Where the draws come from: an MCMC run (its chains are kept); a :class:`FitResult` of
+        :func:`ppgen.fit` or a fitted guide callable (``num_samples`` draws); or a dict mapping
+        latent site names to arrays shaped ``(chain, draw, *site shape)``.
+    model : GenerativeModel or callable, optional
+        The model; defaults to the MCMC kernel's or the FitResult's model.
+    data : tensor or tuple, optional
+        The model's arguments: ``x`` or ``(x, y)``. Defaults to the MCMC run's arguments.
+    num_samples : int
+        Draws from a guide.
+    seed : int
+        Seeds the guide draws and the posterior predictive draws.
+    sample_stats : dict, optional
+        Extra per-draw statistics, arrays shaped ``(chain, draw)``.
+
+    Returns
+    -------
+    xarray.DataTree
+        Groups ``posterior``, ``log_likelihood``, ``posterior_predictive``, ``observed_data``
+        and ``sample_stats`` (``diverging`` for MCMC; ``log_joint`` and ``log_guide`` for guide
+        draws, which :func:`loo_approximate_posterior` uses).
+
+    Examples
+    --------
+    >>> import pyro, pyro.distributions as dist, torch
+    >>> def model(x):
+    ...     p = pyro.sample("p", dist.Beta(1.0, 1.0))
+    ...     with pyro.plate("data", len(x)):
+    ...         pyro.sample("x", dist.Bernoulli(p), obs=x)
+    >>> tree = to_arviz({"p": torch.full((2, 50), 0.5)}, model, torch.ones(7))
+    >>> tree["log_likelihood"]["x"].dims
+    ('chain', 'draw', 'data')
+    """
+    stats: dict[str, np.ndarray] = {}
+    if isinstance(source, MCMC):
+        model = source.kernel.model if model is None else model
+        args = source._args if data is None else _as_args(data)  # MCMC keeps the arguments it ran with
+        draws = source.get_samples(group_by_chain=True)
+        stats["diverging"] = _divergences(source)
+    else:
+        if isinstance(source, FitResult):
+            model, source = (source.model if model is None else model), source.guide
+        if model is None or data is None:
+            raise ValueError("model= and data= are needed unless the source is an MCMC run")
+        args = _as_args(data)
+        if isinstance(source, Mapping):
+            draws = {k: torch.as_tensor(np.asarray(v)) for k, v in source.items()}
+        elif callable(source):
+            with _scope(model, source):
+                draws, log_p, log_q = _guide_draws(model, source, args, _check_positive(num_samples, "num_samples"),
+                                                   seed)
+            draws = {k: v.unsqueeze(0) for k, v in draws.items()}
+            stats.update(log_joint=log_p.unsqueeze(0).numpy(), log_guide=log_q.unsqueeze(0).numpy())
+        else:
+            raise TypeError(f"source must be an MCMC run, a FitResult, a guide or a dict of draws, "
+                            f"got {type(source).__name__}")
+    stats.update({k: np.asarray(v) for k, v in (sample_stats or {}).items()})
+    with _scope(model, source):
+        return _build_tree(_model_fn(model), {k: v.detach().cpu() for k, v in draws.items()}, args, seed, stats)
+
+
+def run_nuts(model, data, *, num_chains: int = 2, num_samples: int = 500, warmup: int = 500, seed: int = 0,
+             progress: bool = False, **nuts_options) -> xr.DataTree:
+    """Sample the posterior with Pyro's NUTS, one chain after another, and convert with :func:`to_arviz`.
+
+    Chains run sequentially in this process (no multiprocessing), each seeded from ``seed``,
+    so the same seed gives the same draws.
+
+    Parameters
+    ----------
+    model : GenerativeModel or callable
+    data : tensor or tuple
+        The model's arguments: ``x`` or ``(x, y)``.
+    num_chains, num_samples, warmup : int
+        Chains, kept draws per chain and warm-up (adaptation) steps per chain.
+    seed : int
+    progress : bool
+        Show Pyro's progress bar (only when standard error is a terminal).
+    **nuts_options
+        Passed to :class:`pyro.infer.NUTS` (e.g. ``target_accept_prob``, ``max_tree_depth``).
+
+    Returns
+    -------
+    xarray.DataTree
+        As :func:`to_arviz`; ``sample_stats`` holds ``diverging`` and ``step_size`` per draw.
+    """
+    for value, name in ((num_chains, "num_chains"), (num_samples, "num_samples")):
+        _check_positive(value, name)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
+    args = _as_args(data)
+    chains, diverging, step_sizes = [], [], []
+    with _scope(model), torch.random.fork_rng():
+        for chain in range(num_chains):
+            torch.manual_seed(seed * 1_000_003 + chain)
+            sizes: list[float] = []
+
+            def record(kernel, params, stage, i, sizes=sizes):
+                if stage == "Sample":
+                    sizes.append(kernel.step_size)
+
+            mcmc = MCMC(NUTS(_model_fn(model), **nuts_options), num_samples=num_samples, warmup_steps=warmup,
+                        hook_fn=record, disable_progbar=not (progress and sys.stderr.isatty()))
+            mcmc.run(*args)
+            chains.append(mcmc.get_samples())
+            diverging.append(_divergences(mcmc)[0])
+            step_sizes.append(sizes)
+    draws = {k: torch.stack([c[k] for c in chains]) for k in chains[0]}
+    stats = {"diverging": np.stack(diverging), "step_size": np.asarray(step_sizes, dtype=float)}
+    return to_arviz(draws, model, data, seed=seed, sample_stats=stats)
+
+
+@dataclasses.dataclass
+class ParetoKhat:
+    """PSIS diagnostic of a guide: k̂ with ArviZ's thresholds and what it means.
+
+    Attributes
+    ----------
+    khat : float
+        Estimated shape of the Pareto tail of the importance weights p(x, z) / q(z), z ~ q.
+    num_samples : int
+    verdict : {"good", "ok", "bad"}
+        k̂ < 0.5, k̂ < 0.7, otherwise.
+    message : str
+        The verdict in words.
+    """
+
+    khat: float
+    num_samples: int
+    verdict: str
+    message: str
+
+
+def pareto_khat(model, guide, data, num_samples: int = 1000, seed: int = 0) -> ParetoKhat:
+    """Did variational inference work? PSIS k̂ of the guide's importance weights (Yao et al. 2018).
+
+    Draws z_s ~ q(z) from the guide and fits a generalized Pareto distribution to the largest
+    weights w_s = p(x, z_s) / q(z_s) (all latents and all data jointly). k̂ < 0.5: the guide
+    covers the posterior and importance sampling corrects what is left; 0.5 <= k̂ < 0.7:
+    usable, with slower convergence; k̂ >= 0.7: the guide misses posterior mass (often too
+    narrow), and its expectations should not be trusted.
+
+    Returns
+    -------
+    ParetoKhat
+    """
+    args = _as_args(data)
+    num_samples = _check_positive(num_samples, "num_samples")
+    with _scope(model, guide):
+        _, log_p, log_q = _guide_draws(model, guide, args, num_samples, seed)
+    # arviz_stats' psislw takes a log-likelihood and smooths the weights exp(-input): pass -log w
+    minus_log_w = xr.DataArray((log_q - log_p).numpy()[None, :], dims=SAMPLE_DIMS)
+    _, khat = minus_log_w.azstats.psislw(dim=list(SAMPLE_DIMS))
+    khat = float(khat)
+    if khat < 0.5:
+        verdict, message = "good", "the guide is close to the posterior; importance-weighted estimates are reliable"
+    elif khat < 0.7:
+        verdict, message = "ok", "the guide is usable, but importance-weighted estimates converge slowly"
+    else:
+        verdict, message = "bad", ("the guide misses posterior mass (typically too narrow or the wrong shape); "
+                                   "do not trust its posterior, and compare with MCMC")
+    return ParetoKhat(khat, num_samples, verdict, f"k̂ = {khat:.2f} ({verdict}): {message}")
+
+
+def loo(tree: xr.DataTree, **kwargs):
+    """PSIS-LOO of posterior draws (MCMC): ``arviz.loo`` with pointwise values.
+
+    Returns an ArviZ ``ELPDData`` (``elpd``, ``se``, ``p``, ``pareto_k`` per observation).
+    """
+    return arviz_stats.loo(tree, pointwise=True, **kwargs)
+
+
+def loo_approximate_posterior(tree: xr.DataTree, **kwargs):
+    """PSIS-LOO for draws of a guide, corrected by log p(x, z) - log q(z) (Magnusson et al. 2019).
+
+    ``tree`` must come from :func:`to_arviz` with a guide as source (its ``sample_stats`` hold
+    ``log_joint`` and ``log_guide``).
+    """
+    stats = tree["sample_stats"] if "sample_stats" in tree.children else {}
+    if "log_joint" not in stats or "log_guide" not in stats:
+        raise ValueError("tree has no sample_stats log_joint/log_guide: build it with to_arviz(guide, model, data)")
+    return arviz_stats.loo_approximate_posterior(tree, stats["log_joint"], stats["log_guide"], pointwise=True,
+                                                 **kwargs)
+
+
+def compare(models: Mapping[str, Any], var_name: str | None = None, **kwargs):
+    """Rank models by PSIS-LOO expected log predictive density (``arviz.compare``).
+
+    ``models`` maps names to DataTrees from :func:`to_arviz` (guide draws get
+    :func:`loo_approximate_posterior`, others :func:`loo`) or to ``ELPDData`` already computed.
+    ``var_name`` picks the observed site to score when a model has several. Returns ArviZ's comparison table (a pandas DataFrame, best model first).
+    """
+    if len(models) < 2:
+        raise ValueError(f"compare needs at least two models, got {len(models)}")
+    elpds = {}
+    for name, value in models.items():
+        if isinstance(value, xr.DataTree):
+            guided = "sample_stats" in value.children and "log_guide" in value["sample_stats"]
+            value = (loo_approximate_posterior if guided else loo)(value, var_name=var_name)
+        elpds[name] = value
+    return arviz_stats.compare(elpds, **kwargs)
+
+
+# --- internals -------------------------------------------------------------------------------
+
+def _build_tree(fn: Callable, draws: dict[str, torch.Tensor], args: tuple, seed: int,
+                stats: dict[str, np.ndarray]) -> xr.DataTree:
+    with torch.no_grad(), poutine.block(), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        trace = poutine.trace(fn).get_trace(*args)  # unconditioned: only data sites are observed
+        sites = {s["name"]: s for s in sample_sites(trace)}
+        observed = [name for name, s in sites.items() if s["is_observed"]]
+        latent = [name for name, s in sites.items() if not s["is_observed"]]
+        unknown, missing = sorted(set(draws) - set(latent)), sorted(set(latent) - set(draws))
+        if unknown or missing:
+            raise ValueError(f"draws must cover the model's latent sites {latent}: unknown {unknown}, missing {missing}")
+        shapes = {name: _leading(draws[name]) for name in latent}
+        if len(set(shapes.values())) != 1:
+            raise ValueError(f"every draw must have the same (chain, draw) shape, got {shapes}")
+        chains, num_draws = shapes[latent[0]]
+        nesting = _plate_nesting(fn, args)
+        flat = {name: draws[name].reshape((chains * num_draws,) + sites[name]["value"].shape) for name in latent}
+        # Predictive reads every axis after the first as a batch axis: pad to the plate nesting
+        vectorized_draws = {name: value.reshape(value.shape[:1] + (1,) * (nesting - len(sites[name]["fn"].batch_shape))
+                                                + value.shape[1:]) for name, value in flat.items()}
+        vectorized = Predictive(fn, posterior_samples=vectorized_draws, parallel=True).get_vectorized_trace(*args)
+        predictive = Predictive(poutine.uncondition(fn), posterior_samples=vectorized_draws, return_sites=observed,
+                                parallel=True)(*args)
+
+    def group(values: dict[str, torch.Tensor], event: bool, sample: bool = True) -> xr.Dataset:
+        arrays, dims = {}, {}
+        for name, value in values.items():
+            names, keep = _axis_names(sites[name], event)
+            lead = (chains, num_draws) if sample else ()
+            shape = tuple(sites[name]["value"].shape) if event else tuple(sites[name]["fn"].batch_shape)
+            value = value.detach().cpu().reshape(lead + shape)
+            arrays[name] = value[(slice(None),) * len(lead) + tuple(slice(None) if k else 0 for k in keep)].numpy()
+            dims[name] = names
+        return arviz_base.dict_to_dataset(arrays, dims=dims, sample_dims=list(SAMPLE_DIMS) if sample else [],
+                                          inference_library=pyro)
+
+    log_lik = {}
+    for name in observed:
+        site = vectorized.nodes[name]
+        log_p = site["fn"].log_prob(site["value"])
+        log_lik[name] = log_p.expand((chains * num_draws,) + log_p.shape[1:]) if log_p.shape[0] == 1 else log_p
+    groups = {
+        "posterior": group(flat, event=True),
+        "log_likelihood": group(log_lik, event=False),
+        "posterior_predictive": group(dict(predictive), event=True),
+        "observed_data": group({name: sites[name]["value"] for name in observed}, event=True, sample=False),
+    }
+    if stats:
+        groups["sample_stats"] = arviz_base.dict_to_dataset(stats, sample_dims=list(SAMPLE_DIMS),
+                                                            inference_library=pyro)
+    return xr.DataTree.from_dict(groups)
+
+
+def _axis_names(site: dict, event: bool) -> tuple[list[str], list[bool]]:
+    """Dimension names of a site's value axes (batch, then event if ``event``), and which to keep.
+
+    A batch axis is named after the plate at its position; a singleton axis without a plate
+    (Pyro's broadcasting) is dropped; other axes are called ``<site>_dim_<k>``.
+    """
+    fn, name = site["fn"], site["name"]
+    plates = {f.dim: f.name for f in site["cond_indep_stack"] if f.vectorized}
+    batch = tuple(fn.batch_shape)
+    names, keep = [], []
+    for i, size in enumerate(batch):
+        dim = i - len(batch)
+        keep.append(dim in plates or size != 1)
+        if dim in plates:
+            names.append(plates[dim])
+        elif size != 1:
+            names.append(f"{name}_dim_{len(names)}")
+    for _ in fn.event_shape if event else ():
+        keep.append(True)
+        names.append(f"{name}_dim_{len(names)}")
+    return names, keep
+
+
+def _guide_draws(model, guide, args: tuple, num_samples: int, seed: int):
+    """``num_samples`` draws of the latents from the guide (vectorized), with log p(x, z) and log q(z)."""
+    fn = _model_fn(model)
+    with torch.no_grad(), poutine.block(), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        nesting = _plate_nesting(fn, args)
+        with pyro.plate("_num_draws", num_samples, dim=-(nesting + 1)):
+            guide_trace = poutine.trace(guide).get_trace(*args)
+            model_trace = poutine.trace(poutine.replay(fn, trace=guide_trace)).get_trace(*args)
+        log_p, log_q = (_per_draw_log_prob(tr, num_samples, nesting) for tr in (model_trace, guide_trace))
+        draws = {s["name"]: s["value"].cpu() for s in sample_sites(model_trace) if not s["is_observed"]}
+    return draws, log_p.cpu(), log_q.cpu()
+
+
+def _per_draw_log_prob(trace, num_samples: int, nesting: int) -> torch.Tensor:
+    trace.compute_log_prob()
+    total = torch.zeros(num_samples, dtype=torch.float64)
+    for site in sample_sites(trace):
+        log_p = site["log_prob"]
+        log_p = log_p.reshape((1,) * (nesting + 1 - log_p.dim()) + log_p.shape)
+        total += log_p.expand((num_samples,) + log_p.shape[1:]).reshape(num_samples, -1).sum(-1).double().cpu()
+    return total
+
+
+def _plate_nesting(fn: Callable, args: tuple) -> int:
+    trace = poutine.trace(fn).get_trace(*args)
+    dims = [-f.dim for s in sample_sites(trace) for f in s["cond_indep_stack"] if f.vectorized]
+    return max(dims, default=0)
+
+
+def _divergences(mcmc: MCMC) -> np.ndarray:
+    """Divergent transitions after warm-up, as a (chain, draw) boolean array."""
+    diverging = np.zeros((mcmc.num_chains, mcmc.num_samples), dtype=bool)
+    for chain, steps in enumerate(mcmc.diagnostics()["divergences"].values()):
+        kept = [t - mcmc.warmup_steps for t in steps if t >= mcmc.warmup_steps]
+        diverging[chain, kept] = True
+    return diverging
+
+
+def _leading(value: torch.Tensor) -> tuple[int, int]:
+    if value.dim() < 2:
+        raise ValueError(f"draws must be shaped (chain, draw, ...), got shape {tuple(value.shape)}")
+    return tuple(value.shape[:2])
+
+
+def _as_args(data) -> tuple:
+    return tuple(data) if isinstance(data, (tuple, list)) else (data,)
+
+
+def _model_fn(model) -> Callable:
+    return model.model if isinstance(model, GenerativeModel) else model
+
+
+def _scope(*objects):
+    """Keep a ppgen model's parameters local to it (as :func:`ppgen.fit` does)."""
+    modules = [o for o in objects if isinstance(o, torch.nn.Module)]
+    if any(isinstance(o, GenerativeModel) for o in objects):
+        return local_params(*modules)
+    return contextlib.nullcontext()
+
+
+def _check_positive(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value

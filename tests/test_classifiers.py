@@ -1,0 +1,69 @@
+"""Naive Bayes's closed-form posterior predictive against its Pyro program; Ng & Jordan's finding."""
+
+import itertools
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from pyro import poutine
+
+from ppgen.models.classifiers import BayesianLogisticRegression, NaiveBayes, digit_pair
+
+
+def test_naive_bayes_closed_form_predictive_matches_pyro_model():
+    g = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.full((12, 3), 0.4), generator=g)
+    y = torch.randint(0, 2, (12,), generator=g)
+    nb = NaiveBayes(3, alpha=2.0, a=1.0, b=3.0).condition_on(x, y)
+    num_samples = 40_000
+    # draw (pi, theta) from the posterior (the guide), then one new row (x, y) from the model
+    with pyro.plate("draws", num_samples, dim=-2):
+        guide_trace = poutine.trace(nb.guide).get_trace(size=1)
+        new = poutine.trace(poutine.replay(nb.model, trace=guide_trace)).get_trace(size=1).nodes
+    new = {name: new[name]["value"] for name in ("x", "y")}
+    rows = torch.cat([new["x"].reshape(num_samples, 3), new["y"].reshape(num_samples, 1).float()], 1)
+    configs = torch.tensor(list(itertools.product([0.0, 1.0], repeat=3)))
+    expected = nb.log_predictive(configs).exp()  # (8, 2): p(x, y = c | D)
+    assert torch.allclose(expected.sum(), torch.tensor(1.0), atol=1e-6)
+    for c in range(2):
+        for i, config in enumerate(configs):
+            freq = (rows == torch.cat([config, torch.tensor([float(c)])])).all(1).float().mean()
+            p = expected[i, c]
+            assert abs(freq - p) < 4.5 * (p * (1 - p) / num_samples).sqrt(), (config, c, freq, p)
+
+
+def test_naive_bayes_conjugate_update_counts():
+    x = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    y = torch.tensor([0, 0, 1])
+    nb = NaiveBayes(2, alpha=1.0, a=0.5, b=0.5).condition_on(x, y)
+    assert torch.equal(nb.post_alpha, torch.tensor([3.0, 2.0]))
+    assert torch.equal(nb.post_a, torch.tensor([[2.5, 1.5], [0.5, 1.5]]))
+    assert torch.equal(nb.post_b, torch.tensor([[0.5, 1.5], [1.5, 0.5]]))
+    with pytest.raises(ValueError, match="labels 0..1"):
+        nb.condition_on(x, torch.tensor([0, 2, 1]))
+
+
+@pytest.mark.slow
+def test_ng_jordan_naive_bayes_converges_faster_logistic_regression_lower_asymptote():
+    torch.set_num_threads(1)
+    x, y = digit_pair((3, 5), "train", pool=2)
+    x_test, y_test = digit_pair((3, 5), "test", pool=2)
+    errors = {"nb": {}, "lr": {}}
+    for n in (20, 200, len(x)):
+        nb_err, lr_err = [], []
+        for seed in range(8 if n < len(x) else 1):
+            idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+            nb = NaiveBayes(x.shape[1]).condition_on(x[idx], y[idx])
+            nb_err.append((nb.predict_proba(x_test).argmax(-1) != y_test).float().mean().item())
+            lr = BayesianLogisticRegression(x.shape[1], prior_scale=3.0)
+            p = lr.predict_proba(x_test, lr.map_estimate(x[idx], y[idx]))
+            lr_err.append(((p > 0.5).long() != y_test).float().mean().item())
+        errors["nb"][n], errors["lr"][n] = np.mean(nb_err), np.mean(lr_err)
+    full = len(x)
+    assert errors["lr"][full] < errors["nb"][full] - 0.03  # lower asymptotic error
+
+    def progress(e):  # share of the way from n=20 to the asymptote covered by n=200
+        return (e[20] - e[200]) / (e[20] - e[full])
+
+    assert progress(errors["nb"]) > 0.9 > progress(errors["lr"]) + 0.1, errors
