@@ -241,9 +241,10 @@ def fit(
     program = as_program(model, guide)
     x, y = as_xy(data, program, "data")
     valid_xy = as_xy(valid, program, "valid") if valid is not None else None
-    cluster = join(strategy, resolve_device(device))
+    device = resolve_device(device)
+    cluster = join(strategy, device)
     try:
-        return _fit(program, model, x, y, valid_xy, cluster, cluster.device(resolve_device(device)), elbo=elbo,
+        return _fit(program, model, x, y, valid_xy, cluster, cluster.device(device), elbo=elbo,
                     num_particles=num_particles, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                     patience=patience, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress,
                     num_workers=num_workers)
@@ -306,7 +307,7 @@ def _fit(program: Program, model, x, y, valid_xy, cluster: Cluster, device: torc
                     step_rng = torch.get_rng_state()  # an interrupted step restarts from here
                     t0 = time.perf_counter()
                     scale = cluster.world_size * n_rows / len(batches[b])  # DDP averages over ranks
-                    loss_value = _step(module, optimizer, params, xb, yb, scale, state, program, saver, epoch, b)
+                    loss_value = _step(module, optimizer, params, xb, yb, scale, state, saver, epoch, b)
                     step_seconds += time.perf_counter() - t0
                     rows_seen += len(idx)
                     state.losses.append(loss_value / n_rows)
@@ -370,7 +371,7 @@ class _TrainState:
     best_state: dict | None = None
 
 
-def _step(module, optimizer, params, xb, yb, scale, state, program, saver, epoch, b) -> float:
+def _step(module, optimizer, params, xb, yb, scale, state, saver, epoch, b) -> float:
     """One optimisation step; refuses to apply a non-finite loss or gradient."""
     rng = torch.get_rng_state()
     loss = module(xb, yb, scale=scale)
@@ -381,13 +382,12 @@ def _step(module, optimizer, params, xb, yb, scale, state, program, saver, epoch
     loss_value, norm_value = saver.cluster.mean(torch.stack([loss.detach(), grad_norm.to(loss.dtype)])).tolist()
     if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
         saver.save(state)
-        checkpoint_path = saver.path
         torch.set_rng_state(rng)
         objective = module.module if isinstance(module, DistributedDataParallel) else module
         site = _find_non_finite(objective, params, xb, yb, scale)
         what = f"the loss became {loss_value}" if not math.isfinite(loss_value) else \
             f"the gradient norm became {norm_value} (loss {loss_value:.6g})"
-        saved = f"; a checkpoint of that state is in {checkpoint_path}" if checkpoint_path else ""
+        saved = f"; a checkpoint of that state is in {saver.path}" if saver.path else ""
         raise NonFiniteLossError(
             f"{what} at step {state.step + 1} (epoch {epoch + 1}, batch {b + 1}); first non-finite: "
             f"{site or 'not found when re-run'}. The parameters are kept as they were after step "
