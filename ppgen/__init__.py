@@ -3,7 +3,8 @@
 from ppgen.data import load_dataset
 from ppgen.inference import FitResult, LikelihoodResult, fit, log_likelihood
 from ppgen.models import (
-    FVSBN, MADE, NADE, VAE, BayesianCPTs, BayesNet, FullJointTable, GenerativeModel, IndependentBernoulli, PixelCNN,
+    FVSBN, MADE, NADE, PPCA, VAE, BayesianCPTs, BayesNet, BernoulliMixture, ConditionalVAE, FactorAnalysis,
+    FullJointTable, GaussianMixture, GenerativeModel, IndependentBernoulli, PixelCNN,
 )
 
 __version__ = "0.1.0"
@@ -11,5 +12,6 @@ __all__ = [
     "load_dataset",
     "fit", "FitResult", "log_likelihood", "LikelihoodResult",
     "GenerativeModel", "IndependentBernoulli", "FullJointTable", "BayesNet", "BayesianCPTs",
-    "FVSBN", "NADE", "MADE", "PixelCNN", "VAE",
+    "FVSBN", "NADE", "MADE", "PixelCNN",
+    "VAE", "ConditionalVAE", "BernoulliMixture", "GaussianMixture", "PPCA", "FactorAnalysis",
 ]

@@ -20,7 +20,8 @@ import torch
 from ppgen.data import DATASETS, load_dataset
 from ppgen.inference import NonFiniteLossError, fit, log_likelihood
 from ppgen.inference.checkpoint import save_atomic
-from ppgen.models import FVSBN, MADE, NADE, VAE, IndependentBernoulli, PixelCNN
+from ppgen.inference.diagnostics import elbo_report, format_report
+from ppgen.models import FVSBN, MADE, NADE, VAE, ConditionalVAE, IndependentBernoulli, PixelCNN
 from ppgen.plots import elbo_curves, image_grid
 
 def _pixelcnn(x_dim: int, **kwargs) -> PixelCNN:
@@ -33,7 +34,8 @@ def _pixelcnn(x_dim: int, **kwargs) -> PixelCNN:
 # name -> (constructor taking x_dim first, default keyword arguments); -o KEY=VALUE overrides them.
 MODELS: dict[str, tuple[Callable, dict]] = {
     "independent": (IndependentBernoulli, {}),
-    "vae": (VAE, {"z_dim": 50, "hidden": 400}),
+    "vae": (VAE, {"z_dim": 50, "hidden": 400}),  # -o architecture=conv for the convolutional one
+    "cvae": (ConditionalVAE, {"y_dim": 10, "z_dim": 20, "hidden": 400}),  # needs labels: digits, mnist
     "fvsbn": (FVSBN, {}),
     "nade": (NADE, {"hidden": 500}),
     "made": (MADE, {"hidden_sizes": [500], "num_masks": 1}),
@@ -208,6 +210,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path)
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
     p.add_argument("--num-samples", type=int, default=1000, help="importance samples for latent models")
+    p.add_argument("--report-rows", type=int, default=1000, help="rows for a latent model's ELBO report")
     common(p)
 
     p = sub.add_parser("sample", help="draw samples from a run's model into a PNG grid")
@@ -243,6 +246,13 @@ def main(argv: list[str] | None = None) -> int:
             metrics = evaluate_run(args.run, split=args.split, num_samples=args.num_samples,
                                    device=args.device, seed=args.seed)
             print(format_table({args.run.name: metrics}))
+            if not metrics["exact"]:  # a latent model: where its ELBO goes, and whether to trust it
+                model, config = load_run(args.run)
+                data = load_dataset(config["data"], args.split, root=config["root"])
+                rows = slice(args.report_rows)
+                report = elbo_report(model, (data.x[rows], None if data.y is None else data.y[rows]),
+                                     iwae_samples=min(args.num_samples, 1000), device=args.device, seed=args.seed)
+                print("\n" + format_report(report))
         elif args.command == "sample":
             model, _ = load_run(args.run)
             torch.manual_seed(args.seed)

@@ -1,4 +1,4 @@
-"""Figures: sample grids and ELBO curves.
+"""Figures: sample grids, ELBO curves and latent maps.
 
 Built on ``matplotlib.figure.Figure`` directly (not pyplot), so drawing never changes
 matplotlib's global backend or state. Each function returns the figure and, given ``path``,
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-__all__ = ["image_grid", "elbo_curves"]
+__all__ = ["image_grid", "elbo_curves", "latent_map"]
 
 
 def image_grid(images: torch.Tensor, path: str | os.PathLike | None = None, *, ncols: int = 8,
@@ -63,6 +63,32 @@ def elbo_curves(histories: Mapping[str, Mapping[str, Sequence[float]]],
     ax.set_ylabel("ELBO (nats per example)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def latent_map(z: torch.Tensor, labels: torch.Tensor | None = None, path: str | os.PathLike | None = None, *,
+               dims: tuple[int, int] = (0, 1), title: str | None = None) -> Figure:
+    """Scatter two coordinates of codes ``z`` (N, d), e.g. ``model.encode(x)``, coloured by label."""
+    z = torch.as_tensor(z).detach().cpu().float()
+    if z.dim() != 2 or z.shape[1] <= max(dims):
+        raise ValueError(f"z must have shape (N, d) with d > {max(dims)}, got {tuple(z.shape)}")
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.add_subplot()
+    if labels is None:
+        ax.scatter(z[:, dims[0]], z[:, dims[1]], s=4, alpha=0.6)
+    else:
+        labels = torch.as_tensor(labels).cpu()
+        for i, value in enumerate(torch.unique(labels).tolist()):
+            keep = labels == value
+            ax.scatter(z[keep, dims[0]], z[keep, dims[1]], s=4, alpha=0.6, color=f"C{i % 10}", label=str(value))
+        ax.legend(fontsize=7, markerscale=3, ncols=2, loc="best")
+    ax.set_xlabel(f"z[{dims[0]}]")
+    ax.set_ylabel(f"z[{dims[1]}]")
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=100)

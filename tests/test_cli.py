@@ -30,8 +30,10 @@ def test_train_evaluate_sample_round_trip(tmp_path, capsys):
                  "-o", "z_dim=3", "-o", "hidden=[16]", "--num-samples", "10"]) == 0
     config = json.loads((run / "config.json").read_text())
     assert config["options"] == {"z_dim": 3, "hidden": [16]}
-    assert main(["evaluate", str(run), "--num-samples", "10", "--split", "valid"]) == 0
+    assert main(["evaluate", str(run), "--num-samples", "10", "--split", "valid", "--report-rows", "50"]) == 0
     assert json.loads((run / "metrics.json").read_text())["split"] == "valid"
+    report = capsys.readouterr().out
+    assert "active units" in report.lower() and "kl" in report.lower()  # the VAE's ELBO report
     assert main(["sample", str(run), "-n", "8"]) == 0
     assert (run / "samples.png").is_file()
 

@@ -1,11 +1,17 @@
 """The inference layer: fit, score and diagnose any ppgen model or Pyro program."""
 
 from ppgen.inference.anomaly import roc_auc
+from ppgen.inference.diagnostics import (
+    ELBOReport, ELBOTerms, GradientStats, elbo_report, elbo_terms, format_report, gradient_stats, plot_elbo_report,
+)
 from ppgen.inference.likelihood import LikelihoodResult, log_likelihood
 from ppgen.inference.posterior import (
     ParetoKhat, compare, loo, loo_approximate_posterior, pareto_khat, run_nuts, to_arviz,
 )
+from ppgen.inference.representation import linear_probe_accuracy
 from ppgen.inference.svi import ELBOS, FitResult, NonFiniteLossError, fit
 
 __all__ = ["fit", "FitResult", "NonFiniteLossError", "ELBOS", "log_likelihood", "LikelihoodResult", "roc_auc",
-           "to_arviz", "run_nuts", "pareto_khat", "ParetoKhat", "loo", "loo_approximate_posterior", "compare"]
+           "to_arviz", "run_nuts", "pareto_khat", "ParetoKhat", "loo", "loo_approximate_posterior", "compare",
+           "elbo_terms", "elbo_report", "ELBOTerms", "ELBOReport", "GradientStats", "gradient_stats",
+           "format_report", "plot_elbo_report", "linear_probe_accuracy"]

@@ -5,13 +5,13 @@ from ppgen.models.base import GenerativeModel
 from ppgen.models.bayesnet import BayesianCPTs, BayesNet, FullJointTable
 from ppgen.models.classifiers import BayesianLogisticRegression, NaiveBayes
 from ppgen.models.independent import IndependentBernoulli
-from ppgen.models.latent import VAE
+from ppgen.models.latent import PPCA, VAE, BernoulliMixture, ConditionalVAE, FactorAnalysis, GaussianMixture
 
 __all__ = [
     "GenerativeModel",
     "IndependentBernoulli", "FullJointTable",
     "BayesNet", "BayesianCPTs",
     "FVSBN", "NADE", "MADE", "PixelCNN",
-    "VAE",
+    "VAE", "ConditionalVAE", "BernoulliMixture", "GaussianMixture", "PPCA", "FactorAnalysis",
     "NaiveBayes", "BayesianLogisticRegression",
 ]

@@ -11,24 +11,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ppgen.models.base import GenerativeModel, num_rows
+from ppgen.models.latent.networks import IMAGE_SIDE, ConvDecoder, ConvEncoder, mlp
 
 __all__ = ["VAE", "mlp"]
 
 LIKELIHOODS = ("bernoulli", "gaussian")
-
-
-def mlp(sizes: Sequence[int]) -> nn.Sequential:
-    """Linear layers of the given widths with ReLU between them (none after the last)."""
-    layers: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        if i:
-            layers.append(nn.ReLU())
-        layers.append(nn.Linear(fan_in, fan_out))
-    return nn.Sequential(*layers)
+ARCHITECTURES = ("mlp", "conv")
 
 
 class VAE(GenerativeModel):
-    r"""Variational autoencoder with MLP encoder and decoder.
+    r"""Variational autoencoder with MLP or convolutional encoder and decoder.
 
     Generative story, for each row n:
 
@@ -39,11 +31,14 @@ class VAE(GenerativeModel):
 
     with the amortised guide :math:`q_\phi(z_n \mid x_n) = \mathcal{N}(\mu_\phi(x_n),
     \mathrm{diag}\,\sigma_\phi(x_n)^2)`. :math:`f_\theta`, :math:`\mu_\phi`, :math:`\sigma_\phi`
-    are MLPs with ReLU hidden layers; :math:`\sigma_\phi` goes through a softplus. The Gaussian
-    likelihood learns one scale :math:`s_d` per dimension.
+    are MLPs with ReLU hidden layers (``architecture="mlp"``) or, for 28x28 images, two stride-2
+    convolutions and their transposes (``"conv"``, DCGAN-style); :math:`\sigma_\phi` goes
+    through a softplus. The Gaussian likelihood learns one scale :math:`s_d` per dimension.
 
-    Parameters: encoder ``(x_dim -> hidden... -> 2 z_dim)`` plus decoder
-    ``(z_dim -> hidden... -> x_dim)`` weights and biases (``num_parameters`` counts them).
+    Parameters: MLP encoder ``(x_dim -> hidden... -> 2 z_dim)`` plus decoder
+    ``(z_dim -> hidden... -> x_dim)`` weights and biases; conv encoder
+    ``16 c1 + c1 + 16 c1 c2 + c2 + 49 c2 (2 z_dim) + 2 z_dim`` and a mirrored decoder
+    (``num_parameters`` counts them).
 
     References: D. P. Kingma and M. Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
 
@@ -57,6 +52,11 @@ class VAE(GenerativeModel):
         Widths of the hidden layers (mirrored in the decoder).
     likelihood : {"bernoulli", "gaussian"}
         p(x | z).
+    architecture : {"mlp", "conv"}
+        MLP networks of widths ``hidden``, or convolutional networks with ``channels``
+        (28x28 images only, ``x_dim = 784``).
+    channels : pair of int
+        Channels of the two convolutional layers (``architecture="conv"``).
 
     Examples
     --------
@@ -65,10 +65,13 @@ class VAE(GenerativeModel):
     torch.Size([3, 784])
     >>> vae.encode(torch.zeros(5, 784)).shape
     torch.Size([5, 2])
+    >>> VAE(784, z_dim=2, architecture="conv", channels=(4, 8)).sample(3).shape
+    torch.Size([3, 784])
     """
 
     def __init__(self, x_dim: int, z_dim: int = 50, hidden: int | Sequence[int] = 400,
-                 likelihood: str = "bernoulli"):
+                 likelihood: str = "bernoulli", architecture: str = "mlp",
+                 channels: Sequence[int] = (32, 64)):
         super().__init__(x_dim)
         hidden = [hidden] if isinstance(hidden, int) else list(hidden)
         if isinstance(z_dim, bool) or not isinstance(z_dim, int) or z_dim < 1:
@@ -77,12 +80,26 @@ class VAE(GenerativeModel):
             raise ValueError(f"hidden must be positive ints, got {hidden!r}")
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+        if architecture == "conv":
+            if x_dim != IMAGE_SIDE**2:
+                raise ValueError(f"architecture='conv' is for 28x28 images (x_dim=784), got x_dim={x_dim}")
+            channels = tuple(channels)
+            if len(channels) != 2 or not all(isinstance(c, int) and c > 0 for c in channels):
+                raise ValueError(f"channels must be two positive ints, got {channels!r}")
         self.z_dim = z_dim
         self.hidden = tuple(hidden)
         self.likelihood = likelihood
+        self.architecture = architecture
+        self.channels = tuple(channels)
         self.data_support = "binary" if likelihood == "bernoulli" else "real"
-        self.encoder = mlp([x_dim, *hidden, 2 * z_dim])
-        self.decoder = mlp([z_dim, *reversed(hidden), x_dim])
+        if architecture == "conv":
+            self.encoder = ConvEncoder(2 * z_dim, self.channels)
+            self.decoder = ConvDecoder(z_dim, self.channels)
+        else:
+            self.encoder = mlp([x_dim, *hidden, 2 * z_dim])
+            self.decoder = mlp([z_dim, *reversed(hidden), x_dim])
         if likelihood == "gaussian":
             self.log_scale = nn.Parameter(torch.zeros(x_dim))
         self.register_buffer("prior_loc", torch.zeros(z_dim), persistent=False)
@@ -127,6 +144,33 @@ class VAE(GenerativeModel):
         """Mean of p(x | z) at z = E_q[z | x]."""
         return self.decode(self.encode(x))
 
+    @torch.no_grad()
+    def latent_traversal(self, z: torch.Tensor, dim: int, values) -> torch.Tensor:
+        """Decode ``z`` with coordinate ``dim`` set to each of ``values`` in turn.
+
+        Parameters
+        ----------
+        z : Tensor (z_dim,) or (N, z_dim)
+            The code(s) to start from, e.g. ``encode(x)``.
+        dim : int
+            Latent coordinate to vary.
+        values : sequence of float or Tensor (V,)
+
+        Returns
+        -------
+        Tensor (V, x_dim) for one code, (N, V, x_dim) for N codes: decoder means.
+        """
+        z = torch.as_tensor(z, dtype=torch.get_default_dtype())
+        if z.dim() not in (1, 2) or z.shape[-1] != self.z_dim:
+            raise ValueError(f"z must have shape (z_dim,) or (N, z_dim) with z_dim={self.z_dim}, "
+                             f"got {tuple(z.shape)}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 0 <= dim < self.z_dim:
+            raise ValueError(f"dim must be an int in [0, {self.z_dim}), got {dim!r}")
+        values = torch.as_tensor(values, dtype=z.dtype, device=z.device).reshape(-1)
+        codes = z.unsqueeze(-2).repeat_interleave(len(values), dim=-2).clone()  # (..., V, z_dim)
+        codes[..., dim] = values
+        return self.decode(codes)
+
     def extra_repr(self) -> str:
-        return (f"x_dim={self.x_dim}, z_dim={self.z_dim}, hidden={self.hidden}, "
-                f"likelihood={self.likelihood!r}")
+        net = f"hidden={self.hidden}" if self.architecture == "mlp" else f"architecture='conv', channels={self.channels}"
+        return f"x_dim={self.x_dim}, z_dim={self.z_dim}, {net}, likelihood={self.likelihood!r}"
