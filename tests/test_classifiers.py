@@ -67,3 +67,17 @@ def test_ng_jordan_naive_bayes_converges_faster_logistic_regression_lower_asympt
         return (e[20] - e[200]) / (e[20] - e[full])
 
     assert progress(errors["nb"]) > 0.9 > progress(errors["lr"]) + 0.1, errors
+
+
+def test_naive_bayes_leave_one_out_equals_refitting_without_the_row():
+    x, y = digit_pair((4, 9), "valid", pool=7)  # 16 binary features
+    x, y = x[:60], y[:60]
+    loo = NaiveBayes(16, alpha=2.0, a=0.5, b=1.5).loo_conditional(x, y)
+    for n in (0, 7, 33, 59):  # brute force: condition on the other 59 rows, predict row n
+        keep = torch.arange(60) != n
+        refit = NaiveBayes(16, alpha=2.0, a=0.5, b=1.5).condition_on(x[keep], y[keep])
+        expected = refit.predict_proba(x[n:n + 1])[0, y[n]].log()
+        assert loo[n].item() == pytest.approx(expected.item(), abs=1e-5)
+    # and leaving the row out costs: on average it is predicted worse than by the full fit
+    full = NaiveBayes(16, alpha=2.0, a=0.5, b=1.5).condition_on(x, y).predict_proba(x).log()
+    assert loo.mean() < full.gather(-1, y[:, None]).mean()

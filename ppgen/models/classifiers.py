@@ -107,6 +107,29 @@ class NaiveBayes(GenerativeModel):
         """Posterior predictive class probabilities p(y = c | x, D), shape (N, C)."""
         return self.log_predictive(x).softmax(-1)
 
+    def loo_conditional(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        r"""Exact leave-one-out :math:`\log p(y_n \mid x_n, \mathcal{D}_{-n})` for the rows
+        :math:`\mathcal{D} = (x, y)`, shape (N,).
+
+        The conjugate posterior without row n is the one with row n's counts taken out, so the
+        leave-one-out predictive needs no refitting and no importance sampling. It scores the
+        labels given the features, p(y | x), the quantity a discriminative classifier's LOO
+        scores, so the two can be compared (summed, it is the elpd of ``arviz.loo``).
+        """
+        x = self.check_data(x)
+        y = _check_labels(y, x.shape[0], self.num_classes)
+        alpha, a, b = self.prior
+        onehot = F.one_hot(y, self.num_classes).to(x.dtype)      # (N, C)
+        counts, ones = onehot.sum(0), onehot.T @ x               # (C,), (C, D)
+        own = onehot[:, :, None]                                  # (N, C, 1): row n's class
+        alpha_n = alpha + counts - onehot                         # (N, C)
+        on_n = a + ones - own * x[:, None, :]                     # (N, C, D)
+        off_n = b + counts[:, None] - ones - own * (1 - x[:, None, :])
+        log_on, log_off = (on_n / (on_n + off_n)).log(), (off_n / (on_n + off_n)).log()
+        log_joint = (alpha_n.log() - alpha_n.sum(-1, keepdim=True).log()
+                     + (x[:, None, :] * log_on + (1 - x[:, None, :]) * log_off).sum(-1))  # (N, C)
+        return log_joint.log_softmax(-1).gather(-1, y[:, None]).squeeze(-1)
+
     def extra_repr(self) -> str:
         return f"x_dim={self.x_dim}, num_classes={self.num_classes}"
 
