@@ -161,3 +161,24 @@ def test_fit_isolates_parameters_of_two_models():
     fit(a, x, epochs=20, batch_size=64, lr=0.1, progress=False)
     assert torch.equal(b.logits, torch.zeros(5))  # untouched
     assert len(pyro.get_param_store()) == 0  # nothing left in Pyro's global store
+
+
+def test_a_new_autoguide_ignores_stale_parameters_of_an_earlier_one():
+    # Two plain models fitted one after the other with the same autoguide class: the second
+    # guide must not take over the first one's parameters from Pyro's global store.
+    def model(x):
+        loc = pyro.sample("loc", dist.Normal(torch.zeros(x.shape[1]), 10.0).to_event(1))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    first = fit(model, torch.randn(20, 3) + 5.0, guide="auto_multivariate_normal", epochs=200, batch_size=20,
+                lr=0.05, progress=False)
+    data = torch.randn(200, 5) - 2.0
+    second = fit(model, data, guide="auto_multivariate_normal", epochs=300, batch_size=200, lr=0.05,
+                 progress=False)
+    # the posterior mean of loc (Normal-Normal, closed form) is n xbar / (n + 1/100), its sd
+    # 1/sqrt(200) = 0.07; single-sample SVI at lr 0.05 jitters on that scale: 3 sds of slack.
+    # Without the fix the second fit crashes, or starts from the first guide's 3-dim state.
+    expected = data.sum(0) / (200 + 0.01)
+    assert torch.allclose(second.guide.loc.detach(), expected, atol=0.21)
+    assert first.guide.loc.shape == (3,)  # the first guide keeps its own parameters

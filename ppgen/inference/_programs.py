@@ -92,6 +92,7 @@ def as_program(model, guide=None) -> Program:
         if guide not in AUTOGUIDES:
             raise ValueError(f"unknown autoguide {guide!r}; choices: {', '.join(AUTOGUIDES)}")
         guide_module = AUTOGUIDES[guide](model_fn)
+        _forget_stale_params(guide_module._pyro_name)
         guide_fn = guide_module
     elif callable(guide):
         guide_fn = guide
@@ -99,6 +100,19 @@ def as_program(model, guide=None) -> Program:
     else:
         raise TypeError(f"guide must be a function, a module or an autoguide name, got {type(guide).__name__}")
     return Program(model_fn, guide_fn, generative_model, guide_module)
+
+
+def _forget_stale_params(prefix: str) -> None:
+    """Drop global param-store entries named like a new autoguide's parameters.
+
+    An autoguide of a plain model function keeps its parameters in Pyro's global store under
+    ``"<ClassName>.<site>"``; a store entry left by an earlier guide of the same class would be
+    taken over by the new one, with the wrong shape or value. The earlier guide object keeps its
+    own parameters; only the stale store entries go.
+    """
+    store = pyro.get_param_store()
+    for name in [n for n in store.keys() if n.startswith(prefix + ".")]:
+        del store[name]
 
 
 def as_xy(data, program: Program, name: str):
