@@ -53,7 +53,7 @@ def build_model(name: str, x_dim: int, **overrides) -> torch.nn.Module:
 
 def train_run(model_name: str, data: str, out: Path, *, root=None, options=None, epochs=20, batch_size=128,
               lr=1e-3, elbo="trace", num_particles=1, patience=5, device="auto", seed=0, resume=False,
-              progress=True) -> dict:
+              progress=True, precision="fp32") -> dict:
     """Train one model into the run folder ``out``; return its config."""
     train, valid = (load_dataset(data, split, root=root) for split in ("train", "valid"))
     torch.manual_seed(seed)
@@ -62,11 +62,11 @@ def train_run(model_name: str, data: str, out: Path, *, root=None, options=None,
     config = {
         "model": model_name, "options": options or {}, "data": data, "root": str(root) if root else None,
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "elbo": elbo, "num_particles": num_particles,
-        "patience": patience, "seed": seed,
+        "patience": patience, "seed": seed, "precision": precision,
     }
     result = fit(model, train, valid=valid, epochs=epochs, batch_size=batch_size, lr=lr, elbo=elbo,
                  num_particles=num_particles, patience=patience, device=device, seed=seed,
-                 checkpoint_dir=out / "checkpoints", resume=resume, progress=progress)
+                 checkpoint_dir=out / "checkpoints", resume=resume, progress=progress, precision=precision)
     config["train_seconds"] = result.seconds
     config["device"] = result.device
     if not is_main_process():
@@ -204,6 +204,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="model argument, e.g. -o z_dim=20 -o hidden=[400,400]")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    p.add_argument("--precision", default="fp32", help="fp32, or bf16 for the networks' matrix products")
     p.add_argument("--num-samples", type=int, default=1000, help="importance samples for the test log-likelihood")
 
     p = sub.add_parser("evaluate", help="test log-likelihood of a run (writes metrics.json)")
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             train_run(args.model, args.data, args.out, root=args.root, options=dict(args.option),
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, elbo=args.elbo,
                       num_particles=args.num_particles, patience=args.patience, device=args.device,
-                      seed=args.seed, resume=args.resume)
+                      seed=args.seed, resume=args.resume, precision=args.precision)
             if not is_main_process():
                 return 0
             metrics = evaluate_run(args.out, split="test", num_samples=args.num_samples, device=args.device,

@@ -37,6 +37,9 @@ def test_bad_data(data, error, message):
     ({"resume": True}, "resume=True needs checkpoint_dir="),
     ({"guide": "auto_nromal"}, "unknown autoguide 'auto_nromal'; choices: auto_normal"),
     ({"device": "tpu"}, "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
+    ({"precision": "fp16"}, "precision must be one of \\('fp32', 'bf16'\\), got 'fp16'"),
+    ({"strategy": "horovod"}, "strategy must be one of \\('auto', 'single', 'ddp'\\), got 'horovod'"),
+    ({"num_workers": -1}, "num_workers must be an int >= 0, got -1"),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

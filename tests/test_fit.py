@@ -182,3 +182,21 @@ def test_a_new_autoguide_ignores_stale_parameters_of_an_earlier_one():
     expected = data.sum(0) / (200 + 0.01)
     assert torch.allclose(second.guide.loc.detach(), expected, atol=0.21)
     assert first.guide.loc.shape == (3,)  # the first guide keeps its own parameters
+
+
+def test_bf16_runs_the_networks_in_bfloat16_and_keeps_the_elbo_in_float32(digits):
+    x = digits["train"].x[:256]
+    model = _small_vae()
+    fp32, bf16 = (Objective(as_program(model), data_size=256, precision=p) for p in ("fp32", "bf16"))
+    losses = {}
+    for name, objective in (("fp32", fp32), ("bf16", bf16)):
+        torch.manual_seed(0)  # the same draw of z for both
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
+            assert model.decoder(torch.zeros(1, 4)).dtype == (torch.bfloat16 if name == "bf16" else torch.float32)
+        losses[name] = objective(x)
+    assert losses["bf16"].dtype == torch.float32
+    # bfloat16 keeps 8 significant bits: products of 784 inputs are off by ~1e-3 relatively
+    assert abs(losses["bf16"].item() / losses["fp32"].item() - 1) < 1e-2
+    assert losses["bf16"].item() != losses["fp32"].item()  # the bf16 path was really taken
+    result = fit(model, x, epochs=3, batch_size=64, lr=1e-2, precision="bf16", progress=False)
+    assert result.train_elbo[-1] > result.train_elbo[0] + 50

@@ -169,7 +169,7 @@ class AutoregressiveModel(GenerativeModel):
         k = self._choose_ordering()
         with pyro.plate("data", num_rows(x, y, size)) as rows:
             if x is not None:
-                fn = dist.Bernoulli(logits=self.conditional_logits(x, k)).to_event(1)
+                fn = dist.Bernoulli(logits=self.conditional_logits(x, k).float()).to_event(1)  # fp32 under bf16
                 return pyro.sample("x", fn, obs=x)
             x = self._sequential(k, len(rows), sites=True)[0]
             return pyro.deterministic("x", x, event_dim=1)
