@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ppgen import IndependentBernoulli, fit
-from ppgen.data import NpyRows
+from ppgen.data import NpyRows, load_dataset
 from ppgen.inference.distributed import Cluster
 from ppgen.inference.svi import _global_batches
 
@@ -127,7 +127,7 @@ def test_npy_rows_and_datasets_feed_fit(tmp_path):
     x = torch.bernoulli(torch.full((200, 6), 0.3), generator=torch.Generator().manual_seed(0))
     np.save(tmp_path / "x.npy", x.numpy().astype(np.uint8))
     from_disk = IndependentBernoulli(6)
-    fit(from_disk, NpyRows(tmp_path / "x.npy"), epochs=3, batch_size=50, progress=False)
+    fit(from_disk, load_dataset(tmp_path / "x.npy"), epochs=3, batch_size=50, progress=False)
     in_memory = IndependentBernoulli(6)
     fit(in_memory, x, epochs=3, batch_size=50, progress=False)
     as_dataset = IndependentBernoulli(6)

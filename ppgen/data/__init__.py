@@ -120,14 +120,16 @@ def load_dataset(name: str, split: str = "train", *, root: str | os.PathLike | N
 
     Parameters
     ----------
-    name : {"digits", "binarized_mnist", "mnist"}
+    name : {"digits", "binarized_mnist", "mnist"} or a path ending in ".npy"
         ``"digits"``: shipped with ppgen (10,000 train / 1,000 valid / 2,000 test labelled
         28x28 digits from MNIST, each pixel sampled once from Bernoulli(intensity/255) with a
         fixed seed by ``scripts/make_digits.py``). ``"binarized_mnist"``: the statically
         binarized MNIST of Larochelle & Murray (2011), 50,000 / 10,000 / 10,000 rows without
         labels, from ``root`` or ``$PPGEN_DATA``. ``"mnist"``: torchvision's MNIST from
         ``root`` (50,000 / 10,000 / 10,000 with the last 10,000 training images as
-        ``valid``), binarized as ``binarize`` says.
+        ``valid``), binarized as ``binarize`` says. A path to a 2-D ``.npy`` file: its rows as
+        an :class:`NpyRows` read from disk minibatch by minibatch (no labels, ``split`` unused),
+        for data larger than memory.
     split : {"train", "valid", "test"}
     root : path, optional
         Folder holding ``binarized_mnist.npz`` or ``MNIST/raw/``. Defaults to ``$PPGEN_DATA``.
@@ -143,6 +145,8 @@ def load_dataset(name: str, split: str = "train", *, root: str | os.PathLike | N
     >>> x.shape, x.dtype, y[:5].tolist()
     (torch.Size([1000, 784]), torch.float32, [1, 4, 0, 3, 1])
     """
+    if isinstance(name, (str, os.PathLike)) and str(name).endswith(".npy"):
+        return Dataset(NpyRows(name), None)
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choices: {', '.join(DATASETS)}")
     if split not in SPLITS:
