@@ -35,6 +35,7 @@ from ppgen.inference._programs import (
 )
 from ppgen.inference.checkpoint import CHECKPOINT_NAME, FORMAT, load_checkpoint, save_atomic
 from ppgen.inference.distributed import Cluster, join
+from ppgen.models.base import at_least_float32
 
 __all__ = ["fit", "FitResult", "NonFiniteLossError", "Objective", "ELBOS"]
 
@@ -123,7 +124,7 @@ class Objective(nn.Module):
         # bf16: the networks' matrix products run in bfloat16 (autocast); ppgen's models hand
         # float32 outputs to their distributions, so log-densities and the ELBO stay float32
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            return self._loss(x, y, scale).float()
+            return at_least_float32(self._loss(x, y, scale))
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor | None, scale: float | None) -> torch.Tensor:
         scale = self.data_size / x.shape[0] if scale is None else scale

@@ -18,7 +18,7 @@ import torch
 from pyro import poutine
 from pyro.nn import PyroModule, pyro_method
 
-__all__ = ["GenerativeModel", "local_params", "check_data", "num_rows"]
+__all__ = ["GenerativeModel", "local_params", "check_data", "num_rows", "at_least_float32"]
 
 
 class GenerativeModel(PyroModule):
@@ -139,6 +139,12 @@ def num_rows(x=None, y=None, size=None) -> int:
     if y is not None:
         return y.shape[0]
     return 1 if size is None else size
+
+
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 if it is in a half-precision type (bf16 autocast output), else unchanged:
+    networks may run in bfloat16, but densities are computed in float32 or float64."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 def _check_count(n, name: str) -> int:

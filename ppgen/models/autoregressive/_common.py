@@ -22,7 +22,7 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 
-from ppgen.models.base import GenerativeModel, _check_count, num_rows
+from ppgen.models.base import GenerativeModel, _check_count, at_least_float32, num_rows
 
 __all__ = ["AutoregressiveModel", "InpaintResult", "resolve_order", "observed_first", "order_observed_first"]
 
@@ -169,7 +169,7 @@ class AutoregressiveModel(GenerativeModel):
         k = self._choose_ordering()
         with pyro.plate("data", num_rows(x, y, size)) as rows:
             if x is not None:
-                fn = dist.Bernoulli(logits=self.conditional_logits(x, k).float()).to_event(1)  # fp32 under bf16
+                fn = dist.Bernoulli(logits=at_least_float32(self.conditional_logits(x, k))).to_event(1)
                 return pyro.sample("x", fn, obs=x)
             x = self._sequential(k, len(rows), sites=True)[0]
             return pyro.deterministic("x", x, event_dim=1)

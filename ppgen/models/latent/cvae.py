@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ppgen.models.base import GenerativeModel, _check_count
+from ppgen.models.base import GenerativeModel, _check_count, at_least_float32
 from ppgen.models.latent.networks import mlp
 from ppgen.models.latent.vae import LIKELIHOODS
 
@@ -92,13 +92,13 @@ class ConditionalVAE(GenerativeModel):
 
     def likelihood_dist(self, z: torch.Tensor, y_one_hot: torch.Tensor) -> dist.TorchDistribution:
         """p(x | y, z) with event shape (x_dim,); ``y_one_hot`` (N, y_dim) broadcasts over z's particles."""
-        out = self.decoder(torch.cat([z, y_one_hot.expand(*z.shape[:-1], -1)], -1)).float()  # (..., x_dim)
+        out = at_least_float32(self.decoder(torch.cat([z, y_one_hot.expand(*z.shape[:-1], -1)], -1)))  # (..., x_dim)
         if self.likelihood == "bernoulli":
             return dist.Bernoulli(logits=out, validate_args=False).to_event(1)
         return dist.Normal(out, self.log_scale.exp()).to_event(1)
 
     def _posterior_params(self, x: torch.Tensor, y_one_hot: torch.Tensor):
-        loc, raw_scale = self.encoder(torch.cat([x, y_one_hot], -1)).float().chunk(2, dim=-1)
+        loc, raw_scale = at_least_float32(self.encoder(torch.cat([x, y_one_hot], -1))).chunk(2, dim=-1)
         return loc, F.softplus(raw_scale) + 1e-5
 
     def _one_hot(self, y) -> torch.Tensor:

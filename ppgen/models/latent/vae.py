@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ppgen.models.base import GenerativeModel, num_rows
+from ppgen.models.base import GenerativeModel, at_least_float32, num_rows
 from ppgen.models.latent.networks import IMAGE_SIDE, ConvDecoder, ConvEncoder, mlp
 
 __all__ = ["VAE", "mlp"]
@@ -119,14 +119,14 @@ class VAE(GenerativeModel):
 
     def likelihood_dist(self, z: torch.Tensor) -> dist.TorchDistribution:
         """p(x | z) as a distribution with event shape (x_dim,)."""
-        out = self.decoder(z).float()  # (..., x_dim); float32 even when the network runs in bf16
+        out = at_least_float32(self.decoder(z))  # (..., x_dim)
         if self.likelihood == "bernoulli":
             return dist.Bernoulli(logits=out, validate_args=False).to_event(1)
         return dist.Normal(out, self.log_scale.exp()).to_event(1)
 
     def posterior_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Location and scale of q(z | x), each (N, z_dim)."""
-        loc, raw_scale = self.encoder(x).float().chunk(2, dim=-1)
+        loc, raw_scale = at_least_float32(self.encoder(x)).chunk(2, dim=-1)
         return loc, F.softplus(raw_scale) + 1e-5
 
     @torch.no_grad()
