@@ -86,7 +86,12 @@ class Cluster:
         return rows[self.rank::self.world_size]
 
     def close(self) -> None:
+        """Destroy the group this process made, once every rank got here: Gloo can abort a rank
+        that tears down while a peer still uses the group. Call it after a success only; after a
+        failure leave the group to the process exit, since tearing it down while peers are still
+        inside a collective can deadlock."""
         if self.created_group and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
 

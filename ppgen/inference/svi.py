@@ -261,13 +261,12 @@ def fit(
     valid_xy = as_xy(valid, program, "valid") if valid is not None else None
     device = resolve_device(device)
     cluster = join(strategy, device)
-    try:
-        return _fit(program, model, x, y, valid_xy, cluster, cluster.device(device), elbo=elbo,
-                    num_particles=num_particles, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                    patience=patience, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress,
-                    num_workers=num_workers, precision=precision)
-    finally:
-        cluster.close()
+    result = _fit(program, model, x, y, valid_xy, cluster, cluster.device(device), elbo=elbo,
+                  num_particles=num_particles, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                  patience=patience, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress,
+                  num_workers=num_workers, precision=precision)
+    cluster.close()  # on success only: see Cluster.close
+    return result
 
 
 def _fit(program: Program, model, x, y, valid_xy, cluster: Cluster, device: torch.device, *, elbo, num_particles,
