@@ -11,13 +11,16 @@ topological order, missing observations summed out by enumeration) and answers e
 (posterior marginals, log-likelihoods of partial rows, most probable explanations, conditional
 samples) by contracting the CPTs as tensors with ``opt_einsum``. A contraction path is computed
 once per (observed-variable set, query) pattern and cached; a batch of evidence rows is one more
-tensor index. :class:`BayesianCPTs` puts Dirichlet priors on the CPT rows and learns their
-posterior by SVI (:func:`ppgen.inference.fit`). :class:`FullJointTable` is the baseline with one
-probability per joint configuration.
+tensor index. :meth:`BayesNet.fit_mle` learns the CPTs by counting, or by EM when entries are
+missing (expected counts for every row in one batched contraction). :class:`BayesianCPTs` puts
+Dirichlet priors on the CPT rows and learns their posterior by SVI (:func:`ppgen.inference.fit`).
+:class:`FullJointTable` is the baseline with one probability per joint configuration.
 
 References: J. Pearl, *Probabilistic Reasoning in Intelligent Systems*, 1988; D. Koller and
 N. Friedman, *Probabilistic Graphical Models*, MIT Press 2009 (chapters 3, 9, 13, 17);
-A. Darwiche, *Modeling and Reasoning with Bayesian Networks*, 2009.
+A. Darwiche, "A differential approach to inference in Bayesian networks", JACM 2003, and
+*Modeling and Reasoning with Bayesian Networks*, 2009; A. Dempster, N. Laird and D. Rubin,
+"Maximum likelihood from incomplete data via the EM algorithm", JRSS B 1977.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import dataclasses
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 
 import opt_einsum
@@ -45,6 +49,7 @@ __all__ = ["BayesNet", "BayesianCPTs", "FullJointTable"]
 ROW_SUM_TOLERANCE = 1e-6
 _BATCH_NOMINAL = 1024  # batch size the contraction paths of batched queries are optimised for
 _TABLE_LIMIT = 2**16  # batched queries over at most this many joint cells become table lookups
+_EM_CHUNK = 1024  # partial rows per E-step contraction (bounds its memory)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -553,40 +558,119 @@ class BayesNet(GenerativeModel):
     # --- learning ---------------------------------------------------------------------------------
 
     def counts(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Family counts: ``counts[v][pa, s]`` = number of rows with parents ``pa`` and ``v = s``
-        (CPT shape, float64). Rows must be complete."""
-        rows = self._complete_rows(x, "x")
-        out = {}
-        for i, v in enumerate(self.variables):
-            shape, cols = self._cpt_shape(i), self._parent_cols[i] + (i,)
-            flat = torch.zeros((), dtype=torch.long, device=rows.device)
-            for c in cols:
-                flat = flat * self.cards[c] + rows[:, c]
-            out[v] = torch.bincount(flat, minlength=math.prod(shape)).reshape(shape).double()
-        return out
+        r"""Family counts: ``counts[v][pa, s]`` = number of rows with parents ``pa`` and ``v = s``
+        (CPT shape, float64). A row with missing (-1) entries adds its *expected* counts under
+        the current CPTs, :math:`p(\mathrm{pa}(v) = pa, v = s \mid \text{observed entries})`: the
+        E-step of EM."""
+        return self._statistics(self._rows(x, "x"))[0]
 
-    def fit_mle(self, x: torch.Tensor, pseudo_count: float = 0.0) -> "BayesNet":
-        r"""A new network with the same structure and CPTs estimated from complete rows by counting.
+    def fit_mle(self, x: torch.Tensor, pseudo_count: float = 0.0, *, max_iter: int = 200,
+                tol: float = 1e-6) -> "BayesNet":
+        r"""A new network with the same structure and the CPTs that maximise the likelihood of ``x``.
 
-        :math:`\hat\theta_i[u, s] = (N_i[u, s] + c) / \sum_{s'} (N_i[u, s'] + c)` with
-        ``pseudo_count`` c (c = 0: maximum likelihood; c > 0: the posterior mean under a
-        symmetric Dirichlet(c) prior). Parent assignments never seen (with c = 0) get a uniform
-        row. Named ``fit_mle`` so as not to shadow :func:`ppgen.fit` (SVI); for missing values
-        use :class:`BayesianCPTs` with ``fit(..., elbo="enum")``.
+        Complete rows: counting, :math:`\hat\theta_i[u, s] = (N_i[u, s] + c) / \sum_{s'} (N_i[u, s'] + c)`
+        with ``pseudo_count`` c (c = 0: maximum likelihood; c > 0: the posterior mean under a
+        symmetric Dirichlet(c) prior). Parent assignments never seen (with c = 0) get a uniform row.
+
+        Rows with missing (-1) entries: expectation-maximisation (Dempster, Laird and Rubin 1977)
+        from this network's CPTs. Each iteration replaces the counts by their expectation given
+        the observed entries (:meth:`counts`, one batched contraction) and applies the formula
+        above; the log-likelihood of the observed entries (c = 0; c > 0 adds
+        :math:`c \sum \log\theta`) never decreases. It stops when the mean log-likelihood per
+        row gains less than ``tol``, or warns after ``max_iter`` iterations. EM finds a local
+        maximum; a variable that is never observed needs a start that is not uniform (a uniform
+        start is a fixed point by symmetry). For the Bayesian posterior of the CPTs use
+        :class:`BayesianCPTs`. Named ``fit_mle`` so as not to shadow :func:`ppgen.fit` (SVI).
         """
         if not isinstance(pseudo_count, (int, float)) or isinstance(pseudo_count, bool) or \
                 not math.isfinite(pseudo_count) or pseudo_count < 0:
             raise ValueError(f"pseudo_count must be a number >= 0, got {pseudo_count!r}")
+        max_iter = _check_count(max_iter, "max_iter")
+        if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol > 0:
+            raise ValueError(f"tol must be a number > 0, got {tol!r}")
+        rows = self._rows(x, "x")
+        if (rows >= 0).all():
+            return self._from_counts(self._statistics(rows)[0], pseudo_count)
+        net, previous = self, -math.inf
+        for _ in range(max_iter):
+            counts, log_likelihood = net._statistics(rows)
+            gain, previous = log_likelihood / rows.shape[0] - previous, log_likelihood / rows.shape[0]
+            if gain < tol:
+                return net
+            net = self._from_counts(counts, pseudo_count)
+        warnings.warn(f"fit_mle: EM did not converge in max_iter={max_iter} iterations (the last gained "
+                      f"{gain:.3g} nats per row, tol={tol:g}); raise max_iter or tol",
+                      RuntimeWarning, stacklevel=2)
+        return net
+
+    def _from_counts(self, counts: dict[str, torch.Tensor], pseudo_count: float) -> "BayesNet":
         cpts = {}
-        for v, count in self.counts(x).items():
+        for v, count in counts.items():
             count = count + pseudo_count
             total = count.sum(-1, keepdim=True)
             cpts[v] = torch.where(total > 0, count / total.clamp(min=1e-300), 1.0 / count.shape[-1])
         return BayesNet(self.states, self.parents, cpts)
 
-    def _complete_rows(self, x, name: str) -> torch.Tensor:
-        rows = _check_rows(x, self.variables, self.cards, name, allow_missing=False)
-        return rows.long().to(self.device)
+    def _statistics(self, rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], float]:
+        """(Expected) family counts of ``rows`` (long, -1 = missing) and their total log-likelihood."""
+        complete = (rows >= 0).all(1)
+        full = rows[complete]
+        out = {}
+        for i, v in enumerate(self.variables):
+            flat = (full[:, list(self._family[i])] * self._strides[i].to(full.device)).sum(-1)
+            out[v] = torch.bincount(flat, minlength=math.prod(self._cpt_shape(i))).reshape(self._cpt_shape(i))
+            out[v] = out[v].to(torch.float64)
+        log_likelihood = self._log_joint(full).sum().item() if len(full) else 0.0
+        partial = rows[~complete]
+        for start in range(0, partial.shape[0], _EM_CHUNK):
+            expected, chunk_log_likelihood = self._expected_counts(partial[start:start + _EM_CHUNK])
+            for v, count in zip(self.variables, expected):
+                out[v] += count
+            log_likelihood += chunk_log_likelihood
+        return out, log_likelihood
+
+    def _expected_counts(self, rows: torch.Tensor) -> tuple[list[torch.Tensor], float]:
+        r"""Sum over rows of :math:`p(x_{\mathrm{family}(i)} \mid e_n)` for every family, and
+        :math:`\sum_n \log p(e_n)`.
+
+        One contraction for every missingness pattern at once: evidence enters as indicator
+        vectors :math:`\lambda_{n,i}` (one-hot where observed, ones where missing), folded into
+        the CPTs, so :math:`p(e_n) = \sum_x \prod_i \theta_i[x_{\mathrm{family}(i)}] \lambda_{n,i}[x_i]`.
+        Each CPT enters once, so :math:`\theta \, \partial \log p(e_n) / \partial \theta` is the
+        family's posterior marginal (Darwiche 2003); autograd sums it over the batch.
+        """
+        plan = self._plans.get("em")
+        if plan is None:
+            plan = self._plans["em"] = self._compile_em()
+        cpts = [cpt.detach().requires_grad_() for cpt in self._cpt_list()]
+        with torch.enable_grad():
+            operands = []
+            for i, cpt in enumerate(cpts):
+                observed = (rows[:, i] >= 0).unsqueeze(-1)
+                indicator = torch.where(observed, nn.functional.one_hot(rows[:, i].clamp(min=0), cpt.shape[-1]), 1)
+                operands.append(cpt * indicator.to(cpt.dtype).reshape((-1,) + (1,) * (cpt.dim() - 1) + cpt.shape[-1:]))
+            evidence_prob = plan(*operands)
+            if (evidence_prob <= 0).any():
+                row = rows[int((evidence_prob <= 0).nonzero()[0])]
+                given = {v: self.states[v][int(row[i])] for i, v in enumerate(self.variables) if row[i] >= 0}
+                raise ValueError(f"a row of x, {given}, has probability zero under the current CPTs, so its "
+                                 "expected counts are undefined; start EM from CPTs without such zeros")
+            log_likelihood = evidence_prob.log().sum()
+            grads = torch.autograd.grad(log_likelihood, cpts)
+        return [cpt.detach() * grad for cpt, grad in zip(cpts, grads)], log_likelihood.item()
+
+    def _compile_em(self) -> _Plan:
+        """The path of the E-step contraction: every family with a batch axis, summed to (batch,).
+        The batch axis is on every operand, so the best path does not depend on the batch size."""
+        symbol, batch = opt_einsum.get_symbol, opt_einsum.get_symbol(self.x_dim)
+        inputs = [batch + "".join(symbol(a) for a in family) for family in self._family]
+        shapes = [(_BATCH_NOMINAL,) + self._cpt_shape(i) for i in range(self.x_dim)]
+        _, path = opt_einsum.contract_path(",".join(inputs) + "->" + batch, *shapes, shapes=True, optimize="auto")
+        return _Plan((), tuple((positions, _ascii_equation(equation))
+                               for positions, _, equation, _, _ in path.contraction_list))
+
+    def _rows(self, x, name: str) -> torch.Tensor:
+        return _check_rows(x, self.variables, self.cards, name, allow_missing=True).long().to(self.device)
 
 
 class BayesianCPTs(GenerativeModel):
@@ -658,6 +742,9 @@ class BayesianCPTs(GenerativeModel):
 
     def conjugate_posterior(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         r"""Exact posterior concentrations :math:`\alpha + N_v` given complete rows ``x``."""
+        if (self.net._rows(x, "x") < 0).any():
+            raise ValueError("conjugate_posterior needs complete rows: with missing entries the exact "
+                             "posterior is a mixture of Dirichlets; fit this model with elbo='enum'")
         return {v: self.concentration + c for v, c in self.net.counts(x).items()}
 
 
