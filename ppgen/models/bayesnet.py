@@ -320,8 +320,12 @@ class BayesNet(GenerativeModel):
         """log p(x) of complete rows (N, V): one gather per CPT."""
         total = torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
         for i, cpt in enumerate(self._cpt_list()):
-            total += cpt.reshape(-1)[(rows[:, list(self._family[i])] * self._strides[i].to(rows.device)).sum(-1)].log()
+            total += cpt.reshape(-1)[self._family_index(rows, i)].log()
         return total
+
+    def _family_index(self, rows: torch.Tensor, i: int) -> torch.Tensor:
+        """Flat index into CPT ``i`` of each complete row's family assignment, shape (N,)."""
+        return (rows[:, list(self._family[i])] * self._strides[i].to(rows.device)).sum(-1)
 
     def _marginals(self, observed: tuple[int, ...], queries: tuple[int, ...], evidence, rows) -> list[torch.Tensor]:
         """Normalised p(x_q | e) for each query; ``evidence`` is a list of ints (one evidence set,
@@ -525,8 +529,7 @@ class BayesNet(GenerativeModel):
             for c, s in self._evidence_dict(evidence).items():
                 row[0, c] = s
             return row
-        rows = _check_rows(evidence, self.variables, self.cards, "evidence", allow_missing=True)
-        return rows.long().to(self.device)
+        return self._rows(evidence, "evidence")
 
     def _state_index(self, i: int, state) -> int:
         v, names = self.variables[i], self.states[self.variables[i]]
@@ -550,10 +553,13 @@ class BayesNet(GenerativeModel):
             self._refuse_impossible(rows[k], k if rows.shape[0] > 1 else None)
 
     def _refuse_impossible(self, row: torch.Tensor, k: int | None) -> None:
-        given = {v: self.states[v][int(row[i])] for i, v in enumerate(self.variables) if row[i] >= 0}
         where = "" if k is None else f"row {k} of "
-        raise ValueError(f"{where}evidence {given} has probability zero under the network; "
+        raise ValueError(f"{where}evidence {self._observed_states(row)} has probability zero under the network; "
                          "posteriors given it are undefined")
+
+    def _observed_states(self, row: torch.Tensor) -> dict[str, str]:
+        """``{variable: state name}`` of a row's observed (>= 0) entries, for messages."""
+        return {v: self.states[v][int(row[i])] for i, v in enumerate(self.variables) if row[i] >= 0}
 
     # --- learning ---------------------------------------------------------------------------------
 
@@ -594,7 +600,8 @@ class BayesNet(GenerativeModel):
         net, previous = self, -math.inf
         for _ in range(max_iter):
             counts, log_likelihood = net._statistics(rows)
-            gain, previous = log_likelihood / rows.shape[0] - previous, log_likelihood / rows.shape[0]
+            mean = log_likelihood / rows.shape[0]
+            gain, previous = mean - previous, mean
             if gain < tol:
                 return net
             net = self._from_counts(counts, pseudo_count)
@@ -617,8 +624,7 @@ class BayesNet(GenerativeModel):
         full = rows[complete]
         out = {}
         for i, v in enumerate(self.variables):
-            flat = (full[:, list(self._family[i])] * self._strides[i].to(full.device)).sum(-1)
-            out[v] = torch.bincount(flat, minlength=math.prod(self._cpt_shape(i))).reshape(self._cpt_shape(i))
+            out[v] = torch.bincount(self._family_index(full, i), minlength=math.prod(self._cpt_shape(i))).reshape(self._cpt_shape(i))
             out[v] = out[v].to(torch.float64)
         log_likelihood = self._log_joint(full).sum().item() if len(full) else 0.0
         partial = rows[~complete]
@@ -651,8 +657,7 @@ class BayesNet(GenerativeModel):
                 operands.append(cpt * indicator.to(cpt.dtype).reshape((-1,) + (1,) * (cpt.dim() - 1) + cpt.shape[-1:]))
             evidence_prob = plan(*operands)
             if (evidence_prob <= 0).any():
-                row = rows[int((evidence_prob <= 0).nonzero()[0])]
-                given = {v: self.states[v][int(row[i])] for i, v in enumerate(self.variables) if row[i] >= 0}
+                given = self._observed_states(rows[int((evidence_prob <= 0).nonzero()[0])])
                 raise ValueError(f"a row of x, {given}, has probability zero under the current CPTs, so its "
                                  "expected counts are undefined; start EM from CPTs without such zeros")
             log_likelihood = evidence_prob.log().sum()
@@ -742,10 +747,11 @@ class BayesianCPTs(GenerativeModel):
 
     def conjugate_posterior(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         r"""Exact posterior concentrations :math:`\alpha + N_v` given complete rows ``x``."""
-        if (self.net._rows(x, "x") < 0).any():
+        rows = self.net._rows(x, "x")
+        if (rows < 0).any():
             raise ValueError("conjugate_posterior needs complete rows: with missing entries the exact "
                              "posterior is a mixture of Dirichlets; fit this model with elbo='enum'")
-        return {v: self.concentration + c for v, c in self.net.counts(x).items()}
+        return {v: self.concentration + c for v, c in self.net._statistics(rows)[0].items()}
 
 
 class FullJointTable(GenerativeModel):
