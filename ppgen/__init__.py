@@ -1,5 +1,6 @@
 """ppgen: deep generative models as explicit Pyro programs, with one inference layer for all."""
 
+from ppgen.compression import compress, decompress
 from ppgen.data import load_dataset
 from ppgen.inference import FitResult, LikelihoodResult, fit, log_likelihood
 from ppgen.models import (
@@ -9,7 +10,7 @@ from ppgen.models import (
 
 __version__ = "0.1.0"
 __all__ = [
-    "load_dataset",
+    "load_dataset", "compress", "decompress",
     "fit", "FitResult", "log_likelihood", "LikelihoodResult",
     "GenerativeModel", "IndependentBernoulli", "FullJointTable", "BayesNet", "BayesianCPTs",
     "FVSBN", "NADE", "MADE", "PixelCNN",

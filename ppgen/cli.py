@@ -175,6 +175,33 @@ def _option(text: str) -> tuple[str, object]:
         return key.replace("-", "_"), value
 
 
+def compress_run(run: Path, source: Path, target: Path, *, decompress: bool = False) -> str:
+    """Compress the images of the ``.npy`` file ``source`` with a run's model into ``target`` (``.ppz``), or
+    decompress ``source`` (``.ppz``) into ``target`` (``.npy``); a line comparing bits/dim with the model's bound."""
+    import numpy as np
+
+    from ppgen.compression import compress, decompress as decode, model_nll_bits
+
+    model, _ = load_run(run)
+    if not source.is_file():
+        raise FileNotFoundError(f"no such file: {source}")
+    if decompress:
+        data = source.read_bytes()
+        x = decode(model, data).numpy()
+        np.save(target, x)
+    else:
+        x = np.load(source, allow_pickle=False)
+        data = compress(model, x)
+        target.write_bytes(data)
+    dims = max(x.size, 1)
+    line = (f"{'decompressed' if decompress else 'compressed'} {len(x):,} images ({x.size:,} values) "
+            f"{'from' if decompress else 'into'} {len(data):,} bytes: {8 * len(data) / dims:.4f} bits/dim")
+    if len(x):
+        bits, kind = model_nll_bits(model, x)
+        line += f"; model {kind} {bits / dims:.4f} bits/dim"
+    return line + f"; wrote {target}"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ppgen", description="Deep generative models as Pyro programs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -219,6 +246,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=64, help="number of samples")
     p.add_argument("--out", type=Path, help="PNG path (default: RUN/samples.png)")
     p.add_argument("--seed", type=int, default=0)
+
+    for name, what, src, dst in (("compress", "losslessly compress a .npy of images with a run's model",
+                                  "in.npy", "out.ppz"),
+                                 ("decompress", "restore the .npy that `ppgen compress` coded", "in.ppz", "out.npy")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("run", type=Path)
+        p.add_argument("source", type=Path, metavar=src)
+        p.add_argument("target", type=Path, metavar=dst)
     return parser
 
 
@@ -260,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out or args.run / "samples.png"
             image_grid(model.sample(args.n), out, title=f"{args.run.name}: {args.n} samples")
             print(f"wrote {out}")
+        elif args.command in ("compress", "decompress"):
+            print(compress_run(args.run, args.source, args.target, decompress=args.command == "decompress"))
     except (ValueError, TypeError, FileNotFoundError, NonFiniteLossError) as err:
         print(f"ppgen {args.command}: error: {err}", file=sys.stderr)
         return 2
