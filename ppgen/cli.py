@@ -8,6 +8,7 @@ A run folder holds ``config.json`` (model name and arguments, data set, training
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ppgen.data import DATASETS, load_dataset
-from ppgen.inference import NonFiniteLossError, fit, log_likelihood
+from ppgen.inference import FitConfig, NonFiniteLossError, fit, log_likelihood
 from ppgen.inference.checkpoint import save_atomic
 from ppgen.inference.diagnostics import elbo_report, format_report
 from ppgen.models import FVSBN, MADE, NADE, VAE, ConditionalVAE, IndependentBernoulli, PixelCNN
@@ -43,6 +44,10 @@ MODELS: dict[str, tuple[Callable, dict]] = {
 }
 
 
+# the FitConfig fields a run folder records in config.json
+RECORDED = ("epochs", "batch_size", "lr", "elbo", "num_particles", "patience", "seed", "precision")
+
+
 def build_model(name: str, x_dim: int, **overrides) -> torch.nn.Module:
     """A model from the registry, with its defaults updated by ``overrides``."""
     if name not in MODELS:
@@ -51,22 +56,16 @@ def build_model(name: str, x_dim: int, **overrides) -> torch.nn.Module:
     return make(x_dim, **{**defaults, **overrides})
 
 
-def train_run(model_name: str, data: str, out: Path, *, root=None, options=None, epochs=20, batch_size=128,
-              lr=1e-3, elbo="trace", num_particles=1, patience=5, device="auto", seed=0, resume=False,
-              progress=True, precision="fp32") -> dict:
-    """Train one model into the run folder ``out``; return its config."""
+def train_run(model_name: str, data: str, out: Path, *, root=None, options=None, fit_config: FitConfig | None = None
+              ) -> dict:
+    """Train one model into the run folder ``out`` (checkpoints in ``out/checkpoints``); return its config."""
+    fit_config = dataclasses.replace(fit_config or FitConfig(), checkpoint_dir=str(out / "checkpoints"))
     train, valid = (load_dataset(data, split, root=root) for split in ("train", "valid"))
-    torch.manual_seed(seed)
-    model = build_model(model_name, train.x.shape[1], **(options or {}))
+    model = build_model(model_name, train.x.shape[1], seed=fit_config.seed, **(options or {}))
     out.mkdir(parents=True, exist_ok=True)
-    config = {
-        "model": model_name, "options": options or {}, "data": data, "root": str(root) if root else None,
-        "epochs": epochs, "batch_size": batch_size, "lr": lr, "elbo": elbo, "num_particles": num_particles,
-        "patience": patience, "seed": seed, "precision": precision,
-    }
-    result = fit(model, train, valid=valid, epochs=epochs, batch_size=batch_size, lr=lr, elbo=elbo,
-                 num_particles=num_particles, patience=patience, device=device, seed=seed,
-                 checkpoint_dir=out / "checkpoints", resume=resume, progress=progress, precision=precision)
+    config = {"model": model_name, "options": options or {}, "data": data, "root": str(root) if root else None,
+              **{k: v for k, v in dataclasses.asdict(fit_config).items() if k in RECORDED}}
+    result = fit(model, train, fit_config, valid=valid)
     config["train_seconds"] = result.seconds
     config["device"] = result.device
     if not is_main_process():
@@ -129,8 +128,9 @@ def demo(out: Path, *, epochs=30, num_samples=1000, device="auto", seed=0, progr
     metrics, histories = {}, {}
     for name in ("independent", "vae"):
         run = out / name
-        train_run(name, "digits", run, epochs=epochs, lr=5e-2 if name == "independent" else 1e-3,
-                  device=device, seed=seed, progress=progress)
+        train_run(name, "digits", run, fit_config=FitConfig(
+            epochs=epochs, lr=5e-2 if name == "independent" else 1e-3, patience=5, device=device, seed=seed,
+            progress=progress))
         metrics[name] = evaluate_run(run, num_samples=num_samples, device=device, seed=seed)
         histories[name] = json.loads((run / "history.json").read_text())
         model, _ = load_run(run)
@@ -225,7 +225,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--elbo", default="trace", help="trace, meanfield, enum, graph or iwae")
+    p.add_argument("--elbo", default="auto",
+                   help="auto (the model's own: exact MLE, enumeration or Trace_ELBO), trace, meanfield, enum, "
+                        "graph, iwae or mle")
     p.add_argument("--num-particles", type=int, default=1)
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
     p.add_argument("-o", "--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
@@ -269,9 +271,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"and one run folder per model ({time.perf_counter() - start:.0f} s)")
         elif args.command == "train":
             train_run(args.model, args.data, args.out, root=args.root, options=dict(args.option),
-                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, elbo=args.elbo,
-                      num_particles=args.num_particles, patience=args.patience, device=args.device,
-                      seed=args.seed, resume=args.resume, precision=args.precision)
+                      fit_config=FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                           elbo=args.elbo, num_particles=args.num_particles, patience=args.patience,
+                                           device=args.device, seed=args.seed, resume=args.resume,
+                                           precision=args.precision))
             if not is_main_process():
                 return 0
             metrics = evaluate_run(args.out, split="test", num_samples=args.num_samples, device=args.device,

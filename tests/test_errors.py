@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ppgen import VAE, IndependentBernoulli, fit, load_dataset, log_likelihood
+from ppgen import FVSBN, VAE, IndependentBernoulli, fit, load_dataset, log_likelihood
 from ppgen.inference.checkpoint import save_atomic
 
 X = torch.bernoulli(torch.full((20, 4), 0.5), generator=torch.Generator().manual_seed(0))
@@ -57,9 +57,7 @@ def test_bad_names():
         VAE(4, likelihood="poisson")
 
 
-def test_missing_and_corrupt_checkpoints(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint at .*checkpoint.pt"):
-        fit(IndependentBernoulli(4), X, checkpoint_dir=tmp_path, resume=True, progress=False)
+def test_corrupt_checkpoints_are_refused(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint at all")
     with pytest.raises(ValueError, match="checkpoint .*checkpoint.pt is corrupt or unreadable"):
         fit(IndependentBernoulli(4), X, checkpoint_dir=tmp_path, resume=True, progress=False)
@@ -73,7 +71,9 @@ def test_resume_refuses_other_settings_and_fresh_runs_refuse_to_overwrite(tmp_pa
     with pytest.raises(ValueError, match="written with batch_size=10, this call has batch_size=5"):
         fit(IndependentBernoulli(4), X, epochs=2, batch_size=5, checkpoint_dir=tmp_path, resume=True,
             progress=False)
-    with pytest.raises(ValueError, match="checkpoint parameters do not match the model"):
+    with pytest.raises(ValueError, match="checkpoint .* parameters do not match the model"):
+        fit(FVSBN(4), X, epochs=2, batch_size=10, checkpoint_dir=tmp_path, resume=True, progress=False)
+    with pytest.raises(ValueError, match="written with estimator='mle', this call has estimator='trace'"):
         fit(VAE(4, z_dim=2, hidden=3), X, epochs=2, batch_size=10, checkpoint_dir=tmp_path, resume=True,
             progress=False)
     with pytest.raises(ValueError, match="already exists; pass resume=True"):

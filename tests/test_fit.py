@@ -8,10 +8,8 @@ import pytest
 import torch
 
 from ppgen import VAE, IndependentBernoulli, fit, log_likelihood
-from ppgen.inference import NonFiniteLossError
-from ppgen.inference._programs import as_program
+from ppgen.inference import ELBO, NonFiniteLossError, Program
 from ppgen.inference.checkpoint import load_checkpoint
-from ppgen.inference.svi import Objective
 
 
 def beta_bernoulli(x):
@@ -27,7 +25,9 @@ def point_guide(x):
 def test_minibatch_loss_scales_only_the_data_plate():
     x = torch.bernoulli(torch.full((1000, 1), 0.3), generator=torch.Generator().manual_seed(0))
     batch = x[:100]
-    loss = Objective(as_program(beta_bernoulli, point_guide), data_size=1000)(batch)
+    program = Program(beta_bernoulli, point_guide)
+    program.validate(batch, num_rows=1000)
+    loss = ELBO(program)(batch, scale=1000 / 100)
     theta = torch.tensor(0.3)
     # -[log p(theta) + (N / B) sum_batch log p(x_n | theta)]; the prior is counted once
     expected = -(dist.Beta(2.0, 2.0).log_prob(theta) + 10 * dist.Bernoulli(theta).log_prob(batch).sum())
@@ -147,7 +147,7 @@ def test_every_estimator_trains_the_vae(digits, elbo):
 def test_iwae_loss_equals_the_importance_weighted_bound(digits):
     x = digits["valid"].x[:64]
     model = _small_vae()
-    objective = Objective(as_program(model), "iwae", num_particles=500, data_size=64)
+    objective = ELBO(Program(model), "iwae", num_particles=500)
     with torch.no_grad():
         loss = objective(x).item() / 64
     bound = log_likelihood(model, x, num_samples=500, seed=2)
@@ -187,7 +187,7 @@ def test_a_new_autoguide_ignores_stale_parameters_of_an_earlier_one():
 def test_bf16_runs_the_networks_in_bfloat16_and_keeps_the_elbo_in_float32(digits):
     x = digits["train"].x[:256]
     model = _small_vae()
-    fp32, bf16 = (Objective(as_program(model), data_size=256, precision=p) for p in ("fp32", "bf16"))
+    fp32, bf16 = (ELBO(Program(model), precision=p) for p in ("fp32", "bf16"))
     losses = {}
     for name, objective in (("fp32", fp32), ("bf16", bf16)):
         torch.manual_seed(0)  # the same draw of z for both

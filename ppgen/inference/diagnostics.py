@@ -24,19 +24,19 @@ import dataclasses
 import math
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyro
 import torch
-from matplotlib.figure import Figure
 from pyro import poutine
 from torch.distributions import Independent, kl_divergence
 
-from ppgen.inference._programs import (
-    as_program, as_xy, batch_rows, call_args, max_plate_nesting, resolve_device, sample_sites, _site_log_prob,
-)
 from ppgen.inference.likelihood import log_likelihood
-from ppgen.inference.svi import ELBOS, Objective, _collect_params
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+from ppgen.inference.objectives import ELBO
+from ppgen.inference.program import Program, batch_rows, call_args, resolve_device, sample_sites, site_log_prob
 
 __all__ = ["elbo_terms", "ELBOTerms", "elbo_report", "ELBOReport", "GradientStats", "gradient_stats",
            "format_report", "plot_elbo_report", "ACTIVITY_THRESHOLD"]
@@ -83,7 +83,7 @@ class ELBOTerms:
 
 @torch.no_grad()
 def elbo_terms(model, data, *, guide=None, num_samples: int = 100, kl: str = "auto", batch_size: int = 500,
-               device: str | torch.device = "auto", seed: int = 0) -> ELBOTerms:
+               device: str | torch.device | None = None, seed: int = 0) -> ELBOTerms:
     """The ELBO of each example split into reconstruction and KL per latent site and dimension.
 
     Parameters
@@ -110,17 +110,21 @@ def elbo_terms(model, data, *, guide=None, num_samples: int = 100, kl: str = "au
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     if kl not in KL_METHODS:
         raise ValueError(f"kl must be one of {KL_METHODS}, got {kl!r}")
-    program = as_program(model, guide)
-    x, y = as_xy(data, program, "data")
-    device = resolve_device(device)
+    program = Program(model, guide)
+    x, y = program.rows(data, "data")
+    device = program.device if device is None else resolve_device(device)
+    home = program.device
     program.to(device)
     parts = []
-    with program.param_scope(), torch.random.fork_rng():
-        torch.manual_seed(seed)
-        rows = torch.arange(x.shape[0]).split(batch_size)
-        nesting = max_plate_nesting(program, *batch_rows(x, y, rows[0], device))
-        for idx in rows:
-            parts.append(_batch_terms(program, *batch_rows(x, y, idx, device), num_samples, nesting, kl))
+    try:
+        with program.param_scope(), torch.random.fork_rng():
+            torch.manual_seed(seed)
+            rows = torch.arange(x.shape[0]).split(batch_size)
+            program.validate(*batch_rows(x, y, rows[0], device), thorough=False)
+            for idx in rows:
+                parts.append(_batch_terms(program, *batch_rows(x, y, idx, device), num_samples, kl))
+    finally:
+        program.to(home)  # the caller's model stays where it was
     first = parts[0]
     cat = {name: torch.cat([p[name] for p in parts]).cpu() for name in ("elbo", "reconstruction")}
     sites = first["kl"].keys()
@@ -137,12 +141,12 @@ def elbo_terms(model, data, *, guide=None, num_samples: int = 100, kl: str = "au
     )
 
 
-def _batch_terms(program, x, y, num_samples: int, nesting: int, kl: str) -> dict:
-    args = call_args(x, y)
-    with pyro.plate("particles", num_samples, dim=-(nesting + 1)):
-        guide_trace = poutine.trace(program.guide).get_trace(*args)
-        model_trace = poutine.trace(poutine.replay(program.model, trace=guide_trace)).get_trace(*args)
+def _batch_terms(program: Program, x, y, num_samples: int, kl: str) -> dict:
+    guide_trace, model_trace = program.trace(x, y, num_particles=num_samples)
     n = x.shape[0]
+
+    def _rows(t, site, trailing):  # (K, N, other batch dims..., trailing...)
+        return program.per_example(t, site, trailing)
     enumerated = [site["name"] for site in sample_sites(model_trace) if not site["is_observed"]
                   and site["name"] not in guide_trace.nodes and site["infer"].get("enumerate")]
     if enumerated:
@@ -151,7 +155,7 @@ def _batch_terms(program, x, y, num_samples: int, nesting: int, kl: str) -> dict
     reconstruction = x.new_zeros(num_samples, n)
     for site in sample_sites(model_trace):
         if site["is_observed"]:
-            reconstruction = reconstruction + _rows(_site_log_prob(site), site, nesting, n, 0).flatten(2).sum(-1)
+            reconstruction = reconstruction + _rows(site_log_prob(site), site, 0).flatten(2).sum(-1)
     out = {"kl": {}, "kl_var": {}, "kl_per_dim": {}, "kl_method": {}, "posterior_mean": {}}
     for q_site in sample_sites(guide_trace):
         if q_site["is_observed"]:
@@ -162,11 +166,11 @@ def _batch_terms(program, x, y, num_samples: int, nesting: int, kl: str) -> dict
         event_dims = len(q_fn.event_shape)
         closed_form = _analytic_kl(q_fn, p_fn) if kl == "auto" else None
         if closed_form is not None:
-            site_kl = _rows(closed_form, q_site, nesting, n, 0).flatten(2).sum(-1).mean(0)  # (N,)
+            site_kl = _rows(closed_form, q_site, 0).flatten(2).sum(-1).mean(0)  # (N,)
             out["kl_var"][name] = 0.0
             per_dim = _factor_kl(q_fn, p_fn, None)
         else:
-            samples = _rows(q_fn.log_prob(value) - p_fn.log_prob(value), q_site, nesting, n, 0)
+            samples = _rows(q_fn.log_prob(value) - p_fn.log_prob(value), q_site, 0)
             samples = samples.flatten(2).sum(-1)  # (K, N)
             site_kl = samples.mean(0)
             out["kl_var"][name] = (samples.var(0).sum().item() / num_samples) if num_samples > 1 else math.inf
@@ -174,7 +178,7 @@ def _batch_terms(program, x, y, num_samples: int, nesting: int, kl: str) -> dict
         out["kl"][name] = site_kl
         out["kl_method"][name] = "analytic" if closed_form is not None else "monte carlo"
         if per_dim is not None:  # (*batch, d) -> (N, d)
-            out["kl_per_dim"][name] = _rows(per_dim, q_site, nesting, n, 1).flatten(2, -2).sum(2).mean(0)
+            out["kl_per_dim"][name] = _rows(per_dim, q_site, 1).flatten(2, -2).sum(2).mean(0)
         elif event_dims == 0:
             out["kl_per_dim"][name] = site_kl.unsqueeze(-1)
         try:
@@ -182,7 +186,7 @@ def _batch_terms(program, x, y, num_samples: int, nesting: int, kl: str) -> dict
         except NotImplementedError:
             mean = value
         mean = mean.expand(value.shape).reshape(*value.shape[: value.dim() - event_dims], -1)
-        out["posterior_mean"][name] = _rows(mean, q_site, nesting, n, 1).flatten(2, -2).mean(2).mean(0)
+        out["posterior_mean"][name] = _rows(mean, q_site, 1).flatten(2, -2).mean(2).mean(0)
     out["reconstruction"] = reconstruction.mean(0)
     out["elbo"] = out["reconstruction"] - sum(out["kl"].values(), torch.zeros_like(out["reconstruction"]))
     return out
@@ -205,20 +209,6 @@ def _factor_kl(q_fn, p_fn, value) -> torch.Tensor | None:
     if value is None:
         return _analytic_kl(q_base, p_base)
     return q_base.log_prob(value) - p_base.log_prob(value)
-
-
-def _rows(t: torch.Tensor, site: dict, nesting: int, n: int, trailing: int) -> torch.Tensor:
-    """Put the particle and data dims of a batch-shaped tensor first: (K, N, other batch..., trailing...)."""
-    data_dims = [f.dim for f in site["cond_indep_stack"] if f.name == "data"]
-    if not data_dims:
-        raise ValueError(f"site {site['name']!r} is a latent variable outside the 'data' plate; the ELBO "
-                         "per example needs every latent inside it")
-    batch = t.dim() - trailing
-    t = t.reshape((1,) * (nesting + 1 - batch) + t.shape)
-    t = t.movedim((0, nesting + 1 + data_dims[0]), (0, 1))
-    if t.dim() == 2 + trailing:  # no other batch dims: add one so callers can flatten uniformly
-        t = t.unsqueeze(2)
-    return t.expand(-1, n, *t.shape[2:])
 
 
 @dataclasses.dataclass
@@ -252,20 +242,20 @@ def gradient_stats(model, data, *, guide=None, estimators: Sequence[str] = ("tra
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if repeats < 2:
         raise ValueError(f"repeats must be at least 2 to measure a variance, got {repeats}")
-    unknown = [e for e in estimators if e not in ELBOS]
+    unknown = [e for e in estimators if e not in ELBO.ESTIMATORS]
     if unknown:
-        raise ValueError(f"estimators must be among {ELBOS}, got {unknown}")
-    program = as_program(model, guide)
-    x, y = as_xy(data, program, "data")
-    device = program.modules[0].device if program.generative_model is not None else torch.device("cpu")
-    xb, yb = batch_rows(x, y, torch.arange(min(batch_size, x.shape[0])), device)
+        raise ValueError(f"estimators must be among {ELBO.ESTIMATORS}, got {unknown}")
+    program = Program(model, guide)
+    x, y = program.rows(data, "data")
+    xb, yb = batch_rows(x, y, torch.arange(min(batch_size, x.shape[0])), program.device)
     stats = {}
     with program.param_scope(), torch.random.fork_rng():
         torch.manual_seed(seed)
+        program.validate(xb, yb, estimator="trace", thorough=False)
         guide_ids = _guide_param_ids(program, xb, yb)
         for estimator in estimators:
-            objective = Objective(program, estimator, num_particles, data_size=xb.shape[0])
-            params = _collect_params(objective, xb, yb)
+            objective = ELBO(program, estimator, num_particles)
+            params = _trainable(objective, xb, yb)
             draws = []
             for r in range(repeats):
                 torch.manual_seed(seed + r)
@@ -278,6 +268,21 @@ def gradient_stats(model, data, *, guide=None, estimators: Sequence[str] = ("tra
                 estimator, num_particles, repeats, *_spread(flat),
                 model=_spread(flat[:, ~in_guide]), guide=_spread(flat[:, in_guide]))
     return stats
+
+
+def _trainable(objective: ELBO, x, y) -> list[torch.Tensor]:
+    """The objective's parameters, with plain ``pyro.param`` sites (created by one pass)."""
+    with poutine.trace(param_only=True) as capture:
+        objective(x, y)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    known = {id(p) for p in params}
+    for site in capture.trace.nodes.values():
+        value = site["value"]
+        value = value.unconstrained() if hasattr(value, "unconstrained") else value
+        if id(value) not in known and value.requires_grad:
+            known.add(id(value))
+            params.append(value)
+    return params
 
 
 def _spread(flat: torch.Tensor) -> tuple[float, float]:
@@ -357,7 +362,7 @@ def elbo_report(model, data, *, guide=None, num_samples: int = 100, iwae_samples
                 estimators: Sequence[str] = ("trace", "meanfield", "iwae"), gradient_particles: int = 5,
                 gradient_repeats: int = 20, gradient_batch_size: int = 100,
                 threshold: float = ACTIVITY_THRESHOLD, batch_size: int = 500,
-                device: str | torch.device = "auto", seed: int = 0) -> ELBOReport:
+                device: str | torch.device | None = None, seed: int = 0) -> ELBOReport:
     """Where the ELBO goes, how many latent units are used, and how good the bound and its gradient are.
 
     Parameters
@@ -437,9 +442,11 @@ def format_report(report: ELBOReport) -> str:
     return "\n".join(lines)
 
 
-def plot_elbo_report(report: ELBOReport, path: str | os.PathLike | None = None) -> Figure:
+def plot_elbo_report(report: ELBOReport, path: str | os.PathLike | None = None) -> "Figure":
     """Three panels: the ELBO split (reconstruction, KL, gap), KL and activity per latent
     dimension, and the gradient SNR per estimator. Returns a ``matplotlib.figure.Figure``."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(12, 3.6))
     ax_split, ax_dims, ax_grad = fig.subplots(1, 3)
     names = ["-reconstruction", *[f"KL({s})" for s in report.kl], "gap"]

@@ -3,9 +3,11 @@
 ``fit`` runs data-parallel when launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the
 environment) or when asked with ``strategy="ddp"``. Every rank draws the same global minibatches
 (the same seeded permutation) and takes rows ``rank, rank + W, ...`` of each one; its ELBO
-scales the ``"data"`` plate by W N / B_global, so the average of the ranks' gradients that DDP
-takes equals the gradient of the one-process minibatch ELBO, and a W-process run reproduces a
-one-process run with the same global batch to float tolerance.
+scales the data plate by W N / B_global, so the average of the ranks' gradients that DDP
+takes equals the gradient of the one-process minibatch objective. For deterministic objectives
+(exact maximum likelihood) a W-process run reproduces a one-process run to float tolerance; for
+stochastic ones (ELBOs) each rank draws its own noise (seed + rank), so the gradients agree in
+expectation and the runs agree within Monte Carlo error, not to float tolerance.
 
 Launch (one node, 4 GPUs; or several nodes)::
 
@@ -53,11 +55,13 @@ class Cluster:
             return torch.device("cuda", self.local_rank)
         return device
 
-    def wrap(self, module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    def wrap(self, module: torch.nn.Module, device: torch.device, find_unused: bool = False) -> torch.nn.Module:
+        """DDP around ``module`` (``find_unused``: an objective with several parameter groups
+        leaves the other groups' parameters without gradients in each backward pass)."""
         if not self.parallel:
             return module
         device_ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=device_ids)
+        return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=find_unused)
 
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         """Average of ``values`` over the ranks (identity for one process)."""

@@ -7,9 +7,7 @@ import math
 
 import torch
 
-from ppgen.inference._programs import (
-    as_program, as_xy, batch_rows, log_weights, logmeanexp, max_plate_nesting, resolve_device,
-)
+from ppgen.inference.program import Program, batch_rows, logmeanexp, resolve_device
 from ppgen.models.base import bits_per_dim
 
 __all__ = ["log_likelihood", "LikelihoodResult"]
@@ -53,10 +51,19 @@ class LikelihoodResult:
         return (f"log-likelihood {self.mean:.3f} nats/example ({how}); "
                 f"{self.bits_per_dim:.4f} bits/dim{elbo}")
 
+    def __repr__(self) -> str:
+        return f"LikelihoodResult({self}; {len(self.values)} examples)"
+
+    def to_dict(self) -> dict:
+        """The figures as plain numbers (for ``json.dumps``); per-example values stay on ``values``."""
+        return {"log_likelihood": self.mean, "stderr": self.stderr, "bits_per_dim": self.bits_per_dim,
+                "exact": self.exact, "num_samples": self.num_samples, "elbo": self.elbo,
+                "num_examples": len(self.values)}
+
 
 @torch.no_grad()
 def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_size: int = 100,
-                   device: str | torch.device = "auto", seed: int = 0, method: str = "auto") -> LikelihoodResult:
+                   device: str | torch.device | None = None, seed: int = 0, method: str = "auto") -> LikelihoodResult:
     """Log-likelihood per example: exact where the model has it, otherwise the IWAE estimate.
 
     Parameters
@@ -71,8 +78,11 @@ def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_si
         K, importance samples per example.
     batch_size : int
         Rows per forward pass; particles are drawn in chunks of about 10,000 samples.
-    device, seed
-        As in :func:`ppgen.fit`; the seed fixes the importance samples.
+    device : None, "auto", "cpu", "cuda", ...
+        Where to compute: by default where the model is. Elsewhere, the model is moved there
+        and back afterwards.
+    seed : int
+        Fixes the importance samples.
     method : {"auto", "iwae"}
         ``"auto"``: exact where the model has it; ``"iwae"``: the importance-sampled estimate
         even then (to measure how far the bound is from the exact value, e.g. on PPCA).
@@ -88,13 +98,20 @@ def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_si
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if method not in ("auto", "iwae"):
         raise ValueError(f"method must be 'auto' or 'iwae', got {method!r}")
-    program = as_program(model, guide)
-    x, y = as_xy(data, program, "data")
-    device = resolve_device(device)
+    program = model if isinstance(model, Program) else Program(model, guide)
+    x, y = program.rows(data, "data")
+    device = program.device if device is None else resolve_device(device)
+    home = program.device
     program.to(device)
-    dim = x.shape[1]
-    rows = torch.arange(x.shape[0]).split(batch_size)
+    try:
+        return _log_likelihood(program, x, y, num_samples, batch_size, device, seed, method)
+    finally:
+        program.to(home)  # the caller's model stays where it was
 
+
+def _log_likelihood(program: Program, x, y, num_samples, batch_size, device, seed, method) -> LikelihoodResult:
+    dim = x[0].numel()
+    rows = torch.arange(x.shape[0]).split(batch_size)
     if program.exact and method == "auto":
         values = torch.cat([program.generative_model.log_prob(*batch_rows(x, y, idx, device)).float().cpu()
                             for idx in rows])
@@ -106,10 +123,13 @@ def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_si
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     with program.param_scope(), torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
-        nesting = max_plate_nesting(program, *batch_rows(x, y, rows[0], device))
+        first = batch_rows(x, y, rows[0], device)
+        if program.data_plate is None:
+            program.validate(*first, estimator="iwae", thorough=False)
+        program.nesting(*first)
         for idx in rows:
             xb, yb = batch_rows(x, y, idx, device)
-            log_w = torch.cat([log_weights(program, xb, yb, min(chunk, num_samples - k), nesting)
+            log_w = torch.cat([program.log_weights(xb, yb, min(chunk, num_samples - k))
                                for k in range(0, num_samples, chunk)]).double()  # (K, B)
             estimate = logmeanexp(log_w)
             ratio = torch.exp(log_w - estimate)  # w_k / mean(w): mean 1

@@ -25,10 +25,9 @@ for large data", ICML 2019.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import sys
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import arviz_base
 import arviz_stats
@@ -39,9 +38,8 @@ import xarray as xr
 from pyro import poutine
 from pyro.infer import MCMC, NUTS, Predictive
 
-from ppgen.inference._programs import sample_sites
-from ppgen.inference.svi import FitResult
-from ppgen.models.base import GenerativeModel, local_params
+from ppgen.inference.fit import FitResult
+from ppgen.inference.program import Program, sample_sites
 
 __all__ = ["to_arviz", "run_nuts", "pareto_khat", "ParetoKhat", "loo", "loo_approximate_posterior", "compare"]
 
@@ -102,17 +100,18 @@ def to_arviz(source, model=None, data=None, *, num_samples: int = 1000, seed: in
         if isinstance(source, Mapping):
             draws = {k: torch.as_tensor(np.asarray(v)) for k, v in source.items()}
         elif callable(source):
-            with _scope(model, source):
-                draws, log_p, log_q = _guide_draws(model, source, args, _check_positive(num_samples, "num_samples"),
-                                                   seed)
+            program = Program(model, source)
+            with program.param_scope():
+                draws, log_p, log_q = _guide_draws(program, args, _check_positive(num_samples, "num_samples"), seed)
             draws = {k: v.unsqueeze(0) for k, v in draws.items()}
             stats.update(log_joint=log_p.unsqueeze(0).numpy(), log_guide=log_q.unsqueeze(0).numpy())
         else:
             raise TypeError(f"source must be an MCMC run, a FitResult, a guide or a dict of draws, "
                             f"got {type(source).__name__}")
     stats.update({k: np.asarray(v) for k, v in (sample_stats or {}).items()})
-    with _scope(model, source):
-        return _build_tree(_model_fn(model), {k: v.detach().cpu() for k, v in draws.items()}, args, seed, stats)
+    program = Program(model, _no_guide)
+    with program.param_scope():
+        return _build_tree(program, {k: v.detach().cpu() for k, v in draws.items()}, args, seed, stats)
 
 
 def run_nuts(model, data, *, num_chains: int = 2, num_samples: int = 500, warmup: int = 500, seed: int = 0,
@@ -146,7 +145,8 @@ def run_nuts(model, data, *, num_chains: int = 2, num_samples: int = 500, warmup
         raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
     args = _as_args(data)
     chains, diverging, step_sizes = [], [], []
-    with _scope(model), torch.random.fork_rng():
+    program = Program(model, _no_guide)
+    with program.param_scope(), torch.random.fork_rng():
         for chain in range(num_chains):
             torch.manual_seed(seed * 1_000_003 + chain)
             sizes: list[float] = []
@@ -155,7 +155,7 @@ def run_nuts(model, data, *, num_chains: int = 2, num_samples: int = 500, warmup
                 if stage == "Sample":
                     sizes.append(kernel.step_size)
 
-            mcmc = MCMC(NUTS(_model_fn(model), **nuts_options), num_samples=num_samples, warmup_steps=warmup,
+            mcmc = MCMC(NUTS(program.model, **nuts_options), num_samples=num_samples, warmup_steps=warmup,
                         hook_fn=record, disable_progbar=not (progress and sys.stderr.isatty()))
             mcmc.run(*args)
             chains.append(mcmc.get_samples())
@@ -202,8 +202,9 @@ def pareto_khat(model, guide, data, num_samples: int = 1000, seed: int = 0) -> P
     """
     args = _as_args(data)
     num_samples = _check_positive(num_samples, "num_samples")
-    with _scope(model, guide):
-        _, log_p, log_q = _guide_draws(model, guide, args, num_samples, seed)
+    program = Program(model, guide)
+    with program.param_scope():
+        _, log_p, log_q = _guide_draws(program, args, num_samples, seed)
     # arviz_stats' psislw takes a log-likelihood and smooths the weights exp(-input): pass -log w
     minus_log_w = xr.DataArray((log_q - log_p).numpy()[None, :], dims=SAMPLE_DIMS)
     _, khat = minus_log_w.azstats.psislw(dim=list(SAMPLE_DIMS))
@@ -259,10 +260,11 @@ def compare(models: Mapping[str, Any], var_name: str | None = None, **kwargs):
 
 # --- internals -------------------------------------------------------------------------------
 
-def _build_tree(fn: Callable, draws: dict[str, torch.Tensor], args: tuple, seed: int,
+def _build_tree(program: Program, draws: dict[str, torch.Tensor], args: tuple, seed: int,
                 stats: dict[str, np.ndarray]) -> xr.DataTree:
     with torch.no_grad(), poutine.block(), torch.random.fork_rng():
         torch.manual_seed(seed)
+        fn = program.model
         trace = poutine.trace(fn).get_trace(*args)  # unconditioned: only data sites are observed
         sites = {s["name"]: s for s in sample_sites(trace)}
         observed = [name for name, s in sites.items() if s["is_observed"]]
@@ -274,7 +276,7 @@ def _build_tree(fn: Callable, draws: dict[str, torch.Tensor], args: tuple, seed:
         if len(set(shapes.values())) != 1:
             raise ValueError(f"every draw must have the same (chain, draw) shape, got {shapes}")
         chains, num_draws = shapes[latent[0]]
-        nesting = _plate_nesting(fn, args)
+        nesting = program.nesting(*args)
         flat = {name: draws[name].reshape((chains * num_draws,) + sites[name]["value"].shape) for name in latent}
         # Predictive reads every axis after the first as a batch axis: pad to the plate nesting
         vectorized_draws = {name: value.reshape(value.shape[:1] + (1,) * (nesting - len(sites[name]["fn"].batch_shape))
@@ -335,15 +337,12 @@ def _axis_names(site: dict, event: bool) -> tuple[list[str], list[bool]]:
     return names, keep
 
 
-def _guide_draws(model, guide, args: tuple, num_samples: int, seed: int):
+def _guide_draws(program: Program, args: tuple, num_samples: int, seed: int):
     """``num_samples`` draws of the latents from the guide (vectorized), with log p(x, z) and log q(z)."""
-    fn = _model_fn(model)
     with torch.no_grad(), poutine.block(), torch.random.fork_rng():
         torch.manual_seed(seed)
-        nesting = _plate_nesting(fn, args)
-        with pyro.plate("_num_draws", num_samples, dim=-(nesting + 1)):
-            guide_trace = poutine.trace(guide).get_trace(*args)
-            model_trace = poutine.trace(poutine.replay(fn, trace=guide_trace)).get_trace(*args)
+        guide_trace, model_trace = program.trace(*args, num_particles=num_samples)
+        nesting = program.nesting(*args)
         log_p, log_q = (_per_draw_log_prob(tr, num_samples, nesting) for tr in (model_trace, guide_trace))
         draws = {s["name"]: s["value"].cpu() for s in sample_sites(model_trace) if not s["is_observed"]}
     return draws, log_p.cpu(), log_q.cpu()
@@ -357,12 +356,6 @@ def _per_draw_log_prob(trace, num_samples: int, nesting: int) -> torch.Tensor:
         log_p = log_p.reshape((1,) * (nesting + 1 - log_p.dim()) + log_p.shape)
         total += log_p.expand((num_samples,) + log_p.shape[1:]).reshape(num_samples, -1).sum(-1).double().cpu()
     return total
-
-
-def _plate_nesting(fn: Callable, args: tuple) -> int:
-    trace = poutine.trace(fn).get_trace(*args)
-    dims = [-f.dim for s in sample_sites(trace) for f in s["cond_indep_stack"] if f.vectorized]
-    return max(dims, default=0)
 
 
 def _divergences(mcmc: MCMC) -> np.ndarray:
@@ -384,16 +377,8 @@ def _as_args(data) -> tuple:
     return tuple(data) if isinstance(data, (tuple, list)) else (data,)
 
 
-def _model_fn(model) -> Callable:
-    return model.model if isinstance(model, GenerativeModel) else model
-
-
-def _scope(*objects):
-    """Keep a ppgen model's parameters local to it (as :func:`ppgen.fit` does)."""
-    modules = [o for o in objects if isinstance(o, torch.nn.Module)]
-    if any(isinstance(o, GenerativeModel) for o in objects):
-        return local_params(*modules)
-    return contextlib.nullcontext()
+def _no_guide(*args, **kwargs) -> None:
+    """The guide of a model whose draws come from elsewhere (MCMC, a dict)."""
 
 
 def _check_positive(value, name: str) -> int:

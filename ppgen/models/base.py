@@ -10,7 +10,10 @@ algorithm. ppgen's own inference keeps every model's parameters local to the mod
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import math
+import threading
 from typing import ClassVar, Iterator
 
 import pyro
@@ -29,6 +32,10 @@ class GenerativeModel(PyroModule):
     ``pyro.plate("data", n)`` in a site named ``"x"``. When ``x`` is None the model generates
     ``size`` new rows (or one per label in ``y``).
 
+    Every model takes a keyword ``seed=`` (default 0): its initial parameters are drawn from a
+    generator seeded with it, never from (and without disturbing) the global random state, so the
+    same seed gives the same model in any process.
+
     Class attributes
     ----------------
     has_exact_likelihood : bool
@@ -42,6 +49,8 @@ class GenerativeModel(PyroModule):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _seeded_init(cls.__dict__["__init__"])
         # pyro_method makes parameters of submodules visible to Pyro's own optimisers
         # (pyro.infer.SVI) when a user hands model/guide to plain Pyro.
         for name in ("model", "guide"):
@@ -99,18 +108,31 @@ class GenerativeModel(PyroModule):
         return f"x_dim={self.x_dim}"
 
 
-def check_data(x, *, dim: int | None = None, support: str = "real", name: str = "x") -> torch.Tensor:
+def check_data(x, *, dim: int | None = None, support: str = "real", name: str = "x",
+               any_shape: bool = False) -> torch.Tensor:
     """Return ``x`` as a 2-D floating tensor, or raise naming what is wrong with it.
 
     Nothing is coerced silently: integer or boolean data is refused (convert with
-    ``.float()``), NumPy arrays of floats are accepted as they are.
+    ``.float()``), NumPy arrays of floats are accepted as they are. With ``any_shape`` (the data
+    of a plain Pyro program) any shape with rows first is accepted, and integer data too.
     """
     if hasattr(x, "__array__") and not isinstance(x, torch.Tensor):
         x = torch.as_tensor(x)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or a NumPy array, got {type(x).__name__}")
-    if not x.is_floating_point():
+    if x.is_complex():
+        raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
+    if not (x.is_floating_point() or any_shape):
         raise TypeError(f"{name} must hold floats, got dtype {x.dtype}; convert it with .float()")
+    if any_shape:
+        if x.dim() == 0:
+            raise ValueError(f"{name} must have rows along its first dimension, got a scalar")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} is empty: it has shape {tuple(x.shape)}")
+        if x.is_floating_point() and not torch.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or inf (first at index "
+                             f"{tuple(int(i) for i in (~torch.isfinite(x)).nonzero()[0])})")
+        return x
     if x.dim() != 2:
         raise ValueError(f"{name} must have shape (N, D), got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
@@ -151,6 +173,35 @@ def _check_count(n, name: str) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"{name} must be a positive int, got {n!r}")
     return n
+
+
+_building = threading.local()
+
+
+def _seeded_init(init):
+    """Run a model's constructor with the global RNG seeded by its ``seed=`` keyword and restored
+    afterwards (only the outermost constructor of a ``super().__init__`` chain does this). A
+    constructor that takes ``seed`` itself (for orderings or masks) receives it too."""
+    takes_seed = "seed" in inspect.signature(init).parameters
+
+    @functools.wraps(init)
+    def wrapper(self, *args, seed: int = 0, **kwargs):
+        if takes_seed:
+            kwargs["seed"] = seed
+        if getattr(_building, "depth", 0):
+            return init(self, *args, **kwargs)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        _building.depth = 1
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                init(self, *args, **kwargs)
+        finally:
+            _building.depth = 0
+        self.seed = seed
+
+    return wrapper
 
 
 @contextlib.contextmanager

@@ -6,6 +6,8 @@ for checking variational and importance-sampled estimators.
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -101,6 +103,19 @@ class _LinearGaussian(GenerativeModel):
         self.guide_log_diag.copy_(torch.diagonal(tril).log())
         self.guide_off_diag.copy_(tril[rows, cols])
 
+    def fit_mle(self, x: torch.Tensor, **options) -> "_LinearGaussian":
+        """Set the parameters to their maximum-likelihood values on ``x`` (closed form or EM),
+        and the guide to the exact posterior. Returns the model."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (D,) and maximum-likelihood covariance (D, D) of the rows, in float64."""
+        x = x.double()
+        mean = x.mean(0)
+        centred = x - mean
+        return mean, centred.T @ centred / x.shape[0]
+
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The guide's mean E_q[z | x], shape (N, q)."""
@@ -144,6 +159,38 @@ class PPCA(_LinearGaussian):
     def noise_variance(self) -> torch.Tensor:
         return (2 * self.log_noise_scale).exp().expand(self.x_dim)
 
+    @torch.no_grad()
+    def fit_mle(self, x: torch.Tensor) -> "PPCA":
+        r"""The closed-form maximum-likelihood estimate (Tipping & Bishop 1999, eqs. 7-8).
+
+        With S the sample covariance and its eigenvalues :math:`\lambda_1 \ge \dots \ge \lambda_D`:
+        :math:`\mu = \bar x`, :math:`\sigma^2 = \frac{1}{D - q} \sum_{j > q} \lambda_j` and
+        :math:`W = U_q (\Lambda_q - \sigma^2 I)^{1/2}` (up to a rotation). Sets the guide to
+        the exact posterior; returns the model.
+
+        Examples
+        --------
+        >>> x = torch.randn(500, 2) @ torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 1.0]]) + 0.1 * torch.randn(500, 3)
+        >>> ppca = PPCA(3, latent_dim=2).fit_mle(x)
+        >>> bool(ppca.log_prob(x).mean() >= PPCA(3, latent_dim=2, seed=1).log_prob(x).mean())
+        True
+        """
+        x = self.check_data(x)
+        if self.latent_dim == self.x_dim:
+            raise ValueError("PPCA's closed form needs latent_dim < dim (the noise variance is the mean of the "
+                             "discarded eigenvalues)")
+        mean, cov = self._moments(x)
+        eigvals, eigvecs = torch.linalg.eigh(cov)  # ascending
+        eigvals, eigvecs = eigvals.flip(0), eigvecs.flip(1)
+        q = self.latent_dim
+        noise = eigvals[q:].mean().clamp_min(1e-12)
+        weight = eigvecs[:, :q] * (eigvals[:q] - noise).clamp_min(0).sqrt()
+        self.loc.copy_(mean)
+        self.weight.copy_(weight)
+        self.log_noise_scale.copy_(0.5 * noise.log())
+        self.set_guide_to_exact_posterior()
+        return self
+
 
 class FactorAnalysis(_LinearGaussian):
     r"""Factor analysis: PPCA with a separate noise variance per observed dimension.
@@ -174,3 +221,35 @@ class FactorAnalysis(_LinearGaussian):
 
     def noise_variance(self) -> torch.Tensor:
         return F.softplus(self.raw_noise) + 1e-6
+
+    @torch.no_grad()
+    def fit_mle(self, x: torch.Tensor, *, max_iter: int = 10_000, tol: float = 1e-8) -> "FactorAnalysis":
+        r"""Maximum likelihood by EM (Rubin & Thayer 1982), from the current W and Psi.
+
+        With S the sample covariance and :math:`\beta = W^\top (W W^\top + \Psi)^{-1}`, each step
+        sets :math:`W \leftarrow S \beta^\top (I - \beta W + \beta S \beta^\top)^{-1}` and
+        :math:`\Psi \leftarrow \mathrm{diag}(S - W \beta S)`; the log-likelihood never decreases.
+        Stops when it rises by less than ``tol`` nats per row. Sets the guide to the exact
+        posterior; returns the model.
+        """
+        x = self.check_data(x)
+        mean, cov = self._moments(x)
+        weight = self.weight.double().clone()
+        noise = self.noise_variance().double().clone()
+        eye = torch.eye(self.latent_dim, dtype=torch.float64)
+        previous = -math.inf
+        for _ in range(max_iter):
+            marginal = weight @ weight.T + torch.diag(noise)
+            beta = torch.linalg.solve(marginal, weight).T  # W^T (W W^T + Psi)^{-1}, (q, D)
+            log_lik = dist.MultivariateNormal(torch.zeros_like(mean), marginal).log_prob(
+                torch.zeros_like(mean)).item() - 0.5 * torch.trace(torch.linalg.solve(marginal, cov)).item()
+            if log_lik - previous < tol:
+                break
+            previous = log_lik
+            weight = cov @ beta.T @ torch.linalg.inv(eye - beta @ weight + beta @ cov @ beta.T)
+            noise = torch.diagonal(cov - weight @ beta @ cov).clamp_min(1e-6)
+        self.loc.copy_(mean)
+        self.weight.copy_(weight)
+        self.raw_noise.copy_(torch.log(torch.expm1((noise - 1e-6).clamp_min(1e-7))))
+        self.set_guide_to_exact_posterior()
+        return self

@@ -87,6 +87,29 @@ class _Mixture(GenerativeModel):
         self._set_components(x, resp, counts)
         return self
 
+    @torch.no_grad()
+    def fit_mle(self, x: torch.Tensor, *, max_iter: int = 1000, tol: float = 1e-8, seed: int = 0) -> "_Mixture":
+        """Maximum likelihood by expectation-maximisation (Dempster, Laird & Rubin 1977), from k-means.
+
+        E-step: responsibilities r_nc = p(c | x_n); M-step: weights, then each component from the
+        r-weighted rows. Stops when the mean log-likelihood rises by less than ``tol`` nats per row.
+        Returns the model.
+        """
+        x = self.check_data(x)
+        self.initialize(x, seed=seed)
+        previous = -math.inf
+        for _ in range(max_iter):
+            joint = self.joint_log_prob(x)  # (N, k)
+            log_lik = torch.logsumexp(joint, -1).mean().item()
+            if log_lik - previous < tol:
+                break
+            previous = log_lik
+            resp = torch.softmax(joint, -1)
+            counts = resp.sum(0) + 1e-10
+            self.weight_logits.copy_((counts / counts.sum()).log())
+            self._set_components(x, resp, counts)
+        return self
+
     def _set_components(self, x: torch.Tensor, resp: torch.Tensor, counts: torch.Tensor) -> None:
         raise NotImplementedError
 

@@ -1,0 +1,653 @@
+"""fit(): one small trainer for every objective, over explicit state.
+
+:class:`Trainer` has the pieces of NumPyro's ``SVI.init/update/run``: :meth:`Trainer.init`
+checks the story on the first batch (:meth:`Program.validate`), builds the objective and its
+optimisers and restores a checkpoint; :meth:`Trainer.step` takes one minibatch;
+:meth:`Trainer.evaluate` scores held-out rows; :meth:`Trainer.run` loops over epochs with early
+stopping (:class:`EarlyStopping`), atomic checkpoints (:class:`~ppgen.inference.checkpoint.Checkpointer`),
+data-parallel ranks (:mod:`ppgen.inference.distributed`) and a convergence check
+(:func:`convergence_message`). :func:`fit` is the one-call front end, configured by a
+:class:`FitConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer.autoguide import AutoGuide
+from torch.utils.data import DataLoader
+
+from ppgen.inference.checkpoint import CHECKPOINT_NAME, Checkpointer
+from ppgen.inference.distributed import STRATEGIES, join
+from ppgen.inference.objectives import PRECISIONS, Objective, make_objective
+from ppgen.inference.program import (
+    ESTIMATORS, ModelCheck, Program, batch_rows, call_args, resolve_device, sample_sites,
+)
+
+__all__ = ["fit", "FitConfig", "FitResult", "Trainer", "TrainState", "EarlyStopping", "ConvergenceWarning",
+           "NonFiniteLossError", "convergence_message"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or a gradient became NaN or infinite; ``step`` and ``site`` say where."""
+
+    def __init__(self, message: str, step: int, site: str | None):
+        super().__init__(message)
+        self.step = step
+        self.site = site
+
+
+class ConvergenceWarning(UserWarning):
+    """``fit`` ended while its objective was still improving faster than the tolerance."""
+
+
+def _positive_int(value, name: str, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be {'a positive int' if minimum == 1 else f'an int >= {minimum}'}, "
+                         f"got {value!r}")
+
+
+@dataclasses.dataclass
+class FitConfig:
+    """How :func:`fit` trains. Every field is also a keyword of :func:`fit`; the CLI builds one.
+
+    Attributes
+    ----------
+    epochs, batch_size, lr
+        Passes over the data, rows per minibatch (a batch of all rows keeps their order, as
+        local guides need), Adam learning rate.
+    elbo : {"auto", "trace", "meanfield", "enum", "graph", "iwae", "mle"}
+        The estimator. ``"auto"``: ``"enum"`` when the model marks sites for enumeration,
+        ``"mle"`` (exact maximum likelihood through ``log_prob``, no sampling) for an exact
+        model without guide latents, else ``"trace"`` (``Trace_ELBO``).
+    num_particles : int
+        Samples per example, vectorised (the K of ``"iwae"``).
+    device : "auto", "cpu", "cuda", "cuda:N"
+        ``"auto"`` takes CUDA when available. The model is moved there, and stays.
+    seed : int
+        Seeds the sampling and the data order: same seed, same result on the same device.
+    patience : int, optional
+        With validation rows, stop after this many epochs without a better validation score and
+        restore the parameters of the best epoch.
+    checkpoint_dir : path, optional
+        Write ``checkpoint.pt`` there after every epoch (atomically), when interrupted, and when
+        the loss becomes non-finite.
+    resume : bool
+        Continue from the checkpoint in ``checkpoint_dir`` when there is one, else start a new
+        run there (so a requeued job runs the same command every time).
+    progress : bool
+        Show a progress bar (only when stderr is a terminal; rank 0 only).
+    strategy : {"auto", "single", "ddp"}
+        Data-parallel training under ``torchrun`` (see :mod:`ppgen.inference.distributed`).
+    num_workers : int
+        DataLoader worker processes that prefetch minibatches of a streamed row source.
+    precision : {"fp32", "bf16"}
+        ``"bf16"`` runs the networks under bfloat16 autocast; densities and losses stay float32.
+    convergence_tol : float or None
+        Warn (:class:`ConvergenceWarning`) when the training objective still improved by more
+        than this fraction per epoch over the last epochs; None turns the check off.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    elbo: str = "auto"
+    num_particles: int = 1
+    device: Any = "auto"
+    seed: int = 0
+    patience: int | None = None
+    checkpoint_dir: str | Path | None = None
+    resume: bool = False
+    progress: bool = True
+    strategy: str = "auto"
+    num_workers: int = 0
+    precision: str = "fp32"
+    convergence_tol: float | None = 1e-3
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "num_particles"):
+            _positive_int(getattr(self, name), name)
+        _positive_int(self.num_workers, "num_workers", 0)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (math.isfinite(self.lr)
+                                                                                      and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.patience is not None:
+            _positive_int(self.patience, "patience")
+        if self.elbo not in ESTIMATORS:
+            raise ValueError(f"elbo must be one of {ESTIMATORS}, got {self.elbo!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.resume and self.checkpoint_dir is None:
+            raise ValueError("resume=True needs checkpoint_dir= (where the checkpoint is)")
+        if self.convergence_tol is not None and not (isinstance(self.convergence_tol, (int, float))
+                                                     and self.convergence_tol > 0):
+            raise ValueError(f"convergence_tol must be a positive number or None, got {self.convergence_tol!r}")
+        for name in ("resume", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+
+@dataclasses.dataclass(repr=False)
+class FitResult:
+    """What :func:`fit` did. Objective figures are in nats per example (higher is better).
+
+    Attributes
+    ----------
+    model, guide
+        The trained model and guide (the guide is the autoguide ``fit`` built, if any).
+    losses : list of float
+        The loss of every step, per example of the full data set (the negative ELBO, or the
+        exact negative log-likelihood for ``elbo="mle"``).
+    train_elbo, valid_elbo : list of float
+        Per epoch: the mean training objective over the epoch's steps, and the validation
+        objective (empty without ``valid``). For ``"mle"`` both are exact log-likelihoods.
+    epochs, steps : int
+        Epochs and optimisation steps completed in total (across resumes).
+    seconds, examples_per_second : float
+        Wall time of this call and training throughput (rows per second of step time).
+    stopped_early : bool
+    best_epoch : int or None
+        Epoch (1-based) of the best validation objective, whose parameters the model holds
+        when early stopping was on.
+    device : str
+    estimator : str
+        The estimator that ran (``"auto"`` resolved), or the custom objective's class name.
+    check : ModelCheck
+        What :meth:`Program.validate` found on the first batch.
+    resumed_from_step : int or None
+        The step a resumed run continued from (None for a new run).
+    """
+
+    model: Any
+    guide: Any
+    losses: list[float]
+    train_elbo: list[float]
+    valid_elbo: list[float]
+    epochs: int
+    steps: int
+    seconds: float
+    examples_per_second: float
+    stopped_early: bool
+    best_epoch: int | None
+    device: str
+    estimator: str = "trace"
+    check: ModelCheck | None = None
+    resumed_from_step: int | None = None
+
+    def __repr__(self) -> str:
+        valid = f", valid {self.valid_elbo[-1]:.3f}" if self.valid_elbo else ""
+        train = f"train {self.train_elbo[-1]:.3f}" if self.train_elbo else "no epoch"
+        name = type(self.model).__name__ if isinstance(self.model, torch.nn.Module) else \
+            getattr(self.model, "__name__", "model")
+        return (f"FitResult({name}, "
+                f"{self.estimator}, {self.epochs} epochs / {self.steps} steps, {train}{valid} nats/example, "
+                f"best epoch {self.best_epoch}, {self.seconds:.1f} s on {self.device})")
+
+
+@dataclasses.dataclass
+class TrainState:
+    """The trainer's counters and history: everything a checkpoint needs besides tensors."""
+
+    epoch: int = 0          # epochs completed
+    batch: int = 0          # batches completed in the current epoch
+    step: int = 0           # steps completed in total
+    losses: list[float] = dataclasses.field(default_factory=list)
+    epoch_losses: list[float] = dataclasses.field(default_factory=list)
+    train_elbo: list[float] = dataclasses.field(default_factory=list)
+    valid_elbo: list[float] = dataclasses.field(default_factory=list)
+    best_elbo: float | None = None
+    best_epoch: int | None = None
+    best_state: dict | None = None
+    stopped_early: bool = False
+
+
+class EarlyStopping:
+    """Track the best validation score; say when ``patience`` epochs passed without a better one."""
+
+    def __init__(self, patience: int | None):
+        self.patience = patience
+
+    def update(self, state: TrainState, score: float, snapshot: Callable[[], dict]) -> bool:
+        """Record epoch ``state.epoch``'s score; return True when training should stop."""
+        if state.best_elbo is None or score > state.best_elbo:
+            state.best_elbo, state.best_epoch = score, state.epoch
+            if self.patience is not None:
+                state.best_state = snapshot()
+            return False
+        return self.patience is not None and state.epoch - state.best_epoch >= self.patience
+
+
+def convergence_message(train_elbo: list[float], tol: float, window: int = 5) -> str | None:
+    """Why training had not converged, or None: the least-squares slope of the per-epoch
+    objective over the last ``window`` epochs is an improvement of more than ``tol`` (relative,
+    per epoch) and more than twice its own standard error (so noise alone does not warn)."""
+    if len(train_elbo) < window + 1:
+        return None
+    values = torch.tensor(train_elbo[-window:], dtype=torch.float64)
+    t = torch.arange(window, dtype=torch.float64)
+    t = t - t.mean()
+    slope = (t * (values - values.mean())).sum() / (t * t).sum()
+    residual = values - values.mean() - slope * t
+    stderr = (residual.pow(2).sum() / (window - 2) / (t * t).sum()).sqrt()
+    scale = 1.0 + values.abs().mean()
+    if slope > tol * scale and slope > 2 * stderr:
+        return (f"the objective was still improving by {slope.item():.3g} nats per example per epoch over the "
+                f"last {window} epochs (ending at {train_elbo[-1]:.4g}; tolerance {tol:g} x {scale.item():.3g}): "
+                "training had not converged. Raise epochs or lr (or set convergence_tol=None)")
+    return None
+
+
+class Trainer:
+    """Fits one program with one objective: :meth:`init`, then :meth:`step` per batch, or :meth:`run`.
+
+    Parameters
+    ----------
+    program : Program
+    config : FitConfig
+    objective : Objective or callable, optional
+        An objective built on ``program`` (or a function of the program that builds one);
+        by default the built-in objective named by ``config.elbo``.
+    """
+
+    def __init__(self, program: Program, config: FitConfig, objective=None):
+        self.program, self.config = program, config
+        self._custom = objective
+        self.cluster = join(config.strategy, resolve_device(config.device))
+        self.device = self.cluster.device(resolve_device(config.device))
+        if config.batch_size < self.cluster.world_size:
+            raise ValueError(f"batch_size ({config.batch_size}) is the global batch and must be at least the "
+                             f"number of processes ({self.cluster.world_size})")
+
+    # --- init ---------------------------------------------------------------------------------
+
+    def init(self, x, y=None) -> TrainState:
+        """Check the story on the first batch, build the objective and optimisers, restore a
+        checkpoint when resuming; return the state to continue from. Call inside
+        ``program.param_scope()`` with the seeded RNG (as :meth:`run` does)."""
+        config, cluster, program = self.config, self.cluster, self.program
+        self.num_rows = x.shape[0]
+        program.to(self.device)
+        first = batch_rows(x, y, cluster.shard(torch.arange(min(config.batch_size, self.num_rows))), self.device)
+        if not isinstance(x, torch.Tensor):
+            first = (program.check_data(first[0], "the first batch of data"), first[1])
+        objective = self._objective()
+        estimator = objective.estimator if objective is not None else config.elbo
+        self.check = program.validate(*first, num_rows=self.num_rows if cluster.world_size == 1 else
+                                      self.num_rows // cluster.world_size + 1,
+                                      estimator="trace" if estimator == "custom" else estimator,
+                                      num_particles=config.num_particles, thorough=False)
+        self.objective = objective or make_objective(program, self.check.estimator, config.num_particles,
+                                                     precision=config.precision)
+        if config.batch_size < self.num_rows:
+            _refuse_minibatched_local_guide(program, *first)
+        groups = self._collect_params(*first)
+        if cluster.parallel and sum(map(len, groups.values())) != len([p for p in self.objective.parameters()
+                                                                       if p.requires_grad]):
+            raise ValueError("strategy='ddp' synchronises module parameters only; this model has plain "
+                             "pyro.param sites: write it as a GenerativeModel or a PyroModule")
+        self.params = [p for group in groups.values() for p in group]
+        self.module = cluster.wrap(self.objective, self.device, find_unused=len(groups) > 1)
+        self.optimizers = {name: torch.optim.Adam(group, lr=config.lr) for name, group in groups.items()}
+        path = Path(config.checkpoint_dir) / CHECKPOINT_NAME if config.checkpoint_dir is not None else None
+        if path is not None and path.exists() and not config.resume:
+            raise ValueError(f"{path} already exists; pass resume=True to continue that run, "
+                             "or choose another checkpoint_dir")
+        fingerprint = {"num_rows": self.num_rows, "batch_size": config.batch_size, "seed": config.seed,
+                       "estimator": self.estimator_name, "num_particles": config.num_particles,
+                       "world_size": cluster.world_size}
+        self.checkpoints = Checkpointer(path if cluster.is_main else None, _named(self.objective, self.params),
+                                        self.optimizers, fingerprint, cluster)
+        self.resumed_from_step = None
+        if path is not None and config.resume and path.exists():
+            self.checkpoints.path = path  # every rank reads the checkpoint
+            state = TrainState(**self.checkpoints.restore())
+            self.checkpoints.path = path if cluster.is_main else None
+            self.resumed_from_step = state.step
+            self._say(f"resuming from {path} at epoch {state.epoch + 1}, step {state.step}")
+            return state
+        if config.resume:
+            self._say(f"no checkpoint in {config.checkpoint_dir}: starting a new run there")
+        return TrainState()
+
+    @property
+    def estimator_name(self) -> str:
+        obj = self.objective
+        return obj.estimator if obj.estimator != "custom" else type(obj).__name__
+
+    def _objective(self) -> Objective | None:
+        custom = self._custom
+        if custom is None:
+            return None
+        if not isinstance(custom, Objective):
+            custom = custom(self.program)
+        if not isinstance(custom, Objective):
+            raise TypeError(f"objective must be a ppgen Objective or a function returning one, got "
+                            f"{type(custom).__name__}")
+        if custom.program is not self.program:
+            raise ValueError("the objective was built on another Program than the one being fitted")
+        return custom
+
+    def _collect_params(self, x, y) -> dict[str, list[torch.Tensor]]:
+        """The tensors each optimiser updates. Runs every group's loss once so that lazily
+        created parameters (autoguides, ``pyro.param``) exist; plain ``pyro.param`` sites
+        join the first group."""
+        with poutine.trace(param_only=True) as capture:
+            for group in self.objective.groups:
+                self.objective(x, y, group=group)
+        groups = {name: list(params) for name, params in self.objective.group_parameters().items()}
+        if list(groups) != list(self.objective.groups):
+            raise ValueError(f"{type(self.objective).__name__}.group_parameters() gave groups {list(groups)}, "
+                             f"its groups are {list(self.objective.groups)}")
+        known = {id(p) for group in groups.values() for p in group}
+        first = groups[self.objective.groups[0]]
+        for site in capture.trace.nodes.values():
+            value = site["value"]
+            unconstrained = value.unconstrained() if hasattr(value, "unconstrained") else value
+            if id(unconstrained) not in known and unconstrained.requires_grad:
+                known.add(id(unconstrained))
+                first.append(unconstrained)
+        if not known:
+            raise ValueError(f"{self.program.name} and its guide have no parameters to fit")
+        return groups
+
+    # --- step and evaluate --------------------------------------------------------------------
+
+    def step(self, state: TrainState, x, y, scale: float) -> float:
+        """One optimisation step per parameter group; returns the first group's loss (summed over
+        the batch, scaled to the full data). Refuses to apply a non-finite loss or gradient."""
+        rng = torch.get_rng_state()
+        first_value = None
+        for group in self.objective.groups:
+            loss = self.module(x, y, scale=scale, group=group)
+            optimizer = self.optimizers[group]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # under DDP, the gradients are averaged over the ranks here
+            grads = [p.grad for group_params in optimizer.param_groups for p in group_params["params"]
+                     if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else loss.new_zeros(())
+            loss_value, norm_value = self.cluster.mean(torch.stack([loss.detach(), grad_norm.to(loss.dtype)])).tolist()
+            if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+                self._non_finite(state, rng, x, y, scale, loss_value, norm_value, group)
+            optimizer.step()
+            first_value = loss_value if first_value is None else first_value
+        return first_value
+
+    def _non_finite(self, state, rng, x, y, scale, loss_value, norm_value, group) -> None:
+        self.checkpoints.save(dataclasses.asdict(state))
+        torch.set_rng_state(rng)
+        site = _find_non_finite(self.objective, self.params, x, y, scale)
+        what = f"the loss became {loss_value}" if not math.isfinite(loss_value) else \
+            f"the gradient norm became {norm_value} (loss {loss_value:.6g})"
+        if len(self.objective.groups) > 1:
+            what += f" in group {group!r}"
+        saved = f"; a checkpoint of that state is in {self.checkpoints.path}" if self.checkpoints.path else ""
+        batches = math.ceil(self.num_rows / self.config.batch_size)
+        raise NonFiniteLossError(
+            f"{what} at step {state.step + 1} (epoch {state.step // batches + 1}, batch {state.batch + 1}); "
+            f"first non-finite: {site or 'not found when re-run'}. The parameters are kept as they were after "
+            f"step {state.step}{saved}. Try a smaller lr, or check the data and the model's scales.",
+            step=state.step + 1, site=site)
+
+    @torch.no_grad()
+    def evaluate(self, x, y=None, *, seed: int = 0) -> float:
+        """The objective's score per example on held-out rows (with a fixed seed, so that it does
+        not disturb training); each rank scores its share of every batch and the totals are summed."""
+        cluster, device = self.cluster, self.device
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            torch.manual_seed(seed + cluster.rank)
+            for idx in torch.arange(x.shape[0]).split(self.config.batch_size):
+                idx = cluster.shard(idx)
+                if len(idx):
+                    total += self.objective.score(*batch_rows(x, y, idx, device)).double()
+        return cluster.sum(total).item() / x.shape[0]
+
+    # --- run ----------------------------------------------------------------------------------
+
+    def run(self, x, y=None, valid=None) -> FitResult:
+        """Train for ``config.epochs`` epochs (or until early stopping) and return the result."""
+        config, cluster, program = self.config, self.cluster, self.program
+        start = time.perf_counter()
+        cuda_devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with program.param_scope(), torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(config.seed + cluster.rank)  # each rank its own (reproducible) sampling noise
+            state = self.init(x, y)
+            stopping = EarlyStopping(config.patience)
+            n_rows, batch_size = self.num_rows, config.batch_size
+            batches_per_epoch = len(_global_batches(torch.arange(n_rows), batch_size, cluster.world_size))
+            bar = _progress_bar(config.progress and cluster.is_main, config.epochs * batches_per_epoch, state.step,
+                                f"fit {program.name}")
+            step_seconds, rows_seen, step_rng = 0.0, 0, torch.get_rng_state()
+            try:
+                for epoch in range(state.epoch, config.epochs):
+                    order = (torch.randperm(n_rows, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+                             if batch_size < n_rows else torch.arange(n_rows))  # full batch: rows keep their place
+                    batches = _global_batches(order, batch_size, cluster.world_size)
+                    todo = [cluster.shard(idx) for idx in batches[state.batch:]]  # resumed mid-epoch: skip done ones
+                    for b, (idx, (xb, yb)) in enumerate(zip(todo, _stream(x, y, todo, self.device, config.num_workers)),
+                                                        start=state.batch):
+                        if not isinstance(x, torch.Tensor):
+                            xb = program.check_data(xb, f"data rows {idx[:3].tolist()}...")
+                        step_rng = torch.get_rng_state()  # an interrupted step restarts from here
+                        t0 = time.perf_counter()
+                        scale = cluster.world_size * n_rows / len(batches[b])  # DDP averages over ranks
+                        loss_value = self.step(state, xb, yb, scale)
+                        step_seconds += time.perf_counter() - t0
+                        rows_seen += len(idx)
+                        state.losses.append(loss_value / n_rows)
+                        state.epoch_losses.append(loss_value / n_rows)
+                        state.step, state.batch = state.step + 1, b + 1
+                        if bar is not None:
+                            bar.update()
+                            if state.step % 25 == 0:
+                                bar.set_postfix(objective=f"{-loss_value / n_rows:.3f}", refresh=False)
+                    state.train_elbo.append(-sum(state.epoch_losses) / len(state.epoch_losses))
+                    state.epoch_losses = []
+                    state.epoch, state.batch = epoch + 1, 0
+                    if valid is not None:
+                        state.valid_elbo.append(self.evaluate(*valid, seed=config.seed + epoch + 1))
+                        state.stopped_early = stopping.update(state, state.valid_elbo[-1], self.checkpoints.snapshot)
+                    self.checkpoints.save(dataclasses.asdict(state))
+                    if state.stopped_early:
+                        break
+            except KeyboardInterrupt:
+                if not cluster.parallel:  # with several ranks, the epoch checkpoints are the resume points
+                    self.checkpoints.save(dataclasses.asdict(state), rng=step_rng)
+                raise
+            finally:
+                if bar is not None:
+                    bar.close()
+            if config.patience is not None and state.best_state is not None:
+                self.checkpoints.load_params(state.best_state, "best epoch")
+        if config.convergence_tol is not None and not state.stopped_early and cluster.is_main:
+            message = convergence_message(state.train_elbo, config.convergence_tol)
+            if message:
+                warnings.warn(f"fit {program.name}: {message}", ConvergenceWarning, stacklevel=3)
+        return FitResult(
+            model=program.source,
+            guide=program.guide_module if program.guide_module is not None else program.guide,
+            losses=state.losses, train_elbo=state.train_elbo, valid_elbo=state.valid_elbo,
+            epochs=state.epoch, steps=state.step, seconds=time.perf_counter() - start,
+            examples_per_second=cluster.world_size * rows_seen / step_seconds if step_seconds > 0 else float("nan"),
+            stopped_early=state.stopped_early, best_epoch=state.best_epoch, device=str(self.device),
+            estimator=self.estimator_name, check=self.check, resumed_from_step=self.resumed_from_step,
+        )
+
+    def _say(self, message: str) -> None:
+        if self.config.progress and self.cluster.is_main:
+            print(f"ppgen.fit: {message}", file=sys.stderr)
+
+
+def fit(model, data, config: FitConfig | None = None, *, guide=None, valid=None, objective=None,
+        data_plate: str | None = None, **options) -> FitResult:
+    """Fit a generative model: the ELBO family, exact maximum likelihood, or any :class:`Objective`.
+
+    Parameters
+    ----------
+    model : GenerativeModel, callable or Program
+        A ppgen model, or a plain Pyro model function ``model(x[, y])`` whose observations sit
+        in a plate over the data rows (found whatever its name; see :meth:`Program.validate`).
+    data : Tensor, array, row source, or (x, y)
+        Training rows, the first dimension indexing them (and labels or conditions ``y``, passed
+        to the model as its second argument). A ``GenerativeModel`` takes (N, D) rows in its
+        support; a plain Pyro program rows of any shape. Data larger than memory: a
+        :class:`ppgen.data.NpyRows` (or a ``numpy.load(..., mmap_mode="r")`` array) or any
+        ``torch.utils.data.Dataset`` of rows streams minibatches from disk.
+    config : FitConfig, optional
+        The settings; keywords named like its fields (``epochs=``, ``lr=``, ...) override it.
+    guide : None, callable or str
+        The model's own guide (default), a guide function or module, or an autoguide name.
+    valid : Tensor or (x, y), optional
+        Held-out rows, scored after every epoch (needed for ``patience``).
+    objective : Objective or callable, optional
+        A custom objective built on a :class:`Program` of this model (or a function of the
+        program returning one); overrides ``elbo``.
+    data_plate : str, optional
+        The plate over the data rows, when it cannot be found on its own.
+    **options
+        Fields of :class:`FitConfig`.
+
+    Returns
+    -------
+    FitResult
+
+    Raises
+    ------
+    ModelCheckError
+        When the story cannot be fitted correctly as written (the message names the site).
+    NonFiniteLossError
+        When the loss or a gradient becomes NaN or infinite; the parameters keep their last
+        finite values and the message names the step and the site.
+
+    Warns
+    -----
+    ConvergenceWarning
+        When the objective was still improving faster than ``convergence_tol`` at the end.
+
+    Examples
+    --------
+    >>> from ppgen.models import IndependentBernoulli
+    >>> x = torch.bernoulli(torch.full((100, 3), 0.25), generator=torch.Generator().manual_seed(0))
+    >>> result = fit(IndependentBernoulli(3), x, epochs=100, batch_size=100, lr=0.2, progress=False)
+    >>> result.estimator, result.epochs  # an exact model without latents: exact maximum likelihood
+    ('mle', 100)
+    >>> best = IndependentBernoulli.from_frequencies(x).log_prob(x).mean()  # the closed-form MLE
+    >>> round(result.train_elbo[-1], 3) == round(best.item(), 3)
+    True
+    """
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(FitConfig)})
+    if unknown:
+        raise TypeError(f"fit() got unknown options {unknown}; the settings are the fields of FitConfig: "
+                        f"{', '.join(f.name for f in dataclasses.fields(FitConfig))}")
+    if config is not None and not isinstance(config, FitConfig):
+        raise TypeError(f"config must be a FitConfig, got {type(config).__name__}")
+    config = dataclasses.replace(config or FitConfig(), **options)
+    if config.patience is not None and valid is None:
+        raise ValueError("patience (early stopping) needs valid= data")
+    if objective is not None and config.elbo != "auto":
+        raise ValueError(f"pass either objective= or elbo= (got elbo={config.elbo!r} too)")
+    program = model if isinstance(model, Program) else Program(model, guide, data_plate=data_plate)
+    if isinstance(model, Program) and (guide is not None or data_plate is not None):
+        raise ValueError("guide= and data_plate= belong to the Program; it already has them")
+    x, y = program.rows(data, "data")
+    valid_xy = program.rows(valid, "valid") if valid is not None else None
+    trainer = Trainer(program, config, objective)
+    result = trainer.run(x, y, valid_xy)
+    trainer.cluster.close()  # on success only: see Cluster.close
+    return result
+
+
+def _named(objective: Objective, params: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Checkpoint names: module paths, or ``pyro.param:<name>`` for plain Pyro parameters."""
+    names = {id(p): n for n, p in objective.named_parameters()}
+    store = pyro.get_param_store()
+    return {(names.get(id(p)) or f"pyro.param:{store.param_name(p)}"): p for p in params}
+
+
+def _find_non_finite(objective: Objective, params, x, y, scale: float) -> str | None:
+    """Name the first parameter, gradient, sample or log-density that is not finite."""
+    names = {id(p): n for n, p in _named(objective, params).items()}
+    for p in params:
+        if not torch.isfinite(p).all():
+            return f"parameter {names.get(id(p), '?')!r}"
+    for p in params:
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return f"gradient of parameter {names.get(id(p), '?')!r}"
+    program = objective.program
+    model, guide = program.scaled(program.model, scale), program.scaled(program.guide, scale)
+    with torch.no_grad(), poutine.block():
+        guide_trace = poutine.trace(guide).get_trace(*call_args(x, y))
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*call_args(x, y))
+    for where, trace in (("guide", guide_trace), ("model", model_trace)):
+        for site in sample_sites(trace):
+            if not torch.isfinite(site["value"]).all():
+                return f"value of site {site['name']!r} in the {where}"
+            if not torch.isfinite(site["fn"].log_prob(site["value"])).all():
+                return f"log-density of site {site['name']!r} in the {where}"
+    return None
+
+
+def _refuse_minibatched_local_guide(program: Program, x, y) -> None:
+    """An autoguide with a latent per row keeps one parameter per row *position*; shuffled
+    minibatches would pair those parameters with different rows at every step."""
+    if not isinstance(program.guide_module, AutoGuide) or program.data_plate is None:
+        return
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(program.guide).get_trace(*call_args(x, y))
+    for site in sample_sites(trace):
+        if any(f.name == program.data_plate and f.size == f.full_size for f in site["cond_indep_stack"]):
+            raise ValueError(
+                f"the autoguide has a local latent {site['name']!r} per row, which minibatches cannot "
+                "train: use batch_size >= the number of rows, an amortised guide (a GenerativeModel), or "
+                f"pyro.plate({program.data_plate!r}, N, subsample=...) in the model")
+
+
+def _global_batches(order: torch.Tensor, batch_size: int, world_size: int) -> list[torch.Tensor]:
+    """Minibatches of ``order``; with several ranks, a last batch too small to give every rank a
+    row joins the one before it."""
+    batches = list(order.split(batch_size))
+    if world_size > 1 and len(batches) > 1 and len(batches[-1]) < world_size:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
+
+def _stream(x, y, batches: list[torch.Tensor], device, num_workers: int):
+    """The rows of each batch, in order: indexed directly, or prefetched by DataLoader workers
+    (with pinned memory for a GPU) for a row source on disk."""
+    if num_workers == 0 or isinstance(x, torch.Tensor):
+        return (batch_rows(x, y, idx, device) for idx in batches)
+    loader = DataLoader(_Rows(x, y), sampler=batches, batch_size=None, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    return ((xb.to(device, non_blocking=True), yb if yb is None else yb.to(device, non_blocking=True))
+            for xb, yb in loader)
+
+
+class _Rows(torch.utils.data.Dataset):
+    """Rows ``idx`` of ``x`` and ``y`` per item: a batch sampler's unit for DataLoader workers."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __getitem__(self, idx):
+        return self.x[idx], (self.y[idx] if self.y is not None else None)
+
+
+def _progress_bar(show: bool, total: int, initial: int, desc: str):
+    if not (show and sys.stderr.isatty()):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", leave=False, desc=desc)

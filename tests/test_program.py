@@ -1,0 +1,299 @@
+"""The inference core: Program finds and scales the data plate, check_model refuses broken stories,
+the estimator follows the model, closed-form MLEs, seeds, resume, and a custom Objective."""
+
+import math
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from torch import nn
+
+from ppgen import (
+    PPCA, VAE, ConvergenceWarning, FactorAnalysis, GaussianMixture, IndependentBernoulli, ModelCheckError, Objective,
+    Program, check_model, fit, log_likelihood,
+)
+from ppgen.inference.fit import convergence_message
+from ppgen.models import GenerativeModel
+from ppgen.models.base import num_rows
+
+
+def coin_model(plate_name):
+    def coin(x):
+        p = pyro.sample("p", dist.Beta(1.0, 1.0))
+        with pyro.plate(plate_name, len(x)):
+            pyro.sample("flip", dist.Bernoulli(p), obs=x)
+    return coin
+
+
+@pytest.mark.parametrize("plate_name", ["data", "flips"])
+def test_minibatched_coin_posterior_matches_the_beta_posterior_whatever_the_plate_is_called(plate_name):
+    x = torch.bernoulli(torch.full((1000,), 0.3), generator=torch.Generator().manual_seed(0))  # 1-D data
+    result = fit(coin_model(plate_name), x, guide="auto_normal", batch_size=100, epochs=60, lr=0.02, seed=0,
+                 progress=False)
+    assert result.check.data_plate == plate_name
+    heads = x.sum().item()
+    a, b = 1 + heads, 1 + len(x) - heads
+    exact_sd = math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
+    with torch.no_grad():
+        draws = torch.stack([result.guide()["p"] for _ in range(4000)])
+    # the guide is a Normal on logit(p): close to, not exactly, the Beta posterior; an unscaled
+    # minibatch would give a 10x = sqrt(1000/100)^2 wider variance (sd 3.2x), far outside 25%
+    assert abs(draws.std().item() / exact_sd - 1) < 0.25
+    assert abs(draws.mean().item() - a / (a + b)) < 3 * exact_sd
+
+
+def test_the_data_plate_is_found_among_plates_of_the_same_size():
+    def model(x):
+        loc = pyro.sample("loc", dist.Normal(0.0, 10.0))
+        with pyro.plate("columns", x.shape[1], dim=-1), pyro.plate("rows", x.shape[0], dim=-2):
+            pyro.sample("obs", dist.Normal(loc, 1.0), obs=x)
+
+    check = check_model(model, torch.randn(5, 5), guide="auto_normal", num_rows=50)
+    assert check.data_plate == "rows"
+
+
+class _ShiftedLogProb(IndependentBernoulli):
+    def log_prob(self, x, y=None):
+        return super().log_prob(x) + 0.5
+
+
+class _WideSamples(IndependentBernoulli):
+    def sample(self, n, y=None):
+        return torch.zeros(n, self.x_dim + 1)
+
+
+class _FlatVAE(VAE):
+    """Drops the particle dimension: reshapes z to (len(x), -1)."""
+
+    def model(self, x=None, y=None, *, size=None):
+        n = num_rows(x, y, size)
+        with pyro.plate("data", n):
+            z = pyro.sample("z", dist.Normal(torch.zeros(self.z_dim), 1.0).to_event(1))
+            logits = self.decoder(z.reshape(n, -1))
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+
+def test_check_model_refuses_five_seeded_defects_each_with_its_own_message(digits):
+    x16 = torch.bernoulli(torch.full((20, 6), 0.4), generator=torch.Generator().manual_seed(1))
+
+    def outside_plate(x):
+        p = pyro.sample("p", dist.Beta(1.0, 1.0))
+        pyro.sample("x", dist.Bernoulli(p).expand([len(x)]).to_event(1), obs=x)
+
+    def needs_scale(x):
+        loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+        scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(loc, scale), obs=x)
+
+    def loc_only_guide(x):
+        pyro.sample("loc", dist.Normal(pyro.param("q_loc", torch.tensor(0.0)), 1.0))
+
+    cases = [
+        (lambda: check_model(outside_plate, torch.ones(10), guide="auto_normal", num_rows=100),
+         "observed site 'x' is outside a plate over the data rows"),
+        (lambda: check_model(needs_scale, torch.randn(10), guide=loc_only_guide),
+         "latent site 'scale' of the model is not sampled by the guide"),
+        (lambda: check_model(_FlatVAE(784, z_dim=2, hidden=8), digits["train"].x[:8], num_particles=3),
+         "does not broadcast over a particle dimension"),
+        (lambda: check_model(_ShiftedLogProb(6), x16), "log_prob does not normalise: exp(log_prob) sums to 1.64872"),
+        (lambda: check_model(_WideSamples(6), x16), "sample(2) returned shape (2, 7)"),
+    ]
+    messages = []
+    for run, expected in cases:
+        with pytest.raises(ModelCheckError, match=expected.replace("(", r"\(").replace(")", r"\)")) as caught:
+            run()
+        messages.append(str(caught.value))
+    assert len(set(messages)) == 5
+    # the same stories written right pass
+    check_model(VAE(784, z_dim=2, hidden=8), digits["train"].x[:8], num_particles=3)
+    check_model(IndependentBernoulli(6), x16)
+
+
+def test_check_model_refuses_a_log_prob_that_disagrees_with_the_model():
+    class Inconsistent(IndependentBernoulli):
+        def log_prob(self, x, y=None):  # normalised, but of another distribution than model()
+            return dist.Bernoulli(logits=self.logits + 1.0).to_event(1).log_prob(x)
+
+    with pytest.raises(ModelCheckError, match="log_prob disagrees with its Pyro model"):
+        check_model(Inconsistent(4), torch.ones(3, 4))
+
+
+@pytest.mark.parametrize("model, expected", [
+    (IndependentBernoulli(5), "mle"),
+    (GaussianMixture(5, 2), "enum"),
+    (VAE(5, z_dim=2, hidden=4), "trace"),
+    (PPCA(5, 2), "trace"),
+])
+def test_the_default_estimator_follows_the_model(model, expected):
+    x = torch.bernoulli(torch.full((30, 5), 0.5), generator=torch.Generator().manual_seed(0))
+    result = fit(model, x, epochs=1, batch_size=10, progress=False)
+    assert result.estimator == expected
+
+
+def test_exact_maximum_likelihood_reports_the_exact_log_likelihood():
+    x = torch.bernoulli(torch.full((64, 4), 0.3), generator=torch.Generator().manual_seed(0))
+    model = IndependentBernoulli(4)
+    result = fit(model, x, epochs=3, batch_size=64, lr=0.1, progress=False)
+    # full batch: each epoch is one step, and the loss of step t is -log p(x) at its parameters
+    model_after = IndependentBernoulli(4)
+    assert result.losses[0] == pytest.approx(-model_after.log_prob(x).mean().item(), rel=1e-6)
+    assert -result.losses[-1] < log_likelihood(model, x).mean  # the last step improved on its start
+
+
+def test_gaussian_mixture_with_the_default_estimator_reaches_sklearn_em():
+    mixture = pytest.importorskip("sklearn.mixture")
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]])
+    x = torch.cat([c + torch.randn(150, 2, generator=g) @ torch.tensor([[1.0, 0.4], [0.0, 0.6]]) for c in centres])
+    em = mixture.GaussianMixture(3, covariance_type="diag", random_state=0, tol=1e-8, max_iter=500)
+    em_log_lik = float(em.fit(x.double().numpy()).score(x.double().numpy()))
+    model = GaussianMixture(2, 3).initialize(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no Pyro "not in guide" warning, nor any other
+        result = fit(model, x, epochs=150, batch_size=len(x), lr=0.05, progress=False)
+    assert result.estimator == "enum"
+    assert model.log_prob(x).mean().item() > em_log_lik - 0.1
+    # and EM in ppgen reaches the same optimum as scikit-learn's (both from k-means)
+    assert GaussianMixture(2, 3).fit_mle(x).log_prob(x).mean().item() == pytest.approx(em_log_lik, abs=5e-3)
+
+
+def _linear_data(n=400, d=6, q=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(d, q, generator=g)
+    noise = torch.linspace(0.2, 0.8, d)
+    return torch.randn(n, q, generator=g) @ w.T + 3.0 + noise * torch.randn(n, d, generator=g)
+
+
+def test_ppca_fit_mle_is_the_closed_form_and_sklearn_pca_score():
+    decomposition = pytest.importorskip("sklearn.decomposition")
+    x = _linear_data().double()
+    model = PPCA(6, 2).double().fit_mle(x)
+    reference = decomposition.PCA(n_components=2).fit(x.numpy())
+    # sklearn's PCA.score is the PPCA log-likelihood (Tipping & Bishop) at its estimate, which uses
+    # the covariance with N - 1 in the denominator: the same optimum up to a factor (N-1)/N
+    log_lik = model.log_prob(x).mean()
+    assert log_lik.item() >= reference.score(x.numpy())
+    assert log_lik.item() == pytest.approx(reference.score(x.numpy()), abs=1e-4)
+    assert model.noise_variance()[0].item() == pytest.approx(reference.noise_variance_ * (len(x) - 1) / len(x),
+                                                             rel=1e-8)
+    # the closed form is a stationary point of the exact log-likelihood
+    grads = torch.autograd.grad(log_lik, [model.weight, model.loc, model.log_noise_scale])
+    assert max(g.abs().max().item() for g in grads) < 1e-8
+    # the guide is set to the exact posterior: the ELBO equals log p(x) up to Monte Carlo noise 0
+    assert log_likelihood(model, x, num_samples=4, method="iwae").elbo == pytest.approx(
+        model.log_prob(x).mean().item(), abs=1e-6)
+
+
+def test_factor_analysis_fit_mle_matches_sklearn():
+    decomposition = pytest.importorskip("sklearn.decomposition")
+    x = _linear_data().double()
+    model = FactorAnalysis(6, 2).double().fit_mle(x)
+    reference = decomposition.FactorAnalysis(n_components=2, tol=1e-10, max_iter=10_000).fit(x.numpy())
+    # two algorithms (EM here, SVD-based iterations in sklearn) at the same optimum
+    assert model.log_prob(x).mean().item() == pytest.approx(reference.score(x.numpy()), abs=1e-4)
+
+
+def test_svi_on_ppca_reaches_the_closed_form():
+    x = _linear_data()
+    best = PPCA(6, 2).fit_mle(x).log_prob(x).mean().item()
+    model = PPCA(6, 2)
+    fit(model, x, epochs=300, batch_size=len(x), lr=0.05, progress=False)
+    assert model.log_prob(x).mean().item() > best - 0.05
+
+
+def test_a_fit_that_stopped_early_warns_that_it_had_not_converged():
+    x = torch.bernoulli(torch.full((200, 8), 0.2), generator=torch.Generator().manual_seed(0))
+    with pytest.warns(ConvergenceWarning, match="still improving by .* Raise epochs or lr"):
+        fit(IndependentBernoulli(8), x, epochs=30, batch_size=200, lr=1e-2, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        fit(IndependentBernoulli(8), x, epochs=200, batch_size=200, lr=0.2, progress=False)
+
+
+def test_convergence_message_ignores_noise_and_flags_a_trend():
+    noise = torch.randn(30, generator=torch.Generator().manual_seed(0)).tolist()
+    assert convergence_message([-100 + 0.5 * e for e in noise], tol=1e-3) is None
+    assert convergence_message([-100 + 0.5 * t for t in range(30)], tol=1e-3) is not None
+    assert convergence_message([-100.0, -99.0], tol=1e-3) is None  # too few epochs to judge
+
+
+def test_models_draw_initial_parameters_from_their_own_seed():
+    torch.manual_seed(1)
+    a = VAE(784, z_dim=4, hidden=16, seed=3)
+    state = torch.get_rng_state()
+    b = VAE(784, z_dim=4, hidden=16, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left alone
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    c = VAE(784, z_dim=4, hidden=16, seed=4)
+    assert not torch.equal(a.encoder[0].weight, c.encoder[0].weight)
+
+
+SEEDED_FIT = textwrap.dedent("""
+    import sys, torch
+    from ppgen import VAE, fit, load_dataset
+    torch.set_num_threads(1)
+    torch.manual_seed(int(sys.argv[2]))  # a different global state in each process
+    x = load_dataset("digits", "train").x[:300]
+    model = VAE(784, z_dim=4, hidden=16, seed=0)
+    fit(model, x, epochs=2, batch_size=100, lr=1e-2, seed=3, progress=False)
+    torch.save(model.state_dict(), sys.argv[1])
+""")
+
+
+@pytest.mark.slow
+def test_seeded_fits_in_two_processes_are_equal(tmp_path):
+    script = tmp_path / "fit.py"
+    script.write_text(SEEDED_FIT)
+    for i, global_seed in enumerate((11, 12)):
+        subprocess.run([sys.executable, str(script), str(tmp_path / f"{i}.pt"), str(global_seed)], check=True,
+                       timeout=300)
+    first, second = (torch.load(tmp_path / f"{i}.pt") for i in range(2))
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_resume_on_an_empty_folder_starts_a_new_run_and_then_continues(tmp_path):
+    x = torch.bernoulli(torch.full((64, 4), 0.3), generator=torch.Generator().manual_seed(0))
+    first = fit(IndependentBernoulli(4), x, epochs=2, batch_size=32, checkpoint_dir=tmp_path, resume=True,
+                progress=False)
+    assert first.resumed_from_step is None and (tmp_path / "checkpoint.pt").exists()
+    again = fit(IndependentBernoulli(4), x, epochs=3, batch_size=32, checkpoint_dir=tmp_path, resume=True,
+                progress=False)
+    assert again.resumed_from_step == 4 and again.steps == 6
+
+
+class MomentMatching(Objective):
+    """A test-only objective with two parameter groups, each with its own optimiser: the model's
+    Bernoulli means match the column means, and a separate scalar "critic" matches the overall
+    mean. Both optima are closed forms."""
+
+    groups = ("model", "critic")
+
+    def __init__(self, program):
+        super().__init__(program)
+        self.critic = nn.Parameter(torch.zeros(()))
+
+    def loss(self, x, y, scale, group):
+        if group == "model":
+            probs = torch.sigmoid(self.program.generative_model.logits)
+            return scale * (probs - x).pow(2).sum()
+        return scale * (self.critic - x).pow(2).sum()
+
+    def group_parameters(self):
+        return {"model": list(self.program.generative_model.parameters()), "critic": [self.critic]}
+
+
+def test_an_objective_defined_here_trains_through_the_unchanged_loop():
+    x = torch.bernoulli(torch.tensor([0.2, 0.5, 0.9]).expand(300, 3), generator=torch.Generator().manual_seed(0))
+    model = IndependentBernoulli(3)
+    program = Program(model)
+    objective = MomentMatching(program)
+    result = fit(program, x, objective=objective, epochs=300, batch_size=300, lr=0.05, progress=False)
+    assert result.estimator == "MomentMatching"
+    assert torch.allclose(model.probs, x.mean(0), atol=1e-3)  # argmin of the squared error: the mean
+    assert objective.critic.item() == pytest.approx(x.mean().item(), abs=1e-3)
