@@ -133,12 +133,21 @@ class BayesNet(GenerativeModel):
     @classmethod
     def from_bif(cls, path: str | os.PathLike) -> "BayesNet":
         """Read a network from a BIF file (``.bif`` or ``.bif.gz``, bnlearn dialect; see
-        :mod:`ppgen.models.bayesnet.bif`)."""
+        :mod:`ppgen.models.bayesnet.bif`).
+
+        Raises ValueError naming the file (and the line, where the syntax is at fault) for a
+        malformed file, and an OSError naming the path when it cannot be read."""
         network = read_bif(path)
-        return cls(network.states, network.parents, network.cpts)
+        try:
+            return cls(network.states, network.parents, network.cpts)
+        except ValueError as err:  # a cycle, or a CPT row that is negative or does not sum to 1
+            raise ValueError(f"{os.fspath(path)}: {err}") from err
 
     def to_bif(self, path: str | os.PathLike, name: str = "unknown") -> None:
-        """Write the network as BIF; :meth:`from_bif` reads back every state name and CPT entry unchanged."""
+        """Write the network as BIF; :meth:`from_bif` reads back every state name and CPT entry unchanged.
+
+        Raises ValueError, before writing, for a variable or state name that BIF cannot hold (with
+        whitespace, any of ``{}[]();,|`` or a comment marker; see :mod:`ppgen.models.bayesnet.bif`)."""
         write_bif(path, self.states, self.parents, self.cpts, name)
 
     @property
