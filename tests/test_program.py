@@ -297,3 +297,17 @@ def test_an_objective_defined_here_trains_through_the_unchanged_loop():
     assert result.estimator == "MomentMatching"
     assert torch.allclose(model.probs, x.mean(0), atol=1e-3)  # argmin of the squared error: the mean
     assert objective.critic.item() == pytest.approx(x.mean().item(), abs=1e-3)
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
+    from ppgen.inference import EarlyStopping, TrainState
+
+    state, stopping, snapshots = TrainState(), EarlyStopping(patience=2), iter(range(100))
+    decisions = []
+    for epoch, score in enumerate([-5.0, -4.0, -4.5, -3.0, -3.5, -3.2], start=1):
+        state.epoch = epoch
+        decisions.append(stopping.update(state, score, lambda: next(snapshots)))
+    # best -3.0 at epoch 4 (its snapshot is the third taken); two epochs without a better one stop it
+    assert decisions == [False, False, False, False, False, True]
+    assert (state.best_epoch, state.best_elbo, state.best_state) == (4, -3.0, 2)
+    assert not EarlyStopping(None).update(TrainState(epoch=9, best_elbo=0.0, best_epoch=1), -1.0, dict)
