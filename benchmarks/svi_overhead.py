@@ -93,14 +93,14 @@ def epoch_torch(x, device, seed):
 
 
 def main():
+    global EPOCHS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--epochs", type=int, default=EPOCHS, help="epochs per loop and round")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per loop and round")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is steadiest on a shared machine)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "svi_overhead.json")
     args = parser.parse_args()
-    global EPOCHS
     EPOCHS = args.epochs
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

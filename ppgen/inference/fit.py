@@ -12,6 +12,7 @@ data-parallel ranks (:mod:`ppgen.inference.distributed`) and a convergence check
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -311,6 +312,7 @@ class Trainer:
         self.checkpoints = Checkpointer(path if cluster.is_main else None, _named(self.objective, self.params),
                                         self.optimizers, fingerprint, cluster)
         self.resumed_from_step = None
+        self._stepped = False
         if path is not None and config.resume and path.exists():
             self.checkpoints.path = path  # every rank reads the checkpoint
             state = TrainState(**self.checkpoints.restore())
@@ -370,8 +372,13 @@ class Trainer:
         the batch, scaled to the full data). Refuses to apply a non-finite loss or gradient."""
         rng = torch.get_rng_state()
         first_value = None
+        # Pyro's and torch's argument checks run on the first step only: the story was checked on
+        # this batch's shape by validate(), and per-step checks cost a few percent of a step
+        check_args = not self._stepped
+        self._stepped = True
         for group in self.objective.groups:
-            loss = self.module(x, y, scale=scale, group=group)
+            with contextlib.nullcontext() if check_args else pyro.validation_enabled(False):
+                loss = self.module(x, y, scale=scale, group=group)
             optimizer = self.optimizers[group]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # under DDP, the gradients are averaged over the ranks here
