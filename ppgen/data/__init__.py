@@ -1,7 +1,8 @@
 """Data sets: the embedded binarized digits, binarized MNIST, and torchvision's MNIST.
 
 Every loader returns a :class:`Dataset` ``(x, y)``: ``x`` a float tensor (N, 784) of 0/1
-values and ``y`` the labels (int64, (N,)) or None where the set has none.
+values (``digits_grey``: the integer intensities 0..255 as floats) and ``y`` the labels (int64,
+(N,)) or None where the set has none.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 __all__ = ["load_dataset", "Dataset", "DynamicBinarization", "NpyRows", "DATASETS", "SPLITS"]
 
-DATASETS = ("digits", "binarized_mnist", "mnist")
+DATASETS = ("digits", "digits_grey", "binarized_mnist", "mnist")
 SPLITS = ("train", "valid", "test")
 MNIST_VALID_SIZE = 10_000  # the last 10,000 MNIST training images, as in binarized MNIST
 
@@ -120,10 +121,12 @@ def load_dataset(name: str, split: str = "train", *, root: str | os.PathLike | N
 
     Parameters
     ----------
-    name : {"digits", "binarized_mnist", "mnist"} or a path ending in ".npy"
+    name : {"digits", "digits_grey", "binarized_mnist", "mnist"} or a path ending in ".npy"
         ``"digits"``: shipped with ppgen (10,000 train / 1,000 valid / 2,000 test labelled
         28x28 digits from MNIST, each pixel sampled once from Bernoulli(intensity/255) with a
-        fixed seed by ``scripts/make_digits.py``). ``"binarized_mnist"``: the statically
+        fixed seed by ``scripts/make_digits.py``). ``"digits_grey"``: the same rows in greyscale,
+        the MNIST intensities as float integers 0..255 (dequantize them for a density model:
+        ``ppgen.models.flows.dequantize``). ``"binarized_mnist"``: the statically
         binarized MNIST of Larochelle & Murray (2011), 50,000 / 10,000 / 10,000 rows without
         labels, from ``root`` or ``$PPGEN_DATA``. ``"mnist"``: torchvision's MNIST from
         ``root`` (50,000 / 10,000 / 10,000 with the last 10,000 training images as
@@ -155,18 +158,21 @@ def load_dataset(name: str, split: str = "train", *, root: str | os.PathLike | N
         raise ValueError(f"binarize must be 'static' or 'dynamic', got {binarize!r}")
     if binarize == "dynamic" and name != "mnist":
         raise ValueError(f"{name!r} is binarized already; binarize='dynamic' needs name='mnist'")
-    if name == "digits":
-        return _load_digits(split)
+    if name in ("digits", "digits_grey"):
+        return _load_digits(split, grey=name == "digits_grey")
     folder = _data_root(root)
     if name == "binarized_mnist":
         return _load_binarized_mnist(folder, split)
     return _load_mnist(folder, split, binarize, download)
 
 
-def _load_digits(split: str) -> Dataset:
+def _load_digits(split: str, grey: bool = False) -> Dataset:
     with resources.files("ppgen.data").joinpath("digits.npz").open("rb") as f, np.load(f) as arrays:
         pixels = np.unpackbits(arrays[f"{split}_x"], axis=1, count=784)
         labels = arrays[f"{split}_y"]
+    if grey:
+        with resources.files("ppgen.data").joinpath("digits_grey.npz").open("rb") as f, np.load(f) as arrays:
+            pixels = arrays[f"{split}_x"]
     return Dataset(torch.from_numpy(pixels).float(), torch.from_numpy(labels.astype(np.int64)))
 
 
