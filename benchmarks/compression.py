@@ -30,6 +30,7 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,8 @@ def raster_bayesnet(train: torch.Tensor) -> BayesNet:
 def train(model, train_x, valid_x, *, minutes: float, batch_size: int, lr: float, seed: int) -> tuple[int, float]:
     """fit() one epoch per call (resuming from a checkpoint) until the time or the patience runs out."""
     start, epoch = time.perf_counter(), 0
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*had not converged")  # a time budget stops training early
         for epoch in range(1, 10_000):
             result = fit(model, train_x, epochs=epoch, batch_size=batch_size, lr=lr, seed=seed, valid=valid_x,
                          patience=3, checkpoint_dir=folder, resume=epoch > 1, progress=False)

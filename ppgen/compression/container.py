@@ -11,6 +11,7 @@ Layout (all integers little-endian)::
     dtype        u8 length, then the NumPy dtype string of the data (e.g. "<f4", "|u1")
     prob_bits    u8        probabilities are quantised to multiples of 2**-prob_bits
     latent_bits  u8        bits-back: 2**latent_bits prior buckets per latent dimension (0 otherwise)
+                           (q(z | x) is coded with integer masses summing to 2**20 in version 1)
     seed         u64       bits-back: seed of the initial random words (0 otherwise)
     init_words   u32       bits-back: number of initial random words (0 otherwise)
     data_digest  8 bytes   first 8 bytes of SHA-256 of the data's values as uint8
