@@ -93,6 +93,7 @@ class BayesNet(GenerativeModel):
         self.structure = structure
         self.variables, self.states, self.parents = structure.variables, structure.states, structure.parents
         self.cards, self.order = structure.cards, structure.order
+        self._cpt_names = tuple(f"cpt_{i}" for i in range(self.x_dim))
         cpts = dict(cpts) if cpts is not None else {v: None for v in self.variables}
         unknown = [v for v in cpts if v not in self.states]
         if unknown:
@@ -101,7 +102,7 @@ class BayesNet(GenerativeModel):
             if v not in cpts:
                 raise ValueError(f"cpts has no entry for variable {v!r} (expected an array of shape "
                                  f"{structure.cpt_shape(i)})")
-            self.register_buffer(f"cpt_{i}", self._check_cpt(i, cpts[v]))
+            self.register_buffer(self._cpt_names[i], self._check_cpt(i, cpts[v]))
         self._exact = ExactQueries(structure)  # compiled contractions, cached per network
 
     # --- construction ---------------------------------------------------------------------------
@@ -156,7 +157,8 @@ class BayesNet(GenerativeModel):
         return dict(zip(self.variables, self._cpt_list()))
 
     def _cpt_list(self) -> list[torch.Tensor]:
-        return [self._buffers[f"cpt_{i}"] for i in range(self.x_dim)]
+        buffers = self._buffers  # the buffers themselves, so .to() and in-place edits show
+        return [buffers[name] for name in self._cpt_names]
 
     @property
     def num_parameters(self) -> int:

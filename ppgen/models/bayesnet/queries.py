@@ -17,6 +17,7 @@ import dataclasses
 import enum
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import opt_einsum
 import torch
@@ -38,9 +39,9 @@ class Kind(enum.Enum):
     E_STEP = "e-step"  # the Plan of EM's E-step: p(e_n) with evidence folded into every CPT
 
 
-@dataclasses.dataclass(frozen=True)
-class CacheKey:
-    """The key of every cached contraction (see :class:`Kind`)."""
+class CacheKey(NamedTuple):
+    """The key of every cached contraction (see :class:`Kind`). A named tuple, not a dataclass:
+    it is built and hashed on every query, and a tuple's hash is several times cheaper."""
 
     kind: Kind
     observed: tuple[int, ...] = ()
