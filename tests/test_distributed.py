@@ -12,6 +12,7 @@ import torch
 
 from ppgen import IndependentBernoulli, fit
 from ppgen.data import NpyRows, load_dataset
+from ppgen.inference.checkpoint import load_checkpoint
 from ppgen.inference.distributed import Cluster
 from ppgen.inference.fit import _global_batches
 
@@ -67,7 +68,7 @@ def test_two_processes_equal_one_process(tmp_path):
     np.testing.assert_allclose(two["valid"], one["valid"], rtol=1e-5)
     # one checkpoint, written by rank 0, holding both ranks' random-number states
     assert sorted(p.name for p in (tmp_path / "two" / "ckpt").iterdir()) == ["checkpoint.pt"]
-    saved = torch.load(tmp_path / "two" / "ckpt" / "checkpoint.pt", weights_only=True)
+    saved = load_checkpoint(tmp_path / "two" / "ckpt" / "checkpoint.pt")
     assert len(saved["rng"]) == 2 and saved["config"]["world_size"] == 2
 
 

@@ -304,10 +304,11 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
 
     state, stopping, snapshots = TrainState(), EarlyStopping(patience=2), iter(range(100))
     decisions = []
-    for epoch, score in enumerate([-5.0, -4.0, -4.5, -3.0, -3.5, -3.2], start=1):
-        state.epoch = epoch
-        decisions.append(stopping.update(state, score, lambda: next(snapshots)))
+    for score in [-5.0, -4.0, -4.5, -3.0, -3.5, -3.2]:
+        state.commit_epoch(0.0, score, stopping.decide(state, score, lambda: next(snapshots)))
+        decisions.append(state.stopped_early)
     # best -3.0 at epoch 4 (its snapshot is the third taken); two epochs without a better one stop it
     assert decisions == [False, False, False, False, False, True]
     assert (state.best_epoch, state.best_elbo, state.best_state) == (4, -3.0, 2)
-    assert not EarlyStopping(None).update(TrainState(epoch=9, best_elbo=0.0, best_epoch=1), -1.0, dict)
+    assert EarlyStopping(None).decide(TrainState(epoch=9, best_elbo=0.0, best_epoch=1), -1.0, dict) == {
+        "stopped_early": False}

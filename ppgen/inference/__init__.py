@@ -10,13 +10,14 @@ from ppgen.inference.posterior import (
 )
 from ppgen.inference.representation import linear_probe_accuracy
 from ppgen.inference.fit import (
-    ConvergenceWarning, EarlyStopping, FitConfig, FitResult, NonFiniteLossError, Trainer, TrainState, fit,
+    ConvergenceWarning, DivergenceError, EarlyStopping, FitConfig, FitResult, NonFiniteLossError, Trainer,
+    TrainState, fit,
 )
 from ppgen.inference.objectives import ELBO, MaximumLikelihood, Objective
 from ppgen.inference.program import ModelCheck, ModelCheckError, Program, check_model
 
 __all__ = ["fit", "FitConfig", "FitResult", "Trainer", "TrainState", "EarlyStopping", "ConvergenceWarning",
-           "NonFiniteLossError", "Program", "check_model", "ModelCheck", "ModelCheckError", "Objective", "ELBO",
+           "NonFiniteLossError", "DivergenceError", "Program", "check_model", "ModelCheck", "ModelCheckError", "Objective", "ELBO",
            "MaximumLikelihood", "log_likelihood", "LikelihoodResult", "roc_auc",
            "to_arviz", "run_nuts", "pareto_khat", "ParetoKhat", "loo", "loo_approximate_posterior", "compare",
            "elbo_terms", "elbo_report", "ELBOTerms", "ELBOReport", "GradientStats", "gradient_stats",

@@ -1,8 +1,12 @@
-"""Atomic checkpoint files: written to a temporary name, flushed, then renamed into place."""
+"""Checkpoints that can be trusted: written atomically (a temporary name, flushed, then renamed
+into place), verified by a SHA-256 digest on load, fingerprinted with what the run depends on,
+and guarded by a lock file so that two fits never share a folder."""
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
 import os
 import pickle
 import tempfile
@@ -12,10 +16,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["save_atomic", "load_checkpoint", "Checkpointer", "CHECKPOINT_NAME"]
+__all__ = ["save_atomic", "save_checkpoint", "load_checkpoint", "Checkpointer", "RunLock", "check_folder",
+           "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT = "ppgen-checkpoint-2"
+FORMAT = "ppgen-checkpoint-3"
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
@@ -35,23 +40,111 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`ppgen.fit` (tensors and plain values only).
+def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
+    """Write a checkpoint atomically, with a SHA-256 digest of its contents that
+    :func:`load_checkpoint` verifies: a flipped byte anywhere is refused, not loaded."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    body = buffer.getvalue()
+    envelope = {"format": FORMAT, "sha256": hashlib.sha256(body).hexdigest(),
+                "body": torch.frombuffer(bytearray(body), dtype=torch.uint8)}
+    return save_atomic(envelope, path)
 
-    Raises ``FileNotFoundError`` when it is missing and ``ValueError`` when it is corrupt or
-    not a ppgen checkpoint; never unpickles arbitrary objects (``weights_only=True``).
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and verify a checkpoint written by :func:`ppgen.fit` (tensors and plain values only).
+
+    Raises ``FileNotFoundError`` when it is missing and ``ValueError`` when it is corrupt (its
+    digest does not match), truncated, or not a ppgen checkpoint; never unpickles arbitrary
+    objects (``weights_only=True``).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+
+    def unreadable(err) -> ValueError:
+        return ValueError(f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else 'no detail'})")
+
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as err:
-        raise ValueError(f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        envelope = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        raise unreadable(err) from None
+    if not isinstance(envelope, dict) or envelope.get("format") != FORMAT or "body" not in envelope:
         raise ValueError(f"{path} is not a ppgen checkpoint (expected format {FORMAT!r})")
-    return payload
+    body = envelope["body"].numpy().tobytes()
+    if hashlib.sha256(body).hexdigest() != envelope.get("sha256"):
+        raise ValueError(f"checkpoint {path} is corrupt: its contents do not match their SHA-256 digest")
+    try:
+        return torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        raise unreadable(err) from None
+
+
+class RunLock:
+    """A lock file ``.lock`` in a checkpoint folder, so that two fits never write one folder.
+
+    Created exclusively (``O_EXCL``) with the owner's process id; a lock whose process is gone
+    (a killed run) is taken over. Released by :meth:`release`.
+    """
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / ".lock"
+        self.held = False
+
+    def acquire(self) -> "RunLock":
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and owner != os.getpid() and _alive(owner):
+                    raise ValueError(f"{self.path.parent} is in use by another fit (process {owner}); wait for it, "
+                                     "or choose another checkpoint_dir") from None
+                self.path.unlink(missing_ok=True)  # left by a run that was killed: take it over
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            self.held = True
+            return self
+        raise ValueError(f"could not take the lock {self.path}")
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip() or "0") or None
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_folder(folder: Path) -> None:
+    """Refuse, before training, a checkpoint folder that is a file, lies under a file, or is not writable."""
+    folder = Path(folder)
+    for parent in [folder, *folder.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"checkpoint_dir {folder} cannot be used: {parent} is a file, not a folder")
+        if parent.exists():
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test.", delete=True)
+        probe.close()
+    except OSError as err:
+        raise ValueError(f"checkpoint_dir {folder} is not writable ({err.strerror or err})") from None
 
 
 class Checkpointer:
@@ -63,8 +156,9 @@ class Checkpointer:
     """
 
     def __init__(self, path: Path | None, params: dict[str, torch.Tensor], optimizers: dict, config: dict,
-                 cluster):
+                 cluster, settings: dict | None = None):
         self.path, self.params, self.optimizers, self.config, self.cluster = path, params, optimizers, config, cluster
+        self.settings = settings or {}  # what a resume may change (lr, epochs, patience): applied and reported
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         """A copy of the parameters on the CPU."""
@@ -88,32 +182,44 @@ class Checkpointer:
         if self.path is None:
             return
         payload = {
-            "format": FORMAT,
             "config": self.config,
+            "settings": self.settings,
             "params": self.snapshot(),
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "rng": [cpu for cpu, _ in rngs],
             "cuda_rng": [cuda for _, cuda in rngs],
             "state": state,
         }
-        save_atomic(payload, self.path)
+        save_checkpoint(payload, self.path)
 
-    def restore(self) -> dict:
-        """Load the checkpoint at ``path`` into the parameters, optimisers and RNG; return the
-        trainer's state dict. Refuses a checkpoint written with other settings."""
+    def restore(self) -> tuple[dict, list[str]]:
+        """Load the checkpoint at ``path`` into the parameters, optimisers and RNG. Returns the
+        trainer's state dict and the settings this call changed (lr, epochs, patience: applied).
+        Refuses a checkpoint of another run (its fingerprint differs), an incomplete one, and one
+        holding non-finite parameters, each naming what is wrong."""
         payload = load_checkpoint(self.path)
-        for key in ("config", "params", "optimizers", "rng", "cuda_rng", "state"):
+        for key in ("config", "settings", "params", "optimizers", "rng", "cuda_rng", "state"):
             if key not in payload:
                 raise ValueError(f"checkpoint {self.path} lacks {key!r}: it is incomplete")
         for key, value in self.config.items():
             if payload["config"].get(key) != value:
                 raise ValueError(f"cannot resume from {self.path}: it was written with {key}="
                                  f"{payload['config'].get(key)!r}, this call has {key}={value!r}")
+        for name, value in payload["params"].items():
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise ValueError(f"checkpoint {self.path} holds non-finite values in parameter {name!r}; "
+                                 "resume from an earlier checkpoint or start a new run")
         self.load_params(payload["params"], f"checkpoint {self.path}")
         for name, opt in self.optimizers.items():
             opt.load_state_dict(copy.deepcopy(payload["optimizers"][name]))
+        changed = [f"{k} {payload['settings'].get(k)!r} -> {v!r}" for k, v in self.settings.items()
+                   if payload["settings"].get(k) != v]
+        if "lr" in self.settings:
+            for opt in self.optimizers.values():
+                for group in opt.param_groups:
+                    group["lr"] = self.settings["lr"]
         rank = self.cluster.rank
         torch.set_rng_state(payload["rng"][rank])
         if payload["cuda_rng"][rank]:
             torch.cuda.set_rng_state_all(payload["cuda_rng"][rank])
-        return payload["state"]
+        return payload["state"], changed

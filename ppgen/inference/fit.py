@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import math
 import sys
 import time
@@ -27,15 +28,16 @@ from pyro import poutine
 from pyro.infer.autoguide import AutoGuide
 from torch.utils.data import DataLoader
 
-from ppgen.inference.checkpoint import CHECKPOINT_NAME, Checkpointer
+from ppgen.inference.checkpoint import CHECKPOINT_NAME, Checkpointer, RunLock, check_folder
 from ppgen.inference.distributed import STRATEGIES, join
+from ppgen.inference.signals import DeferredSignals
 from ppgen.inference.objectives import PRECISIONS, Objective, make_objective
 from ppgen.inference.program import (
     ESTIMATORS, ModelCheck, Program, batch_rows, call_args, resolve_device, sample_sites,
 )
 
 __all__ = ["fit", "FitConfig", "FitResult", "Trainer", "TrainState", "EarlyStopping", "ConvergenceWarning",
-           "NonFiniteLossError", "convergence_message"]
+           "NonFiniteLossError", "DivergenceError", "convergence_message"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -45,6 +47,10 @@ class NonFiniteLossError(FloatingPointError):
         super().__init__(message)
         self.step = step
         self.site = site
+
+
+class DivergenceError(FloatingPointError):
+    """The loss grew by orders of magnitude over its first value: training diverged."""
 
 
 class ConvergenceWarning(UserWarning):
@@ -96,6 +102,9 @@ class FitConfig:
     convergence_tol : float or None
         Warn (:class:`ConvergenceWarning`) when the training objective still improved by more
         than this fraction per epoch over the last epochs; None turns the check off.
+    divergence_factor : float or None
+        Stop with :class:`DivergenceError` when the loss per example grows past this many times
+        its first value (at least 1 nat); None turns the check off.
     """
 
     epochs: int = 10
@@ -113,6 +122,7 @@ class FitConfig:
     num_workers: int = 0
     precision: str = "fp32"
     convergence_tol: float | None = 1e-3
+    divergence_factor: float | None = 1e3
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "num_particles"):
@@ -133,9 +143,10 @@ class FitConfig:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.resume and self.checkpoint_dir is None:
             raise ValueError("resume=True needs checkpoint_dir= (where the checkpoint is)")
-        if self.convergence_tol is not None and not (isinstance(self.convergence_tol, (int, float))
-                                                     and self.convergence_tol > 0):
-            raise ValueError(f"convergence_tol must be a positive number or None, got {self.convergence_tol!r}")
+        for name in ("convergence_tol", "divergence_factor"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise ValueError(f"{name} must be a positive number or None, got {value!r}")
         for name in ("resume", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -200,7 +211,12 @@ class FitResult:
 
 @dataclasses.dataclass
 class TrainState:
-    """The trainer's counters and history: everything a checkpoint needs besides tensors."""
+    """The trainer's counters and history: everything a checkpoint needs besides tensors.
+
+    It changes only through :meth:`commit_step` and :meth:`commit_epoch`, each of which also
+    records the random-number state to resume from, so an interrupt anywhere else leaves it
+    consistent with the parameters.
+    """
 
     epoch: int = 0          # epochs completed
     batch: int = 0          # batches completed in the current epoch
@@ -213,6 +229,22 @@ class TrainState:
     best_epoch: int | None = None
     best_state: dict | None = None
     stopped_early: bool = False
+    rng: torch.Tensor | None = dataclasses.field(default=None, repr=False)  # to resume from (not in to_dict)
+
+    def commit_step(self, loss_per_example: float, batches_done: int) -> None:
+        self.losses.append(loss_per_example)
+        self.epoch_losses.append(loss_per_example)
+        self.step, self.batch, self.rng = self.step + 1, batches_done, torch.get_rng_state()
+
+    def commit_epoch(self, train: float, valid: float | None, best: dict) -> None:
+        self.train_elbo.append(train)
+        if valid is not None:
+            self.valid_elbo.append(valid)
+        self.__dict__.update(best)
+        self.epoch_losses, self.epoch, self.batch = [], self.epoch + 1, 0
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "rng"}
 
 
 class EarlyStopping:
@@ -221,14 +253,16 @@ class EarlyStopping:
     def __init__(self, patience: int | None):
         self.patience = patience
 
-    def update(self, state: TrainState, score: float, snapshot: Callable[[], dict]) -> bool:
-        """Record epoch ``state.epoch``'s score; return True when training should stop."""
+    def decide(self, state: TrainState, score: float | None, snapshot: Callable[[], dict]) -> dict:
+        """The changes that epoch ``state.epoch + 1``'s score makes to the best-epoch fields and
+        ``stopped_early`` (to commit with the epoch); ``snapshot`` copies the parameters of a new best."""
+        if score is None:
+            return {}
+        epoch = state.epoch + 1
         if state.best_elbo is None or score > state.best_elbo:
-            state.best_elbo, state.best_epoch = score, state.epoch
-            if self.patience is not None:
-                state.best_state = snapshot()
-            return False
-        return self.patience is not None and state.epoch - state.best_epoch >= self.patience
+            return {"best_elbo": score, "best_epoch": epoch,
+                    "best_state": snapshot() if self.patience is not None else None}
+        return {"stopped_early": self.patience is not None and epoch - state.best_epoch >= self.patience}
 
 
 def convergence_message(train_elbo: list[float], tol: float, window: int = 5) -> str | None:
@@ -278,6 +312,18 @@ class Trainer:
         """Check the story on the first batch, build the objective and optimisers, restore a
         checkpoint when resuming; return the state to continue from. Call inside
         ``program.param_scope()`` with the seeded RNG (as :meth:`run` does)."""
+        config, cluster = self.config, self.cluster
+        self.lock = RunLock(Path(config.checkpoint_dir or "."))
+        if config.checkpoint_dir is not None and cluster.is_main:
+            check_folder(Path(config.checkpoint_dir))
+            self.lock.acquire()
+        try:
+            return self._init(x, y)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _init(self, x, y) -> TrainState:
         config, cluster, program = self.config, self.cluster, self.program
         self.num_rows = x.shape[0]
         program.to(self.device)
@@ -306,23 +352,27 @@ class Trainer:
         if path is not None and path.exists() and not config.resume:
             raise ValueError(f"{path} already exists; pass resume=True to continue that run, "
                              "or choose another checkpoint_dir")
-        fingerprint = {"num_rows": self.num_rows, "batch_size": config.batch_size, "seed": config.seed,
-                       "estimator": self.estimator_name, "num_particles": config.num_particles,
+        named = _named(self.objective, self.params)
+        fingerprint = {"model": program.name, "parameters": sorted((n, tuple(p.shape)) for n, p in named.items()),
+                       "data": _data_fingerprint(x), "num_rows": self.num_rows, "batch_size": config.batch_size,
+                       "seed": config.seed, "estimator": self.estimator_name, "num_particles": config.num_particles,
                        "world_size": cluster.world_size}
-        self.checkpoints = Checkpointer(path if cluster.is_main else None, _named(self.objective, self.params),
-                                        self.optimizers, fingerprint, cluster)
-        self.resumed_from_step = None
-        self._stepped = False
+        settings = {"lr": config.lr, "epochs": config.epochs, "patience": config.patience}
+        self.checkpoints = Checkpointer(path if cluster.is_main else None, named, self.optimizers, fingerprint,
+                                        cluster, settings)
+        self.resumed_from_step, self._stepped, self._pending = None, False, None
         if path is not None and config.resume and path.exists():
             self.checkpoints.path = path  # every rank reads the checkpoint
-            state = TrainState(**self.checkpoints.restore())
+            saved, changed = self.checkpoints.restore()
+            state = TrainState(**saved, rng=torch.get_rng_state())
             self.checkpoints.path = path if cluster.is_main else None
             self.resumed_from_step = state.step
-            self._say(f"resuming from {path} at epoch {state.epoch + 1}, step {state.step}")
+            self._say(f"resuming from {path} at epoch {state.epoch + 1}, step {state.step}"
+                      + (f"; changed: {', '.join(changed)}" if changed else ""))
             return state
         if config.resume:
             self._say(f"no checkpoint in {config.checkpoint_dir}: starting a new run there")
-        return TrainState()
+        return TrainState(rng=torch.get_rng_state())
 
     @property
     def estimator_name(self) -> str:
@@ -367,11 +417,13 @@ class Trainer:
 
     # --- step and evaluate --------------------------------------------------------------------
 
-    def step(self, state: TrainState, x, y, scale: float) -> float:
-        """One optimisation step per parameter group; returns the first group's loss (summed over
-        the batch, scaled to the full data). Refuses to apply a non-finite loss or gradient."""
-        rng = torch.get_rng_state()
+    def step(self, state: TrainState, x, y, scale: float, batch: int | None = None) -> float:
+        """One optimisation step per parameter group, recorded in ``state``; returns the first
+        group's loss (summed over the batch, scaled to the full data). Refuses to apply a
+        non-finite loss or gradient, and stops a run whose loss grew by orders of magnitude."""
+        rng = torch.get_rng_state()  # to re-run this step's forward pass if it fails
         first_value = None
+        self._pending = None
         # Pyro's and torch's argument checks run on the first step only: the story was checked on
         # this batch's shape by validate(), and per-step checks cost a few percent of a step
         check_args = not self._stepped
@@ -388,12 +440,26 @@ class Trainer:
             loss_value, norm_value = self.cluster.mean(torch.stack([loss.detach(), grad_norm.to(loss.dtype)])).tolist()
             if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
                 self._non_finite(state, rng, x, y, scale, loss_value, norm_value, group)
-            optimizer.step()
             first_value = loss_value if first_value is None else first_value
+            self._pending = (first_value / self.num_rows, state.batch + 1 if batch is None else batch + 1)
+            optimizer.step()
+        state.commit_step(*self._pending)
+        self._check_divergence(state)
         return first_value
 
+    def _check_divergence(self, state: TrainState) -> None:
+        factor = self.config.divergence_factor
+        if factor is None or len(state.losses) < 2:
+            return
+        first, last = state.losses[0], state.losses[-1]
+        if last > first and abs(last) > factor * max(abs(first), 1.0):
+            raise DivergenceError(
+                f"the loss grew from {first:.4g} to {last:.4g} nats per example by step {state.step} (more than "
+                f"{factor:g} times its first value): training diverged. The last epoch's checkpoint, if any, is "
+                "unchanged. Try a smaller lr (or set divergence_factor=None to allow it)")
+
     def _non_finite(self, state, rng, x, y, scale, loss_value, norm_value, group) -> None:
-        self.checkpoints.save(dataclasses.asdict(state))
+        self.checkpoints.save(state.to_dict(), rng=state.rng)
         torch.set_rng_state(rng)
         site = _find_non_finite(self.objective, self.params, x, y, scale)
         what = f"the loss became {loss_value}" if not math.isfinite(loss_value) else \
@@ -417,6 +483,8 @@ class Trainer:
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
             torch.manual_seed(seed + cluster.rank)
             for idx in torch.arange(x.shape[0]).split(self.config.batch_size):
+                if getattr(self, "signals", None) is not None:
+                    self.signals.check()
                 idx = cluster.shard(idx)
                 if len(idx):
                     total += self.objective.score(*batch_rows(x, y, idx, device)).double()
@@ -425,58 +493,60 @@ class Trainer:
     # --- run ----------------------------------------------------------------------------------
 
     def run(self, x, y=None, valid=None) -> FitResult:
-        """Train for ``config.epochs`` epochs (or until early stopping) and return the result."""
+        """Train for ``config.epochs`` epochs (or until early stopping) and return the result.
+
+        An interrupt (Ctrl-C, SIGTERM, or a ``KeyboardInterrupt`` raised anywhere in this loop)
+        writes one consistent checkpoint (a step is either recorded with its parameters or not
+        applied at all) and re-raises ``KeyboardInterrupt``; ``resume=True`` then continues to the
+        parameters an uninterrupted run reaches.
+        """
         config, cluster, program = self.config, self.cluster, self.program
         start = time.perf_counter()
         cuda_devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with program.param_scope(), torch.random.fork_rng(devices=cuda_devices):
+        with program.param_scope(), torch.random.fork_rng(devices=cuda_devices), DeferredSignals() as signals:
             torch.manual_seed(config.seed + cluster.rank)  # each rank its own (reproducible) sampling noise
             state = self.init(x, y)
-            stopping = EarlyStopping(config.patience)
+            self.signals = signals
             n_rows, batch_size = self.num_rows, config.batch_size
             batches_per_epoch = len(_global_batches(torch.arange(n_rows), batch_size, cluster.world_size))
             bar = _progress_bar(config.progress and cluster.is_main, config.epochs * batches_per_epoch, state.step,
                                 f"fit {program.name}")
-            step_seconds, rows_seen, step_rng = 0.0, 0, torch.get_rng_state()
+            step_seconds, rows_seen = 0.0, 0
             try:
+                signals.check()
                 for epoch in range(state.epoch, config.epochs):
                     order = (torch.randperm(n_rows, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
                              if batch_size < n_rows else torch.arange(n_rows))  # full batch: rows keep their place
                     batches = _global_batches(order, batch_size, cluster.world_size)
                     todo = [cluster.shard(idx) for idx in batches[state.batch:]]  # resumed mid-epoch: skip done ones
-                    for b, (idx, (xb, yb)) in enumerate(zip(todo, _stream(x, y, todo, self.device, config.num_workers)),
-                                                        start=state.batch):
+                    rows = _stream(x, y, todo, self.device, config.num_workers)
+                    for b, idx in enumerate(todo, start=state.batch):
+                        signals.check()
+                        xb, yb = next(rows)
                         if not isinstance(x, torch.Tensor):
                             xb = program.check_data(xb, f"data rows {idx[:3].tolist()}...")
-                        step_rng = torch.get_rng_state()  # an interrupted step restarts from here
                         t0 = time.perf_counter()
                         scale = cluster.world_size * n_rows / len(batches[b])  # DDP averages over ranks
-                        loss_value = self.step(state, xb, yb, scale)
+                        self.step(state, xb, yb, scale, batch=b)
                         step_seconds += time.perf_counter() - t0
                         rows_seen += len(idx)
-                        state.losses.append(loss_value / n_rows)
-                        state.epoch_losses.append(loss_value / n_rows)
-                        state.step, state.batch = state.step + 1, b + 1
                         if bar is not None:
                             bar.update()
                             if state.step % 25 == 0:
-                                bar.set_postfix(objective=f"{-loss_value / n_rows:.3f}", refresh=False)
-                    state.train_elbo.append(-sum(state.epoch_losses) / len(state.epoch_losses))
-                    state.epoch_losses = []
-                    state.epoch, state.batch = epoch + 1, 0
-                    if valid is not None:
-                        state.valid_elbo.append(self.evaluate(*valid, seed=config.seed + epoch + 1))
-                        state.stopped_early = stopping.update(state, state.valid_elbo[-1], self.checkpoints.snapshot)
-                    self.checkpoints.save(dataclasses.asdict(state))
+                                bar.set_postfix(objective=f"{-state.losses[-1]:.3f}", refresh=False)
+                    self._finish_epoch(state, valid)
+                    signals.check()
                     if state.stopped_early:
                         break
             except KeyboardInterrupt:
                 if not cluster.parallel:  # with several ranks, the epoch checkpoints are the resume points
-                    self.checkpoints.save(dataclasses.asdict(state), rng=step_rng)
+                    self._record_applied_step(state)
+                    self.checkpoints.save(state.to_dict(), rng=state.rng)
                 raise
             finally:
                 if bar is not None:
                     bar.close()
+                self.lock.release()
             if config.patience is not None and state.best_state is not None:
                 self.checkpoints.load_params(state.best_state, "best epoch")
         if config.convergence_tol is not None and not state.stopped_early and cluster.is_main:
@@ -492,6 +562,24 @@ class Trainer:
             stopped_early=state.stopped_early, best_epoch=state.best_epoch, device=str(self.device),
             estimator=self.estimator_name, check=self.check, resumed_from_step=self.resumed_from_step,
         )
+
+    def _finish_epoch(self, state: TrainState, valid) -> None:
+        """Score the epoch, decide on early stopping, and commit all of it at once, then checkpoint.
+        Interrupted before the commit, a resumed run finishes the same epoch again (validation is
+        seeded, so it gives the same figures)."""
+        train = -sum(state.epoch_losses) / len(state.epoch_losses)
+        score = self.evaluate(*valid, seed=self.config.seed + state.epoch + 1) if valid is not None else None
+        best = EarlyStopping(self.config.patience).decide(state, score, self.checkpoints.snapshot)
+        state.commit_epoch(train, score, best)
+        self.checkpoints.save(state.to_dict())
+
+    def _record_applied_step(self, state: TrainState) -> None:
+        """After an interrupt between a step's parameter update and its record, record it: the
+        optimiser's own step count says whether the update was applied."""
+        optimizer = self.optimizers[self.objective.groups[0]]
+        applied = max((int(s["step"]) for s in optimizer.state.values() if "step" in s), default=0)
+        if applied > state.step and self._pending is not None:
+            state.commit_step(*self._pending)
 
     def _say(self, message: str) -> None:
         if self.config.progress and self.cluster.is_main:
@@ -575,6 +663,16 @@ def fit(model, data, config: FitConfig | None = None, *, guide=None, valid=None,
     result = trainer.run(x, y, valid_xy)
     trainer.cluster.close()  # on success only: see Cluster.close
     return result
+
+
+def _data_fingerprint(x) -> str:
+    """A cheap fingerprint of the training rows: shape, dtype and a digest of up to 64 evenly
+    spaced rows (a resume on other data of the same shape is refused)."""
+    idx = torch.linspace(0, x.shape[0] - 1, min(64, x.shape[0])).round().long().unique()
+    rows = x[idx]
+    rows = rows.detach().cpu().contiguous() if isinstance(rows, torch.Tensor) else torch.as_tensor(rows)
+    digest = hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:16]
+    return f"{tuple(x.shape)} {rows.dtype} {digest}"
 
 
 def _named(objective: Objective, params: list[torch.Tensor]) -> dict[str, torch.Tensor]:
