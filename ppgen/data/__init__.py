@@ -83,9 +83,17 @@ class NpyRows:
             except ValueError as err:
                 raise ValueError(f"{self.path} is not a .npy file: {err}") from None
             self._offset = f.tell()
+        if dtype.kind == "c":
+            raise ValueError(f"{self.path} holds complex numbers ({dtype}); ppgen models take real data")
         if len(shape) != 2 or fortran or dtype.hasobject:
             raise ValueError(f"{self.path} must hold a C-ordered 2-D numeric array, got shape {shape}"
                              f"{' in Fortran order' if fortran else ''} of {dtype}")
+        if shape[0] == 0 or shape[1] == 0:
+            raise ValueError(f"{self.path} is empty: it holds an array of shape {shape}")
+        expected = self._offset + shape[0] * shape[1] * dtype.itemsize
+        if self.path.stat().st_size < expected:
+            raise ValueError(f"{self.path} is truncated: its header promises {shape[0]} rows of {shape[1]} {dtype} "
+                             f"values ({expected} bytes), the file has {self.path.stat().st_size}")
         self.shape = torch.Size(shape)
         self.dtype = dtype
         self._row_bytes = shape[1] * dtype.itemsize

@@ -470,7 +470,7 @@ class Trainer:
         batches = math.ceil(self.num_rows / self.config.batch_size)
         raise NonFiniteLossError(
             f"{what} at step {state.step + 1} (epoch {state.step // batches + 1}, batch {state.batch + 1}); "
-            f"first non-finite: {site or 'not found when re-run'}. The parameters are kept as they were after "
+            f"first non-finite: {site}. The parameters are kept as they were after "
             f"step {state.step}{saved}. Try a smaller lr, or check the data and the model's scales.",
             step=state.step + 1, site=site)
 
@@ -702,7 +702,15 @@ def _find_non_finite(objective: Objective, params, x, y, scale: float) -> str | 
                 return f"value of site {site['name']!r} in the {where}"
             if not torch.isfinite(site["fn"].log_prob(site["value"])).all():
                 return f"log-density of site {site['name']!r} in the {where}"
-    return None
+    # nothing is non-finite on its own: a sum overflowed. Name the largest terms instead.
+    sites = [(site["fn"].log_prob(site["value"]).abs().max().item(), f"log-density of site {site['name']!r} in the {where}")
+             for where, trace in (("guide", guide_trace), ("model", model_trace)) for site in sample_sites(trace)]
+    largest_site = max(sites, default=(0.0, "no site"))
+    largest_param = max(((p.detach().abs().max().item(), names.get(id(p), "?")) for p in params if p.numel()),
+                        default=(0.0, "?"))
+    return (f"none on its own (a sum overflowed); the largest terms are the {largest_site[1]} "
+            f"(|value| up to {largest_site[0]:.3g}) and parameter {largest_param[1]!r} (|value| up to "
+            f"{largest_param[0]:.3g})")
 
 
 def _refuse_minibatched_local_guide(program: Program, x, y) -> None:

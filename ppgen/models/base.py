@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import itertools
 import math
 import threading
+import warnings
 from typing import ClassVar, Iterator
 
 import pyro
@@ -101,8 +103,21 @@ class GenerativeModel(PyroModule):
         return torch.device("cpu")
 
     def check_data(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
-        """Validate ``x`` for this model (see :func:`check_data`)."""
-        return check_data(x, dim=self.x_dim, support=self.data_support, name=name)
+        """Validate ``x`` for this model (see :func:`check_data`) and convert it to the model's
+        floating dtype: exactly for 0/1 data, with a warning (once per model) where precision is lost."""
+        x = check_data(x, dim=self.x_dim, support=self.data_support, name=name)
+        dtype = next((t.dtype for t in itertools.chain(self.parameters(), self.buffers()) if t.is_floating_point()),
+                     torch.get_default_dtype())
+        if x.dtype == dtype:
+            return x
+        converted = x.to(dtype)
+        lost = int((converted.to(x.dtype) != x).sum())
+        if lost and not getattr(self, "_warned_precision", False):
+            self._warned_precision = True
+            warnings.warn(f"{name} was converted from {x.dtype} to the model's {dtype}, which rounds {lost} of its "
+                          f"values; convert the data yourself, or move the model to {x.dtype} (model.to({x.dtype}))",
+                          UserWarning, stacklevel=3)
+        return converted
 
     def extra_repr(self) -> str:
         return f"x_dim={self.x_dim}"
