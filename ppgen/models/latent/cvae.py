@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ppgen.models.base import GenerativeModel, _check_count, at_least_float32
-from ppgen.models.latent.networks import mlp
+from ppgen.models.latent.networks import hidden_widths, mlp
 from ppgen.models.latent.vae import LIKELIHOODS
 
 __all__ = ["ConditionalVAE"]
@@ -60,12 +60,10 @@ class ConditionalVAE(GenerativeModel):
     def __init__(self, x_dim: int, y_dim: int, z_dim: int = 20, hidden: int | Sequence[int] = 400,
                  likelihood: str = "bernoulli"):
         super().__init__(x_dim)
-        hidden = [hidden] if isinstance(hidden, int) else list(hidden)
+        hidden = hidden_widths(hidden)
         for value, name in ((y_dim, "y_dim"), (z_dim, "z_dim")):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not all(isinstance(h, int) and h > 0 for h in hidden):
-            raise ValueError(f"hidden must be positive ints, got {hidden!r}")
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         self.y_dim, self.z_dim, self.hidden, self.likelihood = y_dim, z_dim, tuple(hidden), likelihood

@@ -11,10 +11,21 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["mlp", "ConvEncoder", "ConvDecoder", "IMAGE_SIDE"]
+__all__ = ["hidden_widths", "mlp", "ConvEncoder", "ConvDecoder", "IMAGE_SIDE"]
 
 IMAGE_SIDE = 28  # the convolutional networks are for 28 x 28 images (x_dim = 784)
 
+
+
+def hidden_widths(hidden) -> tuple[int, ...]:
+    """Hidden-layer widths from an int or a list of ints, refusing anything else (a dict or a
+    string would otherwise iterate into no layers at all)."""
+    if isinstance(hidden, bool) or not isinstance(hidden, (int, list, tuple)):
+        raise ValueError(f"hidden must be an int or a list of ints, got {hidden!r}")
+    widths = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+    if not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in widths):
+        raise ValueError(f"hidden must be positive ints, got {hidden!r}")
+    return widths
 
 def mlp(sizes: Sequence[int]) -> nn.Sequential:
     """Linear layers of the given widths with ReLU between them (none after the last)."""

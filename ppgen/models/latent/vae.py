@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ppgen.models.base import GenerativeModel, at_least_float32, num_rows
-from ppgen.models.latent.networks import IMAGE_SIDE, ConvDecoder, ConvEncoder, mlp
+from ppgen.models.latent.networks import IMAGE_SIDE, ConvDecoder, ConvEncoder, hidden_widths, mlp
 
 __all__ = ["VAE", "mlp"]
 
@@ -73,11 +73,9 @@ class VAE(GenerativeModel):
                  likelihood: str = "bernoulli", architecture: str = "mlp",
                  channels: Sequence[int] = (32, 64)):
         super().__init__(x_dim)
-        hidden = [hidden] if isinstance(hidden, int) else list(hidden)
+        hidden = hidden_widths(hidden)
         if isinstance(z_dim, bool) or not isinstance(z_dim, int) or z_dim < 1:
             raise ValueError(f"z_dim must be a positive int, got {z_dim!r}")
-        if not all(isinstance(h, int) and h > 0 for h in hidden):
-            raise ValueError(f"hidden must be positive ints, got {hidden!r}")
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         if architecture not in ARCHITECTURES:
