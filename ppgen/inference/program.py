@@ -36,14 +36,12 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from ppgen.data import NpyRows
-from ppgen.models.base import GenerativeModel, check_data, local_params
+from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, check_data, local_params
 
 __all__ = ["Program", "ModelCheck", "ModelCheckError", "check_model", "AUTOGUIDES", "DATA_PLATE",
            "OBSERVED_SITE", "PARTICLE_PLATE", "ESTIMATORS", "sample_sites", "site_log_prob", "logmeanexp",
            "resolve_device", "batch_rows", "call_args"]
 
-DATA_PLATE = "data"          # the plate over data rows in ppgen's own models
-OBSERVED_SITE = "x"          # the observed site of ppgen's own models
 PARTICLE_PLATE = "particles"  # the plate ppgen adds to draw several samples per example at once
 ESTIMATORS = ("auto", "trace", "meanfield", "enum", "graph", "iwae", "mle")
 NORMALISATION_MAX_DIM = 12   # check that log_prob sums to 1 over all 2^D binary vectors up to this D

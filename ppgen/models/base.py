@@ -23,7 +23,11 @@ import torch
 from pyro import poutine
 from pyro.nn import PyroModule, pyro_method
 
-__all__ = ["GenerativeModel", "local_params", "check_data", "num_rows", "at_least_float32"]
+# The conventions of ppgen's own models, named once (ppgen.inference.program re-exports them):
+DATA_PLATE = "data"   # the plate over data rows
+OBSERVED_SITE = "x"   # the observed site
+
+__all__ = ["DATA_PLATE", "OBSERVED_SITE", "GenerativeModel", "local_params", "check_data", "num_rows", "at_least_float32"]
 
 
 class GenerativeModel(PyroModule):
@@ -87,7 +91,7 @@ class GenerativeModel(PyroModule):
         n = _check_count(n, "n")
         with local_params(self):
             trace = poutine.trace(self.model).get_trace(None, y, size=n)
-        return trace.nodes["x"]["value"]
+        return trace.nodes[OBSERVED_SITE]["value"]
 
     @property
     def num_parameters(self) -> int:
