@@ -1,22 +1,29 @@
-"""ppgen: deep generative models as explicit Pyro programs, with one inference layer for all."""
+"""ppgen: deep generative models as explicit Pyro programs, with one inference layer for all.
 
-from ppgen.compression import compress, decompress
-from ppgen.data import load_dataset
-from ppgen.inference import (
-    ConvergenceWarning, FitConfig, FitResult, LikelihoodResult, ModelCheckError, Objective, Program, check_model, fit,
-    log_likelihood,
-)
-from ppgen.models import (
-    FVSBN, MADE, NADE, PPCA, VAE, BayesianCPTs, BayesNet, BernoulliMixture, ConditionalVAE, FactorAnalysis,
-    FullJointTable, GaussianMixture, GenerativeModel, IndependentBernoulli, PixelCNN,
-)
+The names below are imported on first use (PEP 562), so ``import ppgen`` and ``ppgen --help``
+do not pay for torch, Pyro or ArviZ until a model or an inference function is touched.
+"""
+
+from ppgen._lazy import lazy_exports
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_dataset": "ppgen.data",
+    "compress": "ppgen.compression", "decompress": "ppgen.compression",
+    **dict.fromkeys(["ConvergenceWarning", "FitConfig", "FitResult", "LikelihoodResult", "ModelCheckError",
+                     "Objective", "Program", "check_model", "fit", "log_likelihood", "elbo_report"],
+                    "ppgen.inference"),
+    **dict.fromkeys(["FVSBN", "MADE", "NADE", "PPCA", "VAE", "BayesianCPTs", "BayesNet", "BernoulliMixture",
+                     "ConditionalVAE", "FactorAnalysis", "FullJointTable", "GaussianMixture", "GenerativeModel",
+                     "IndependentBernoulli", "PixelCNN"], "ppgen.models"),
+}
 __all__ = [
     "load_dataset", "compress", "decompress",
     "Program", "check_model", "ModelCheckError", "Objective",
-    "fit", "FitConfig", "FitResult", "ConvergenceWarning", "log_likelihood", "LikelihoodResult",
+    "fit", "FitConfig", "FitResult", "ConvergenceWarning", "log_likelihood", "LikelihoodResult", "elbo_report",
     "GenerativeModel", "IndependentBernoulli", "FullJointTable", "BayesNet", "BayesianCPTs",
     "FVSBN", "NADE", "MADE", "PixelCNN",
     "VAE", "ConditionalVAE", "BernoulliMixture", "GaussianMixture", "PPCA", "FactorAnalysis",
 ]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, ["data", "models", "inference", "compression", "plots", "cli"])

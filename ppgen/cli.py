@@ -16,14 +16,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
+from ppgen._lazy import LazyObject
 
-from ppgen.data import DATASETS, load_dataset
-from ppgen.inference import FitConfig, NonFiniteLossError, fit, log_likelihood
-from ppgen.inference.checkpoint import save_atomic
-from ppgen.inference.diagnostics import elbo_report, format_report
-from ppgen.models import FVSBN, MADE, NADE, VAE, ConditionalVAE, IndependentBernoulli, PixelCNN
-from ppgen.plots import elbo_curves, image_grid
+# `ppgen --help` answers without importing torch: these names import their module on first use.
+torch = LazyObject("torch")
+load_dataset = LazyObject("ppgen.data", "load_dataset")
+FitConfig, fit, log_likelihood = (LazyObject("ppgen.inference", n) for n in ("FitConfig", "fit", "log_likelihood"))
+save_atomic = LazyObject("ppgen.inference.checkpoint", "save_atomic")
+elbo_report, format_report = (LazyObject("ppgen.inference.diagnostics", n) for n in ("elbo_report", "format_report"))
+FVSBN, MADE, NADE, VAE, ConditionalVAE, IndependentBernoulli, PixelCNN = (LazyObject("ppgen.models", name) for name in (
+    "FVSBN", "MADE", "NADE", "VAE", "ConditionalVAE", "IndependentBernoulli", "PixelCNN"))
+elbo_curves, image_grid = (LazyObject("ppgen.plots", name) for name in ("elbo_curves", "image_grid"))
+DATASETS = ("digits", "digits_grey", "binarized_mnist", "mnist")  # ppgen.data.DATASETS (tests/test_startup.py checks)
 
 def _pixelcnn(x_dim: int, **kwargs) -> PixelCNN:
     model = PixelCNN(**kwargs)
@@ -261,6 +265,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from ppgen.inference import NonFiniteLossError  # after parsing: --help never imports torch
+
     try:
         if args.command == "demo":
             start = time.perf_counter()
