@@ -57,18 +57,41 @@ def build_model(name: str, x_dim: int, **overrides) -> torch.nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choices: {', '.join(MODELS)}")
     make, defaults = MODELS[name]
-    return make(x_dim, **{**defaults, **overrides})
+    try:
+        return make(x_dim, **{**defaults, **overrides})
+    except TypeError as err:  # an option the constructor does not take: the user's -o, not a bug
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise ValueError(f"model {name!r} does not take that option ({err}); its defaults are {defaults}") from None
+
+
+MAX_SAMPLES = 10_000  # `ppgen sample` draws one grid image; more belongs in a script, in batches
+
+
+def check_out(path: Path, what: str = "--out") -> Path:
+    """Refuse an output folder that is a file or lies under one (before any work is done)."""
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{what} {path} cannot be a folder: {parent} is a file")
+            break
+    return path
 
 
 def train_run(model_name: str, data: str, out: Path, *, root=None, options=None, fit_config: FitConfig | None = None
               ) -> dict:
     """Train one model into the run folder ``out`` (checkpoints in ``out/checkpoints``); return its config."""
     fit_config = dataclasses.replace(fit_config or FitConfig(), checkpoint_dir=str(out / "checkpoints"))
-    train, valid = (load_dataset(data, split, root=root) for split in ("train", "valid"))
+    check_out(out)
+    train = load_dataset(data, "train", root=root)
+    # a .npy file has no splits: validating on its own rows would be training data called "valid"
+    valid = load_dataset(data, "valid", root=root) if has_splits(data) else None
+    if valid is None:
+        fit_config = dataclasses.replace(fit_config, patience=None)  # nothing to stop early on
     model = build_model(model_name, train.x.shape[1], seed=fit_config.seed, **(options or {}))
     out.mkdir(parents=True, exist_ok=True)
-    config = {"model": model_name, "options": options or {}, "data": data, "root": str(root) if root else None,
-              **{k: v for k, v in dataclasses.asdict(fit_config).items() if k in RECORDED}}
+    config = {"model": model_name, "options": options or {}, "data": str(data), "root": str(root) if root else None,
+              "x_dim": model.x_dim, **{k: v for k, v in dataclasses.asdict(fit_config).items() if k in RECORDED}}
     result = fit(model, train, fit_config, valid=valid)
     config["train_seconds"] = result.seconds
     config["device"] = result.device
@@ -83,6 +106,11 @@ def train_run(model_name: str, data: str, out: Path, *, root=None, options=None,
     return config
 
 
+def has_splits(data) -> bool:
+    """Whether a data set name has train/valid/test splits (a .npy file has one set of rows)."""
+    return not str(data).endswith(".npy")
+
+
 def is_main_process() -> bool:
     """False on the ranks other than 0 of a torchrun launch."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -95,8 +123,15 @@ def load_run(run: Path, device="cpu") -> tuple[torch.nn.Module, dict]:
         if not path.is_file():
             raise FileNotFoundError(f"{run} is not a finished run folder: {path.name} is missing "
                                     "(train one with `ppgen train MODEL --data NAME --out DIR`)")
-    config = json.loads(config_path.read_text())
-    x_dim = load_dataset(config["data"], "valid", root=config["root"]).x.shape[1]
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path} is not valid JSON ({err})") from None
+    missing = [key for key in ("model", "options", "data", "root") if key not in config]
+    if missing:
+        raise ValueError(f"{config_path} lacks {', '.join(map(repr, missing))}: it was not written by `ppgen train`")
+    # run folders record x_dim; older ones are sized from their data set
+    x_dim = config.get("x_dim") or load_dataset(config["data"], "valid", root=config["root"]).x.shape[1]
     model = build_model(config["model"], x_dim, **config["options"])
     try:
         state = torch.load(weights, map_location=device, weights_only=True)
@@ -110,6 +145,8 @@ def load_run(run: Path, device="cpu") -> tuple[torch.nn.Module, dict]:
 def evaluate_run(run: Path, split="test", num_samples=1000, device="auto", seed=0) -> dict:
     """Test metrics of a run, in nats per example; also written to ``metrics.json``."""
     model, config = load_run(run)
+    if not has_splits(config["data"]) and split != "train":
+        split = "train"  # the only rows there are; metrics.json says so
     data = load_dataset(config["data"], split, root=config["root"])
     result = log_likelihood(model, data, num_samples=num_samples, device=device, seed=seed)
     metrics = {
@@ -121,7 +158,7 @@ def evaluate_run(run: Path, split="test", num_samples=1000, device="auto", seed=
         "num_samples": result.num_samples,
         "num_parameters": model.num_parameters,
         "train_seconds": config.get("train_seconds"),
-        "split": split,
+        "split": split if has_splits(config["data"]) else "train (the data file has no test split)",
     }
     _write_json(run / "metrics.json", metrics)
     return metrics
@@ -132,9 +169,9 @@ def demo(out: Path, *, epochs=30, num_samples=1000, device="auto", seed=0, progr
     metrics, histories = {}, {}
     for name in ("independent", "vae"):
         run = out / name
-        train_run(name, "digits", run, fit_config=FitConfig(
+        train_run(name, "digits", run, fit_config=FitConfig(  # a second demo continues the first one's runs
             epochs=epochs, lr=5e-2 if name == "independent" else 1e-3, patience=5, device=device, seed=seed,
-            progress=progress))
+            progress=progress, resume=True))
         metrics[name] = evaluate_run(run, num_samples=num_samples, device=device, seed=seed)
         histories[name] = json.loads((run / "history.json").read_text())
         model, _ = load_run(run)
@@ -265,7 +302,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from ppgen.inference import NonFiniteLossError  # after parsing: --help never imports torch
+    # after parsing: --help never imports torch
+    from ppgen.inference import DivergenceError, ModelCheckError, NonFiniteLossError
 
     try:
         if args.command == "demo":
@@ -299,14 +337,29 @@ def main(argv: list[str] | None = None) -> int:
                                      iwae_samples=min(args.num_samples, 1000), device=args.device, seed=args.seed)
                 print("\n" + format_report(report))
         elif args.command == "sample":
+            if not 1 <= args.n <= MAX_SAMPLES:
+                raise ValueError(f"-n must be between 1 and {MAX_SAMPLES:,} (one grid image); draw more with "
+                                 "model.sample in batches from Python")
+            out = args.out or args.run / "samples.png"
+            if out.is_dir():
+                out = out / "samples.png"
+            elif out.suffix.lower() != ".png":
+                out = out.with_name(out.name + ".png")
+            check_out(out.parent, "the folder of --out")
             model, _ = load_run(args.run)
             torch.manual_seed(args.seed)
-            out = args.out or args.run / "samples.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
             image_grid(model.sample(args.n), out, title=f"{args.run.name}: {args.n} samples")
             print(f"wrote {out}")
         elif args.command in ("compress", "decompress"):
             print(compress_run(args.run, args.source, args.target, decompress=args.command == "decompress"))
-    except (ValueError, TypeError, FileNotFoundError, NonFiniteLossError) as err:
+    except (ValueError, ModelCheckError, FileNotFoundError, IsADirectoryError, NonFiniteLossError,
+            DivergenceError) as err:
+        # the user's input was refused, with a message that says why; anything else is a bug: a traceback
         print(f"ppgen {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        resume = " (continue with the same command and --resume)" if args.command == "train" else ""
+        print(f"ppgen {args.command}: interrupted{resume}", file=sys.stderr)
+        return 130
     return 0

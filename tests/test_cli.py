@@ -51,6 +51,51 @@ def test_bad_arguments_get_one_line(tmp_path, capsys, argv, message):
     assert message in err and "Traceback" not in err and err.count("\n") == 1
 
 
+def test_bad_inputs_of_each_command_get_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "independent", "--out", str(run), "--epochs", "1", "--device", "cpu"]) == 0
+    (tmp_path / "a_file").write_text("x")
+    cases = [
+        (["sample", str(run), "-n", "1000000000"], "-n must be between 1 and 10,000"),
+        (["train", "independent", "--out", str(tmp_path / "a_file"), "--epochs", "1"], "a_file is a file"),
+        (["train", "independent", "--out", str(tmp_path / "a_file" / "below"), "--epochs", "1"], "a_file is a file"),
+        (["evaluate", str(run), "--device", "meta"], "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'meta'"),
+        (["train", "vae", "--out", str(tmp_path / "v"), "-o", "hidden={}"], "hidden must be an int or a list of ints"),
+        (["train", "vae", "--out", str(tmp_path / "w"), "-o", "bogus=1"], "does not take that option"),
+    ]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (argv, err)
+    config = json.loads((run / "config.json").read_text())
+    del config["options"]
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["evaluate", str(run)]) == 2
+    assert "lacks 'options': it was not written by `ppgen train`" in capsys.readouterr().err
+
+
+def test_sample_needs_no_data_and_reports_the_file_it_wrote(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    assert main(["train", "independent", "--out", str(run), "--epochs", "1", "--device", "cpu"]) == 0
+    monkeypatch.setattr("ppgen.data.load_dataset", lambda *a, **k: pytest.fail("sample must not load data"))
+    monkeypatch.setattr("ppgen.cli.load_dataset", lambda *a, **k: pytest.fail("sample must not load data"))
+    capsys.readouterr()
+    assert main(["sample", str(run), "-n", "4", "--out", str(tmp_path / "grid")]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'grid.png'}"
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_npy_file_has_no_test_split_and_metrics_say_so(tmp_path):
+    import numpy as np
+
+    rows = np.random.default_rng(0).random((300, 16)) < 0.3
+    np.save(tmp_path / "rows.npy", rows.astype(np.uint8))
+    run = tmp_path / "run"
+    assert main(["train", "fvsbn", "--data", str(tmp_path / "rows.npy"), "--out", str(run), "--epochs", "1"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["split"] == "train (the data file has no test split)"
+
+
 def test_corrupt_weights_are_refused(tmp_path):
     run = tmp_path / "run"
     assert main(["train", "independent", "--out", str(run), "--epochs", "1"]) == 0

@@ -141,8 +141,6 @@ class FitConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.resume and self.checkpoint_dir is None:
-            raise ValueError("resume=True needs checkpoint_dir= (where the checkpoint is)")
         for name in ("convergence_tol", "divergence_factor"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
@@ -207,6 +205,17 @@ class FitResult:
         return (f"FitResult({name}, "
                 f"{self.estimator}, {self.epochs} epochs / {self.steps} steps, {train}{valid} nats/example, "
                 f"best epoch {self.best_epoch}, {self.seconds:.1f} s on {self.device})")
+
+    def to_dict(self) -> dict:
+        """The figures as plain numbers and lists (for ``json.dumps``): per-epoch objectives in nats per
+        example; the per-step ``losses`` stay an attribute (``final_loss`` is the last)."""
+        return {"model": repr(self).split("(", 1)[1].split(",", 1)[0], "estimator": self.estimator,
+                "epochs": self.epochs, "steps": self.steps, "train_elbo": list(self.train_elbo),
+                "valid_elbo": list(self.valid_elbo), "final_loss": self.losses[-1] if self.losses else None,
+                "best_epoch": self.best_epoch, "stopped_early": self.stopped_early, "seconds": self.seconds,
+                "examples_per_second": self.examples_per_second, "device": self.device,
+                "resumed_from_step": self.resumed_from_step,
+                "check": self.check.to_dict() if self.check is not None else None}
 
 
 @dataclasses.dataclass
@@ -652,6 +661,8 @@ def fit(model, data, config: FitConfig | None = None, *, guide=None, valid=None,
     config = dataclasses.replace(config or FitConfig(), **options)
     if config.patience is not None and valid is None:
         raise ValueError("patience (early stopping) needs valid= data")
+    if config.resume and config.checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir= (where the checkpoint is)")
     if objective is not None and config.elbo != "auto":
         raise ValueError(f"pass either objective= or elbo= (got elbo={config.elbo!r} too)")
     program = model if isinstance(model, Program) else Program(model, guide, data_plate=data_plate)
