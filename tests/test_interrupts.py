@@ -74,7 +74,7 @@ def test_an_interrupt_at_every_line_of_the_loop_resumes_to_the_same_parameters(t
     for i, event in enumerate(recorder.events):
         if event not in targets or (targets[event] < epoch_two <= i):
             targets[event] = i
-    assert len(targets) > 40  # the loop really was traced
+    assert len(targets) > 100  # the loop really was traced (128 distinct lines when written)
     for n, (line, target) in enumerate(sorted(targets.items(), key=lambda kv: kv[1])):
         folder = tmp_path / f"cut{n}"
         with pytest.raises(KeyboardInterrupt):
