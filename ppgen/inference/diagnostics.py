@@ -43,6 +43,7 @@ __all__ = ["elbo_terms", "ELBOTerms", "elbo_report", "ELBOReport", "GradientStat
 
 ACTIVITY_THRESHOLD = 0.01  # Burda et al. (2016): unit d is active when Cov_x(E_q[z_d | x]) > 0.01
 KL_METHODS = ("auto", "monte_carlo")
+MAX_SITES = 5  # latent sites that format_report and the reprs list one by one
 
 
 @dataclasses.dataclass
@@ -79,6 +80,26 @@ class ELBOTerms:
     kl_stderr: dict[str, float]
     posterior_mean: dict[str, torch.Tensor]
     num_samples: int
+
+    def __repr__(self) -> str:
+        n = len(self.elbo)
+        stderr = self.elbo.std().item() / math.sqrt(n) if n > 1 else math.nan
+        kl = _short(", ".join(f"KL({s}) {v.mean().item():.3f}" for s, v in self.kl.items()))
+        return (f"ELBOTerms({n} examples, {self.num_samples} samples each; nats per example: "
+                f"ELBO {self.elbo.mean().item():.3f} ± {stderr:.3f} (s.e. over examples), "
+                f"reconstruction {self.reconstruction.mean().item():.3f}, {kl})")
+
+    def to_dict(self) -> dict:
+        """Means over the examples as plain numbers (for ``json.dumps``); per-example tensors stay attributes."""
+        return {"num_examples": len(self.elbo), "num_samples": self.num_samples,
+                "elbo": self.elbo.mean().item(), "reconstruction": self.reconstruction.mean().item(),
+                "kl": {s: v.mean().item() for s, v in self.kl.items()}, "kl_method": dict(self.kl_method),
+                "kl_stderr": dict(self.kl_stderr)}
+
+
+def _short(text: str, limit: int = 400) -> str:
+    """``text`` cut to ``limit`` characters, marked where it was cut (keeps reprs short for many sites)."""
+    return text if len(text) <= limit else text[: limit - 5] + " ..."
 
 
 @torch.no_grad()
@@ -157,14 +178,19 @@ def _batch_terms(program: Program, x, y, num_samples: int, kl: str) -> dict:
         if site["is_observed"]:
             reconstruction = reconstruction + _rows(site_log_prob(site), site, 0).flatten(2).sum(-1)
     out = {"kl": {}, "kl_var": {}, "kl_per_dim": {}, "kl_method": {}, "posterior_mean": {}}
+    # Auxiliary guide sites (AutoNormal draws "z_unconstrained", then z as a Delta carrying only the
+    # Jacobian) are part of log q(z): each joins the site it is named after, or stands as its own term.
+    auxiliary = {site["name"]: _rows(site_log_prob(site), site, 0).flatten(2).sum(-1)
+                 for site in sample_sites(guide_trace) if site["infer"].get("is_auxiliary")}  # (K, N)
     for q_site in sample_sites(guide_trace):
-        if q_site["is_observed"]:
+        if q_site["is_observed"] or q_site["infer"].get("is_auxiliary"):
             continue
         name = q_site["name"]
         p_site = model_trace.nodes[name]
         q_fn, p_fn, value = q_site["fn"], p_site["fn"], q_site["value"]
         event_dims = len(q_fn.event_shape)
-        closed_form = _analytic_kl(q_fn, p_fn) if kl == "auto" else None
+        log_q_aux = auxiliary.pop(f"{name}_unconstrained", None)
+        closed_form = _analytic_kl(q_fn, p_fn) if kl == "auto" and log_q_aux is None else None
         if closed_form is not None:
             site_kl = _rows(closed_form, q_site, 0).flatten(2).sum(-1).mean(0)  # (N,)
             out["kl_var"][name] = 0.0
@@ -172,9 +198,12 @@ def _batch_terms(program: Program, x, y, num_samples: int, kl: str) -> dict:
         else:
             samples = _rows(q_fn.log_prob(value) - p_fn.log_prob(value), q_site, 0)
             samples = samples.flatten(2).sum(-1)  # (K, N)
+            if log_q_aux is not None:
+                samples = samples + log_q_aux
             site_kl = samples.mean(0)
             out["kl_var"][name] = (samples.var(0).sum().item() / num_samples) if num_samples > 1 else math.inf
-            per_dim = _factor_kl(q_fn, p_fn, value)
+            # no per-dimension split through an autoguide's transform
+            per_dim = _factor_kl(q_fn, p_fn, value) if log_q_aux is None else None
         out["kl"][name] = site_kl
         out["kl_method"][name] = "analytic" if closed_form is not None else "monte carlo"
         if per_dim is not None:  # (*batch, d) -> (N, d)
@@ -187,6 +216,9 @@ def _batch_terms(program: Program, x, y, num_samples: int, kl: str) -> dict:
             mean = value
         mean = mean.expand(value.shape).reshape(*value.shape[: value.dim() - event_dims], -1)
         out["posterior_mean"][name] = _rows(mean, q_site, 1).flatten(2, -2).mean(2).mean(0)
+    for name, log_q in auxiliary.items():  # auxiliary sites no model site is named after: E_q[log q], in the KL
+        out["kl"][name], out["kl_method"][name] = log_q.mean(0), "monte carlo (auxiliary: log q only)"
+        out["kl_var"][name] = (log_q.var(0).sum().item() / num_samples) if num_samples > 1 else math.inf
     out["reconstruction"] = reconstruction.mean(0)
     out["elbo"] = out["reconstruction"] - sum(out["kl"].values(), torch.zeros_like(out["reconstruction"]))
     return out
@@ -227,6 +259,10 @@ class GradientStats:
     snr: float
     model: tuple[float, float]
     guide: tuple[float, float]
+
+    def to_dict(self) -> dict:
+        """The figures as plain numbers (for ``json.dumps``)."""
+        return {**dataclasses.asdict(self), "model": list(self.model), "guide": list(self.guide)}
 
 
 def gradient_stats(model, data, *, guide=None, estimators: Sequence[str] = ("trace", "meanfield", "iwae"),
@@ -357,6 +393,27 @@ class ELBOReport:
     def kl_total(self) -> float:
         return sum(self.kl.values())
 
+    def __str__(self) -> str:
+        return format_report(self)
+
+    def __repr__(self) -> str:
+        return f"ELBOReport({len(self.terms.elbo)} examples; nats per example)\n{format_report(self)}"
+
+    def to_dict(self) -> dict:
+        """The report's figures as plain numbers and lists (for ``json.dumps``), in nats per example;
+        per-example tensors stay on ``terms``."""
+        return {
+            "num_examples": len(self.terms.elbo), "num_samples": self.terms.num_samples,
+            "elbo": self.elbo, "reconstruction": self.reconstruction, "kl": dict(self.kl), "kl_total": self.kl_total,
+            "kl_method": dict(self.kl_method), "log_likelihood": self.log_likelihood,
+            "log_likelihood_stderr": self.log_likelihood_stderr, "exact": self.exact,
+            "iwae_samples": self.iwae_samples, "gap": self.gap, "active_units": dict(self.active_units),
+            "latent_dims": dict(self.latent_dims), "threshold": self.threshold,
+            "kl_per_dim": {s: v.tolist() for s, v in self.kl_per_dim.items()},
+            "activity": {s: v.tolist() for s, v in self.activity.items()},
+            "gradients": {name: g.to_dict() for name, g in self.gradients.items()}, "warning": self.warning,
+        }
+
 
 def elbo_report(model, data, *, guide=None, num_samples: int = 100, iwae_samples: int = 1000,
                 estimators: Sequence[str] = ("trace", "meanfield", "iwae"), gradient_particles: int = 5,
@@ -420,11 +477,16 @@ def format_report(report: ELBOReport) -> str:
         f"{len(report.terms.elbo)} examples)",
         f"  reconstruction       {report.reconstruction:10.3f}   E_q[log p(x | z)]",
     ]
-    for site, value in report.kl.items():
-        lines.append(f"  {f'KL({site})':21s}{value:10.3f}   {report.kl_method[site]}")
+    shown = sorted(report.kl, key=report.kl.get, reverse=True)[:MAX_SITES]  # the largest KLs, for many sites
+    for site in shown:
+        lines.append(f"  {f'KL({site})':21s}{report.kl[site]:10.3f}   {report.kl_method[site]}")
+    if len(report.kl) > len(shown):
+        lines.append(f"  ... {len(report.kl) - len(shown)} more latent sites, "
+                     f"{report.kl_total - sum(report.kl[s] for s in shown):.3f} nats of KL in all")
     lines += [f"log-likelihood         {report.log_likelihood:10.3f}   ({how})",
               f"gap (log p - ELBO)     {report.gap:10.3f}"]
-    for site, active in report.active_units.items():
+    for site in [s for s in shown if s in report.active_units]:
+        active = report.active_units[site]
         lines.append(f"{f'active units ({site})':23s}{active} of {report.latent_dims[site]} "
                      f"(Cov_x E_q[z_d | x] > {report.threshold:g})")
         if site in report.kl_per_dim:

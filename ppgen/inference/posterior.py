@@ -186,6 +186,10 @@ class ParetoKhat:
     verdict: str
     message: str
 
+    def to_dict(self) -> dict:
+        """The figures as plain values (for ``json.dumps``)."""
+        return dataclasses.asdict(self)
+
 
 def pareto_khat(model, guide, data, num_samples: int = 1000, seed: int = 0) -> ParetoKhat:
     """Did variational inference work? PSIS k̂ of the guide's importance weights (Yao et al. 2018).

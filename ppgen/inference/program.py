@@ -86,9 +86,23 @@ class ModelCheck:
     passed: list[str]
 
     def __str__(self) -> str:
-        lines = [f"estimator {self.estimator!r}; data plate {self.data_plate!r}; observed {self.observed}; "
-                 f"guide latents {self.latent}; enumerated {self.enumerated}"]
+        lines = [f"estimator {self.estimator!r}; data plate {self.data_plate!r}; observed {_names(self.observed)}; "
+                 f"guide latents {_names(self.latent)}; enumerated {_names(self.enumerated)}"]
         return "\n".join(lines + [f"  ok: {p}" for p in self.passed])
+
+    def __repr__(self) -> str:
+        return (f"ModelCheck({self.estimator!r}, data_plate={self.data_plate!r}, observed {_names(self.observed)}, "
+                f"latent {_names(self.latent)}, enumerated {_names(self.enumerated)}, {len(self.passed)} checks passed)")
+
+    def to_dict(self) -> dict:
+        """The findings as plain lists and strings (for ``json.dumps``)."""
+        return dataclasses.asdict(self)
+
+
+def _names(sites: list[str], limit: int = 8) -> str:
+    """``[a, b, ...]`` with at most ``limit`` names, and how many more (short reprs for big networks)."""
+    more = f", ... {len(sites) - limit} more" if len(sites) > limit else ""
+    return "[" + ", ".join(sites[:limit]) + more + "]"
 
 
 class Program:
