@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench docs clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@python=$$(scripts/find-python) && echo "using $$python" && "$$python" -m venv $(VENV)
@@ -20,5 +20,10 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/svi_overhead.py
 
+# the HTML site (API from the docstrings, tutorials with their stored outputs) in docs/_build/html; warnings fail
+docs: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[docs]'
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build *.egg-info docs/_build docs/_generated
