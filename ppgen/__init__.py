@@ -16,7 +16,7 @@ _EXPORTS = {
                     "ppgen.inference"),
     **dict.fromkeys(["FVSBN", "MADE", "NADE", "PPCA", "VAE", "BayesianCPTs", "BayesNet", "BernoulliMixture",
                      "ConditionalVAE", "FactorAnalysis", "FullJointTable", "GaussianMixture", "GenerativeModel",
-                     "IndependentBernoulli", "PixelCNN"], "ppgen.models"),
+                     "IndependentBernoulli", "PixelCNN", "RealNVP", "Glow", "MAF", "NSF"], "ppgen.models"),
 }
 __all__ = [
     "load_dataset", "compress", "decompress",
@@ -25,5 +25,6 @@ __all__ = [
     "GenerativeModel", "IndependentBernoulli", "FullJointTable", "BayesNet", "BayesianCPTs",
     "FVSBN", "NADE", "MADE", "PixelCNN",
     "VAE", "ConditionalVAE", "BernoulliMixture", "GaussianMixture", "PPCA", "FactorAnalysis",
+    "RealNVP", "Glow", "MAF", "NSF",
 ]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, ["data", "models", "inference", "compression", "plots", "cli"])

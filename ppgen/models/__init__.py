@@ -4,6 +4,7 @@ from ppgen.models.autoregressive import FVSBN, MADE, NADE, PixelCNN
 from ppgen.models.base import GenerativeModel
 from ppgen.models.bayesnet import BayesianCPTs, BayesNet, FullJointTable
 from ppgen.models.classifiers import BayesianLogisticRegression, NaiveBayes
+from ppgen.models.flows import MAF, NSF, Glow, RealNVP
 from ppgen.models.independent import IndependentBernoulli
 from ppgen.models.latent import PPCA, VAE, BernoulliMixture, ConditionalVAE, FactorAnalysis, GaussianMixture
 
@@ -14,4 +15,5 @@ __all__ = [
     "FVSBN", "NADE", "MADE", "PixelCNN",
     "VAE", "ConditionalVAE", "BernoulliMixture", "GaussianMixture", "PPCA", "FactorAnalysis",
     "NaiveBayes", "BayesianLogisticRegression",
+    "RealNVP", "Glow", "MAF", "NSF",
 ]
