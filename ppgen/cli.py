@@ -27,6 +27,7 @@ elbo_report, format_report = (LazyObject("ppgen.inference.diagnostics", n) for n
 FVSBN, MADE, NADE, VAE, ConditionalVAE, IndependentBernoulli, PixelCNN = (LazyObject("ppgen.models", name) for name in (
     "FVSBN", "MADE", "NADE", "VAE", "ConditionalVAE", "IndependentBernoulli", "PixelCNN"))
 elbo_curves, image_grid = (LazyObject("ppgen.plots", name) for name in ("elbo_curves", "image_grid"))
+RealNVP, Glow, MAF, prepare_data = (LazyObject("ppgen.models.flows", n) for n in ("RealNVP", "Glow", "MAF", "prepare_data"))
 DATASETS = ("digits", "digits_grey", "binarized_mnist", "mnist")  # ppgen.data.DATASETS (tests/test_startup.py checks)
 
 def _pixelcnn(x_dim: int, **kwargs) -> PixelCNN:
@@ -45,6 +46,10 @@ MODELS: dict[str, tuple[Callable, dict]] = {
     "nade": (NADE, {"hidden": 500}),
     "made": (MADE, {"hidden_sizes": [500], "num_masks": 1}),
     "pixelcnn": (_pixelcnn, {"channels": 32, "layers": 5, "kernel": 5, "gated": True}),
+    # flows: --data digits_grey (0..255, dequantized here); -o num_levels=2 for binary digits
+    "realnvp": (RealNVP, {"num_scales": 2, "hidden": 32, "blocks": 1}),
+    "glow": (Glow, {"levels": 2, "steps": 4, "hidden": 32, "blocks": 1}),
+    "maf": (MAF, {"transforms": 5, "hidden": [512, 512]}),
 }
 
 
@@ -92,6 +97,7 @@ def train_run(model_name: str, data: str, out: Path, *, root=None, options=None,
     out.mkdir(parents=True, exist_ok=True)
     config = {"model": model_name, "options": options or {}, "data": str(data), "root": str(root) if root else None,
               "x_dim": model.x_dim, **{k: v for k, v in dataclasses.asdict(fit_config).items() if k in RECORDED}}
+    train, valid = prepare_data(model, train, fresh=True), valid and prepare_data(model, valid, seed=fit_config.seed)
     result = fit(model, train, fit_config, valid=valid)
     config["train_seconds"] = result.seconds
     config["device"] = result.device
@@ -147,7 +153,7 @@ def evaluate_run(run: Path, split="test", num_samples=1000, device="auto", seed=
     model, config = load_run(run)
     if not has_splits(config["data"]) and split != "train":
         split = "train"  # the only rows there are; metrics.json says so
-    data = load_dataset(config["data"], split, root=config["root"])
+    data = prepare_data(model, load_dataset(config["data"], split, root=config["root"]), seed=seed)
     result = log_likelihood(model, data, num_samples=num_samples, device=device, seed=seed)
     metrics = {
         "log_likelihood": result.mean,
