@@ -340,10 +340,15 @@ class Trainer:
         if not isinstance(x, torch.Tensor):
             first = (program.check_data(first[0], "the first batch of data"), first[1])
         objective = self._objective()
-        estimator = objective.estimator if objective is not None else config.elbo
+        if objective is None and config.elbo == "auto" and program.generative_model is not None:
+            objective = program.generative_model.default_objective(program, config.num_particles, config.precision)
+        if objective is None:
+            estimator = config.elbo
+        else:  # a built-in estimator is checked as such; any other objective for its structure only
+            estimator = objective.estimator if objective.estimator in ESTIMATORS else "custom"
         self.check = program.validate(*first, num_rows=self.num_rows if cluster.world_size == 1 else
                                       self.num_rows // cluster.world_size + 1,
-                                      estimator="trace" if estimator == "custom" else estimator,
+                                      estimator=estimator,
                                       num_particles=config.num_particles, thorough=False)
         self.objective = objective or make_objective(program, self.check.estimator, config.num_particles,
                                                      precision=config.precision)

@@ -35,6 +35,11 @@ class LikelihoodResult:
         K (0 when exact).
     elbo : float or None
         The ELBO per example from the same samples (mean of the log weights), for latent models.
+    method : str
+        ``"exact"``, ``"iwae"``, or ``"ais"`` (an energy model: log Z by annealed importance sampling).
+    bracket : (float, float) or None
+        For ``"ais"``: a conservative (RAISE, errs low) and an optimistic (AIS, errs high) mean
+        log-likelihood, between which the true value lies up to Monte Carlo error.
     """
 
     values: torch.Tensor
@@ -44,9 +49,14 @@ class LikelihoodResult:
     exact: bool
     num_samples: int
     elbo: float | None = None
+    method: str = ""
+    bracket: tuple[float, float] | None = None
 
     def __str__(self) -> str:
         how = "exact" if self.exact else f"IWAE K={self.num_samples}, ± {self.stderr:.3f}"
+        if self.method == "ais" and self.bracket is not None:
+            how = (f"AIS, {self.num_samples} chains, ± {self.stderr:.3f}; bracket [{self.bracket[0]:.3f}, "
+                   f"{self.bracket[1]:.3f}]")
         elbo = f", ELBO {self.elbo:.3f}" if self.elbo is not None else ""
         return (f"log-likelihood {self.mean:.3f} nats/example ({how}); "
                 f"{self.bits_per_dim:.4f} bits/dim{elbo}")
@@ -58,7 +68,8 @@ class LikelihoodResult:
         """The figures as plain numbers (for ``json.dumps``); per-example values stay on ``values``."""
         return {"log_likelihood": self.mean, "stderr": self.stderr, "bits_per_dim": self.bits_per_dim,
                 "exact": self.exact, "num_samples": self.num_samples, "elbo": self.elbo,
-                "num_examples": len(self.values)}
+                "num_examples": len(self.values), "method": self.method or ("exact" if self.exact else "iwae"),
+                "bracket": list(self.bracket) if self.bracket is not None else None}
 
 
 @torch.no_grad()
@@ -116,7 +127,13 @@ def _log_likelihood(program: Program, x, y, num_samples, batch_size, device, see
         values = torch.cat([program.generative_model.log_prob(*batch_rows(x, y, idx, device)).float().cpu()
                             for idx in rows])
         mean = values.mean().item()
-        return LikelihoodResult(values, mean, 0.0, bits_per_dim(mean, dim), True, 0)
+        return LikelihoodResult(values, mean, 0.0, bits_per_dim(mean, dim), True, 0, method="exact")
+    estimate = getattr(program.generative_model, "estimate_log_likelihood", None)
+    if estimate is not None and method == "auto":  # an energy model: its own estimator of log Z
+        values, stderr, bracket = estimate(x.to(device), num_samples=num_samples, seed=seed)
+        mean = values.mean().item()
+        return LikelihoodResult(values.float().cpu(), mean, stderr, bits_per_dim(mean, dim), False, num_samples,
+                                method="ais", bracket=bracket)
 
     estimates, variances, elbos = [], [], []
     chunk = max(1, 10_000 // min(batch_size, x.shape[0]))  # particles per pass: ~10k samples live
@@ -142,4 +159,4 @@ def _log_likelihood(program: Program, x, y, num_samples, batch_size, device, see
     mean = values.mean().item()
     stderr = math.sqrt(torch.cat(variances).sum().item()) / len(values)
     return LikelihoodResult(values.float(), mean, stderr, bits_per_dim(mean, dim), False, num_samples,
-                            elbo=torch.cat(elbos).mean().item())
+                            elbo=torch.cat(elbos).mean().item(), method="iwae")

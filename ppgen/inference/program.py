@@ -323,7 +323,7 @@ class Program:
         -------
         ModelCheck
         """
-        if estimator not in ESTIMATORS:
+        if estimator not in ESTIMATORS and estimator != "custom":
             raise ValueError(f"elbo must be one of {ESTIMATORS}, got {estimator!r}")
         batch = x.shape[0]
         num_rows = batch if num_rows is None else num_rows
@@ -339,6 +339,11 @@ class Program:
             if not observed:
                 raise ModelCheckError(f"{self.name} observes nothing: no sample site has obs= set on the data")
             estimator = self._resolve_estimator(estimator, latent, enumerated)
+            if self.generative_model is not None and not getattr(self.generative_model, "is_normalised", True) \
+                    and estimator in ESTIMATORS:
+                raise ModelCheckError(
+                    f"{self.name}'s density is unnormalised (its factor lacks -log Z): elbo={estimator!r} would "
+                    "lower its energy everywhere without bound. Train it with its own objective (elbo='auto')")
             self.data_plate = self._find_data_plate(x, y, model_trace, batch)
             plate = self.data_plate
             passed.append(f"data plate {plate!r} ranges over the {batch} rows" if plate
@@ -353,12 +358,12 @@ class Program:
                     f"batch_size >= {num_rows}")
             missing = [s["name"] for s in sample_sites(model_trace) if not s["is_observed"]
                        and s["name"] not in guide_trace.nodes and not s["infer"].get("enumerate")]
-            if missing and estimator != "mle":
+            if missing and estimator not in ("mle", "custom"):
                 raise ModelCheckError(
                     f"latent site {missing[0]!r} of the model is not sampled by the guide and not enumerated: "
                     "its term would be missing from the ELBO. Sample it in the guide, or mark a discrete site "
                     "with infer={'enumerate': 'parallel'} (and use elbo='auto' or 'enum')")
-            if enumerated and estimator not in ("enum", "mle"):
+            if enumerated and estimator not in ("enum", "mle", "custom"):
                 raise ModelCheckError(
                     f"site {enumerated[0]!r} is marked for enumeration, which only elbo='enum' (or 'auto') "
                     f"sums out; elbo={estimator!r} would sample it from the prior")
@@ -378,6 +383,8 @@ class Program:
         return ModelCheck(estimator, self.data_plate, observed, latent, enumerated, passed)
 
     def _resolve_estimator(self, estimator: str, latent: list[str], enumerated: list[str]) -> str:
+        if estimator == "custom":  # an Objective of its own: only the story's structure is checked
+            return estimator
         if estimator != "auto":
             if estimator == "mle" and not self.exact:
                 raise ValueError(f"elbo='mle' needs a model with an exact log_prob and its own guide; "

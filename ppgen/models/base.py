@@ -78,6 +78,11 @@ class GenerativeModel(PyroModule):
     def guide(self, x=None, y=None, *, size=None):
         """q(z | x): empty for fully observed models."""
 
+    def default_objective(self, program, num_particles: int = 1, precision: str = "fp32"):
+        """The :class:`ppgen.Objective` that ``fit(elbo="auto")`` trains this model with, or None
+        for the estimator the core picks from the story (an unnormalised model returns its own)."""
+        return None
+
     def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Exact log p(x) per row, shape (N,). Raises where it is intractable."""
         raise NotImplementedError(

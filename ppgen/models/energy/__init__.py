@@ -1,0 +1,7 @@
+"""Energy-based stories: p(x) = exp(-E(x)) / Z with an intractable normaliser Z."""
+
+from ppgen.models.energy.ais import PartitionEstimate, ais_log_partition, base_visible_bias, raise_log_likelihood
+from ppgen.models.energy.rbm import RBM, ContrastiveDivergence
+
+__all__ = ["RBM", "ContrastiveDivergence", "ais_log_partition", "raise_log_likelihood", "base_visible_bias",
+           "PartitionEstimate"]

@@ -1,0 +1,107 @@
+"""Energy-based models: the RBM against enumeration (log Z, Gibbs, CD gradients), AIS and RAISE."""
+
+import math
+
+import pytest
+import torch
+
+from ppgen import fit, log_likelihood
+from ppgen.inference import ModelCheckError
+from ppgen.models.energy import RBM, ContrastiveDivergence, ais_log_partition, raise_log_likelihood
+from ppgen.inference import Program
+
+
+def _random_rbm(x_dim, hidden, scale=1.0, seed=0):
+    rbm = RBM(x_dim, hidden=hidden, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        rbm.weight.copy_(scale * torch.randn(x_dim, hidden, generator=g))
+        rbm.visible_bias.copy_(0.5 * torch.randn(x_dim, generator=g))
+        rbm.hidden_bias.copy_(0.5 * torch.randn(hidden, generator=g))
+    return rbm
+
+
+def _all_rows(d):
+    return ((torch.arange(2**d).unsqueeze(-1) >> torch.arange(d)) & 1).float()
+
+
+def test_log_partition_by_enumerating_hidden_equals_the_sum_over_visible_states():
+    rbm = _random_rbm(7, 5)
+    brute = torch.logsumexp(-rbm.free_energy(_all_rows(7)).double(), 0)  # sum over the 2^7 visible rows
+    assert rbm.log_partition().item() == pytest.approx(brute.item(), abs=1e-4)
+
+
+def test_ais_log_z_matches_the_exact_value_within_its_error_and_raise_brackets_the_likelihood():
+    rbm = _random_rbm(10, 8, scale=0.8)
+    exact = rbm.log_partition().item()
+    estimate = ais_log_partition(rbm, num_chains=200, num_temperatures=500, seed=1)
+    # 4 standard errors (delta method), plus 0.01 nats for its own bias at 200 chains
+    assert abs(estimate.log_z - exact) < 4 * estimate.stderr + 0.01
+    x = torch.bernoulli(torch.sigmoid(rbm.visible_bias).detach().expand(30, 10), generator=torch.Generator().manual_seed(2))
+    truth = rbm.log_prob(x).mean().item()
+    lower, stderr = raise_log_likelihood(rbm, x, num_chains=20, num_temperatures=500, seed=3)
+    upper = (-rbm.free_energy(x) - estimate.log_z).mean().item()
+    slack = 4 * (stderr.pow(2).sum().sqrt().item() / len(x) + estimate.stderr) + 0.01
+    assert lower.mean().item() <= truth + slack and truth <= upper + slack
+
+
+def test_annealing_with_zero_temperatures_is_refused():
+    with pytest.raises(ValueError, match="num_temperatures must be a positive int"):
+        ais_log_partition(_random_rbm(4, 3), num_temperatures=0)
+
+
+def test_the_gibbs_chain_samples_the_exact_distribution():
+    chi2 = pytest.importorskip("scipy.stats").chi2
+    rbm = _random_rbm(6, 4, scale=1.0)
+    torch.manual_seed(0)
+    samples = rbm.sample(20_000, steps=50)  # independent chains, each run 50 sweeps
+    index = (samples * (2 ** torch.arange(6))).sum(-1).long()
+    observed = torch.bincount(index, minlength=64).double()
+    expected = rbm.log_prob(_all_rows(6)).exp().double() * len(samples)
+    statistic = ((observed - expected) ** 2 / expected).sum().item()
+    assert statistic < chi2.ppf(0.999, 63)  # fails 1 time in 1,000 when the sampler is right
+
+
+def test_cd_gradients_approach_the_exact_log_likelihood_gradient_as_k_grows():
+    rbm = _random_rbm(6, 4, scale=1.0)
+    x = torch.bernoulli(torch.full((64, 6), 0.3), generator=torch.Generator().manual_seed(0))
+    exact = torch.cat([g.flatten() for g in
+                       torch.autograd.grad(rbm.log_prob(x).mean(), [rbm.weight, rbm.visible_bias, rbm.hidden_bias])])
+    errors = {}
+    torch.manual_seed(0)
+    for k in (1, 25):
+        objective = ContrastiveDivergence(Program(rbm), k=k)
+        grads = []
+        for _ in range(200):  # the mean of 200 CD estimates: its own noise is small
+            loss = objective(x, scale=1.0) / len(x)
+            grads.append(torch.cat([g.flatten() for g in torch.autograd.grad(
+                -loss, [rbm.weight, rbm.visible_bias, rbm.hidden_bias])]))
+        mean = torch.stack(grads).mean(0)
+        errors[k] = ((mean - exact).norm() / exact.norm()).item()
+        assert torch.nn.functional.cosine_similarity(mean, exact, dim=0) > 0.5  # the right direction
+    assert errors[25] < errors[1] and errors[25] < 0.2  # and the right size as k grows
+
+
+def test_fit_trains_a_small_rbm_by_exact_likelihood_and_a_large_one_by_pcd(digits):
+    x = digits["train"].x[:500, :16]  # 16 pixels: 2^16 states
+    small = RBM(16, hidden=8)
+    result = fit(small, x, epochs=5, batch_size=100, lr=0.05, progress=False)
+    assert result.estimator == "mle" and result.train_elbo[-1] > result.train_elbo[0]
+    large = RBM(784, hidden=32)
+    result = fit(large, digits["train"].x[:500], epochs=2, batch_size=100, lr=0.01, progress=False)
+    assert result.estimator == "pcd-1" and all(math.isfinite(v) for v in result.losses)
+    with pytest.raises(ModelCheckError, match="unnormalised"):
+        fit(RBM(784, hidden=32), digits["train"].x[:100], elbo="trace", epochs=1, progress=False)
+
+
+def test_log_likelihood_of_a_large_rbm_is_an_ais_estimate_with_a_bracket(digits):
+    rbm = RBM(784, hidden=24, seed=0)
+    rbm.ais_temperatures = 100  # enough for a untrained RBM's nearly flat energy; 10,000 by default
+    result = log_likelihood(rbm, digits["test"].x[:20], num_samples=20)
+    assert result.method == "ais" and not result.exact and result.bracket[0] <= result.bracket[1] + 1.0
+    assert "bracket" in str(result)
+
+
+def test_a_non_binary_row_is_refused():
+    with pytest.raises(ValueError, match="must hold only 0 and 1"):
+        RBM(3, hidden=2).log_prob(torch.tensor([[0.0, 0.5, 1.0]]))
