@@ -55,7 +55,7 @@ def dequantize(x: torch.Tensor, num_levels: int = 256, *, seed: int | None = 0) 
     Examples
     --------
     >>> y = dequantize(torch.tensor([[0.0, 255.0]]))
-    >>> bool(((y >= [0, 255]) & (y < [1, 256])).all())
+    >>> bool(((y >= torch.tensor([0.0, 255.0])) & (y < torch.tensor([1.0, 256.0]))).all())
     True
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
