@@ -361,7 +361,8 @@ class Trainer:
                              "pyro.param sites: write it as a GenerativeModel or a PyroModule")
         self.params = [p for group in groups.values() for p in group]
         self.module = cluster.wrap(self.objective, self.device, find_unused=len(groups) > 1)
-        self.optimizers = {name: torch.optim.Adam(group, lr=config.lr) for name, group in groups.items()}
+        self.optimizers = {name: torch.optim.Adam(group, lr=config.lr, betas=self.objective.adam_betas)
+                           for name, group in groups.items()}
         path = Path(config.checkpoint_dir) / CHECKPOINT_NAME if config.checkpoint_dir is not None else None
         if path is not None and path.exists() and not config.resume:
             raise ValueError(f"{path} already exists; pass resume=True to continue that run, "
@@ -563,7 +564,8 @@ class Trainer:
                 self.lock.release()
             if config.patience is not None and state.best_state is not None:
                 self.checkpoints.load_params(state.best_state, "best epoch")
-        if config.convergence_tol is not None and not state.stopped_early and cluster.is_main:
+        if config.convergence_tol is not None and not state.stopped_early and cluster.is_main \
+                and getattr(self.objective, "monotone", True):
             message = convergence_message(state.train_elbo, config.convergence_tol)
             if message:
                 warnings.warn(f"fit {program.name}: {message}", ConvergenceWarning, stacklevel=3)

@@ -50,11 +50,16 @@ class Objective(nn.Module):
         Parameter groups, each with its own optimiser, stepped in this order every batch.
     estimator : str
         What :meth:`Program.validate` checks the story for (``"custom"``: the structure only).
+    monotone : bool
+        Whether the loss should fall steadily (``fit`` warns when it is still falling at the end);
+        False for games such as a GAN's.
     num_particles : int
     """
 
     groups: tuple[str, ...] = ("params",)
     estimator: str = "custom"
+    monotone: bool = True
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # GANs use (0.5, 0.9) (Radford et al.; Gulrajani et al.)
 
     def __init__(self, program: Program, *, precision: str = "fp32"):
         super().__init__()

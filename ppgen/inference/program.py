@@ -336,9 +336,9 @@ class Program:
                       and s["name"] in model_trace.nodes]  # auxiliary guide sites (AutoNormal's) left out
             enumerated = [s["name"] for s in sample_sites(model_trace) if not s["is_observed"]
                           and s["name"] not in guide_trace.nodes and s["infer"].get("enumerate")]
-            if not observed:
-                raise ModelCheckError(f"{self.name} observes nothing: no sample site has obs= set on the data")
             estimator = self._resolve_estimator(estimator, latent, enumerated)
+            if not observed and estimator != "custom":  # an implicit model (a GAN) observes nothing, by design
+                raise ModelCheckError(f"{self.name} observes nothing: no sample site has obs= set on the data")
             if self.generative_model is not None and not getattr(self.generative_model, "is_normalised", True) \
                     and estimator in ESTIMATORS:
                 raise ModelCheckError(
