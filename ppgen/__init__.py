@@ -16,7 +16,8 @@ _EXPORTS = {
                     "ppgen.inference"),
     **dict.fromkeys(["FVSBN", "MADE", "NADE", "PPCA", "VAE", "BayesianCPTs", "BayesNet", "BernoulliMixture",
                      "ConditionalVAE", "FactorAnalysis", "FullJointTable", "GaussianMixture", "GenerativeModel",
-                     "IndependentBernoulli", "PixelCNN", "RealNVP", "Glow", "MAF", "NSF"], "ppgen.models"),
+                     "IndependentBernoulli", "PixelCNN", "RealNVP", "Glow", "MAF", "NSF", "FlowPriorVAE", "IAFVAE"],
+                    "ppgen.models"),
 }
 __all__ = [
     "load_dataset", "compress", "decompress",
@@ -25,6 +26,7 @@ __all__ = [
     "GenerativeModel", "IndependentBernoulli", "FullJointTable", "BayesNet", "BayesianCPTs",
     "FVSBN", "NADE", "MADE", "PixelCNN",
     "VAE", "ConditionalVAE", "BernoulliMixture", "GaussianMixture", "PPCA", "FactorAnalysis",
+    "FlowPriorVAE", "IAFVAE",
     "RealNVP", "Glow", "MAF", "NSF",
 ]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, ["data", "models", "inference", "compression", "plots", "cli"])

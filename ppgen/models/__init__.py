@@ -6,14 +6,15 @@ from ppgen.models.bayesnet import BayesianCPTs, BayesNet, FullJointTable
 from ppgen.models.classifiers import BayesianLogisticRegression, NaiveBayes
 from ppgen.models.flows import MAF, NSF, Glow, RealNVP
 from ppgen.models.independent import IndependentBernoulli
-from ppgen.models.latent import PPCA, VAE, BernoulliMixture, ConditionalVAE, FactorAnalysis, GaussianMixture
+from ppgen.models.latent import (PPCA, VAE, BernoulliMixture, ConditionalVAE, FactorAnalysis, FlowPriorVAE,
+                                 GaussianMixture, IAFVAE)
 
 __all__ = [
     "GenerativeModel",
     "IndependentBernoulli", "FullJointTable",
     "BayesNet", "BayesianCPTs",
     "FVSBN", "NADE", "MADE", "PixelCNN",
-    "VAE", "ConditionalVAE", "BernoulliMixture", "GaussianMixture", "PPCA", "FactorAnalysis",
+    "VAE", "ConditionalVAE", "FlowPriorVAE", "IAFVAE", "BernoulliMixture", "GaussianMixture", "PPCA", "FactorAnalysis",
     "NaiveBayes", "BayesianLogisticRegression",
     "RealNVP", "Glow", "MAF", "NSF",
 ]
