@@ -349,7 +349,7 @@ class Trainer:
         self.check = program.validate(*first, num_rows=self.num_rows if cluster.world_size == 1 else
                                       self.num_rows // cluster.world_size + 1,
                                       estimator=estimator,
-                                      num_particles=config.num_particles, thorough=False)
+                                      num_particles=config.num_particles)
         self.objective = objective or make_objective(program, self.check.estimator, config.num_particles,
                                                      precision=config.precision)
         if config.batch_size < self.num_rows:
