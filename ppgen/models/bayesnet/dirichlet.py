@@ -84,6 +84,10 @@ class BayesianCPTs(GenerativeModel):
         return BayesNet(self.net.states, self.net.parents,
                         {v: b / b.sum(-1, keepdim=True) for v, b in self.posterior_concentration().items()})
 
+    def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``n`` rows of the posterior predictive (each row's, Dirichlet-categorical): the network at the guide's means."""
+        return self.posterior_mean().sample(n)
+
     def conjugate_posterior(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         r"""Exact posterior concentrations :math:`\alpha + N_v` given complete rows ``x``."""
         rows = self.net.check_data(x).long().to(self.net.device)
