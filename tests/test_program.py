@@ -312,3 +312,18 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
     assert (state.best_epoch, state.best_elbo, state.best_state) == (4, -3.0, 2)
     assert EarlyStopping(None).decide(TrainState(epoch=9, best_elbo=0.0, best_epoch=1), -1.0, dict) == {
         "stopped_early": False}
+
+
+def test_scoring_a_model_that_drops_the_particle_dimension_is_refused_clearly(digits):
+    with pytest.raises(ModelCheckError, match="does not broadcast over a particle dimension"):
+        log_likelihood(_FlatVAE(784, z_dim=2, hidden=8), digits["test"].x[:8], num_samples=10)
+
+
+def test_a_model_without_an_x_site_cannot_sample_and_says_why():
+    class Renamed(IndependentBernoulli):
+        def model(self, x=None, y=None, *, size=None):
+            with pyro.plate("data", num_rows(x, y, size)):
+                return pyro.sample("pixels", dist.Bernoulli(logits=self.logits).to_event(1), obs=x)
+
+    with pytest.raises(ValueError, match="has no site 'x'"):
+        Renamed(3).sample(2)

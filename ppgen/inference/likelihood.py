@@ -142,7 +142,7 @@ def _log_likelihood(program: Program, x, y, num_samples, batch_size, device, see
         torch.manual_seed(seed)
         first = batch_rows(x, y, rows[0], device)
         if program.data_plate is None:
-            program.validate(*first, estimator="iwae", thorough=False)
+            program.validate(*first, estimator="iwae", num_particles=min(num_samples, 2), thorough=False)
         program.nesting(*first)
         for idx in rows:
             xb, yb = batch_rows(x, y, idx, device)

@@ -96,6 +96,9 @@ class GenerativeModel(PyroModule):
         n = _check_count(n, "n")
         with local_params(self):
             trace = poutine.trace(self.model).get_trace(None, y, size=n)
+        if OBSERVED_SITE not in trace.nodes:
+            raise ValueError(f"{type(self).__name__}.model has no site {OBSERVED_SITE!r}: ppgen's models observe their "
+                             f"rows in a site named {OBSERVED_SITE!r} (or override sample())")
         return trace.nodes[OBSERVED_SITE]["value"]
 
     @property
