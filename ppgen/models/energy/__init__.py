@@ -1,7 +1,8 @@
 """Energy-based stories: p(x) = exp(-E(x)) / Z with an intractable normaliser Z."""
 
 from ppgen.models.energy.ais import PartitionEstimate, ais_log_partition, base_visible_bias, raise_log_likelihood
+from ppgen.models.energy.ebm import EBM, LangevinContrastiveDivergence
 from ppgen.models.energy.rbm import RBM, ContrastiveDivergence
 
-__all__ = ["RBM", "ContrastiveDivergence", "ais_log_partition", "raise_log_likelihood", "base_visible_bias",
+__all__ = ["RBM", "ContrastiveDivergence", "EBM", "LangevinContrastiveDivergence", "ais_log_partition", "raise_log_likelihood", "base_visible_bias",
            "PartitionEstimate"]
