@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-__all__ = ["image_grid", "elbo_curves", "latent_map"]
+__all__ = ["image_grid", "elbo_curves", "latent_map", "temperature_grid", "interpolation_grid"]
 
 
 def image_grid(images: torch.Tensor, path: str | os.PathLike | None = None, *, ncols: int = 8,
@@ -90,6 +90,81 @@ def latent_map(z: torch.Tensor, labels: torch.Tensor | None = None, path: str | 
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def _pixels01(model, images: torch.Tensor) -> torch.Tensor:
+    """Rows in [0, 1] for display: pixel flows' levels are divided by ``num_levels``."""
+    levels = getattr(model, "num_levels", None)
+    return (images / levels if levels else images).clamp(0, 1)
+
+
+def _rows_figure(rows: Sequence[torch.Tensor], labels: Sequence[str], shape: tuple[int, int], title: str | None):
+    from matplotlib.figure import Figure  # imported here: drawing is optional
+
+    h, w = shape
+    ncols = max(len(r) for r in rows)
+    fig = Figure(figsize=(ncols * 0.6 + 0.9, len(rows) * 0.62 + (0.3 if title else 0)))
+    for i, (row, label) in enumerate(zip(rows, labels)):
+        canvas = np.ones((h + 2, ncols * (w + 1) + 1))
+        for j, image in enumerate(torch.as_tensor(row).detach().cpu().float().reshape(-1, h, w).numpy()):
+            canvas[1:1 + h, 1 + j * (w + 1): 1 + j * (w + 1) + w] = image
+        ax = fig.add_subplot(len(rows), 1, i + 1)
+        ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(pad=0.2)
+    return fig
+
+
+@torch.no_grad()
+def temperature_grid(model, temperatures: Sequence[float] = (0.5, 0.7, 0.85, 1.0), path: str | os.PathLike | None = None,
+                     *, n: int = 8, shape: tuple[int, int] = (28, 28), seed: int = 0, title: str | None = None):
+    """One row of ``n`` samples per temperature T: a flow decodes z ~ N(0, T^2 I) (``model.sample(n,
+    temperature=T)``); a VAE decodes the mean of p(x | z) at z ~ N(0, T^2 I). The same base noise is
+    used at every T (seeded), so a column shows one draw cooled down. Returns the figure."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for t in temperatures:
+        if hasattr(model, "decode") and hasattr(model, "z_dim"):  # a VAE: means of p(x | T z)
+            z = torch.randn(n, model.z_dim, generator=generator)
+            rows.append(model.decode(t * z.to(model.device)))
+        else:
+            z = torch.randn(n, model.x_dim, generator=generator)
+            rows.append(_pixels01(model, model.decode(t * z.to(model.device))))
+        generator.manual_seed(seed)
+    fig = _rows_figure(rows, [f"T = {t:g}" for t in temperatures], shape, title)
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+@torch.no_grad()
+def interpolation_grid(model, x0: torch.Tensor, x1: torch.Tensor, path: str | os.PathLike | None = None, *,
+                       steps: int = 8, shape: tuple[int, int] = (28, 28), title: str | None = None):
+    """Straight lines in z between the rows of ``x0`` and ``x1`` (each (P, D)), one grid row per pair.
+
+    A flow decodes (1 - t) f(x0) + t f(x1) (``model.interpolate``, dequantize pixel rows first); a
+    VAE decodes the means of p(x | z) along the line between its posterior means ``encode(x)``."""
+    x0, x1 = torch.atleast_2d(torch.as_tensor(x0)), torch.atleast_2d(torch.as_tensor(x1))
+    if x0.shape != x1.shape:
+        raise ValueError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
+    rows = []
+    for a, b in zip(x0, x1):
+        if hasattr(model, "interpolate"):
+            rows.append(_pixels01(model, model.interpolate(a, b, steps)))
+        else:
+            z = model.encode(torch.stack([a, b]))
+            t = torch.linspace(0, 1, steps, dtype=z.dtype, device=z.device)[:, None]
+            rows.append(model.decode((1 - t) * z[0] + t * z[1]))
+    fig = _rows_figure(rows, [f"pair {i}" for i in range(len(rows))], shape, title)
     if path is not None:
         fig.savefig(path, dpi=100)
     return fig
