@@ -125,8 +125,9 @@ def _rows_figure(rows: Sequence[torch.Tensor], labels: Sequence[str], shape: tup
 
 
 @torch.no_grad()
-def temperature_grid(model, temperatures: Sequence[float] = (0.5, 0.7, 0.85, 1.0), path: str | os.PathLike | None = None,
-                     *, n: int = 8, shape: tuple[int, int] = (28, 28), seed: int = 0, title: str | None = None):
+def temperature_grid(model, temperatures: Sequence[float] = (0.5, 0.7, 0.85, 1.0),
+                     path: str | os.PathLike | None = None, *, n: int = 8, shape: tuple[int, int] = (28, 28),
+                     seed: int = 0, title: str | None = None):
     """One row of ``n`` samples per temperature T: a flow decodes z ~ N(0, T^2 I) (``model.sample(n,
     temperature=T)``); a VAE decodes the mean of p(x | z) at z ~ N(0, T^2 I). The same base noise is
     used at every T (seeded), so a column shows one draw cooled down. Returns the figure."""

@@ -19,7 +19,8 @@ def test_temperature_grid_draws_one_row_per_temperature_from_shared_noise(tmp_pa
     # the T = 1 row is the flow's decoding of the seeded noise, scaled to [0, 1]
     z = torch.randn(5, 16, generator=torch.Generator().manual_seed(0))
     shown = fig.axes[1].images[0].get_array()[1:5, 1:5]
-    assert torch.allclose(torch.as_tensor(shown.data).float(), (flow.decode(z) / 256)[0].reshape(4, 4).float(), atol=1e-5)
+    expected = (flow.decode(z) / 256)[0].reshape(4, 4).float()
+    assert torch.allclose(torch.as_tensor(shown.data).float(), expected, atol=1e-5)
     fig = temperature_grid(VAE(16, z_dim=2, hidden=8), (0.5, 1.0), n=3, shape=(4, 4))
     assert len(fig.axes) == 2 and all(ax.images for ax in fig.axes)
 
