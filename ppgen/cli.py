@@ -50,7 +50,12 @@ MODELS: dict[str, tuple[Callable, dict]] = {
     "realnvp": (RealNVP, {"num_scales": 2, "hidden": 32, "blocks": 1}),
     "glow": (Glow, {"levels": 2, "steps": 4, "hidden": 32, "blocks": 1}),
     "maf": (MAF, {"transforms": 5, "hidden": [512, 512]}),
+    # energy-based and implicit: log-likelihood by AIS (rbm) or none (ebm, gan); all get sample quality
+    "rbm": (LazyObject("ppgen.models.energy", "RBM"), {"hidden": 500}),
+    "ebm": (LazyObject("ppgen.models.energy", "EBM"), {"hidden": [256, 256]}),
+    "gan": (LazyObject("ppgen.models.implicit", "GAN"), {"z_dim": 64, "hidden": [256, 256]}),
 }
+NO_DENSITY = ("ebm", "gan")  # an unnormalised energy without an estimate of Z, and a sampler
 
 
 # the FitConfig fields a run folder records in config.json
@@ -148,24 +153,29 @@ def load_run(run: Path, device="cpu") -> tuple[torch.nn.Module, dict]:
     return model, config
 
 
-def evaluate_run(run: Path, split="test", num_samples=1000, device="auto", seed=0) -> dict:
-    """Test metrics of a run, in nats per example; also written to ``metrics.json``."""
+def evaluate_run(run: Path, split="test", num_samples=1000, device="auto", seed=0, quality_samples=500) -> dict:
+    """Test metrics of a run, in nats per example, and sample quality for 28x28 digits; also
+    written to ``metrics.json``."""
     model, config = load_run(run)
     if not has_splits(config["data"]) and split != "train":
         split = "train"  # the only rows there are; metrics.json says so
-    data = prepare_data(model, load_dataset(config["data"], split, root=config["root"]), seed=seed)
-    result = log_likelihood(model, data, num_samples=num_samples, device=device, seed=seed)
-    metrics = {
-        "log_likelihood": result.mean,
-        "stderr": result.stderr,
-        "elbo": result.elbo,
-        "bits_per_dim": result.bits_per_dim,
-        "exact": result.exact,
-        "num_samples": result.num_samples,
+    raw = load_dataset(config["data"], split, root=config["root"])
+    metrics = {"log_likelihood": None, "stderr": None, "elbo": None, "bits_per_dim": None, "exact": False,
+               "num_samples": 0}
+    if config["model"] not in NO_DENSITY:
+        data = prepare_data(model, raw, seed=seed)
+        result = log_likelihood(model, data, num_samples=num_samples, device=device, seed=seed)
+        metrics.update({"log_likelihood": result.mean, "stderr": result.stderr, "elbo": result.elbo,
+                        "bits_per_dim": result.bits_per_dim, "exact": result.exact,
+                        "num_samples": result.num_samples, "method": result.method})
+    metrics.update({
         "num_parameters": model.num_parameters,
         "train_seconds": config.get("train_seconds"),
         "split": split if has_splits(config["data"]) else "train (the data file has no test split)",
-    }
+    })
+    if quality_samples and model.x_dim == 784:
+        metrics["sample_quality"] = sample_quality(model, raw.x, quality_samples, grey=config["data"] == "digits_grey",
+                                                   seed=seed)
     _write_json(run / "metrics.json", metrics)
     return metrics
 
@@ -195,14 +205,41 @@ def demo(out: Path, *, epochs=30, num_samples=1000, device="auto", seed=0, progr
     return metrics
 
 
+def sample_quality(model, real, n: int, *, grey: bool = False, seed: int = 0) -> dict:
+    """FID, KID, precision and recall in the shipped digit classifier's feature space, and the
+    share of samples in the classifier's most frequent class (near 0.1 for all ten digits)."""
+    from ppgen.inference.sample_quality import (
+        digit_features, frechet_distance, kernel_distance, label_spread, precision_recall,
+    )
+
+    torch.manual_seed(seed)
+    scale = 255.0 if grey else 1.0
+    samples = (model.sample(n).detach().cpu().float() / scale).clamp(0, 1)
+    real = real[:max(n, 2)].float() / scale
+    fake_features, real_features = digit_features(samples), digit_features(real)
+    kid = kernel_distance(real_features, fake_features, subsets=10, subset_size=min(len(real), n, 500), seed=seed)
+    precision, recall = precision_recall(real_features, fake_features)
+    spread = label_spread(samples)
+    return {"samples": n, "fid": frechet_distance(real_features, fake_features), "kid": kid.mean,
+            "kid_stderr": kid.stderr, "precision": precision, "recall": recall,
+            "largest_class_share": spread.max().item()}
+
+
 def format_table(metrics: dict) -> str:
-    rows = ["| model | test log-lik (nats) | ± | ELBO | bits/dim | exact | parameters | train s |",
-            "|---|---:|---:|---:|---:|---|---:|---:|"]
+    rows = ["| model | test log-lik (nats) | ± | ELBO | bits/dim | exact | parameters | train s | FID | KID | P / R |",
+            "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+
+    def number(value, spec):
+        return "—" if value is None else format(value, spec)
+
     for name, m in metrics.items():
-        elbo = f"{m['elbo']:.2f}" if m.get("elbo") is not None else "="
-        rows.append(f"| {name} | {m['log_likelihood']:.2f} | {m['stderr']:.2f} | {elbo} | "
-                    f"{m['bits_per_dim']:.4f} | {m['exact']} | {m['num_parameters']:,} | "
-                    f"{m['train_seconds']:.1f} |")
+        elbo = f"{m['elbo']:.2f}" if m.get("elbo") is not None else ("=" if m.get("exact") else "—")
+        q = m.get("sample_quality") or {}
+        pr = f"{q['precision']:.2f} / {q['recall']:.2f}" if q else "—"
+        rows.append(f"| {name} | {number(m['log_likelihood'], '.2f')} | {number(m['stderr'], '.2f')} | {elbo} | "
+                    f"{number(m['bits_per_dim'], '.4f')} | {m['exact']} | {m['num_parameters']:,} | "
+                    f"{number(m.get('train_seconds'), '.1f')} | {number(q.get('fid'), '.2f')} | "
+                    f"{number(q.get('kid'), '.4f')} | {pr} |")
     return "\n".join(rows)
 
 
@@ -282,11 +319,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     p.add_argument("--precision", default="fp32", help="fp32, or bf16 for the networks' matrix products")
     p.add_argument("--num-samples", type=int, default=1000, help="importance samples for the test log-likelihood")
+    p.add_argument("--quality-samples", type=int, default=500,
+                   help="samples for FID/KID/precision/recall in the digit classifier's features (0: skip)")
 
     p = sub.add_parser("evaluate", help="test log-likelihood of a run (writes metrics.json)")
     p.add_argument("run", type=Path)
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
     p.add_argument("--num-samples", type=int, default=1000, help="importance samples for latent models")
+    p.add_argument("--quality-samples", type=int, default=500,
+                   help="samples for FID/KID/precision/recall in the digit classifier's features (0: skip)")
     p.add_argument("--report-rows", type=int, default=1000, help="rows for a latent model's ELBO report")
     common(p)
 
@@ -328,14 +369,14 @@ def main(argv: list[str] | None = None) -> int:
             if not is_main_process():
                 return 0
             metrics = evaluate_run(args.out, split="test", num_samples=args.num_samples, device=args.device,
-                                   seed=args.seed)
+                                   seed=args.seed, quality_samples=args.quality_samples)
             print(format_table({args.model: metrics}))
             print(f"\nwrote {args.out}/")
         elif args.command == "evaluate":
             metrics = evaluate_run(args.run, split=args.split, num_samples=args.num_samples,
-                                   device=args.device, seed=args.seed)
+                                   device=args.device, seed=args.seed, quality_samples=args.quality_samples)
             print(format_table({args.run.name: metrics}))
-            if not metrics["exact"]:  # a latent model: where its ELBO goes, and whether to trust it
+            if metrics.get("method") == "iwae":  # a latent model: where its ELBO goes, and whether to trust it
                 model, config = load_run(args.run)
                 data = load_dataset(config["data"], args.split, root=config["root"])
                 rows = slice(args.report_rows)

@@ -96,6 +96,17 @@ def test_a_npy_file_has_no_test_split_and_metrics_say_so(tmp_path):
     assert json.loads((run / "metrics.json").read_text())["split"] == "train (the data file has no test split)"
 
 
+def test_a_gan_trains_and_is_judged_by_its_samples(tmp_path, capsys):
+    run = tmp_path / "gan"
+    assert main(["train", "gan", "--out", str(run), "--epochs", "1", "-o", "hidden=[32]", "-o", "z_dim=4",
+                 "--quality-samples", "50", "--device", "cpu"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["log_likelihood"] is None  # a sampler has no density
+    quality = metrics["sample_quality"]
+    assert quality["fid"] > 0 and 0 <= quality["precision"] <= 1 and 0 <= quality["recall"] <= 1
+    assert "| gan | — |" in capsys.readouterr().out
+
+
 def test_corrupt_weights_are_refused(tmp_path):
     run = tmp_path / "run"
     assert main(["train", "independent", "--out", str(run), "--epochs", "1"]) == 0

@@ -48,3 +48,20 @@ def test_precision_and_recall_see_a_dropped_mode():
     assert precision > 0.9 and 0.4 < recall < 0.6
     with pytest.raises(ValueError, match="must be a \\(N, d\\) array"):
         precision_recall(torch.zeros(5), real)
+
+
+def test_the_shipped_digit_classifier_is_accurate_and_gives_features(digits):
+    from ppgen.inference.sample_quality import digit_classifier, digit_features, label_spread
+
+    test = digits["test"]
+    with torch.no_grad():
+        accuracy = (digit_classifier()(test.x).argmax(-1) == test.y).double().mean().item()
+    assert accuracy >= 0.98
+    assert digit_features(test.x[:10]).shape == (10, 64)
+    spread = label_spread(test.x)
+    assert spread.sum().item() == pytest.approx(1.0) and spread.max() < 0.15  # ten balanced classes
+    assert label_spread(test.x[test.y == 3]).max() > 0.9  # a "collapsed" set: one class
+    # real test digits against real validation digits: FID small; against noise: large
+    fid_same = frechet_distance(digit_features(test.x[:1000]), digit_features(digits["valid"].x))
+    noise = torch.bernoulli(torch.full((1000, 784), 0.13), generator=torch.Generator().manual_seed(0))
+    assert fid_same < 0.1 * frechet_distance(digit_features(test.x[:1000]), digit_features(noise))

@@ -13,8 +13,10 @@ for small data):
   rows' k-nearest-neighbour balls (precision: are samples realistic?) and of real rows inside the
   samples' balls (recall: is the data covered?).
 
-The feature network for digits (a small classifier shipped with ppgen) is still to come; these
-functions take any features.
+For 28x28 digits the feature network is :class:`DigitClassifier`, a small CNN whose weights ship
+with ppgen (``ppgen/data/digit_classifier.pt``, re-derived by ``scripts/train_digit_classifier.py``):
+:func:`digit_features` gives its 64-unit feature layer, and :func:`label_spread` the histogram of
+its predicted labels over samples (a collapsed model puts most samples in few classes).
 
 References: M. Heusel et al., NeurIPS 2017; M. Bińkowski et al., "Demystifying MMD GANs", ICLR
 2018; T. Kynkäänniemi et al., "Improved precision and recall metric for assessing generative
@@ -24,12 +26,68 @@ models", NeurIPS 2019.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from pathlib import Path
 
 import torch
+from torch import nn
 
 __all__ = ["frechet_distance", "frechet_distance_of_moments", "kernel_distance", "KernelDistance",
-           "precision_recall"]
+           "precision_recall", "DigitClassifier", "digit_classifier", "digit_features", "label_spread"]
+
+WEIGHTS = Path(__file__).resolve().parent.parent / "data" / "digit_classifier.pt"
+
+
+class DigitClassifier(nn.Module):
+    """Two conv layers (32, 64 channels, 3x3, max-pooled), a 64-unit feature layer, 10 logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Flatten(), nn.Linear(64 * 7 * 7, 64), nn.ReLU())
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(64, 10))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x.reshape(-1, 1, 28, 28))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@functools.cache
+def digit_classifier() -> DigitClassifier:
+    """The shipped classifier, in evaluation mode (loaded once)."""
+    if not WEIGHTS.is_file():
+        raise FileNotFoundError(f"the digit classifier's weights are missing ({WEIGHTS}); derive them with "
+                                "python scripts/train_digit_classifier.py")
+    net = DigitClassifier()
+    net.load_state_dict({k: v.float() for k, v in torch.load(WEIGHTS, weights_only=True).items()})
+    return net.eval()
+
+
+def _digits(x, name: str) -> torch.Tensor:
+    x = torch.as_tensor(x).float()
+    if x.dim() != 2 or x.shape[1] != 784:
+        raise ValueError(f"{name} must be (N, 784) digits with pixels in [0, 1], got shape {tuple(x.shape)}")
+    if x.min() < 0 or x.max() > 1:
+        raise ValueError(f"{name} must hold pixels in [0, 1] (divide greyscale values by 255)")
+    return x
+
+
+@torch.no_grad()
+def digit_features(x, batch_size: int = 1000) -> torch.Tensor:
+    """The classifier's 64-unit features of (N, 784) digits with pixels in [0, 1]."""
+    x, net = _digits(x, "x"), digit_classifier()
+    return torch.cat([net.features(chunk) for chunk in x.split(batch_size)])
+
+
+@torch.no_grad()
+def label_spread(samples) -> torch.Tensor:
+    """The fraction of samples the classifier puts in each of the 10 classes (sums to 1)."""
+    labels = digit_classifier()(_digits(samples, "samples")).argmax(-1)
+    return torch.bincount(labels, minlength=10).double() / len(labels)
 
 
 def _features(f, name: str) -> torch.Tensor:
