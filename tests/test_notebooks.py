@@ -31,7 +31,7 @@ def _find_blank_axes(result=None):
 _get_ipython().events.register("post_run_cell", _find_blank_axes)
 '''
 # Notebooks still committed without the outputs of a full run (issue 12): to be executed and removed here.
-NOT_YET_EXECUTED = {"posterior_diagnostics"}
+NOT_YET_EXECUTED: set[str] = set()
 
 
 @pytest.mark.slow
