@@ -16,6 +16,9 @@ estimators (Rainforth et al. 2018).
 References: Y. Burda, R. Grosse and R. Salakhutdinov, "Importance Weighted Autoencoders",
 ICLR 2016; T. Rainforth et al., "Tighter Variational Bounds are Not Necessarily Better",
 ICML 2018; M. D. Hoffman and M. J. Johnson, "ELBO surgery", NeurIPS 2016 AABI workshop.
+
+Longer than 500 lines: the ELBO terms, the gradient statistics and the report that combines
+them, with its text and figure, are one feature.
 """
 
 from __future__ import annotations

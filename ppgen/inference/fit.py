@@ -8,6 +8,9 @@ stopping (:class:`EarlyStopping`), atomic checkpoints (:class:`~ppgen.inference.
 data-parallel ranks (:mod:`ppgen.inference.distributed`) and a convergence check
 (:func:`convergence_message`). :func:`fit` is the one-call front end, configured by a
 :class:`FitConfig`.
+
+Longer than 500 lines: the loop with its interrupt and checkpoint handling, which must be read
+together to see that every state change is committed atomically.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
 
 import pyro
 import torch
@@ -29,269 +31,19 @@ from pyro.infer.autoguide import AutoGuide
 from torch.utils.data import DataLoader
 
 from ppgen.inference.checkpoint import CHECKPOINT_NAME, Checkpointer, RunLock, check_folder
-from ppgen.inference.distributed import STRATEGIES, join
+from ppgen.inference.distributed import join
 from ppgen.inference.signals import DeferredSignals
-from ppgen.inference.objectives import PRECISIONS, Objective, make_objective
+from ppgen.inference.training import (
+    ConvergenceWarning, DivergenceError, EarlyStopping, FitConfig, FitResult, NonFiniteLossError, TrainState,
+    convergence_message,
+)
+from ppgen.inference.objectives import Objective, make_objective
 from ppgen.inference.program import (
-    ESTIMATORS, ModelCheck, Program, batch_rows, call_args, resolve_device, sample_sites,
+    ESTIMATORS, Program, batch_rows, call_args, resolve_device, sample_sites,
 )
 
 __all__ = ["fit", "FitConfig", "FitResult", "Trainer", "TrainState", "EarlyStopping", "ConvergenceWarning",
            "NonFiniteLossError", "DivergenceError", "convergence_message"]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss or a gradient became NaN or infinite; ``step`` and ``site`` say where."""
-
-    def __init__(self, message: str, step: int, site: str | None):
-        super().__init__(message)
-        self.step = step
-        self.site = site
-
-
-class DivergenceError(FloatingPointError):
-    """The loss grew by orders of magnitude over its first value: training diverged."""
-
-
-class ConvergenceWarning(UserWarning):
-    """``fit`` ended while its objective was still improving faster than the tolerance."""
-
-
-def _positive_int(value, name: str, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be {'a positive int' if minimum == 1 else f'an int >= {minimum}'}, "
-                         f"got {value!r}")
-
-
-@dataclasses.dataclass
-class FitConfig:
-    """How :func:`fit` trains. Every field is also a keyword of :func:`fit`; the CLI builds one.
-
-    Attributes
-    ----------
-    epochs, batch_size, lr
-        Passes over the data, rows per minibatch (a batch of all rows keeps their order, as
-        local guides need), Adam learning rate.
-    elbo : {"auto", "trace", "meanfield", "enum", "graph", "iwae", "mle"}
-        The estimator. ``"auto"``: ``"enum"`` when the model marks sites for enumeration,
-        ``"mle"`` (exact maximum likelihood through ``log_prob``, no sampling) for an exact
-        model without guide latents, else ``"trace"`` (``Trace_ELBO``).
-    num_particles : int
-        Samples per example, vectorised (the K of ``"iwae"``).
-    device : "auto", "cpu", "cuda", "cuda:N"
-        ``"auto"`` takes CUDA when available. The model is moved there, and stays.
-    seed : int
-        Seeds the sampling and the data order: same seed, same result on the same device.
-    patience : int, optional
-        With validation rows, stop after this many epochs without a better validation score and
-        restore the parameters of the best epoch.
-    checkpoint_dir : path, optional
-        Write ``checkpoint.pt`` there after every epoch (atomically), when interrupted, and when
-        the loss becomes non-finite.
-    resume : bool
-        Continue from the checkpoint in ``checkpoint_dir`` when there is one, else start a new
-        run there (so a requeued job runs the same command every time).
-    progress : bool
-        Show a progress bar (only when stderr is a terminal; rank 0 only).
-    strategy : {"auto", "single", "ddp"}
-        Data-parallel training under ``torchrun`` (see :mod:`ppgen.inference.distributed`).
-    num_workers : int
-        DataLoader worker processes that prefetch minibatches of a streamed row source.
-    precision : {"fp32", "bf16"}
-        ``"bf16"`` runs the networks under bfloat16 autocast; densities and losses stay float32.
-    convergence_tol : float or None
-        Warn (:class:`ConvergenceWarning`) when the training objective still improved by more
-        than this fraction per epoch over the last epochs; None turns the check off.
-    divergence_factor : float or None
-        Stop with :class:`DivergenceError` when the loss per example grows past this many times
-        its first value (at least 1 nat); None turns the check off.
-    """
-
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    elbo: str = "auto"
-    num_particles: int = 1
-    device: Any = "auto"
-    seed: int = 0
-    patience: int | None = None
-    checkpoint_dir: str | Path | None = None
-    resume: bool = False
-    progress: bool = True
-    strategy: str = "auto"
-    num_workers: int = 0
-    precision: str = "fp32"
-    convergence_tol: float | None = 1e-3
-    divergence_factor: float | None = 1e3
-
-    def __post_init__(self):
-        for name in ("epochs", "batch_size", "num_particles"):
-            _positive_int(getattr(self, name), name)
-        _positive_int(self.num_workers, "num_workers", 0)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an int, got {self.seed!r}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (math.isfinite(self.lr)
-                                                                                      and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if self.patience is not None:
-            _positive_int(self.patience, "patience")
-        if self.elbo not in ESTIMATORS:
-            raise ValueError(f"elbo must be one of {ESTIMATORS}, got {self.elbo!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        for name in ("convergence_tol", "divergence_factor"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-                raise ValueError(f"{name} must be a positive number or None, got {value!r}")
-        for name in ("resume", "progress"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-
-
-@dataclasses.dataclass(repr=False)
-class FitResult:
-    """What :func:`fit` did. Objective figures are in nats per example (higher is better).
-
-    Attributes
-    ----------
-    model, guide
-        The trained model and guide (the guide is the autoguide ``fit`` built, if any).
-    losses : list of float
-        The loss of every step, per example of the full data set (the negative ELBO, or the
-        exact negative log-likelihood for ``elbo="mle"``).
-    train_elbo, valid_elbo : list of float
-        Per epoch: the mean training objective over the epoch's steps, and the validation
-        objective (empty without ``valid``). For ``"mle"`` both are exact log-likelihoods.
-    epochs, steps : int
-        Epochs and optimisation steps completed in total (across resumes).
-    seconds, examples_per_second : float
-        Wall time of this call and training throughput (rows per second of step time).
-    stopped_early : bool
-    best_epoch : int or None
-        Epoch (1-based) of the best validation objective, whose parameters the model holds
-        when early stopping was on.
-    device : str
-    estimator : str
-        The estimator that ran (``"auto"`` resolved), or the custom objective's class name.
-    check : ModelCheck
-        What :meth:`Program.validate` found on the first batch.
-    resumed_from_step : int or None
-        The step a resumed run continued from (None for a new run).
-    """
-
-    model: Any
-    guide: Any
-    losses: list[float]
-    train_elbo: list[float]
-    valid_elbo: list[float]
-    epochs: int
-    steps: int
-    seconds: float
-    examples_per_second: float
-    stopped_early: bool
-    best_epoch: int | None
-    device: str
-    estimator: str = "trace"
-    check: ModelCheck | None = None
-    resumed_from_step: int | None = None
-
-    def __repr__(self) -> str:
-        valid = f", valid {self.valid_elbo[-1]:.3f}" if self.valid_elbo else ""
-        train = f"train {self.train_elbo[-1]:.3f}" if self.train_elbo else "no epoch"
-        name = type(self.model).__name__ if isinstance(self.model, torch.nn.Module) else \
-            getattr(self.model, "__name__", "model")
-        return (f"FitResult({name}, "
-                f"{self.estimator}, {self.epochs} epochs / {self.steps} steps, {train}{valid} nats/example, "
-                f"best epoch {self.best_epoch}, {self.seconds:.1f} s on {self.device})")
-
-    def to_dict(self) -> dict:
-        """The figures as plain numbers and lists (for ``json.dumps``): per-epoch objectives in nats per
-        example; the per-step ``losses`` stay an attribute (``final_loss`` is the last)."""
-        return {"model": repr(self).split("(", 1)[1].split(",", 1)[0], "estimator": self.estimator,
-                "epochs": self.epochs, "steps": self.steps, "train_elbo": list(self.train_elbo),
-                "valid_elbo": list(self.valid_elbo), "final_loss": self.losses[-1] if self.losses else None,
-                "best_epoch": self.best_epoch, "stopped_early": self.stopped_early, "seconds": self.seconds,
-                "examples_per_second": self.examples_per_second, "device": self.device,
-                "resumed_from_step": self.resumed_from_step,
-                "check": self.check.to_dict() if self.check is not None else None}
-
-
-@dataclasses.dataclass
-class TrainState:
-    """The trainer's counters and history: everything a checkpoint needs besides tensors.
-
-    It changes only through :meth:`commit_step` and :meth:`commit_epoch`, each of which also
-    records the random-number state to resume from, so an interrupt anywhere else leaves it
-    consistent with the parameters.
-    """
-
-    epoch: int = 0          # epochs completed
-    batch: int = 0          # batches completed in the current epoch
-    step: int = 0           # steps completed in total
-    losses: list[float] = dataclasses.field(default_factory=list)
-    epoch_losses: list[float] = dataclasses.field(default_factory=list)
-    train_elbo: list[float] = dataclasses.field(default_factory=list)
-    valid_elbo: list[float] = dataclasses.field(default_factory=list)
-    best_elbo: float | None = None
-    best_epoch: int | None = None
-    best_state: dict | None = None
-    stopped_early: bool = False
-    rng: torch.Tensor | None = dataclasses.field(default=None, repr=False)  # to resume from (not in to_dict)
-
-    def commit_step(self, loss_per_example: float, batches_done: int) -> None:
-        self.losses.append(loss_per_example)
-        self.epoch_losses.append(loss_per_example)
-        self.step, self.batch, self.rng = self.step + 1, batches_done, torch.get_rng_state()
-
-    def commit_epoch(self, train: float, valid: float | None, best: dict) -> None:
-        self.train_elbo.append(train)
-        if valid is not None:
-            self.valid_elbo.append(valid)
-        self.__dict__.update(best)
-        self.epoch_losses, self.epoch, self.batch = [], self.epoch + 1, 0
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "rng"}
-
-
-class EarlyStopping:
-    """Track the best validation score; say when ``patience`` epochs passed without a better one."""
-
-    def __init__(self, patience: int | None):
-        self.patience = patience
-
-    def decide(self, state: TrainState, score: float | None, snapshot: Callable[[], dict]) -> dict:
-        """The changes that epoch ``state.epoch + 1``'s score makes to the best-epoch fields and
-        ``stopped_early`` (to commit with the epoch); ``snapshot`` copies the parameters of a new best."""
-        if score is None:
-            return {}
-        epoch = state.epoch + 1
-        if state.best_elbo is None or score > state.best_elbo:
-            return {"best_elbo": score, "best_epoch": epoch,
-                    "best_state": snapshot() if self.patience is not None else None}
-        return {"stopped_early": self.patience is not None and epoch - state.best_epoch >= self.patience}
-
-
-def convergence_message(train_elbo: list[float], tol: float, window: int = 5) -> str | None:
-    """Why training had not converged, or None: the least-squares slope of the per-epoch
-    objective over the last ``window`` epochs is an improvement of more than ``tol`` (relative,
-    per epoch) and more than twice its own standard error (so noise alone does not warn)."""
-    if len(train_elbo) < window + 1:
-        return None
-    values = torch.tensor(train_elbo[-window:], dtype=torch.float64)
-    t = torch.arange(window, dtype=torch.float64)
-    t = t - t.mean()
-    slope = (t * (values - values.mean())).sum() / (t * t).sum()
-    residual = values - values.mean() - slope * t
-    stderr = (residual.pow(2).sum() / (window - 2) / (t * t).sum()).sqrt()
-    scale = 1.0 + values.abs().mean()
-    if slope > tol * scale and slope > 2 * stderr:
-        return (f"the objective was still improving by {slope.item():.3g} nats per example per epoch over the "
-                f"last {window} epochs (ending at {train_elbo[-1]:.4g}; tolerance {tol:g} x {scale.item():.3g}): "
-                "training had not converged. Raise epochs or lr (or set convergence_tol=None)")
-    return None
 
 
 class Trainer:
@@ -568,7 +320,9 @@ class Trainer:
                 and getattr(self.objective, "monotone", True):
             message = convergence_message(state.train_elbo, config.convergence_tol)
             if message:
-                warnings.warn(f"fit {program.name}: {message}", ConvergenceWarning, stacklevel=3)
+                # attributed to the caller's line, past ppgen's own frames (lazy wrappers, the CLI)
+                warnings.warn(f"fit {program.name}: {message}", ConvergenceWarning,
+                              skip_file_prefixes=(str(Path(__file__).resolve().parents[1]),))
         return FitResult(
             model=program.source,
             guide=program.guide_module if program.guide_module is not None else program.guide,

@@ -18,6 +18,9 @@ Conventions (named once here, checked by :meth:`Program.validate`):
 - observations sit inside one plate over the rows (ppgen's models call it :data:`DATA_PLATE`);
 - with ``num_particles > 1`` the model and guide broadcast over a particle dimension to the
   left of their plates (the :data:`PARTICLE_PLATE`).
+
+Longer than 500 lines on purpose: every check a story gets before training lives here, next to the
+tracing it checks; splitting them would put the conventions in two places.
 """
 
 from __future__ import annotations

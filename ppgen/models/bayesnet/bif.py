@@ -30,6 +30,9 @@ refused at its first bad token without reading the rest. It refuses a token long
 cells in all (2^27 float64 cells, 1 GiB), checked before any table is allocated.
 
 References: F. G. Cozman, "The Interchange Format for Bayesian Networks", 1998.
+
+Longer than 500 lines: a streaming reader that refuses malformed input at its first bad token,
+and the writer that checks every name reads back, are kept beside the grammar they share.
 """
 
 from __future__ import annotations
