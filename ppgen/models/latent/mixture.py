@@ -20,9 +20,10 @@ COVARIANCES = ("diag", "full")
 class _Mixture(GenerativeModel):
     """Shared story: c ~ Categorical(pi), x | c ~ p_c. Subclasses give the component densities.
 
-    The model marks ``c`` for parallel enumeration, so ``fit(..., elbo="enum")``
-    (``TraceEnum_ELBO``) sums it out exactly and the guide stays empty; the ELBO then *is*
-    the log-likelihood.
+    The model marks ``c`` for parallel enumeration, so ``fit`` (its default estimator is then
+    ``"enum"``, ``TraceEnum_ELBO``) sums it out exactly and the guide stays empty; the ELBO then
+    *is* the log-likelihood. Gradient steps from random parameters are slow to separate the
+    components: start from :meth:`initialize` (k-means), or run EM directly with :meth:`fit_mle`.
     """
 
     has_exact_likelihood = True
