@@ -36,7 +36,8 @@ class LikelihoodResult:
     elbo : float or None
         The ELBO per example from the same samples (mean of the log weights), for latent models.
     method : str
-        ``"exact"``, ``"iwae"``, or ``"ais"`` (an energy model: log Z by annealed importance sampling).
+        ``"exact"``, ``"iwae"``, or ``"ais"``: annealed importance sampling, of log Z for an
+        energy model (RBM) or over the latents for a decoder-based model (GAN, Wu et al. 2017).
     bracket : (float, float) or None
         For ``"ais"``: a conservative (RAISE, errs low) and an optimistic (AIS, errs high) mean
         log-likelihood, between which the true value lies up to Monte Carlo error.
@@ -54,9 +55,10 @@ class LikelihoodResult:
 
     def __str__(self) -> str:
         how = "exact" if self.exact else f"IWAE K={self.num_samples}, ± {self.stderr:.3f}"
-        if self.method == "ais" and self.bracket is not None:
-            how = (f"AIS, {self.num_samples} chains, ± {self.stderr:.3f}; bracket [{self.bracket[0]:.3f}, "
-                   f"{self.bracket[1]:.3f}]")
+        if self.method == "ais":
+            how = f"AIS, {self.num_samples} chains, ± {self.stderr:.3f}"
+            if self.bracket is not None:
+                how += f"; bracket [{self.bracket[0]:.3f}, {self.bracket[1]:.3f}]"
         elbo = f", ELBO {self.elbo:.3f}" if self.elbo is not None else ""
         return (f"log-likelihood {self.mean:.3f} nats/example ({how}); "
                 f"{self.bits_per_dim:.4f} bits/dim{elbo}")

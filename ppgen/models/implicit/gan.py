@@ -88,7 +88,29 @@ class GAN(GenerativeModel):
 
     def log_prob(self, x, y=None):
         raise NotImplementedError("a GAN has no density: x = G(z) is only a sampler. Use its samples "
-                                  "(ppgen.inference.sample_quality) to judge it")
+                                  "(ppgen.inference.sample_quality) to judge it, or ppgen.log_likelihood, which "
+                                  "estimates log p(x) under an observation model by AIS over z")
+
+    def observation_log_prob(self, z: torch.Tensor, x: torch.Tensor, scale: float = 0.1) -> torch.Tensor:
+        """log p(x | z) of the observation model that gives the generator a density (Wu et al. 2017):
+        Bernoulli(G(z)) for sigmoid outputs (binary pixels), N(G(z), scale^2 I) otherwise."""
+        mean = self.generate(z)
+        if self.output == "sigmoid":
+            return dist.Bernoulli(probs=mean.clamp(1e-6, 1 - 1e-6)).log_prob(x).sum(-1)
+        return dist.Normal(mean, scale).log_prob(x).sum(-1)
+
+    def estimate_log_likelihood(self, x: torch.Tensor, *, num_samples: int = 16, seed: int = 0,
+                                num_temperatures: int = 500, scale: float = 0.1):
+        """log p(x) under :meth:`observation_log_prob` by AIS over z with HMC (``num_samples``
+        chains per row; :func:`ppgen.inference.decoder_ais.decoder_log_likelihood`): a stochastic
+        lower bound, what :func:`ppgen.log_likelihood` reports for a GAN."""
+        from ppgen.inference.decoder_ais import decoder_log_likelihood
+
+        x = self.check_data(x)
+        values, stderr = decoder_log_likelihood(lambda z, rows: self.observation_log_prob(z, rows, scale), x,
+                                                self.z_dim, num_chains=num_samples,
+                                                num_temperatures=num_temperatures, seed=seed)
+        return values, (stderr.pow(2).sum().sqrt() / len(values)).item(), None
 
     def default_objective(self, program, num_particles: int = 1, precision: str = "fp32") -> Objective:
         return AdversarialObjective(program, "nonsaturating", precision=precision)
