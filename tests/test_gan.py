@@ -89,3 +89,12 @@ def test_log_likelihood_of_a_gan_is_an_ais_lower_bound():
     gan = GAN(2, z_dim=2, hidden=8, output="identity")
     result = log_likelihood(gan, _ring(10), num_samples=8)
     assert result.method == "ais" and not result.exact and math.isfinite(result.mean) and "AIS" in str(result)
+
+
+def test_the_dcgan_networks_map_noise_to_digits_and_train_a_step(digits):
+    gan = GAN(784, z_dim=16, architecture="dcgan", channels=8)
+    assert gan.sample(3).shape == (3, 784) and gan.generate(torch.randn(2, 5, 16)).shape == (2, 5, 784)
+    result = fit(gan, digits["train"].x[:64], epochs=1, batch_size=32, progress=False)
+    assert result.steps == 2 and all(math.isfinite(v) for v in result.losses)
+    with pytest.raises(ValueError, match="28x28"):
+        GAN(100, architecture="dcgan")

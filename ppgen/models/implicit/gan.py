@@ -44,12 +44,40 @@ def _mlp(sizes, activation: type[nn.Module]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _dcgan(z_dim: int, channels: int) -> tuple[nn.Module, nn.Module]:
+    """DCGAN-style networks for 28x28 images (Radford et al. 2016), sized for a CPU: a generator
+    z -> (2c, 7, 7) -> (c, 14, 14) -> (1, 28, 28) by strided transposed convolutions with batch
+    norm, and the mirror-image discriminator with leaky ReLUs."""
+    c = channels
+    generator = nn.Sequential(
+        nn.Linear(z_dim, 2 * c * 49), nn.Unflatten(-1, (2 * c, 7, 7)), nn.BatchNorm2d(2 * c), nn.ReLU(),
+        nn.ConvTranspose2d(2 * c, c, 4, 2, 1), nn.BatchNorm2d(c), nn.ReLU(),
+        nn.ConvTranspose2d(c, 1, 4, 2, 1), nn.Flatten())
+    discriminator = nn.Sequential(
+        nn.Unflatten(-1, (1, 28, 28)), nn.Conv2d(1, c, 4, 2, 1), nn.LeakyReLU(0.2),
+        nn.Conv2d(c, 2 * c, 4, 2, 1), nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(2 * c * 49, 1))
+    return generator, discriminator
+
+
+class _Batched(nn.Module):
+    """Run a network over any leading batch shape (particles, chains) by flattening it."""
+
+    def __init__(self, net: nn.Module, in_dim: int):
+        super().__init__()
+        self.net, self.in_dim = net, in_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x.reshape(-1, self.in_dim))
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
 class GAN(GenerativeModel):
-    r"""A GAN with MLP generator and discriminator.
+    r"""A GAN with MLP networks, or DCGAN-style convolutional ones for 28x28 digits.
 
     Parameters: generator ``(k -> hidden... -> D)`` and discriminator ``(D -> hidden... -> 1)``
-    weights and biases. ``output`` is ``"sigmoid"`` for pixels in [0, 1] (digits) or
-    ``"identity"`` for unbounded data (the 2-D toy mixtures).
+    weights and biases (``architecture="mlp"``), or the convolutional pair of
+    ``architecture="dcgan"`` with ``channels`` filters (D = 784). ``output`` is ``"sigmoid"`` for
+    pixels in [0, 1] (digits) or ``"identity"`` for unbounded data (the 2-D toy mixtures).
 
     Examples
     --------
@@ -60,15 +88,24 @@ class GAN(GenerativeModel):
 
     data_support = "real"
 
-    def __init__(self, x_dim: int, z_dim: int = 64, hidden=256, output: str = "sigmoid"):
+    def __init__(self, x_dim: int, z_dim: int = 64, hidden=256, output: str = "sigmoid", architecture: str = "mlp",
+                 channels: int = 32):
         super().__init__(x_dim)
         self.z_dim = _check_count(z_dim, "z_dim")
         widths = hidden_widths(hidden)
         if output not in ("sigmoid", "identity"):
             raise ValueError(f"output must be 'sigmoid' or 'identity', got {output!r}")
-        self.output = output
-        self.generator = _mlp([z_dim, *widths, x_dim], nn.ReLU)
-        self.discriminator = _mlp([x_dim, *reversed(widths), 1], lambda: nn.LeakyReLU(0.2))
+        if architecture not in ("mlp", "dcgan"):
+            raise ValueError(f"architecture must be 'mlp' or 'dcgan', got {architecture!r}")
+        if architecture == "dcgan" and x_dim != 784:
+            raise ValueError(f"the DCGAN networks are for 28x28 images (x_dim=784), got x_dim={x_dim}")
+        self.output, self.architecture = output, architecture
+        if architecture == "mlp":
+            self.generator = _mlp([z_dim, *widths, x_dim], nn.ReLU)
+            self.discriminator = _mlp([x_dim, *reversed(widths), 1], lambda: nn.LeakyReLU(0.2))
+        else:
+            generator, discriminator = _dcgan(z_dim, _check_count(channels, "channels"))
+            self.generator, self.discriminator = _Batched(generator, z_dim), _Batched(discriminator, x_dim)
         self.register_buffer("prior_loc", torch.zeros(z_dim), persistent=False)
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
@@ -116,7 +153,7 @@ class GAN(GenerativeModel):
         return AdversarialObjective(program, "nonsaturating", precision=precision)
 
     def extra_repr(self) -> str:
-        return f"x_dim={self.x_dim}, z_dim={self.z_dim}, output={self.output!r}"
+        return f"x_dim={self.x_dim}, z_dim={self.z_dim}, output={self.output!r}, architecture={self.architecture!r}"
 
 
 class AdversarialObjective(Objective):
