@@ -294,7 +294,7 @@ def gradient_stats(model, data, *, guide=None, estimators: Sequence[str] = ("tra
         guide_ids = _guide_param_ids(program, xb, yb)
         for estimator in estimators:
             objective = ELBO(program, estimator, num_particles)
-            params = _trainable(objective, xb, yb)
+            params = [p for group in objective.collect_parameters(xb, yb).values() for p in group]
             draws = []
             for r in range(repeats):
                 torch.manual_seed(seed + r)
@@ -307,21 +307,6 @@ def gradient_stats(model, data, *, guide=None, estimators: Sequence[str] = ("tra
                 estimator, num_particles, repeats, *_spread(flat),
                 model=_spread(flat[:, ~in_guide]), guide=_spread(flat[:, in_guide]))
     return stats
-
-
-def _trainable(objective: ELBO, x, y) -> list[torch.Tensor]:
-    """The objective's parameters, with plain ``pyro.param`` sites (created by one pass)."""
-    with poutine.trace(param_only=True) as capture:
-        objective(x, y)
-    params = [p for p in objective.parameters() if p.requires_grad]
-    known = {id(p) for p in params}
-    for site in capture.trace.nodes.values():
-        value = site["value"]
-        value = value.unconstrained() if hasattr(value, "unconstrained") else value
-        if id(value) not in known and value.requires_grad:
-            known.add(id(value))
-            params.append(value)
-    return params
 
 
 def _spread(flat: torch.Tensor) -> tuple[float, float]:

@@ -106,7 +106,9 @@ class Trainer:
                                                      precision=config.precision)
         if config.batch_size < self.num_rows:
             _refuse_minibatched_local_guide(program, *first)
-        groups = self._collect_params(*first)
+        groups = self.objective.collect_parameters(*first)
+        if not any(groups.values()):
+            raise ValueError(f"{program.name} and its guide have no parameters to fit")
         if cluster.parallel and sum(map(len, groups.values())) != len([p for p in self.objective.parameters()
                                                                        if p.requires_grad]):
             raise ValueError("strategy='ddp' synchronises module parameters only; this model has plain "
@@ -158,29 +160,6 @@ class Trainer:
         if custom.program is not self.program:
             raise ValueError("the objective was built on another Program than the one being fitted")
         return custom
-
-    def _collect_params(self, x, y) -> dict[str, list[torch.Tensor]]:
-        """The tensors each optimiser updates. Runs every group's loss once so that lazily
-        created parameters (autoguides, ``pyro.param``) exist; plain ``pyro.param`` sites
-        join the first group."""
-        with poutine.trace(param_only=True) as capture:
-            for group in self.objective.groups:
-                self.objective(x, y, group=group)
-        groups = {name: list(params) for name, params in self.objective.group_parameters().items()}
-        if list(groups) != list(self.objective.groups):
-            raise ValueError(f"{type(self.objective).__name__}.group_parameters() gave groups {list(groups)}, "
-                             f"its groups are {list(self.objective.groups)}")
-        known = {id(p) for group in groups.values() for p in group}
-        first = groups[self.objective.groups[0]]
-        for site in capture.trace.nodes.values():
-            value = site["value"]
-            unconstrained = value.unconstrained() if hasattr(value, "unconstrained") else value
-            if id(unconstrained) not in known and unconstrained.requires_grad:
-                known.add(id(unconstrained))
-                first.append(unconstrained)
-        if not known:
-            raise ValueError(f"{self.program.name} and its guide have no parameters to fit")
-        return groups
 
     # --- step and evaluate --------------------------------------------------------------------
 

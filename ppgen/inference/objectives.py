@@ -26,6 +26,7 @@ estimates of the full-data objective even with global latent variables.
 from __future__ import annotations
 
 import torch
+from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from torch import nn
 
@@ -95,6 +96,27 @@ class Objective(nn.Module):
     def score(self, x, y=None) -> torch.Tensor:
         """Sum over the rows of the per-example objective (higher is better), for validation."""
         return -self(x, y, scale=1.0)
+
+    def collect_parameters(self, x, y=None) -> dict[str, list[torch.Tensor]]:
+        """:meth:`group_parameters` after one pass of every group's loss on a batch, so that
+        parameters created lazily (autoguides, ``pyro.param``) exist; plain ``pyro.param`` sites
+        (their unconstrained tensors) join the first group."""
+        with poutine.trace(param_only=True) as capture:
+            for group in self.groups:
+                self(x, y, group=group)
+        groups = {name: list(params) for name, params in self.group_parameters().items()}
+        if list(groups) != list(self.groups):
+            raise ValueError(f"{type(self).__name__}.group_parameters() gave groups {list(groups)}, "
+                             f"its groups are {list(self.groups)}")
+        known = {id(p) for group in groups.values() for p in group}
+        first = groups[self.groups[0]]
+        for site in capture.trace.nodes.values():
+            value = site["value"]
+            unconstrained = value.unconstrained() if hasattr(value, "unconstrained") else value
+            if id(unconstrained) not in known and unconstrained.requires_grad:
+                known.add(id(unconstrained))
+                first.append(unconstrained)
+        return groups
 
 
 class ELBO(Objective):
