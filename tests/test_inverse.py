@@ -1,0 +1,348 @@
+"""Inverse problems: operators against their definitions, restore against brute-force posteriors.
+
+Sampling tests compare the restored pixels of many independent rows (one restoration each) with
+p(x_missing | x_obs) computed by enumeration, through a chi-square goodness-of-fit test at
+significance 1e-4 (the statistic of M independent draws over B bins is chi-square with B - 1
+degrees of freedom). Each such test also checks that it has power: the same samples must be
+rejected against a wrong reference (the unconditional marginal), so it can fail.
+"""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import stats
+
+from ppgen.data import load_dataset
+from ppgen.data.colour import PALETTE, PaletteColouriser, coloured_digits, draw_colours, paint
+from ppgen.inverse import (ColourRegression, Downsample, GaussianNoise, Greyscale, Inpaint, RestoreResult,
+                           fit_colour_regression, restore, restore_grid, sample_diversity)
+from ppgen.models import FVSBN, VAE, IndependentBernoulli
+
+ALPHA = 1e-4  # significance of the goodness-of-fit tests
+
+
+def operators(generator):
+    mask = torch.rand(5, 48, generator=generator) < 0.5
+    return [Inpaint(mask), Inpaint(mask[0]), Greyscale((3, 4, 4)), Downsample((3, 4, 4), 2),
+            Downsample((1, 6, 6), 3), GaussianNoise(0.1, 48)]
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_operator_pseudo_inverse_and_projection(index):
+    generator = torch.Generator().manual_seed(index)
+    op = operators(generator)[index]
+    x, x2 = torch.rand(2, 5, op.in_dim, generator=generator, dtype=torch.float64)
+    y = op.apply(x)  # the noiseless measurement, in the range of A
+    if op.sigma == 0:
+        torch.testing.assert_close(op(x), y)
+    assert torch.allclose(op.apply(op.pseudo_inverse(y)), y)  # A A^+ y = y
+    projected = op.project(x2, y)
+    assert torch.allclose(op.apply(projected), y)  # consistent with y
+    assert torch.allclose(op.project(projected, y), projected)  # idempotent
+    # the null-space part of x2 is kept: projecting x itself gives x back
+    assert torch.allclose(op.project(x, y), x)
+    # A^+ is the Moore-Penrose pseudo-inverse: compare with torch.linalg.pinv of A's matrix
+    if not isinstance(op, Inpaint) or op.mask.dim() == 1:
+        matrix = op.apply(torch.eye(op.in_dim, dtype=torch.float64)).T  # (out, in)
+        torch.testing.assert_close(op.pseudo_inverse(y), y @ torch.linalg.pinv(matrix).T)
+
+
+def test_downsample_matches_avg_pool_and_greyscale_the_channel_mean():
+    x = torch.rand(4, 3 * 28 * 28, generator=torch.Generator().manual_seed(0))
+    images = x.reshape(4, 3, 28, 28)
+    expected = F.avg_pool2d(images, 2).reshape(4, -1)
+    torch.testing.assert_close(Downsample((3, 28, 28), 2)(x), expected)
+    torch.testing.assert_close(Greyscale((3, 28, 28))(x), images.mean(1).reshape(4, -1))
+    up = Downsample((3, 28, 28), 2).pseudo_inverse(expected).reshape(4, 3, 28, 28)
+    torch.testing.assert_close(up, F.interpolate(expected.reshape(4, 3, 14, 14), scale_factor=2, mode="nearest"))
+
+
+def test_noise_is_seeded_and_has_its_sigma():
+    op = GaussianNoise(0.3)
+    x = torch.zeros(200, 500)
+    y1 = op(x, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(y1, op(x, generator=torch.Generator().manual_seed(1)))
+    # the sample std of 1e5 normals is within 1% of sigma (its relative s.e. is 1/sqrt(2e5) = 0.2%)
+    assert abs(float(y1.std()) - 0.3) < 0.003
+    noisy_inpaint = Inpaint(torch.arange(500) < 100, sigma=0.3)
+    y = noisy_inpaint(x, generator=torch.Generator().manual_seed(1))
+    assert (y[:, 100:] == 0).all() and abs(float(y[:, :100].std()) - 0.3) < 0.01
+
+
+def test_coloured_digits_are_the_formula_applied_to_the_grey_digits():
+    x, labels = coloured_digits("valid", seed=3)
+    grey, grey_labels = load_dataset("digits_grey", "valid")
+    assert torch.equal(labels, grey_labels) and x.shape == (1000, 3 * 784)
+    g = grey / grey.amax(1, keepdim=True)
+    fg, bg = draw_colours(1000, seed=3 * 3 + 1)
+    torch.testing.assert_close(x, paint(g, PALETTE[fg], PALETTE[bg]))
+    # channel by channel, by hand, for one row
+    n = 7
+    for c in range(3):
+        torch.testing.assert_close(x[n, c * 784:(c + 1) * 784], g[n] * PALETTE[fg[n], c] + (1 - g[n]) * PALETTE[bg[n], c])
+    # greyscale: y = g mean(fg) + (1 - g) mean(bg)
+    expected = g * PALETTE[fg].mean(1, keepdim=True) + (1 - g) * PALETTE[bg].mean(1, keepdim=True)
+    torch.testing.assert_close(Greyscale()(x), expected)
+    # deterministic, distinct per split and seed, and foreground and background differ in grey level
+    assert torch.equal(coloured_digits("valid", seed=3).x, x)
+    assert not torch.equal(coloured_digits("valid", seed=0).x, x)
+    assert (PALETTE[fg].mean(1) != PALETTE[bg].mean(1)).all()
+    # each colour pair is drawn about uniformly: 9 colours, 9 * 9 - (1 + 1 + 1 + 9 + 9) = 60 pairs
+    assert len(set(zip(fg.tolist(), bg.tolist()))) == 60
+
+
+# --------------------------------------------------------------------------- restore: brute force
+
+def all_binary(dim):
+    return torch.tensor(list(itertools.product([0.0, 1.0], repeat=dim)))
+
+
+def conditional_table(log_joint, observed_mask, x_obs):
+    """p(x_miss | x_obs) over the 2^m completions (in itertools.product order of the missing pixels)."""
+    xs = all_binary(len(observed_mask))
+    keep = (xs[:, observed_mask] == x_obs[observed_mask]).all(1)
+    log_p = log_joint(xs)[keep]
+    return torch.softmax(log_p.double(), 0)
+
+
+def bin_index(samples, missing):
+    """Index of each sample's missing pixels in itertools.product order."""
+    bits = samples[:, missing].long()
+    powers = 2 ** torch.arange(bits.shape[1] - 1, -1, -1)
+    return (bits * powers).sum(1)
+
+
+def chi_square_p(counts, probs):
+    expected = probs * counts.sum()
+    return float(stats.chi2.sf(float(((counts - expected) ** 2 / expected).sum()), len(probs) - 1))
+
+
+def check_matches(samples, missing, reference, wrong):
+    counts = torch.bincount(bin_index(samples, missing), minlength=len(reference)).double()
+    assert chi_square_p(counts, reference) > ALPHA, (counts / counts.sum(), reference)
+    # power: the wrong reference differs enough to be rejected by the same samples
+    assert chi_square_p(counts, wrong) < ALPHA
+
+
+def strong_fvsbn(dim):
+    model = FVSBN(dim)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        model.weight.copy_(3 * torch.randn(model.weight.shape, generator=generator))
+        model.bias.copy_(torch.randn(dim, generator=generator))
+    return model
+
+
+@pytest.mark.parametrize("observed_first", [True, False])
+def test_autoregressive_inpainting_matches_enumeration(observed_first):
+    model = strong_fvsbn(6)
+    observed = torch.tensor([True, True, True, False, False, False])
+    if not observed_first:
+        observed = observed.flip(0)  # observed pixels come last in the ordering: importance resampling
+    missing = ~observed
+    x_obs = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    op = Inpaint(observed)
+    rows = 3000  # independent rows, one restoration each
+    y = op(x_obs.expand(rows, -1).clone())
+    result = restore(model, y, op, 1, seed=0, **({} if observed_first else {"num_particles": 200}))
+    assert result.method == ("exact conditionals" if observed_first else "sequential importance resampling")
+    samples = result.samples[0]
+    assert (samples[:, observed] == x_obs[observed]).all()
+    with torch.no_grad():
+        reference = conditional_table(model.log_prob, observed, x_obs)
+        marginal = torch.softmax(model.log_prob(all_binary(6)).double(), 0).reshape(
+            *[2] * 6).sum(dim=tuple(int(i) for i in np.flatnonzero(observed.numpy()))).reshape(-1)
+    check_matches(samples, missing, reference, marginal)
+    # same seed, same samples
+    assert torch.equal(restore(model, y[:20], op, 2, seed=5).samples, restore(model, y[:20], op, 2, seed=5).samples)
+
+
+def tiny_vae(dim=6, z_dim=2):
+    model = VAE(dim, z_dim=z_dim, hidden=8, seed=2)
+    with torch.no_grad():  # a decoder with strong pixel correlations, so conditioning matters
+        for layer in model.decoder:
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.mul_(3)
+    return model
+
+
+def vae_log_joint_by_quadrature(model, xs, points):
+    """log p(x) = log E_{z ~ N(0, I)} p(x | z) by the Gauss-Hermite product rule (``points`` per axis)."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(points)  # weight function exp(-z^2 / 2)
+    weights = weights / math.sqrt(2 * math.pi)
+    grid = torch.tensor(np.stack(np.meshgrid(nodes, nodes, indexing="ij"), -1).reshape(-1, 2), dtype=torch.float32)
+    log_w = torch.tensor(np.log(np.outer(weights, weights)).reshape(-1))  # (G,)
+    with torch.no_grad():
+        log_lik = model.likelihood_dist(grid[:, None, :]).log_prob(xs[None]).double()  # (G, 2^D)
+    return torch.logsumexp(log_w[:, None] + log_lik, 0)
+
+
+@pytest.mark.parametrize("proposal", ["encoder", "prior"])
+def test_vae_importance_resampling_matches_quadrature(proposal):
+    model = tiny_vae()
+    xs = all_binary(6)
+    observed = torch.tensor([True, False, True, False, True, False])
+    x_obs = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    all_pixels = torch.ones(6, dtype=torch.bool)
+    tables = {}
+    for points in (60, 90):
+        log_joint = vae_log_joint_by_quadrature(model, xs, points)
+        tables[points] = conditional_table(lambda x: log_joint[bin_index(x, all_pixels)], observed, x_obs)
+    reference = tables[90]
+    # the quadrature has converged well enough (the ReLU decoder's kinks slow Gauss-Hermite down):
+    # 60 and 90 points per axis agree within 1e-3, a fifth of the s.e. sqrt(p (1 - p) / 3000) >= 0.005
+    # of the sampled frequencies of bins with p >= 0.1
+    assert torch.allclose(tables[60], reference, atol=1e-3)
+    marginal = log_joint.exp().reshape(2, 2, 2, 2, 2, 2).sum(dim=(0, 2, 4)).reshape(-1)
+    op = Inpaint(observed)
+    rows = 3000
+    result = restore(model, op(x_obs.expand(rows, -1).clone()), op, 1, seed=0, num_particles=300,
+                     proposal=proposal)
+    assert result.method == "importance resampling"
+    # ESS per row lies in [1, K]; the prior proposal on 3 observed pixels keeps most particles
+    assert result.ess.shape == (rows,) and (result.ess >= 1).all() and (result.ess <= 300 + 1e-3).all()
+    assert float(result.ess.median()) > 30
+    check_matches(result.samples[0], ~observed, reference, marginal)
+
+
+def test_restore_result_summaries():
+    model = strong_fvsbn(6)
+    op = Inpaint(torch.tensor([True, True, False, False, False, False]))
+    y = op(torch.tensor([[1.0, 1, 0, 0, 0, 0], [0.0, 1, 0, 0, 0, 0]]))
+    result = restore(model, y, op, 50, seed=0)
+    assert isinstance(result, RestoreResult) and result.samples.shape == (50, 2, 6)
+    torch.testing.assert_close(result.mean, result.samples.mean(0))
+    torch.testing.assert_close(result.variance, result.samples.var(0))
+    assert (result.variance[:, :2] == 0).all() and (result.variance[:, 2:] > 0).any()
+    assert "exact conditionals" in repr(result)
+
+
+# --------------------------------------------------------------------------- colourisation
+
+def test_colourisation_posterior_variance_where_colour_is_ambiguous():
+    x, _ = coloured_digits("test")
+    fg, bg = draw_colours(2000, seed=2)
+    levels = PALETTE.mean(1)
+    ambiguous = torch.tensor([abs(3 * float(m) - round(3 * float(m))) < 1e-6 and 0 < float(m) < 1 for m in levels])
+    # one row with an ambiguous foreground on an unambiguous background, one the other way round
+    rows = [int(((ambiguous[fg]) & (~ambiguous[bg])).nonzero()[0]), int(((~ambiguous[fg]) & ambiguous[bg]).nonzero()[0])]
+    truth = x[rows]
+    y = Greyscale()(truth)
+    colouriser = PaletteColouriser()
+    result = restore(colouriser, y, Greyscale(), 2000, seed=0)
+    assert result.method == colouriser.restore_method
+    mean, var = colouriser.posterior_mean_variance(y)
+    # every draw is consistent with the measurement, and the truth is one of the colourings
+    torch.testing.assert_close(Greyscale()(result.samples.reshape(-1, 3 * 784)), y.repeat(2000, 1))
+    assert any(torch.allclose(s, truth[0], atol=1e-6) for s in result.samples[:, 0])
+    # closed form against 2000 draws: a pixel channel is a uniform draw over 3 values in [0, 1],
+    # s.e. of its mean <= 0.5 / sqrt(2000) = 0.011 and of its variance < 0.006: 0.05 is > 4 s.e.
+    torch.testing.assert_close(result.mean, mean, atol=0.05, rtol=0)
+    torch.testing.assert_close(result.variance, var, atol=0.03, rtol=0)
+    g = load_dataset("digits_grey", "test").x[rows]
+    g = g / g.amax(1, keepdim=True)
+    digit, background = (g == 1), (g == 0)  # (2, 784)
+    per_pixel = result.variance.reshape(2, 3, 784).sum(1)
+    # row 0: the foreground hue is ambiguous (variance 2/9 per channel), the background is not
+    assert (per_pixel[0][digit[0]] > 0.4).all() and (per_pixel[0][background[0]] == 0).all()
+    assert (per_pixel[1][background[1]] > 0.4).all() and (per_pixel[1][digit[1]] == 0).all()
+    # by the palette's symmetry the posterior mean is the grey level in every channel
+    torch.testing.assert_close(mean, Greyscale().pseudo_inverse(y))
+
+
+def test_regression_baseline_is_the_muddy_mean_with_no_diversity():
+    x_train, _ = coloured_digits("valid")
+    net = fit_colour_regression(x_train[:400], epochs=8, hidden=8, seed=0, lr=1e-2)
+    assert isinstance(net, ColourRegression)
+    truth = coloured_digits("test").x[:200]
+    y = Greyscale()(truth)
+    regression = restore(net, y, Greyscale(), 8)
+    exact = restore(PaletteColouriser(), y, Greyscale(), 8, seed=0)
+    assert sample_diversity(regression.samples) == 0.0
+    assert sample_diversity(exact.samples) > 0.1
+    mse = lambda pred: float(((pred - truth) ** 2).mean())  # noqa: E731
+    posterior_mean = PaletteColouriser().posterior_mean_variance(y)[0]
+    # the regression learns the conditional mean (up to 20% extra error after a few seconds of
+    # training), which beats any single posterior draw: E|s - c|^2 = 2 Var > Var = E|E[c|y] - c|^2
+    assert mse(regression.mean) < 1.2 * mse(posterior_mean)
+    assert mse(regression.mean) < 0.8 * np.mean([mse(s) for s in exact.samples])
+
+
+def test_restore_grid_draws_a_figure(tmp_path):
+    truth = coloured_digits("test").x[:3]
+    y = Greyscale()(truth)
+    result = restore(PaletteColouriser(), y, Greyscale(), 4)
+    fig = restore_grid(None, result, truth, (3, 28, 28), path=tmp_path / "grid.png")
+    assert len(fig.axes) == 3 * (2 + 4 + 2) and (tmp_path / "grid.png").stat().st_size > 0
+    model = strong_fvsbn(6)
+    op = Inpaint(torch.tensor([True, True, True, False, False, False]))
+    fig = restore_grid(None, restore(model, op(torch.ones(2, 6)), op, 3), shape=(1, 2, 3))
+    assert len(fig.axes) == 2 * (1 + 3 + 2)
+
+
+# --------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: Inpaint(torch.ones(2, 3, 4, dtype=torch.bool)), "mask must have shape"),
+    (lambda: Inpaint(torch.ones(5, dtype=torch.bool)), "hides nothing"),
+    (lambda: Inpaint(torch.zeros(5, dtype=torch.bool)), "hides everything"),
+    (lambda: GaussianNoise(0.0), "sigma must be a positive"),
+    (lambda: GaussianNoise(-1.0), "sigma must be a positive"),
+    (lambda: Greyscale((3, 28, 28), sigma=-0.1), "sigma must be"),
+    (lambda: Greyscale((1, 28, 28)), "at least 2 channels"),
+    (lambda: Greyscale((3, 28)), "shape must be"),
+    (lambda: Downsample((1, 28, 28), factor=3), "must divide the height 28"),
+    (lambda: Downsample((1, 28, 28), factor=1), "factor must be an int >= 2"),
+])
+def test_bad_operator_arguments_raise(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_bad_widths_raise():
+    x = torch.rand(2, 100)
+    with pytest.raises(ValueError, match=r"x has 100 columns, but Greyscale\(shape=\(3, 28, 28\)\) takes x of width 2352"):
+        Greyscale()(x)
+    with pytest.raises(ValueError, match="y has 100 columns.*width 196"):
+        Downsample().pseudo_inverse(x)
+    with pytest.raises(ValueError, match="x has 100 columns.*width 784"):
+        Downsample().project(x, torch.rand(2, 196))
+    with pytest.raises(ValueError, match="x has 2 rows, but the mask .* has 3"):
+        Inpaint(torch.rand(3, 100) < 0.5)(x)
+    with pytest.raises(TypeError, match="mask must be a bool tensor"):
+        Inpaint(torch.ones(5))
+    with pytest.raises(ValueError, match="y has 100 columns.*width 6"):
+        restore(strong_fvsbn(6), x, Inpaint(torch.arange(6) < 3))
+
+
+def test_restore_refuses_what_a_model_cannot_do():
+    op = Greyscale((3, 2, 2))
+    with pytest.raises(ValueError, match=r"VAE cannot restore for task 'colourise'; models that can: .*diffusion"):
+        restore(VAE(12, z_dim=2, hidden=4), torch.rand(3, 4), op)
+    with pytest.raises(ValueError, match="IndependentBernoulli cannot restore for task 'inpaint'"):
+        restore(IndependentBernoulli(6), torch.zeros(2, 6), Inpaint(torch.arange(6) < 3))
+    with pytest.raises(ValueError, match="needs a noiseless Inpaint"):
+        restore(strong_fvsbn(6), torch.zeros(2, 6), Inpaint(torch.arange(6) < 3, sigma=0.1))
+    with pytest.raises(ValueError, match="must hold only 0 and 1"):
+        restore(tiny_vae(), torch.full((2, 6), 0.5), Inpaint(torch.arange(6) < 3))
+    with pytest.raises(TypeError, match="operator must be"):
+        restore(strong_fvsbn(6), torch.zeros(2, 6), "inpaint")
+    with pytest.raises(ValueError, match="num_samples must be a positive int"):
+        restore(strong_fvsbn(6), torch.zeros(2, 6), Inpaint(torch.arange(6) < 3), 0)
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        restore(strong_fvsbn(6), torch.zeros(2, 6), Inpaint(torch.arange(6) < 3), temperature=2)
+    with pytest.raises(ValueError, match="cannot restore for Downsample"):
+        restore(PaletteColouriser(), torch.zeros(2, 196), Downsample())
+    with pytest.raises(ValueError, match="no palette colour has"):
+        restore(PaletteColouriser(), torch.full((2, 784), 0.2).index_fill(1, torch.tensor([5]), 0.9), Greyscale())
+
+    class Broken:
+        def restore(self, y, operator, num_samples):
+            return torch.zeros(num_samples, len(y), 5)
+
+    with pytest.raises(ValueError, match=r"Broken.restore must return samples of shape \(4, 2, 6\)"):
+        restore(Broken(), torch.zeros(2, 6), Inpaint(torch.arange(6) < 3), 4)
