@@ -1,0 +1,14 @@
+"""Diffusion models: a hierarchical latent-variable story whose guide is a fixed noising process.
+
+:class:`GaussianDiffusion` (Ho et al. 2020) on 8-bit images and :class:`BinaryDiffusion`
+(the bit-flip case of D3PM, Austin et al. 2021) on binary rows, both trained by their ELBO
+(:class:`DiffusionELBO`) or, for the Gaussian one, Ho et al.'s simple loss (:class:`SimpleLoss`).
+"""
+
+from ppgen.models.diffusion.binary import BinaryDiffusion
+from ppgen.models.diffusion.gaussian import DiffusionELBO, DiscretisedGaussian, GaussianDiffusion, SimpleLoss
+from ppgen.models.diffusion.schedules import binary_betas, cosine_betas, linear_betas
+from ppgen.models.diffusion.unet import TimeMLP, UNet
+
+__all__ = ["GaussianDiffusion", "BinaryDiffusion", "DiffusionELBO", "SimpleLoss", "DiscretisedGaussian", "UNet",
+           "TimeMLP", "linear_betas", "cosine_betas", "binary_betas"]

@@ -1,0 +1,567 @@
+r"""Gaussian diffusion (Ho et al. 2020) as a Pyro model/guide pair, with its objectives."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from torch import nn
+
+from ppgen.inference.objectives import Objective
+from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, _check_count, at_least_float32, num_rows
+from ppgen.models.diffusion.schedules import check_steps, gaussian_betas
+from ppgen.models.diffusion.unet import UNet
+
+__all__ = ["GaussianDiffusion", "DiscretisedGaussian", "DiffusionELBO", "SimpleLoss", "LOSSES", "VARIANCES"]
+
+LOSSES = ("elbo", "simple")
+VARIANCES = ("beta", "posterior")
+
+
+def _log1mexp(a: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(a)) for a < 0, accurate at both ends (Maechler 2012)."""
+    a = a.clamp(max=-torch.finfo(a.dtype).tiny)
+    return torch.where(a > -math.log(2), torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
+
+
+def _log_normal_mass(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """log(Phi(hi) - Phi(lo)) for lo < hi, from the tail where it is accurate."""
+    left = torch.special.log_ndtr(hi) + _log1mexp(torch.special.log_ndtr(lo) - torch.special.log_ndtr(hi))
+    right = torch.special.log_ndtr(-lo) + _log1mexp(torch.special.log_ndtr(-hi) - torch.special.log_ndtr(-lo))
+    return torch.where(lo + hi < 0, left, right)
+
+
+class DiscretisedGaussian(dist.TorchDistribution):
+    r"""Ho et al.'s discretised decoder (Sec. 3.3, Eq. 13) on the grid {0, 1/(K-1), ..., 1}.
+
+    ``loc`` and ``scale`` are in the model's [-1, 1] units; a value v of the grid, at u = 2v - 1,
+    has the mass of :math:`\mathcal{N}(\mathrm{loc}, \mathrm{scale}^2)` on its bin
+    :math:`[u - 1/(K-1), u + 1/(K-1)]`, the end bins reaching to -inf and +inf; the K masses sum to 1.
+    Sampling draws from the Gaussian and rounds to the nearest level.
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.unit_interval
+
+    def __init__(self, loc, scale, num_levels: int = 256, validate_args=None):
+        self.loc, self.scale = torch.broadcast_tensors(torch.as_tensor(loc), torch.as_tensor(scale, dtype=loc.dtype))
+        self.num_levels = num_levels
+        super().__init__(self.loc.shape, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        return DiscretisedGaussian(self.loc.expand(batch_shape), self.scale.expand(batch_shape), self.num_levels)
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        u = 2 * value - 1
+        half = 1.0 / (self.num_levels - 1)
+        big = torch.full_like(self.loc, 1e4)  # an open end, in standard units
+        lo = torch.where(u <= -1 + half / 2, -big, (u - half - self.loc) / self.scale)
+        hi = torch.where(u >= 1 - half / 2, big, (u + half - self.loc) / self.scale)
+        return _log_normal_mass(lo, hi)
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            shape = self._extended_shape(sample_shape)
+            u = self.loc.expand(shape) + self.scale.expand(shape) * torch.randn(shape, dtype=self.loc.dtype,
+                                                                                 device=self.loc.device)
+            return quantise((u + 1) / 2, self.num_levels)
+
+
+def quantise(v: torch.Tensor, num_levels: int = 256) -> torch.Tensor:
+    """``v`` clipped to [0, 1] and rounded to the nearest of ``num_levels`` levels."""
+    return (v.clamp(0, 1) * (num_levels - 1)).round() / (num_levels - 1)
+
+
+def _image_shape(x_dim: int, shape) -> tuple[int, int, int]:
+    if shape is None:
+        if x_dim != 784:
+            raise ValueError(f"give shape=(C, H, W) for x_dim={x_dim} (the default is 28x28 greyscale, x_dim=784)")
+        return (1, 28, 28)
+    shape = tuple(shape)
+    if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape) \
+            or shape[0] * shape[1] * shape[2] != x_dim:
+        raise ValueError(f"shape must be three positive ints (C, H, W) with C*H*W = x_dim = {x_dim}, got {shape!r}")
+    return shape
+
+
+def _gaussian_kl(mean_q, var_q, mean_p, var_p) -> torch.Tensor:
+    """KL(N(mean_q, var_q) || N(mean_p, var_p)) summed over the last dim; variances broadcast."""
+    kl = 0.5 * (torch.log(var_p / var_q) + (var_q + (mean_q - mean_p) ** 2) / var_p - 1)
+    return kl.sum(-1)
+
+
+class _Progress:
+    """A tqdm bar over ``total`` steps when ``show``, else nothing."""
+
+    def __init__(self, total: int, show: bool, desc: str):
+        self.bar = None
+        if show:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="step", leave=False)
+
+    def update(self):
+        if self.bar is not None:
+            self.bar.update()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class GaussianDiffusion(GenerativeModel):
+    r"""Denoising diffusion probabilistic model (DDPM) on images with 256 levels per pixel.
+
+    Data rows hold pixel values in [0, 1] on the grid {0, 1/255, ..., 1} (``load_dataset("digits_grey")``
+    divided by 255), flattened from (C, H, W); the model works on :math:`u = 2x - 1 \in [-1, 1]`.
+    Generative story, for each row (T steps, :math:`\beta_t` the schedule,
+    :math:`\alpha_t = 1 - \beta_t`, :math:`\bar\alpha_t = \prod_{s \le t}\alpha_s`):
+
+    .. math::
+        x_T \sim \mathcal{N}(0, I), \qquad
+        x_{t-1} \mid x_t \sim \mathcal{N}\big(\mu_\theta(x_t, t), \sigma_t^2 I\big)\ (t = T, \dots, 2),
+        \qquad x_0 \mid x_1 \sim \text{discretised } \mathcal{N}\big(\mu_\theta(x_1, 1), \sigma_1^2 I\big),
+
+    :math:`\mu_\theta(x_t, t) = \frac{1}{\sqrt{\alpha_t}}\big(x_t - \frac{\beta_t}{\sqrt{1 - \bar\alpha_t}}
+    \epsilon_\theta(x_t, t)\big)` with the noise predicted by a U-Net, and fixed variances
+    :math:`\sigma_t^2 = \beta_t` (``variance="beta"``) or :math:`\tilde\beta_t = \frac{1 - \bar\alpha_{t-1}}
+    {1 - \bar\alpha_t}\beta_t` (``"posterior"``; :math:`\tilde\beta_2` at t = 1, where :math:`\tilde\beta_1 = 0`).
+    The decoder gives each of the 256 levels the Gaussian mass of its bin (Ho et al. Eq. 13), so
+    the bound is on the probability of the discrete image. The guide is the fixed forward process
+    :math:`q(x_t \mid x_{t-1}) = \mathcal{N}(\sqrt{\alpha_t}\,x_{t-1}, \beta_t I)`: no parameters.
+
+    The ELBO (in nats, per row) is :math:`-L_T - \sum_{t=2}^T L_{t-1} - L_0` with
+    :math:`L_T = \mathrm{KL}(q(x_T|x_0)\,\|\,p(x_T))`, :math:`L_{t-1} = \mathbb{E}_q\,\mathrm{KL}(q(x_{t-1}|x_t,x_0)
+    \,\|\,p_\theta(x_{t-1}|x_t))` (analytic Gaussian KLs) and :math:`L_0 = -\mathbb{E}_q \log p_\theta(x_0|x_1)`.
+    Training (``loss="elbo"``, :class:`DiffusionELBO`) estimates it without bias from one step
+    :math:`t \sim U\{1..T\}` per row, :math:`L_T + T\,L_{t-1}` (Ho et al. Eq. 5);
+    ``loss="simple"`` (:class:`SimpleLoss`) is Ho et al.'s Eq. 14,
+    :math:`\mathbb{E}_{t,\epsilon}\|\epsilon - \epsilon_\theta(\sqrt{\bar\alpha_t}x_0 + \sqrt{1-\bar\alpha_t}\epsilon, t)\|^2`,
+    a reweighted objective that is **not** a bound. :meth:`estimate_log_likelihood` sums all T
+    terms (one draw of :math:`x_t` per term): a lower bound on log p(x) whatever the loss trained.
+
+    Parameters: those of the U-Net (:class:`~ppgen.models.diffusion.unet.UNet`); ``num_parameters``
+    counts them.
+
+    References: J. Ho, A. Jain and P. Abbeel, "Denoising Diffusion Probabilistic Models", NeurIPS
+    2020; A. Nichol and P. Dhariwal, "Improved Denoising Diffusion Probabilistic Models", ICML 2021
+    (cosine schedule); J. Song, C. Meng and S. Ermon, "Denoising Diffusion Implicit Models", ICLR
+    2021 (DDIM sampling); Y. Wang, J. Yu and J. Zhang, "Zero-Shot Image Restoration Using Denoising
+    Diffusion Null-Space Model", ICLR 2023 (DDNM, :meth:`restore`).
+
+    Parameters
+    ----------
+    x_dim : int
+        C*H*W.
+    shape : (C, H, W), optional
+        Default (1, 28, 28) for x_dim = 784.
+    num_steps : int
+        T. The default 1000 is Ho et al.'s; training costs the same for any T, but sampling and
+        the full bound cost T network passes per row (DDIM samples in fewer).
+    schedule : {"linear", "cosine"} or sequence of float
+        Ho et al.'s linear betas (scaled by 1000/T), Nichol & Dhariwal's cosine schedule, or the T
+        betas themselves, each in (0, 1).
+    variance : {"beta", "posterior"}
+        The fixed reverse variances :math:`\sigma_t^2`.
+    loss : {"elbo", "simple"}
+        What ``fit(elbo="auto")`` trains (:meth:`default_objective`).
+    num_levels : int
+        Levels per pixel of the data (256 for 8-bit images).
+    network : nn.Module, optional
+        :math:`\epsilon_\theta`, called as ``network(x_t, t)`` on rows (B, D) and steps (B,) in 1..T;
+        default a :class:`UNet` with ``channels``, ``multipliers``, ``num_blocks``, ``attention``, ``dropout``.
+
+    Examples
+    --------
+    >>> model = GaussianDiffusion(784, num_steps=10, channels=8)
+    >>> x = torch.rand(3, 784).mul(255).round() / 255
+    >>> model.sample(2, method="ddim", steps=5).shape
+    torch.Size([2, 784])
+    >>> bound = model.nll_bound(x)  # nats per row, an upper bound on -log p(x)
+    >>> bound.shape, bool((bound > 0).all())
+    (torch.Size([3]), True)
+    """
+
+    has_exact_likelihood = False
+    data_support = "real"
+
+    def __init__(self, x_dim: int = 784, shape: Sequence[int] | None = None, num_steps: int = 1000,
+                 schedule: str | Sequence[float] = "linear", variance: str = "beta", loss: str = "elbo",
+                 num_levels: int = 256, network: nn.Module | None = None, channels: int = 32,
+                 multipliers: Sequence[int] = (1, 2, 2), num_blocks: int = 1, attention: bool = True,
+                 dropout: float = 0.0):
+        super().__init__(x_dim)
+        self.shape = _image_shape(x_dim, shape)
+        self.num_steps = check_steps(num_steps, "num_steps")
+        if variance not in VARIANCES:
+            raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 2:
+            raise ValueError(f"num_levels must be an int >= 2, got {num_levels!r}")
+        self.variance, self.loss, self.num_levels = variance, loss, num_levels
+        self.schedule = schedule if isinstance(schedule, str) else "custom"
+        betas = gaussian_betas(schedule, num_steps)  # float64, (T,)
+        alpha_bar = torch.cumprod(1 - betas, 0)
+        alpha_bar_prev = torch.cat([betas.new_ones(1), alpha_bar[:-1]])
+        posterior = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)
+        if variance == "beta" or num_steps == 1:
+            sigma2 = betas.clone()
+        else:
+            sigma2 = torch.cat([posterior[1:2], posterior[1:]])
+        # index t - 1 holds step t; index 0 of the *_prev buffers is alpha_bar_0 = 1
+        for name, value in (("betas", betas), ("alpha_bar", alpha_bar), ("alpha_bar_prev", alpha_bar_prev),
+                            ("posterior_variance", posterior), ("sigma2", sigma2)):
+            self.register_buffer(name, value.float(), persistent=False)
+        self.network = network if network is not None else UNet(
+            self.shape, channels=channels, multipliers=multipliers, num_blocks=num_blocks, attention=attention,
+            dropout=dropout)
+
+    # --- the pieces of the chain (in [-1, 1] units; t is a (B,) tensor of steps in 1..T) -------
+
+    def _at(self, buffer: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return buffer[t - 1].unsqueeze(-1)  # (B, 1)
+
+    def to_signed(self, x: torch.Tensor) -> torch.Tensor:
+        """Data in [0, 1] to the model's [-1, 1]."""
+        return 2 * x - 1
+
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        r""":math:`\epsilon_\theta(x_t, t)`, (B, D)."""
+        return at_least_float32(self.network(x_t, t))
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        r""":math:`x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1 - \bar\alpha_t}\,\epsilon`, a draw of q(x_t | x_0)."""
+        return self._at(self.alpha_bar, t).sqrt() * x0 + (1 - self._at(self.alpha_bar, t)).sqrt() * noise
+
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        ab = self._at(self.alpha_bar, t)
+        return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+
+    def posterior_mean(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        r"""Mean of q(x_{t-1} | x_t, x_0): :math:`\frac{\sqrt{\bar\alpha_{t-1}}\beta_t}{1-\bar\alpha_t}x_0
+        + \frac{\sqrt{\alpha_t}(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}x_t` (x_0 itself at t = 1)."""
+        ab, ab_prev, beta = self._at(self.alpha_bar, t), self._at(self.alpha_bar_prev, t), self._at(self.betas, t)
+        return (ab_prev.sqrt() * beta * x0 + (1 - beta).sqrt() * (1 - ab_prev) * x_t) / (1 - ab)
+
+    def reverse_mean(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        r""":math:`\mu_\theta(x_t, t)`: the posterior mean at the predicted :math:`\hat x_0`
+        (the same as Ho et al.'s Eq. 11)."""
+        return self.posterior_mean(self.predict_x0(x_t, t, self.predict_noise(x_t, t)), x_t, t)
+
+    def _steps(self, t: int | torch.Tensor, rows: int, device) -> torch.Tensor:
+        return torch.full((rows,), t, dtype=torch.long, device=device) if isinstance(t, int) else t
+
+    # --- the Pyro program --------------------------------------------------------------------------
+
+    def model(self, x=None, y=None, *, size=None):
+        n = num_rows(x, y, size)
+        dtype, device = self.betas.dtype, self.betas.device
+        with pyro.plate(DATA_PLATE, n):
+            h = pyro.sample(f"x_{self.num_steps}", dist.Normal(torch.zeros(n, self.x_dim, dtype=dtype, device=device),
+                                                               1.0).to_event(1))
+            for t in range(self.num_steps, 1, -1):
+                steps = self._steps(t, n, device)
+                h = pyro.sample(f"x_{t - 1}", dist.Normal(self.reverse_mean(h, steps),
+                                                          self.sigma2[t - 1].sqrt()).to_event(1))
+            mean = self.reverse_mean(h, self._steps(1, n, device))
+            return pyro.sample(OBSERVED_SITE, DiscretisedGaussian(mean, self.sigma2[0].sqrt().expand_as(mean),
+                                                                 self.num_levels).to_event(1), obs=x)
+
+    def guide(self, x=None, y=None, *, size=None):
+        """The forward (noising) process q(x_{1:T} | x_0); it has no parameters."""
+        if x is None:
+            return None
+        h = self.to_signed(x)
+        with pyro.plate(DATA_PLATE, x.shape[0]):
+            for t in range(1, self.num_steps + 1):
+                beta = self.betas[t - 1]
+                h = pyro.sample(f"x_{t}", dist.Normal((1 - beta).sqrt() * h, beta.sqrt()).to_event(1))
+        return h
+
+    def check_data(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+        """As :meth:`GenerativeModel.check_data`, and the values must lie in [0, 1]."""
+        x = super().check_data(x, name)
+        off = (x < 0) | (x > 1)
+        if off.any():
+            row, col = (int(i) for i in off.nonzero()[0])
+            hint = " (divide 8-bit pixels by 255)" if x.max() > 1 else ""
+            raise ValueError(f"{name} must hold pixel values in [0, 1]{hint}; found {x[row, col].item():g} at row "
+                             f"{row}, column {col}")
+        return x
+
+    # --- the bound, term by term ---------------------------------------------------------------------
+
+    def prior_term(self, x0: torch.Tensor) -> torch.Tensor:
+        """L_T = KL(q(x_T | x_0) || N(0, I)) per row, nats; ``x0`` in [-1, 1] units."""
+        ab = self.alpha_bar[-1]
+        return _gaussian_kl(ab.sqrt() * x0, 1 - ab, torch.zeros_like(x0), torch.ones_like(ab))
+
+    def step_term(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        r"""Per row: :math:`\mathrm{KL}(q(x_{t-1}|x_t,x_0)\,\|\,p_\theta(x_{t-1}|x_t))` for t >= 2 and
+        :math:`-\log p_\theta(x_0|x_1)` for t = 1, at :math:`x_t = \sqrt{\bar\alpha_t}x_0 + \sqrt{1-\bar\alpha_t}\,`
+        ``noise`` (``x0`` in [-1, 1] units, ``t`` (B,) steps)."""
+        x_t = self.q_sample(x0, t, noise)
+        mean = self.reverse_mean(x_t, t)
+        out = x0.new_empty(x0.shape[0])
+        first = t == 1
+        if first.any():
+            scale = self.sigma2[0].sqrt().expand_as(mean[first])
+            decoder = DiscretisedGaussian(mean[first], scale, self.num_levels, validate_args=False)
+            out[first] = -decoder.log_prob((x0[first] + 1) / 2).sum(-1)
+        later = ~first
+        if later.any():
+            tl = t[later]
+            out[later] = _gaussian_kl(self.posterior_mean(x0[later], x_t[later], tl),
+                                      self._at(self.posterior_variance, tl), mean[later], self._at(self.sigma2, tl))
+        return out
+
+    def elbo_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Unbiased estimate of the negative ELBO per row, nats: L_T + T L_{t-1}, t ~ U{1..T}."""
+        x0 = self.to_signed(x)
+        t = torch.randint(1, self.num_steps + 1, (x.shape[0],), device=x.device)
+        return self.prior_term(x0) + self.num_steps * self.step_term(x0, t, torch.randn_like(x0))
+
+    def simple_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Ho et al.'s L_simple per row (squared error summed over dimensions): not a bound."""
+        x0 = self.to_signed(x)
+        t = torch.randint(1, self.num_steps + 1, (x.shape[0],), device=x.device)
+        noise = torch.randn_like(x0)
+        return (noise - self.predict_noise(self.q_sample(x0, t, noise), t)).pow(2).sum(-1)
+
+    @torch.no_grad()
+    def nll_bound(self, x: torch.Tensor, *, seed: int | None = 0, progress: bool = False) -> torch.Tensor:
+        """The negative ELBO per row in nats with all T terms summed (one draw of x_t for each),
+        an upper bound on -log p(x) in expectation: L_T + L_{T-1} + ... + L_0, shape (N,)."""
+        x0 = self.to_signed(self.check_data(x))
+        generator = None if seed is None else torch.Generator(x.device).manual_seed(seed)
+        total = self.prior_term(x0).double()
+        bar = _Progress(self.num_steps, progress, "bound")
+        for t in range(1, self.num_steps + 1):
+            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+            total += self.step_term(x0, self._steps(t, len(x0), x0.device), noise).double()
+            bar.update()
+        bar.close()
+        return total
+
+    @torch.no_grad()
+    def estimate_log_likelihood(self, x: torch.Tensor, *, num_samples: int = 1, seed: int = 0,
+                                batch_size: int = 500, progress: bool = False):
+        """The ELBO per row (a lower bound on log p(x), nats) with all T terms summed, averaged over
+        ``num_samples`` independent draws of the chain; what ``ppgen.log_likelihood`` reports.
+
+        Returns ``(values (N,), stderr, None)``: the stderr is over rows (the spread of the values,
+        which includes the noise of the draws), the standard error of the mean bound.
+
+        ``ppgen.log_likelihood`` passes its ``num_samples`` (default 1000, meant for importance
+        sampling) here: call it with ``num_samples=1``; each sample costs T network passes per row.
+        """
+        num_samples = _check_count(num_samples, "num_samples")
+        batch_size = _check_count(batch_size, "batch_size")
+        x = self.check_data(x)
+        values = torch.zeros(len(x), dtype=torch.float64)
+        for k in range(num_samples):
+            for i, rows in enumerate(x.split(batch_size)):
+                start = i * batch_size
+                values[start:start + len(rows)] -= self.nll_bound(rows, seed=seed + 1000 * k + i,
+                                                                  progress=progress).cpu()
+        values /= num_samples
+        stderr = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("inf")
+        return values, stderr, None
+
+    def log_likelihood_bound(self, x: torch.Tensor, *, num_samples: int = 1, seed: int = 0, batch_size: int = 500,
+                             progress: bool = False):
+        """:meth:`estimate_log_likelihood` as a :class:`ppgen.inference.likelihood.LikelihoodResult`
+        (``exact=False``, ``method="elbo"``, ``elbo`` the mean bound, bits/dim of the 8-bit image)."""
+        from ppgen.inference.likelihood import LikelihoodResult
+        from ppgen.models.base import bits_per_dim
+
+        values, stderr, _ = self.estimate_log_likelihood(x, num_samples=num_samples, seed=seed,
+                                                         batch_size=batch_size, progress=progress)
+        mean = values.mean().item()
+        return LikelihoodResult(values.float(), mean, stderr, bits_per_dim(mean, self.x_dim), False, num_samples,
+                                elbo=mean, method="elbo")
+
+    def default_objective(self, program, num_particles: int = 1, precision: str = "fp32") -> Objective:
+        """:class:`DiffusionELBO` (``loss="elbo"``) or :class:`SimpleLoss` (``loss="simple"``)."""
+        return (DiffusionELBO if self.loss == "elbo" else SimpleLoss)(program, precision=precision)
+
+    # --- sampling ----------------------------------------------------------------------------------
+
+    def _noise(self, n: int, generator) -> torch.Tensor:
+        return torch.randn(n, self.x_dim, generator=generator, dtype=self.betas.dtype, device=self.betas.device)
+
+    def ddim_steps(self, steps: int) -> list[int]:
+        """The ``steps`` steps of a DDIM pass, evenly spaced in 1..T, from T down."""
+        if isinstance(steps, bool) or not isinstance(steps, int):
+            raise ValueError(f"steps must be an int (how many network passes), got {steps!r}")
+        if not 1 <= steps <= self.num_steps:
+            raise ValueError(f"steps must be between 1 and num_steps={self.num_steps}, got {steps}")
+        grid = torch.linspace(self.num_steps, 1, steps).round().long().tolist()
+        return sorted(set(grid), reverse=True)
+
+    @torch.no_grad()
+    def sample(self, n: int, y=None, *, method: str = "ancestral", steps: int | None = None, eta: float = 0.0,
+               start: torch.Tensor | None = None, seed: int | None = None, progress: bool = False) -> torch.Tensor:
+        r"""``n`` new rows in [0, 1] on the pixel grid.
+
+        ``method="ancestral"`` runs the model's reverse chain, T network passes (Ho et al. Alg. 2,
+        with the discretised decoder at the end). ``"ddim"`` runs Song et al.'s sampler on ``steps``
+        evenly spaced steps (default T): with :math:`\hat x_0` the prediction at :math:`x_t`
+        (clipped to [-1, 1]) and :math:`\hat\epsilon` the matching noise,
+        :math:`x_s = \sqrt{\bar\alpha_s}\hat x_0 + \sqrt{1 - \bar\alpha_s - \sigma^2}\,\hat\epsilon + \sigma z`,
+        :math:`\sigma = \eta\sqrt{(1-\bar\alpha_s)/(1-\bar\alpha_t)}\sqrt{1 - \bar\alpha_t/\bar\alpha_s}`;
+        ``eta=0`` is deterministic given :math:`x_T`. ``start`` gives :math:`x_T` (n, D); ``seed``
+        fixes the noise (default: the global RNG); ``progress`` shows a bar.
+        """
+        n = _check_count(n, "n")
+        if method not in ("ancestral", "ddim"):
+            raise ValueError(f"method must be 'ancestral' or 'ddim', got {method!r}")
+        if method == "ancestral" and (steps not in (None, self.num_steps) or eta != 0.0):
+            raise ValueError("steps= and eta= are for method='ddim'; ancestral sampling runs all T steps")
+        generator = None if seed is None else torch.Generator(self.betas.device).manual_seed(seed)
+        h = self._noise(n, generator) if start is None else start.to(self.betas)
+        if h.shape != (n, self.x_dim):
+            raise ValueError(f"start must have shape ({n}, {self.x_dim}), got {tuple(h.shape)}")
+        if method == "ancestral":
+            return self._ancestral(h, self.num_steps, generator, progress)
+        return self._ddim(h, self.ddim_steps(self.num_steps if steps is None else steps), eta, generator, progress)
+
+    def _ancestral(self, h, top: int, generator, progress: bool, project=None, final_noise: bool = True):
+        n, bar = len(h), _Progress(top, progress, "sampling")
+        for t in range(top, 0, -1):
+            steps = self._steps(t, n, h.device)
+            eps = self.predict_noise(h, steps)
+            x0 = self.predict_x0(h, steps, eps)
+            if project is not None:
+                x0 = project(x0)
+            h = self.posterior_mean(x0, h, steps)
+            if t > 1 or final_noise:
+                h = h + self.sigma2[t - 1].sqrt() * self._noise(n, generator)
+            bar.update()
+        bar.close()
+        return quantise((h + 1) / 2, self.num_levels)
+
+    def _ddim(self, h, schedule: list[int], eta: float, generator, progress: bool, project=None) -> torch.Tensor:
+        n, bar = len(h), _Progress(len(schedule), progress, "DDIM")
+        for i, t in enumerate(schedule):
+            s = schedule[i + 1] if i + 1 < len(schedule) else 0
+            steps = self._steps(t, n, h.device)
+            ab_t = self.alpha_bar[t - 1]
+            ab_s = self.alpha_bar[s - 1] if s > 0 else torch.ones_like(ab_t)
+            x0 = self.predict_x0(h, steps, self.predict_noise(h, steps)).clamp(-1, 1)
+            if project is not None:
+                x0 = project(x0)
+            eps = (h - ab_t.sqrt() * x0) / (1 - ab_t).sqrt()
+            sigma = eta * ((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)).clamp(min=0).sqrt()
+            h = ab_s.sqrt() * x0 + (1 - ab_s - sigma ** 2).clamp(min=0).sqrt() * eps
+            if eta > 0 and s > 0:
+                h = h + sigma * self._noise(n, generator)
+            bar.update()
+        bar.close()
+        return quantise((h + 1) / 2, self.num_levels)
+
+    # --- inverse problems ---------------------------------------------------------------------------
+
+    restore_method = "DDNM"
+
+    def noise_level_step(self, sigma: float) -> int:
+        r"""The step t* whose noise-to-signal ratio :math:`\sqrt{(1-\bar\alpha_t)/\bar\alpha_t}` is closest
+        to ``2 sigma`` (``sigma`` in the data's [0, 1] units, doubled in the model's [-1, 1] units)."""
+        ratio = ((1 - self.alpha_bar) / self.alpha_bar).sqrt()
+        return int((ratio - 2 * sigma).abs().argmin()) + 1
+
+    @torch.no_grad()
+    def restore(self, y: torch.Tensor, operator, num_samples: int = 1, *, method: str = "ancestral",
+                steps: int | None = None, eta: float = 0.0, batch_size: int = 256,
+                progress: bool = False) -> torch.Tensor:
+        r"""``num_samples`` restorations of each measured row y = A x (+ noise): (S, N, D) in [0, 1].
+
+        ``operator`` follows :class:`ppgen.inverse.Operator` (``__call__``, ``pseudo_inverse``,
+        ``project(x, y)`` = :math:`A^+y + (I - A^+A)x` on rows in [0, 1], ``sigma``).
+
+        - Noiseless operators (``sigma == 0``): DDNM (Wang et al. 2023). At every reverse step the
+          predicted :math:`\hat x_0` (clipped to [-1, 1]) is replaced by ``project`` of it, so the
+          sample keeps the part of :math:`\hat x_0` that A does not see and takes the rest from y;
+          then the step is taken as usual (``method="ancestral"``, T steps, or ``"ddim"`` with
+          ``steps`` and ``eta``). The last step returns the projected :math:`\hat x_0` without the
+          decoder's noise (as Ho et al. display samples), so A x = y up to the 8-bit rounding.
+        - Denoising, y = x + sigma * eps (A = I, ``GaussianNoise``): in [-1, 1] units y is
+          :math:`u_0 + 2\sigma\epsilon`, so :math:`x_{t^*} = \sqrt{\bar\alpha_{t^*}}\,(2y - 1)` is distributed
+          as :math:`q(x_{t^*} \mid x_0)` exactly when :math:`\sqrt{(1-\bar\alpha_{t^*})/\bar\alpha_{t^*}} = 2\sigma`;
+          the reverse chain runs from the closest t* (:meth:`noise_level_step`) down to 0.
+
+        Other noisy operators are refused. Randomness comes from the global RNG
+        (``ppgen.inverse.restore`` seeds it).
+        """
+        num_samples = _check_count(num_samples, "num_samples")
+        batch_size = _check_count(batch_size, "batch_size")
+        if method not in ("ancestral", "ddim"):
+            raise ValueError(f"method must be 'ancestral' or 'ddim', got {method!r}")
+        y = operator.check_y(y) if hasattr(operator, "check_y") else y
+        sigma = float(getattr(operator, "sigma", 0.0))
+        denoise = sigma > 0 and getattr(operator, "task", type(operator).__name__) in ("denoise", "GaussianNoise")
+        if sigma > 0 and not denoise:
+            raise ValueError(f"{operator!r} is noisy (sigma={sigma:g}); GaussianDiffusion.restore handles noiseless "
+                             "operators (DDNM) and pure denoising (GaussianNoise) only")
+        if not denoise and (steps is not None or eta != 0.0) and method != "ddim":
+            raise ValueError("steps= and eta= are for method='ddim'")
+        y = y.to(self.betas)
+        rows = y.repeat(num_samples, 1)  # (S N, out_dim), sample-major
+        out = []
+        for chunk in rows.split(batch_size):
+            if denoise:
+                self.restore_method = "diffusion from the noise level"
+                top = self.noise_level_step(sigma)
+                if chunk.shape[1] != self.x_dim:
+                    raise ValueError(f"y has {chunk.shape[1]} columns, the model {self.x_dim}")
+                h = self.alpha_bar[top - 1].sqrt() * self.to_signed(chunk)
+                if method == "ancestral":
+                    out.append(self._ancestral(h, top, None, progress))
+                else:
+                    grid = [t for t in self.ddim_steps(self.num_steps if steps is None else steps) if t < top]
+                    out.append(self._ddim(h, [top, *grid], eta, None, progress))
+                continue
+            self.restore_method = "DDNM"
+
+            def project(x0, chunk=chunk):
+                return self.to_signed(operator.project((x0.clamp(-1, 1) + 1) / 2, chunk))
+
+            h = self._noise(len(chunk), None)
+            if method == "ancestral":
+                out.append(self._ancestral(h, self.num_steps, None, progress, project, final_noise=False))
+            else:
+                out.append(self._ddim(h, self.ddim_steps(self.num_steps if steps is None else steps), eta, None,
+                                      progress, project))
+        return torch.cat(out).reshape(num_samples, len(y), self.x_dim)
+
+    def extra_repr(self) -> str:
+        return (f"x_dim={self.x_dim}, shape={self.shape}, num_steps={self.num_steps}, schedule={self.schedule!r}, "
+                f"variance={self.variance!r}, loss={self.loss!r}")
+
+
+class DiffusionELBO(Objective):
+    """The negative ELBO of a diffusion model, one uniformly drawn step per row (unbiased), scaled
+    to the full data: what ``loss="elbo"`` trains. Validation scores are ELBO estimates (nats)."""
+
+    estimator = "diffusion-elbo"
+
+    def loss(self, x, y, scale: float, group: str) -> torch.Tensor:
+        return scale * self.program.generative_model.elbo_loss(x).sum()
+
+
+class SimpleLoss(Objective):
+    """Ho et al.'s L_simple (Eq. 14), the unweighted noise-prediction error, scaled to the full data.
+    It is **not** a bound on log p(x): ``fit``'s history shows minus this loss, not an ELBO."""
+
+    estimator = "simple"
+
+    def loss(self, x, y, scale: float, group: str) -> torch.Tensor:
+        return scale * self.program.generative_model.simple_loss(x).sum()

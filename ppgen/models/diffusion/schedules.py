@@ -1,0 +1,113 @@
+r"""Noise schedules of diffusion models, and the checks their arguments go through.
+
+A schedule is the vector :math:`\beta_1, \dots, \beta_T` of per-step noise levels. For Gaussian
+diffusion :math:`\beta_t` is the variance added at step t, :math:`\bar\alpha_t = \prod_{s \le t}
+(1 - \beta_s)`; for binary (bit-flip) diffusion it is the probability of flipping a bit, and
+:math:`\bar\alpha_t = \prod_{s \le t} (1 - 2\beta_s)`.
+
+References: J. Ho, A. Jain and P. Abbeel, "Denoising Diffusion Probabilistic Models", NeurIPS
+2020 (linear schedule, 1e-4 to 0.02 over T = 1000); A. Nichol and P. Dhariwal, "Improved
+Denoising Diffusion Probabilistic Models", ICML 2021 (cosine schedule, Eq. 17).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["SCHEDULES", "check_steps", "check_betas", "linear_betas", "cosine_betas", "gaussian_betas",
+           "binary_betas"]
+
+SCHEDULES = ("linear", "cosine")
+
+
+def check_steps(value, name: str = "num_steps") -> int:
+    """``value`` if it is a positive int, else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be a positive int (a number of steps), got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+def check_betas(betas, upper: float = 1.0, name: str = "betas", closed: bool = False) -> torch.Tensor:
+    """``betas`` as a 1-D float64 tensor, or a ValueError naming the first value outside
+    (0, upper) (or (0, upper] with ``closed``)."""
+    betas = torch.as_tensor(betas, dtype=torch.float64)
+    if betas.dim() != 1 or len(betas) == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence (one value per step), got shape "
+                         f"{tuple(betas.shape)}")
+    above = betas > upper if closed else betas >= upper
+    bad = ~torch.isfinite(betas) | (betas <= 0) | above
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        interval = f"(0, {upper:g}]" if closed else f"(0, {upper:g})"
+        raise ValueError(f"{name} must lie in {interval}; {name}[{i}] (step t={i + 1}) is {betas[i].item():g}")
+    return betas
+
+
+def linear_betas(num_steps: int, start: float = 1e-4, end: float = 0.02) -> torch.Tensor:
+    r"""Ho et al.'s linear schedule, :math:`\beta_t` from ``start`` to ``end``, for T = 1000 steps;
+    for other T both ends are scaled by 1000 / T (Nichol & Dhariwal 2021), so the total noise is
+    about the same whatever T.
+
+    >>> linear_betas(1000)[[0, -1]].tolist()
+    [0.0001, 0.02]
+    """
+    num_steps = check_steps(num_steps)
+    scale = 1000 / num_steps
+    return check_betas(torch.linspace(start * scale, min(end * scale, 0.999), num_steps, dtype=torch.float64))
+
+
+def _cosine_alpha_bar(num_steps: int, offset: float) -> torch.Tensor:
+    t = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+    f = torch.cos((t + offset) / (1 + offset) * math.pi / 2) ** 2
+    return f / f[0]  # (T + 1,), alpha_bar_0 = 1
+
+
+def cosine_betas(num_steps: int, offset: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    r"""Nichol & Dhariwal's cosine schedule: :math:`\bar\alpha_t = f(t)/f(0)`,
+    :math:`f(t) = \cos^2\left(\frac{t/T + s}{1 + s}\frac{\pi}{2}\right)`, s = 0.008, and
+    :math:`\beta_t = 1 - \bar\alpha_t / \bar\alpha_{t-1}` clipped at 0.999."""
+    alpha_bar = _cosine_alpha_bar(check_steps(num_steps), offset)
+    return check_betas((1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta))
+
+
+def gaussian_betas(schedule, num_steps: int) -> torch.Tensor:
+    """The variances of a Gaussian diffusion: a schedule name or explicit betas in (0, 1)."""
+    if isinstance(schedule, str):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES} or a sequence of betas, got {schedule!r}")
+        return linear_betas(num_steps) if schedule == "linear" else cosine_betas(num_steps)
+    betas = check_betas(schedule)
+    if len(betas) != num_steps:
+        raise ValueError(f"betas has {len(betas)} values but num_steps is {num_steps}")
+    return betas
+
+
+def binary_betas(schedule, num_steps: int) -> torch.Tensor:
+    r"""Flip probabilities of a binary diffusion, each in (0, 1/2]. ``"linear"``:
+    :math:`\beta_t = 1 / (2(T - t + 1))`, so :math:`\bar\alpha_t = \prod_{s\le t}(1 - 2\beta_s) = 1 - t/T`
+    (linear in t; D3PM's uniform schedule for two classes, Austin et al. 2021); ``"cosine"``:
+    :math:`\bar\alpha_t` of the cosine schedule. Both end at :math:`\beta_T = 1/2`, so
+    :math:`x_T` is uniform whatever :math:`x_0`.
+
+    >>> binary_betas("linear", 4).tolist()
+    [0.125, 0.16666666666666666, 0.25, 0.5]
+    """
+    num_steps = check_steps(num_steps)
+    if isinstance(schedule, str):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES} or a sequence of flip probabilities, "
+                             f"got {schedule!r}")
+        if schedule == "linear":
+            t = torch.arange(1, num_steps + 1, dtype=torch.float64)
+            return 1 / (2 * (num_steps - t + 1))
+        alpha_bar = _cosine_alpha_bar(num_steps, 0.008)
+        alpha_bar[-1] = 0.0
+        return check_betas((1 - alpha_bar[1:] / alpha_bar[:-1]) / 2, upper=0.5, closed=True)
+    betas = check_betas(schedule, upper=0.5, closed=True)
+    if len(betas) != num_steps:
+        raise ValueError(f"betas has {len(betas)} values but num_steps is {num_steps}")
+    return betas
