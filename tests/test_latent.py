@@ -178,3 +178,12 @@ def test_conditional_vae_generates_the_requested_digit(digits):
         model.sample(3)
     with pytest.raises(ValueError, match=r"\[0, 10\)"):
         model.sample(2, y=torch.tensor([1, 10]))
+
+
+def test_vae_activation_is_used_and_checked():
+    tanh = VAE(6, z_dim=2, hidden=(5, 4), activation="tanh")
+    assert sum(isinstance(m, torch.nn.Tanh) for m in tanh.modules()) == 4  # after each of 2 hidden layers, in encoder and decoder
+    assert not any(isinstance(m, torch.nn.ReLU) for m in tanh.modules())
+    assert "activation='tanh'" in repr(tanh)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        VAE(6, z_dim=2, activation="sigmoid")

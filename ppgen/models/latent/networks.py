@@ -27,12 +27,17 @@ def hidden_widths(hidden) -> tuple[int, ...]:
         raise ValueError(f"hidden must be positive ints, got {hidden!r}")
     return widths
 
-def mlp(sizes: Sequence[int]) -> nn.Sequential:
-    """Linear layers of the given widths with ReLU between them (none after the last)."""
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def mlp(sizes: Sequence[int], activation: str = "relu") -> nn.Sequential:
+    """Linear layers of the given widths with ``activation`` between them (none after the last)."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         if i:
-            layers.append(nn.ReLU())
+            layers.append(ACTIVATIONS[activation]())
         layers.append(nn.Linear(fan_in, fan_out))
     return nn.Sequential(*layers)
 

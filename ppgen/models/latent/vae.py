@@ -57,6 +57,8 @@ class VAE(GenerativeModel):
         (28x28 images only, ``x_dim = 784``).
     channels : pair of int
         Channels of the two convolutional layers (``architecture="conv"``).
+    activation : {"relu", "tanh"}
+        Between the MLP layers (Burda et al. 2016 use tanh).
 
     Examples
     --------
@@ -71,7 +73,7 @@ class VAE(GenerativeModel):
 
     def __init__(self, x_dim: int, z_dim: int = 50, hidden: int | Sequence[int] = 400,
                  likelihood: str = "bernoulli", architecture: str = "mlp",
-                 channels: Sequence[int] = (32, 64)):
+                 channels: Sequence[int] = (32, 64), activation: str = "relu"):
         super().__init__(x_dim)
         hidden = hidden_widths(hidden)
         if isinstance(z_dim, bool) or not isinstance(z_dim, int) or z_dim < 1:
@@ -90,14 +92,15 @@ class VAE(GenerativeModel):
         self.hidden = tuple(hidden)
         self.likelihood = likelihood
         self.architecture = architecture
+        self.activation = activation
         self.channels = tuple(channels)
         self.data_support = "binary" if likelihood == "bernoulli" else "real"
         if architecture == "conv":
             self.encoder = ConvEncoder(2 * z_dim, self.channels)
             self.decoder = ConvDecoder(z_dim, self.channels)
         else:
-            self.encoder = mlp([x_dim, *hidden, 2 * z_dim])
-            self.decoder = mlp([z_dim, *reversed(hidden), x_dim])
+            self.encoder = mlp([x_dim, *hidden, 2 * z_dim], activation)
+            self.decoder = mlp([z_dim, *reversed(hidden), x_dim], activation)
         if likelihood == "gaussian":
             self.log_scale = nn.Parameter(torch.zeros(x_dim))
         self.register_buffer("prior_loc", torch.zeros(z_dim), persistent=False)
@@ -170,5 +173,6 @@ class VAE(GenerativeModel):
         return self.decode(codes)
 
     def extra_repr(self) -> str:
-        net = f"hidden={self.hidden}" if self.architecture == "mlp" else f"architecture='conv', channels={self.channels}"
+        net = f"hidden={self.hidden}" + (f", activation={self.activation!r}" if self.activation != "relu" else "") \
+            if self.architecture == "mlp" else f"architecture='conv', channels={self.channels}"
         return f"x_dim={self.x_dim}, z_dim={self.z_dim}, {net}, likelihood={self.likelihood!r}"
