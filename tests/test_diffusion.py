@@ -380,6 +380,47 @@ def test_restore_from_gaussian_noise_starts_at_the_matching_step():
         assert model.restore(y, op, 3).shape == (3, 2, 4)
 
 
+class _GreyOracle(nn.Module):
+    """The exact noise predictor when every image is mid-grey (x_0 = 0 in [-1, 1] units):
+    eps = x_t / sqrt(1 - alpha_bar_t), so the predicted x_0 is 0."""
+
+    def __init__(self, alpha_bar):
+        super().__init__()
+        self.register_buffer("alpha_bar", alpha_bar.float())
+
+    def forward(self, x, t):
+        return x / (1 - self.alpha_bar[t - 1]).sqrt().unsqueeze(-1)
+
+
+def test_restore_through_ppgen_inverse_is_consistent_with_y():
+    inverse = pytest.importorskip("ppgen.inverse")
+    oracle = _GreyOracle(torch.cumprod(1 - linear_betas(8), 0))
+    colour = GaussianDiffusion(48, shape=(3, 4, 4), num_steps=8, network=oracle)
+    x = torch.rand(2, 48).mul(0.4).add(0.3).mul(255).round() / 255  # away from 0 and 1: no clipping
+    grey = torch.full((2, 48), 0.5)
+    for op in (inverse.Greyscale((3, 4, 4)), inverse.Downsample((3, 4, 4), factor=2),
+               inverse.Inpaint(torch.rand(2, 48) < 0.5)):  # one mask per row
+        for method in ("ancestral", "ddim"):
+            result = inverse.restore(colour, op(x), op, num_samples=2, seed=0, method=method,
+                                     steps=4 if method == "ddim" else None)
+            assert result.samples.shape == (2, 2, 48) and result.method == "DDNM"
+            # x_0 = project(0.5, y) exactly, up to the rounding of each pixel to the 8-bit grid
+            expected = op.project(grey, op(x))
+            assert (result.samples - expected).abs().max() <= 0.5 / 255 + 1e-6, (op, method)
+            for sample in result.samples:
+                assert (op(sample) - op(x)).abs().max() <= 0.5 / 255 + 1e-6
+
+
+def test_ddnm_is_seeded_through_ppgen_inverse():
+    inverse = pytest.importorskip("ppgen.inverse")
+    model = GaussianDiffusion(16, shape=(1, 4, 4), num_steps=6, channels=8, multipliers=(1, 2), attention=False)
+    x = torch.rand(2, 16).mul(255).round() / 255
+    op = inverse.Downsample((1, 4, 4), factor=2)
+    a = inverse.restore(model, op(x), op, num_samples=2, seed=3).samples
+    assert torch.equal(a, inverse.restore(model, op(x), op, num_samples=2, seed=3).samples)
+    assert not torch.equal(a[0], a[1])
+
+
 def test_binary_replacement_inpainting_keeps_known_bits():
     inpaint, _ = _operators()
     model = BinaryDiffusion(6, num_steps=5, hidden=(8,))

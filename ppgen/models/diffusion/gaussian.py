@@ -480,8 +480,7 @@ class GaussianDiffusion(GenerativeModel):
 
     @torch.no_grad()
     def restore(self, y: torch.Tensor, operator, num_samples: int = 1, *, method: str = "ancestral",
-                steps: int | None = None, eta: float = 0.0, batch_size: int = 256,
-                progress: bool = False) -> torch.Tensor:
+                steps: int | None = None, eta: float = 0.0, progress: bool = False) -> torch.Tensor:
         r"""``num_samples`` restorations of each measured row y = A x (+ noise): (S, N, D) in [0, 1].
 
         ``operator`` follows :class:`ppgen.inverse.Operator` (``__call__``, ``pseudo_inverse``,
@@ -496,13 +495,13 @@ class GaussianDiffusion(GenerativeModel):
         - Denoising, y = x + sigma * eps (A = I, ``GaussianNoise``): in [-1, 1] units y is
           :math:`u_0 + 2\sigma\epsilon`, so :math:`x_{t^*} = \sqrt{\bar\alpha_{t^*}}\,(2y - 1)` is distributed
           as :math:`q(x_{t^*} \mid x_0)` exactly when :math:`\sqrt{(1-\bar\alpha_{t^*})/\bar\alpha_{t^*}} = 2\sigma`;
-          the reverse chain runs from the closest t* (:meth:`noise_level_step`) down to 0.
+          the reverse chain runs from the closest t* (:meth:`noise_level_step`) down to 0 (its last
+          step without the decoder's noise).
 
         Other noisy operators are refused. Randomness comes from the global RNG
         (``ppgen.inverse.restore`` seeds it).
         """
         num_samples = _check_count(num_samples, "num_samples")
-        batch_size = _check_count(batch_size, "batch_size")
         if method not in ("ancestral", "ddim"):
             raise ValueError(f"method must be 'ancestral' or 'ddim', got {method!r}")
         y = operator.check_y(y) if hasattr(operator, "check_y") else y
@@ -514,33 +513,26 @@ class GaussianDiffusion(GenerativeModel):
         if not denoise and (steps is not None or eta != 0.0) and method != "ddim":
             raise ValueError("steps= and eta= are for method='ddim'")
         y = y.to(self.betas)
-        rows = y.repeat(num_samples, 1)  # (S N, out_dim), sample-major
+        if denoise and y.shape[1] != self.x_dim:
+            raise ValueError(f"y has {y.shape[1]} columns, but the model has x_dim={self.x_dim}")
+        self.restore_method = "diffusion from the noise level" if denoise else "DDNM"
+        top = self.noise_level_step(sigma) if denoise else self.num_steps
+        schedule = self.ddim_steps(self.num_steps if steps is None else steps) if method == "ddim" else None
+
+        def project(x0):  # all N rows at once: an operator may hold one mask per row
+            return self.to_signed(operator.project((x0.clamp(-1, 1) + 1) / 2, y))
+
         out = []
-        for chunk in rows.split(batch_size):
+        for _ in range(num_samples):
             if denoise:
-                self.restore_method = "diffusion from the noise level"
-                top = self.noise_level_step(sigma)
-                if chunk.shape[1] != self.x_dim:
-                    raise ValueError(f"y has {chunk.shape[1]} columns, the model {self.x_dim}")
-                h = self.alpha_bar[top - 1].sqrt() * self.to_signed(chunk)
-                if method == "ancestral":
-                    out.append(self._ancestral(h, top, None, progress))
-                else:
-                    grid = [t for t in self.ddim_steps(self.num_steps if steps is None else steps) if t < top]
-                    out.append(self._ddim(h, [top, *grid], eta, None, progress))
-                continue
-            self.restore_method = "DDNM"
-
-            def project(x0, chunk=chunk):
-                return self.to_signed(operator.project((x0.clamp(-1, 1) + 1) / 2, chunk))
-
-            h = self._noise(len(chunk), None)
-            if method == "ancestral":
-                out.append(self._ancestral(h, self.num_steps, None, progress, project, final_noise=False))
+                h = self.alpha_bar[top - 1].sqrt() * self.to_signed(y)
+                out.append(self._ancestral(h, top, None, progress, final_noise=False) if schedule is None else
+                           self._ddim(h, [top, *(t for t in schedule if t < top)], eta, None, progress))
             else:
-                out.append(self._ddim(h, self.ddim_steps(self.num_steps if steps is None else steps), eta, None,
-                                      progress, project))
-        return torch.cat(out).reshape(num_samples, len(y), self.x_dim)
+                h = self._noise(len(y), None)
+                out.append(self._ancestral(h, top, None, progress, project, final_noise=False)
+                           if schedule is None else self._ddim(h, schedule, eta, None, progress, project))
+        return torch.stack(out)  # (S, N, D)
 
     def extra_repr(self) -> str:
         return (f"x_dim={self.x_dim}, shape={self.shape}, num_steps={self.num_steps}, schedule={self.schedule!r}, "
