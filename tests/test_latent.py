@@ -187,3 +187,23 @@ def test_vae_activation_is_used_and_checked():
     assert "activation='tanh'" in repr(tanh)
     with pytest.raises(ValueError, match="activation must be one of"):
         VAE(6, z_dim=2, activation="sigmoid")
+
+
+def test_decoder_ais_of_a_vae_matches_quadrature_over_its_one_latent():
+    # z is 1-D, so log p(x) = log ∫ N(z; 0, 1) p(x | z) dz is a quadrature on a fine grid
+    vae = VAE(6, z_dim=1, hidden=8, seed=0)
+    with torch.no_grad():
+        for p in vae.decoder.parameters():
+            p.mul_(3.0)  # a sharper decoder than the initial one, so the posterior is far from the prior
+    x = (torch.rand(12, 6, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    z = torch.linspace(-10, 10, 20001)[:, None, None]  # (G, 1, 1)
+    with torch.no_grad():
+        log_joint = dist.Normal(0.0, 1.0).log_prob(z[:, :, 0]) + vae.observation_log_prob(z, x)  # (G, N)
+    exact = (torch.logsumexp(log_joint.double(), 0) + math.log(20 / 20000)).float()
+    ais = log_likelihood(vae, x, method="ais", num_samples=16)
+    assert ais.method == "ais" and not ais.exact
+    # per row within 4 standard errors plus 0.05 nats of annealing bias (AIS errs low on average)
+    assert ((ais.values - exact).abs() <= 4 * ais.values.new_tensor(ais.stderr * len(x) ** 0.5) + 0.05).all()
+    assert abs(ais.mean - exact.mean().item()) < 0.05
+    with pytest.raises(ValueError, match="decoder-based model"):
+        log_likelihood(PPCA(6, 2), x, method="ais")

@@ -96,9 +96,13 @@ def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_si
         and back afterwards.
     seed : int
         Fixes the importance samples.
-    method : {"auto", "iwae"}
+    method : {"auto", "iwae", "ais"}
         ``"auto"``: exact where the model has it; ``"iwae"``: the importance-sampled estimate
-        even then (to measure how far the bound is from the exact value, e.g. on PPCA).
+        even then (to measure how far the bound is from the exact value, e.g. on PPCA);
+        ``"ais"``: annealed importance sampling over the latents with HMC (Wu et al. 2017), for a
+        decoder-based model with ``observation_log_prob(z, x)`` and ``z_dim`` (a VAE's decoder or
+        a GAN's generator), ``num_samples`` chains per row: it needs no guide, so a VAE and a GAN
+        are measured the same way.
 
     Examples
     --------
@@ -109,8 +113,8 @@ def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_si
     for value, name in ((num_samples, "num_samples"), (batch_size, "batch_size")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if method not in ("auto", "iwae"):
-        raise ValueError(f"method must be 'auto' or 'iwae', got {method!r}")
+    if method not in ("auto", "iwae", "ais"):
+        raise ValueError(f"method must be 'auto', 'iwae' or 'ais', got {method!r}")
     program = model if isinstance(model, Program) else Program(model, guide)
     x, y = program.rows(data, "data")
     device = program.device if device is None else resolve_device(device)
@@ -122,6 +126,20 @@ def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_si
         program.to(home)  # the caller's model stays where it was
 
 
+def _decoder_ais(model, x: torch.Tensor, num_chains: int, seed: int, dim: int) -> LikelihoodResult:
+    from ppgen.inference.decoder_ais import decoder_log_likelihood
+
+    observation = getattr(model, "observation_log_prob", None)
+    if observation is None or not isinstance(getattr(model, "z_dim", None), int):
+        raise ValueError(f"method='ais' needs a decoder-based model with observation_log_prob(z, x) and z_dim "
+                         f"(a VAE or a GAN); {type(model).__name__} has none. Use method='auto'.")
+    values, stderr = decoder_log_likelihood(observation, model.check_data(x), model.z_dim, num_chains=num_chains,
+                                            seed=seed)
+    mean = values.mean().item()
+    return LikelihoodResult(values.float().cpu(), mean, (stderr.pow(2).sum().sqrt() / len(values)).item(),
+                            bits_per_dim(mean, dim), False, num_chains, method="ais")
+
+
 def _log_likelihood(program: Program, x, y, num_samples, batch_size, device, seed, method) -> LikelihoodResult:
     dim = x[0].numel()
     rows = torch.arange(x.shape[0]).split(batch_size)
@@ -130,6 +148,8 @@ def _log_likelihood(program: Program, x, y, num_samples, batch_size, device, see
                             for idx in rows])
         mean = values.mean().item()
         return LikelihoodResult(values, mean, 0.0, bits_per_dim(mean, dim), True, 0, method="exact")
+    if method == "ais":
+        return _decoder_ais(program.generative_model, x.to(device), num_samples, seed, dim)
     estimate = getattr(program.generative_model, "estimate_log_likelihood", None)
     if estimate is not None and method == "auto":  # an energy model: its own estimator of log Z
         values, stderr, bracket = estimate(x.to(device), num_samples=num_samples, seed=seed)

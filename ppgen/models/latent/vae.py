@@ -125,6 +125,11 @@ class VAE(GenerativeModel):
             return dist.Bernoulli(logits=out, validate_args=False).to_event(1)
         return dist.Normal(out, self.log_scale.exp()).to_event(1)
 
+    def observation_log_prob(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x | z) (...,) for latents z (..., z_dim) and rows x broadcast against them: what
+        ``log_likelihood(vae, x, method="ais")`` anneals over, as for a GAN's generator."""
+        return self.likelihood_dist(z).log_prob(x)
+
     def posterior_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Location and scale of q(z | x), each (N, z_dim)."""
         loc, raw_scale = at_least_float32(self.encoder(x)).chunk(2, dim=-1)
