@@ -134,3 +134,8 @@ def test_langevin_contrastive_divergence_lowers_the_energy_of_the_data():
         assert ebm.energy(x).mean() < ebm.energy(torch.rand(512, 2, generator=g)).mean()
     with pytest.raises(ModelCheckError, match="unnormalised"):
         fit(EBM(2, hidden=4), x, elbo="trace", epochs=1, progress=False)
+
+
+def test_samplers_draw_in_the_models_dtype():
+    assert RBM(4, hidden=3).double().sample(2, steps=2).dtype == torch.float64
+    assert EBM(3, hidden=4, steps=2).double().sample(2).dtype == torch.float64

@@ -79,11 +79,11 @@ class EBM(GenerativeModel):
 
     def noise(self, n: int) -> torch.Tensor:
         """Starting points: uniform in the box (standard normal without bounds)."""
-        device = next(self.parameters()).device
+        like = next(self.parameters())
         if self.bounds is None:
-            return torch.randn(n, self.x_dim, device=device)
+            return torch.randn(n, self.x_dim, device=like.device, dtype=like.dtype)
         low, high = self.bounds
-        return low + (high - low) * torch.rand(n, self.x_dim, device=device)
+        return low + (high - low) * torch.rand(n, self.x_dim, device=like.device, dtype=like.dtype)
 
     def langevin(self, x: torch.Tensor, steps: int | None = None, progress: bool = False) -> torch.Tensor:
         """Run Langevin dynamics from ``x`` (no gradient flows to the parameters)."""

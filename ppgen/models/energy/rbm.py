@@ -122,7 +122,7 @@ class RBM(GenerativeModel):
     def sample(self, n: int, y=None, *, steps: int = 1000, progress: bool = False) -> torch.Tensor:
         """``n`` rows from ``steps`` Gibbs sweeps started at uniform noise (a longer chain mixes better)."""
         n, steps = _check_count(n, "n"), _check_count(steps, "steps")
-        v = torch.bernoulli(torch.full((n, self.x_dim), 0.5, device=self.weight.device))
+        v = torch.bernoulli(torch.full((n, self.x_dim), 0.5, device=self.weight.device, dtype=self.weight.dtype))
         if not progress:
             return self.gibbs(v, steps)
         from tqdm.auto import tqdm
