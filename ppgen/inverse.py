@@ -18,13 +18,15 @@ A(project(x, y)) = y.
   models; :class:`ColourRegression`; :class:`ppgen.data.colour.PaletteColouriser`) is called;
 - an autoregressive model inpaints with its exact conditionals (when the observed pixels come
   first in its ordering) or by sequential importance resampling;
-- a VAE inpaints by self-normalised importance resampling over its latent code.
+- a VAE inpaints by sampling its latent code from p(z | y_obs) (tempered sequential Monte Carlo,
+  or self-normalised importance resampling), then the missing pixels from its decoder.
 
 Every path returns a :class:`RestoreResult`: ``samples`` (S, N, D), the per-pixel posterior
 ``mean`` and ``variance`` (N, D), and the ``method`` used.
 
 References: Y. Wang, J. Yu and J. Zhang, "Zero-Shot Image Restoration Using Denoising Diffusion
-Null-Space Model", ICLR 2023. D. B. Rubin, "Using the SIR algorithm to simulate posterior
+Null-Space Model", ICLR 2023. P. Del Moral, A. Doucet and A. Jasra, "Sequential Monte Carlo
+samplers", JRSS B 68, 2006. D. B. Rubin, "Using the SIR algorithm to simulate posterior
 distributions", Bayesian Statistics 3, 1988. T. Hesterberg, "Weighted average importance sampling
 and defensive mixture distributions", Technometrics 37, 1995.
 
@@ -55,9 +57,11 @@ if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
     from matplotlib.figure import Figure
 
 __all__ = ["Operator", "Inpaint", "Greyscale", "Downsample", "GaussianNoise", "RestoreResult", "restore",
-           "sample_diversity", "ColourRegression", "fit_colour_regression", "restore_grid", "TASKS"]
+           "sample_diversity", "restore_summary", "make_operator", "inpaint_mask", "image_shape",
+           "ColourRegression", "fit_colour_regression", "restore_grid", "TASKS", "MASKS"]
 
 TASKS = ("inpaint", "colourise", "upsample", "denoise")
+MASKS = ("bottom", "top", "right", "centre", "random")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -322,6 +326,75 @@ class GaussianNoise(Operator):
         return f"GaussianNoise(sigma={self.sigma:g}{'' if self.in_dim is None else f', dim={self.in_dim}'})"
 
 
+def image_shape(dim: int) -> tuple[int, int, int]:
+    """(C, H, W) of square images flattened into rows of width ``dim``: C = 1 (grey) or 3 (colour).
+
+    Examples
+    --------
+    >>> image_shape(784), image_shape(3 * 784)
+    ((1, 28, 28), (3, 28, 28))
+    """
+    for channels in (1, 3):
+        side = math.isqrt(dim // channels)
+        if dim % channels == 0 and side * side * channels == dim:
+            return channels, side, side
+    raise ValueError(f"rows of width {dim} are not square grey or colour images (C * H * H with C = 1 or 3)")
+
+
+def inpaint_mask(name: str, shape: Sequence[int] = (1, 28, 28), *, seed: int = 0) -> torch.Tensor:
+    """A bool mask (C*H*W,), True = observed, hiding the same pixels in every channel.
+
+    ``"bottom"``/``"top"``: the bottom/top half of the rows is hidden; ``"right"``: the right half
+    of the columns; ``"centre"``: the central H/2 x W/2 square; ``"random"``: each pixel hidden
+    with probability 1/2 (seeded).
+
+    Examples
+    --------
+    >>> inpaint_mask("bottom", (1, 2, 2)).tolist()
+    [True, True, False, False]
+    """
+    channels, height, width = _check_shape(shape)
+    observed = torch.ones(height, width, dtype=torch.bool)
+    if name == "bottom":
+        observed[height // 2:] = False
+    elif name == "top":
+        observed[:height // 2] = False
+    elif name == "right":
+        observed[:, width // 2:] = False
+    elif name == "centre":
+        observed[height // 4: height // 4 + height // 2, width // 4: width // 4 + width // 2] = False
+    elif name == "random":
+        observed = torch.rand(height, width, generator=torch.Generator().manual_seed(seed)) < 0.5
+    else:
+        raise ValueError(f"mask must be one of {MASKS}, got {name!r}")
+    return observed.reshape(-1).repeat(channels)
+
+
+def make_operator(task: str, shape: Sequence[int] = (1, 28, 28), *, mask: str = "bottom", factor: int = 2,
+                  sigma: float = 0.1, seed: int = 0) -> Operator:
+    """The operator of a task for rows of images of ``shape`` (C, H, W) -- what ``ppgen restore`` measures with.
+
+    ``"inpaint"``: :class:`Inpaint` with :func:`inpaint_mask` ``mask``; ``"colourise"``:
+    :class:`Greyscale` (``shape`` is the colour image's); ``"upsample"``: :class:`Downsample` by
+    ``factor``; ``"denoise"``: :class:`GaussianNoise` of std ``sigma``.
+
+    Examples
+    --------
+    >>> make_operator("upsample", (1, 28, 28), factor=4)
+    Downsample(shape=(1, 28, 28), factor=4)
+    """
+    shape = _check_shape(shape)
+    if task == "inpaint":
+        return Inpaint(inpaint_mask(mask, shape, seed=seed))
+    if task == "colourise":
+        return Greyscale(shape)
+    if task == "upsample":
+        return Downsample(shape, factor)
+    if task == "denoise":
+        return GaussianNoise(sigma, math.prod(shape))
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+
+
 # ----------------------------------------------------------------------------------------------
 # restore
 
@@ -345,6 +418,8 @@ class RestoreResult:
     operator : Operator
     ess : Tensor (N,) or None
         Effective sample size of the importance weights per row, for the importance methods.
+    info : dict
+        Other diagnostics of the method (SMC: ``stages``, ``acceptance``, ``log_evidence``).
     """
 
     samples: torch.Tensor
@@ -354,6 +429,7 @@ class RestoreResult:
     y: torch.Tensor
     operator: Operator
     ess: torch.Tensor | None = None
+    info: dict = dataclasses.field(default_factory=dict)
 
     def __repr__(self) -> str:
         s, n, d = self.samples.shape
@@ -380,9 +456,10 @@ def restore(model, y: torch.Tensor, operator: Operator, num_samples: int = 16, *
         - autoregressive model with :class:`Inpaint`: ``model.inpaint`` -- the exact conditionals
           p(x_missing | x_obs) when every observed pixel precedes the missing ones in the
           model's ordering, else sequential importance resampling (``num_particles``, default 1000);
-        - :class:`ppgen.VAE` with :class:`Inpaint`: self-normalised importance resampling over z
-          (keywords ``num_particles=1000``, ``proposal="encoder"`` or ``"prior"``,
-          ``defensive=0.1``; see :func:`vae_inpaint`).
+        - :class:`ppgen.VAE` with :class:`Inpaint`: p(z | y_obs) by tempered sequential Monte
+          Carlo (keywords ``num_particles=256``, ``num_moves=20``), or by self-normalised
+          importance resampling with ``sampler="importance"`` (``num_particles=1000``,
+          ``proposal="encoder"`` or ``"prior"``, ``defensive=0.1``); see :func:`vae_inpaint`.
     y : Tensor (N, operator.out_dim)
         The measurements.
     operator : Operator
@@ -411,7 +488,7 @@ def restore(model, y: torch.Tensor, operator: Operator, num_samples: int = 16, *
     y = operator.check_y(y)
     if isinstance(operator, Inpaint):
         operator.mask_for(y)
-    ess = None
+    ess, info = None, {}
     with _seeded(seed, y.device):
         own = getattr(model, "restore", None)
         if callable(own):
@@ -428,8 +505,9 @@ def restore(model, y: torch.Tensor, operator: Operator, num_samples: int = 16, *
                 samples, ess = result.samples, result.ess
                 method = "exact conditionals" if result.method == "exact" else "sequential importance resampling"
             elif isinstance(model, VAE) and isinstance(operator, Inpaint):
-                samples, ess = vae_inpaint(model, y, operator, num_samples, **kwargs)
-                method = "importance resampling"
+                samples, ess, info = vae_inpaint(model, y, operator, num_samples, **kwargs)
+                method = ("importance resampling" if kwargs.get("sampler") == "importance"
+                          else "sequential Monte Carlo (tempered)")
             else:
                 raise ValueError(f"{type(model).__name__} cannot restore for task {operator.task!r}; "
                                  f"models that can: {CAPABLE}")
@@ -440,7 +518,7 @@ def restore(model, y: torch.Tensor, operator: Operator, num_samples: int = 16, *
                          f"{getattr(samples, 'shape', type(samples).__name__)}")
     samples = samples.detach()
     variance = samples.var(0) if num_samples > 1 else torch.zeros_like(samples[0])
-    return RestoreResult(samples, samples.mean(0), variance, str(method), y, operator, ess)
+    return RestoreResult(samples, samples.mean(0), variance, str(method), y, operator, ess, info)
 
 
 @contextlib.contextmanager
@@ -466,11 +544,15 @@ def _noiseless(operator: Operator, model) -> None:
 
 
 @torch.no_grad()
-def vae_inpaint(model, y: torch.Tensor, operator: Inpaint, num_samples: int, *, num_particles: int = 1000,
-                proposal: str = "encoder", defensive: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Inpaint with a VAE by self-normalised importance resampling (SIR) over its latent code.
+def vae_inpaint(model, y: torch.Tensor, operator: Inpaint, num_samples: int, *, sampler: str = "smc",
+                num_particles: int | None = None, proposal: str = "encoder", defensive: float = 0.1,
+                num_moves: int = 20) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    r"""Inpaint with a VAE: draw z from p(z | y_obs), then the missing pixels from the decoder p(x_miss | z).
 
-    For each row, K particles are drawn from the defensive mixture proposal
+    ``sampler="smc"`` (the default) or ``"importance"``.
+
+    ``sampler="importance"``: self-normalised importance resampling (SIR). For each row K
+    particles are drawn from the defensive mixture proposal
 
     .. math::
         r(z) = (1 - \alpha)\, q_\phi(z \mid \tilde x) + \alpha\, p(z), \qquad
@@ -480,61 +562,148 @@ def vae_inpaint(model, y: torch.Tensor, operator: Inpaint, num_samples: int, *, 
     missing values; 0.5 is the uninformative Bernoulli mean, and fills Gaussian data at the middle
     of [0, 1]). The weights are valid whatever the encoder makes of :math:`\tilde x`: r has full
     support, and the prior component bounds them, w <= p(y_obs | z) / alpha (Hesterberg 1995),
-    so their variance is finite. ``num_samples`` particles are resampled in proportion to w, and
-    the missing pixels drawn from the decoder p(x_miss | z). As K grows the draws tend to
-    p(x_miss | y_obs); for finite K the bias is O(1/K) (Rubin 1988).
+    so their variance is finite. ``num_samples`` particles are resampled in proportion to w.
+    As K grows the draws tend to p(z | y_obs); for finite K the bias is O(1/K) (Rubin 1988). The
+    effective sample size (sum w)^2 / sum w^2 says whether K sufficed: with hundreds of observed
+    pixels of a 28x28 digit the posterior is so peaked that it is often near 1 (one particle
+    carries all the weight, and the samples share one z): for a VAE with 16 latents trained on
+    the digits, the median ESS of 5,000 particles was 1.0 to 1.8 per row with the bottom half or
+    the centre hidden. Hence the default:
+
+    ``sampler="smc"``: a tempered sequential Monte Carlo sampler (Del Moral, Doucet & Jasra 2006;
+    Chopin 2002) through :math:`\pi_\beta(z) \propto p(z)\, p(y_{obs} \mid z)^\beta`,
+    :math:`0 = \beta_0 < \dots < \beta_T = 1`: each next beta is chosen so that the incremental
+    weights keep an ESS of K/2, the particles are resampled, then moved by ``num_moves``
+    random-walk Metropolis steps invariant for :math:`\pi_\beta` (proposal scale from the particle
+    cloud's spread, tuned towards 30% acceptance). Also estimates
+    :math:`\log p(y_{obs}) = \sum_t \log \frac1K \sum_k p(y_{obs} \mid z_k)^{\beta_t - \beta_{t-1}}`
+    (unbiased in p, returned in ``info["log_evidence"]``). On the digits VAE above (centre hidden)
+    two seeds with K = 256 and 20 moves agreed within 0.6 nats per row, and with K = 1024 or 50
+    moves; with 5 moves they differed by up to 2.5 nats (poorer mixing), hence 20. About 1.5 s per
+    row of 784 pixels on one CPU core.
 
     Parameters
     ----------
+    num_particles : int
+        K (default 1000 for importance, 256 for SMC).
     proposal : {"encoder", "prior"}
-        ``"prior"``: r = p(z), w = p(y_obs | z) (alpha unused).
+        Importance sampling: ``"prior"`` gives r = p(z), w = p(y_obs | z) (alpha unused).
     defensive : float in [0, 1]
-        alpha, the weight of the prior in the mixture.
+        alpha, the weight of the prior in the importance proposal.
+    num_moves : int
+        SMC: Metropolis steps per tempering stage.
 
     Returns
     -------
-    samples (S, N, D) and the effective sample size (sum w)^2 / sum w^2 per row (N,).
+    samples (S, N, D); the ESS of the importance weights per row (N,) (None for SMC); a dict
+    of diagnostics (SMC: ``stages``, ``acceptance``, ``log_evidence`` (N,)).
     """
+    if sampler not in ("importance", "smc"):
+        raise ValueError(f"sampler must be 'importance' or 'smc', got {sampler!r}")
     if proposal not in ("encoder", "prior"):
         raise ValueError(f"proposal must be 'encoder' or 'prior', got {proposal!r}")
-    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-        raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
+    num_particles = (1000 if sampler == "importance" else 256) if num_particles is None else num_particles
+    for name, value in (("num_particles", num_particles), ("num_moves", num_moves)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
     if isinstance(defensive, bool) or not isinstance(defensive, (int, float)) or not 0 <= defensive <= 1:
         raise ValueError(f"defensive must be a float in [0, 1], got {defensive!r}")
     _noiseless(operator, model)
     from ppgen.models.base import local_params
-    from pyro import distributions as dist
 
     mask = operator.mask_for(y)  # (N, D)
     x_obs = model.check_data(torch.where(mask, y, torch.zeros_like(y)), "y")  # 0/1 for a Bernoulli VAE
-    rows = x_obs.shape[0]
-    prior = dist.Normal(model.prior_loc, model.prior_scale).to_event(1)
     with local_params(model):
-        q = None
-        if proposal == "encoder" and defensive < 1:
-            q = dist.Normal(*model.posterior_params(torch.where(mask, x_obs, torch.full_like(x_obs, 0.5)))).to_event(1)
-        chunk = max(1, 2**22 // (rows * model.x_dim))  # particles per pass: bounded memory
-        zs, log_ws = [], []
-        for start in range(0, num_particles, chunk):
-            k = min(chunk, num_particles - start)
-            z = prior.sample((k, rows))  # (k, N, z_dim)
-            if q is None:
-                log_w = x_obs.new_zeros(k, rows)
-            else:
-                z = torch.where((torch.rand(k, rows, 1, device=z.device) < defensive), z, q.sample((k,)))
-                log_p = prior.log_prob(z)
-                log_r = torch.logaddexp(math.log1p(-defensive) + q.log_prob(z),
-                                        (math.log(defensive) if defensive else -math.inf) + log_p)
-                log_w = log_p - log_r
-            log_lik = model.likelihood_dist(z).base_dist.log_prob(x_obs)  # (k, N, D)
-            log_ws.append(log_w + (log_lik * mask).sum(-1))
-            zs.append(z)
-        z, log_w = torch.cat(zs), torch.cat(log_ws)  # (K, N, z_dim), (K, N)
-        pick = dist.Categorical(logits=log_w.T).sample((num_samples,))  # (S, N)
-        chosen = z[pick, torch.arange(rows, device=z.device)]  # (S, N, z_dim)
-        x = model.likelihood_dist(chosen).sample()  # (S, N, D)
+        if sampler == "importance":
+            z, ess, info = _importance(model, x_obs, mask, num_samples, num_particles, proposal, defensive)
+        else:
+            z, info = _smc(model, x_obs, mask, num_samples, num_particles, num_moves)
+            ess = None
+        x = model.likelihood_dist(z).sample()  # (S, N, D)
+    return torch.where(mask, x_obs, x), ess, info
+
+
+def _log_lik(model, z: torch.Tensor, x_obs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log p(y_obs | z) per particle and row (K, N), in chunks of particles to bound memory."""
+    chunk = max(1, 2**22 // (x_obs.shape[0] * model.x_dim))
+    return torch.cat([(model.likelihood_dist(part).base_dist.log_prob(x_obs) * mask).sum(-1)
+                      for part in z.split(chunk)])
+
+
+def _prior(model):
+    from pyro import distributions as dist
+
+    return dist.Normal(model.prior_loc, model.prior_scale).to_event(1)
+
+
+def _importance(model, x_obs, mask, num_samples, num_particles, proposal, defensive):
+    from pyro import distributions as dist
+
+    rows, prior = x_obs.shape[0], _prior(model)
+    z = prior.sample((num_particles, rows))  # (K, N, z_dim)
+    log_w = x_obs.new_zeros(num_particles, rows)
+    if proposal == "encoder" and defensive < 1:
+        q = dist.Normal(*model.posterior_params(torch.where(mask, x_obs, torch.full_like(x_obs, 0.5)))).to_event(1)
+        z = torch.where(torch.rand(num_particles, rows, 1, device=z.device) < defensive, z, q.sample((num_particles,)))
+        log_p = prior.log_prob(z)
+        log_r = torch.logaddexp(math.log1p(-defensive) + q.log_prob(z),
+                                (math.log(defensive) if defensive else -math.inf) + log_p)
+        log_w = log_p - log_r
+    log_w = log_w + _log_lik(model, z, x_obs, mask)  # (K, N)
+    pick = dist.Categorical(logits=log_w.T).sample((num_samples,))  # (S, N)
     ess = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
-    return torch.where(mask, x_obs, x), ess
+    return z[pick, torch.arange(rows, device=z.device)], ess, {}
+
+
+def _ess(log_w: torch.Tensor) -> torch.Tensor:
+    return torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
+
+
+def _next_increment(log_lik: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Per row, the largest step d <= 1 - beta whose incremental weights exp(d * log_lik) keep ESS >= K/2 (bisection)."""
+    target = log_lik.shape[0] / 2
+    lo, hi = torch.zeros_like(beta), 1 - beta
+    whole = _ess(hi * log_lik) >= target
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        good = _ess(mid * log_lik) >= target
+        lo, hi = torch.where(good, mid, lo), torch.where(good, hi, mid)
+    return torch.where(whole, 1 - beta, torch.where(lo > 0, lo, hi))
+
+
+def _smc(model, x_obs, mask, num_samples, num_particles, num_moves, max_stages: int = 1000):
+    rows, prior = x_obs.shape[0], _prior(model)
+    arange = torch.arange(rows, device=x_obs.device)
+    z = prior.sample((num_particles, rows))  # (K, N, z_dim)
+    log_lik = _log_lik(model, z, x_obs, mask).double()
+    beta = log_lik.new_zeros(rows)
+    log_evidence = log_lik.new_zeros(rows)
+    step = log_lik.new_full((rows,), 2.38 / math.sqrt(z.shape[-1]))
+    stages, accepted, moves = 0, 0.0, 0
+    while (beta < 1).any():
+        stages += 1
+        if stages > max_stages:
+            raise RuntimeError(f"tempering did not reach beta = 1 in {max_stages} stages (beta = {beta.min():.3g})")
+        delta = _next_increment(log_lik, beta)  # (N,)
+        increment = delta * log_lik  # (K, N)
+        log_evidence += torch.logsumexp(increment, 0) - math.log(num_particles)
+        beta = torch.where(1 - beta - delta < 1e-9, torch.ones_like(beta), beta + delta)
+        pick = torch.multinomial(torch.softmax(increment, 0).T, num_particles, replacement=True).T  # (K, N)
+        z, log_lik = z[pick, arange], log_lik[pick, arange]
+        spread = z.std(0).clamp_min(1e-4)  # (N, z_dim)
+        for _ in range(num_moves):
+            proposed = z + (step[:, None] * spread).to(z) * torch.randn_like(z)
+            proposed_lik = _log_lik(model, proposed, x_obs, mask).double()
+            log_accept = (prior.log_prob(proposed) - prior.log_prob(z)).double() + beta * (proposed_lik - log_lik)
+            accept = torch.rand_like(log_accept).log() < log_accept
+            z = torch.where(accept[..., None], proposed, z)
+            log_lik = torch.where(accept, proposed_lik, log_lik)
+            rate = accept.double().mean(0)  # (N,)
+            step = step * torch.exp(rate - 0.3)
+            accepted, moves = accepted + float(rate.mean()), moves + 1
+    pick = torch.randint(num_particles, (num_samples, rows), device=z.device)  # equally weighted after resampling
+    info = {"stages": stages, "acceptance": accepted / max(moves, 1), "log_evidence": log_evidence}
+    return z[pick, arange], info
 
 
 def sample_diversity(samples: torch.Tensor) -> float:
@@ -553,6 +722,39 @@ def sample_diversity(samples: torch.Tensor) -> float:
         raise ValueError(f"samples must be a tensor (S, ...) of S samples, got "
                          f"{getattr(samples, 'shape', type(samples).__name__)}")
     return float(samples.std(0, correction=0).mean())
+
+
+def restore_summary(result: RestoreResult, truth: torch.Tensor | None = None) -> dict:
+    """Numbers that describe a restoration, as a JSON-ready dict.
+
+    ``consistency``: the largest |A x - y| over samples (0 up to rounding for a noiseless
+    operator whose restorations respect y; for a noisy one, compare it with sigma).
+    ``diversity``: :func:`sample_diversity`. With ``truth`` (N, D): ``mse_mean``, the mean squared
+    error of the posterior mean, and ``mse_sample``, that of a single sample on average
+    (for exact posterior samples, ``mse_sample`` = ``mse_mean`` + mean posterior variance).
+    """
+    samples = result.samples
+    s, n, d = samples.shape
+    measured = result.operator.apply(samples.reshape(s * n, d)).reshape(s, n, -1)
+    summary = {"method": result.method, "operator": repr(result.operator), "task": result.operator.task,
+               "rows": n, "num_samples": s,
+               "consistency": float((measured - result.y).abs().amax()) if not isinstance(result.operator, Inpaint)
+               else float(((measured - result.y) * result.operator.mask_for(result.y)).abs().amax()),
+               "diversity": sample_diversity(samples),
+               "mean_variance": float(result.variance.mean())}
+    if result.ess is not None:
+        summary["ess_median"] = float(result.ess.median())
+        summary["ess_min"] = float(result.ess.min())
+    for key, value in result.info.items():  # method diagnostics; per-row tensors as their mean
+        summary[key if not isinstance(value, torch.Tensor) else f"{key}_mean"] = (
+            float(value.double().mean()) if isinstance(value, torch.Tensor) else value)
+    if truth is not None:
+        truth = result.operator._rows(truth, d, "truth").to(samples)
+        if truth.shape[0] != n:
+            raise ValueError(f"truth has {truth.shape[0]} rows, the restoration {n}")
+        summary["mse_mean"] = float(((result.mean - truth) ** 2).mean())
+        summary["mse_sample"] = float(((samples - truth) ** 2).mean())
+    return summary
 
 
 # ----------------------------------------------------------------------------------------------
@@ -627,7 +829,8 @@ def restore_grid(y: torch.Tensor | None, result: RestoreResult, truth: torch.Ten
     """Before/after grid, one row per measurement: truth | measurement | samples | mean | variance.
 
     The measurement is drawn as A^+ y (upsampled, or grey in every channel; missing pixels of an
-    inpainting mid-grey); the variance is scaled to its maximum. ``y`` None uses ``result.y``;
+    inpainting mid-grey); the variance, summed over channels, is scaled to its maximum and drawn
+    dark where high. ``y`` None uses ``result.y``;
     ``shape`` is the (C, H, W) of a restored row (C = 1 grey, 3 colour). Returns a
     ``matplotlib.figure.Figure`` (saved to ``path`` if given); pyplot's state is untouched.
     """
@@ -642,27 +845,28 @@ def restore_grid(y: torch.Tensor | None, result: RestoreResult, truth: torch.Ten
     measured = operator.pseudo_inverse(y[:shown])
     if isinstance(operator, Inpaint):
         measured = torch.where(operator.mask_for(y)[:shown], measured, torch.full_like(measured, 0.5))
-    variance = result.variance[:shown] / result.variance[:shown].max().clamp_min(1e-12)
+    variance = result.variance[:shown].reshape(shown, shape[0], -1).sum(1)  # summed over channels
+    variance = (variance / variance.max().clamp_min(1e-12)).repeat(1, shape[0])
     columns = ([("truth", truth[:shown])] if truth is not None else []) + [("measurement", measured)]
     columns += [(f"sample {i + 1}", result.samples[i, :shown]) for i in range(min(max_samples, len(result.samples)))]
     columns += [("mean", result.mean[:shown]), ("variance", variance)]
 
-    def image(row):
+    def image(row, grey):
         img = row.detach().cpu().float().clamp(0, 1).reshape(shape).permute(1, 2, 0).numpy()
-        return img[..., 0] if shape[0] == 1 else img
+        return img[..., 0] if grey else img
 
-    fig = Figure(figsize=(1.1 * len(columns), 1.1 * shown + 0.4))
+    fig = Figure(figsize=(1.1 * len(columns), 1.1 * shown + 0.6))
     axes = fig.subplots(shown, len(columns), squeeze=False)
     for c, (label, rows) in enumerate(columns):
         for r in range(shown):
             ax = axes[r, c]
-            ax.imshow(image(rows[r]), cmap="gray_r" if shape[0] == 1 else None, vmin=0, vmax=1,
-                      interpolation="nearest")
+            grey = shape[0] == 1 or label == "variance"  # the variance map: summed over channels, in grey
+            ax.imshow(image(rows[r], grey), cmap="gray_r" if grey else None, vmin=0, vmax=1, interpolation="nearest")
             ax.set_axis_off()
             if r == 0:
                 ax.set_title(label, fontsize=7)
     fig.suptitle(f"{operator!r}: {result.method}", fontsize=8)
-    fig.tight_layout(pad=0.2)
+    fig.tight_layout(pad=0.2, rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     if path is not None:
         fig.savefig(path, dpi=100)
     return fig

@@ -19,7 +19,8 @@ from scipy import stats
 from ppgen.data import load_dataset
 from ppgen.data.colour import PALETTE, PaletteColouriser, coloured_digits, draw_colours, paint
 from ppgen.inverse import (ColourRegression, Downsample, GaussianNoise, Greyscale, Inpaint, RestoreResult,
-                           fit_colour_regression, restore, restore_grid, sample_diversity)
+                           fit_colour_regression, image_shape, inpaint_mask, make_operator, restore, restore_grid,
+                           restore_summary, sample_diversity)
 from ppgen.models import FVSBN, VAE, IndependentBernoulli
 
 ALPHA = 1e-4  # significance of the goodness-of-fit tests
@@ -181,8 +182,10 @@ def vae_log_joint_by_quadrature(model, xs, points):
     return torch.logsumexp(log_w[:, None] + log_lik, 0)
 
 
-@pytest.mark.parametrize("proposal", ["encoder", "prior"])
-def test_vae_importance_resampling_matches_quadrature(proposal):
+@pytest.mark.parametrize("options", [{"sampler": "importance", "proposal": "encoder", "num_particles": 300},
+                                     {"sampler": "importance", "proposal": "prior", "num_particles": 300},
+                                     {"sampler": "smc", "num_particles": 64, "num_moves": 3}])
+def test_vae_inpainting_matches_quadrature(options):
     model = tiny_vae()
     xs = all_binary(6)
     observed = torch.tensor([True, False, True, False, True, False])
@@ -200,12 +203,20 @@ def test_vae_importance_resampling_matches_quadrature(proposal):
     marginal = log_joint.exp().reshape(2, 2, 2, 2, 2, 2).sum(dim=(0, 2, 4)).reshape(-1)
     op = Inpaint(observed)
     rows = 3000
-    result = restore(model, op(x_obs.expand(rows, -1).clone()), op, 1, seed=0, num_particles=300,
-                     proposal=proposal)
-    assert result.method == "importance resampling"
-    # ESS per row lies in [1, K]; the prior proposal on 3 observed pixels keeps most particles
-    assert result.ess.shape == (rows,) and (result.ess >= 1).all() and (result.ess <= 300 + 1e-3).all()
-    assert float(result.ess.median()) > 30
+    result = restore(model, op(x_obs.expand(rows, -1).clone()), op, 1, seed=0, **options)
+    if options.get("sampler") == "smc":
+        assert result.method == "sequential Monte Carlo (tempered)" and result.ess is None
+        assert result.info["stages"] >= 1 and 0.05 < result.info["acceptance"] < 0.95
+        # the evidence estimate Z_n is unbiased for p(y_obs): the mean over 3000 independent rows
+        # is within 4 standard errors of the quadrature value
+        log_p_obs = torch.logsumexp(log_joint[(all_binary(6)[:, observed] == x_obs[observed]).all(1)], 0)
+        ratio = (result.info["log_evidence"] - log_p_obs).exp()
+        assert abs(float(ratio.mean()) - 1) < 4 * float(ratio.std()) / math.sqrt(rows)
+    else:
+        assert result.method == "importance resampling"
+        # ESS per row lies in [1, K]; on 3 observed pixels most particles count
+        assert result.ess.shape == (rows,) and (result.ess >= 1).all() and (result.ess <= 300 + 1e-3).all()
+        assert float(result.ess.median()) > 30
     check_matches(result.samples[0], ~observed, reference, marginal)
 
 
@@ -346,3 +357,42 @@ def test_restore_refuses_what_a_model_cannot_do():
 
     with pytest.raises(ValueError, match=r"Broken.restore must return samples of shape \(4, 2, 6\)"):
         restore(Broken(), torch.zeros(2, 6), Inpaint(torch.arange(6) < 3), 4)
+
+
+# --------------------------------------------------------------------------- helpers for the CLI
+
+def test_masks_operators_and_shapes():
+    bottom = inpaint_mask("bottom", (1, 28, 28)).reshape(28, 28)
+    assert bottom[:14].all() and not bottom[14:].any()
+    assert not inpaint_mask("top").reshape(28, 28)[:14].any()
+    right = inpaint_mask("right", (3, 4, 4)).reshape(3, 4, 4)
+    assert right[:, :, :2].all() and not right[:, :, 2:].any()
+    centre = inpaint_mask("centre").reshape(28, 28)
+    assert (~centre).sum() == 14 * 14 and not centre[7:21, 7:21].any()
+    random = inpaint_mask("random", seed=1)
+    assert torch.equal(random, inpaint_mask("random", seed=1)) and 300 < int(random.sum()) < 484  # Binomial(784, 1/2)
+    with pytest.raises(ValueError, match="mask must be one of"):
+        inpaint_mask("left")
+    for task, kind in (("inpaint", Inpaint), ("colourise", Greyscale), ("upsample", Downsample),
+                       ("denoise", GaussianNoise)):
+        op = make_operator(task, (3, 28, 28))
+        assert isinstance(op, kind) and op.task == task and op.in_dim == 3 * 784
+    with pytest.raises(ValueError, match="task must be one of"):
+        make_operator("deblur")
+    assert image_shape(784) == (1, 28, 28) and image_shape(2352) == (3, 28, 28)
+    with pytest.raises(ValueError, match="not square"):
+        image_shape(100 * 3 + 1)
+
+
+def test_restore_summary_numbers():
+    truth = coloured_digits("test").x[:5]
+    y = Greyscale()(truth)
+    result = restore(PaletteColouriser(), y, Greyscale(), 10, seed=1)
+    summary = restore_summary(result, truth)
+    assert summary["task"] == "colourise" and summary["consistency"] < 1e-6
+    # per pixel, mean_s (s - c)^2 = (mean - c)^2 + (S - 1) / S * unbiased variance
+    assert math.isclose(summary["mse_sample"], summary["mse_mean"] + 0.9 * summary["mean_variance"], rel_tol=1e-4)
+    model = tiny_vae()
+    op = Inpaint(torch.tensor([True, False, True, False, True, False]))
+    summary = restore_summary(restore(model, op(torch.ones(4, 6)), op, 3, sampler="importance", num_particles=50))
+    assert 1 <= summary["ess_min"] <= summary["ess_median"] <= 50 and "mse_mean" not in summary
