@@ -51,13 +51,13 @@ def main():
     trained = train_for(rbm, train.x, 60 * args.minutes, batch_size=100, lr=1e-3, device=args.device)
     rbm.ais_temperatures = preset["ais_temperatures"]
     ll = log_likelihood(rbm.cpu(), rows, num_samples=100)
-    results["rbm"] = {**trained, "log_likelihood": ll.to_dict(),
+    results["rbm"] = {**trained, "log_likelihood": ll.to_dict(), "num_parameters": rbm.num_parameters,
                       "sample_quality": sample_quality(rbm, test.x, 1000)}
 
     vae = ppgen.VAE(784, z_dim=20, hidden=200)
     trained = train_for(vae, train.x, 60 * args.minutes, batch_size=100, lr=1e-3, device=args.device)
     ll = log_likelihood(vae.cpu(), rows, num_samples=1000)
-    results["vae"] = {**trained, "log_likelihood": ll.to_dict(),
+    results["vae"] = {**trained, "log_likelihood": ll.to_dict(), "num_parameters": vae.num_parameters,
                       "sample_quality": sample_quality(vae, test.x, 1000)}
 
     gan = GAN(784, z_dim=64, hidden=[256, 256])
@@ -65,6 +65,7 @@ def main():
     ais_rows = 20 if args.preset == "cpu" else 1000  # AIS with HMC costs ~5,000 decoder gradients per chain
     ll = log_likelihood(gan.cpu(), rows[:ais_rows], num_samples=8)
     results["gan"] = {**trained, "log_likelihood": ll.to_dict(),
+                      "num_parameters": sum(p.numel() for p in gan.generator.parameters()),  # the sampler's
                       "log_likelihood_rows": ais_rows, "sample_quality": sample_quality(gan, test.x, 1000)}
     # the VAE's decoder on the GAN's footing: AIS over z, no guide, the same rows and chains
     vae_ais = log_likelihood(vae, rows[:ais_rows], num_samples=8, method="ais")

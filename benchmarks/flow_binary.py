@@ -2,6 +2,7 @@
 binarized digits, beside FVSBN, NADE, MADE and the VAE on the same test rows. Budget runs, not converged.
 
     python benchmarks/flow_binary.py --budget 90          # CPU, 1 thread: 90 s of training per model
+    python benchmarks/flow_binary.py --dataset binarized_mnist --root ../shared/data --models "RealNVP (dequantized)"
 
 A flow with ``num_levels=2`` models y = x + u, u ~ U[0, 1)^D, as a density on [0, 2]^D with unit bins, so
 log P(x) >= E_u log p(x + u) (Theis et al. 2016): its figure is that bound, averaged over ``--noise-draws``
@@ -47,11 +48,17 @@ def main() -> None:
     parser.add_argument("--noise-draws", type=int, default=4)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "flow_binary.json")
+    parser.add_argument("--dataset", choices=["digits", "binarized_mnist"], default="digits",
+                        help="the embedded digits, or binarized MNIST from --root (for benchmarks/leaderboard.py)")
+    parser.add_argument("--root", default=None, help="folder holding binarized_mnist.npz")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default benchmarks/results/flow_binary.json (flow_binary_mnist.json for binarized_mnist)")
     args = parser.parse_args()
+    args.out = args.out or Path(__file__).parent / "results" / (
+        "flow_binary.json" if args.dataset == "digits" else "flow_binary_mnist.json")
     torch.set_num_threads(args.threads)
-    train = ppgen.load_dataset("digits", "train").x
-    test = ppgen.load_dataset("digits", "test").x[: args.test_rows]
+    train = ppgen.load_dataset(args.dataset, "train", root=args.root).x
+    test = ppgen.load_dataset(args.dataset, "test", root=args.root).x[: args.test_rows]
     results = {"settings": {k: str(v) for k, v in vars(args).items()}, "models": {}}
     for name in args.models:
         model = MODELS[name]()

@@ -1,0 +1,175 @@
+"""One table across every family of ppgen: test NLL on the statically binarized MNIST test rows.
+
+Reads what the benchmarks wrote (run folders and ``benchmarks/results/*.json``), never retrains,
+and writes the table between ``<!-- leaderboard -->`` markers in ``benchmarks/RESULTS.md`` and
+``README.md``:
+
+    python benchmarks/leaderboard.py            # print, and update both files
+    python benchmarks/leaderboard.py --check    # print only
+
+Each row says what kind of figure it is, since they are not interchangeable:
+
+- **exact**: log p(x) in closed form (autoregressive models, the factorised model, Bayesian networks);
+- **lower bound** on log p(x), so the NLL errs high: the IWAE estimate (stochastic, its bias shrinks
+  with K), a dequantized flow's E_u log p(x + u), a diffusion model's ELBO;
+- **AIS**: an RBM's log Z by annealed importance sampling makes its log p(x) err *high* on average
+  (the RAISE bracket bounds it from the other side); AIS over a decoder's latents (GAN, Wu et al. 2017)
+  is a stochastic lower bound.
+
+A family with no figure on these rows yet is listed as missing, with the command that makes one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+MARKERS = ("<!-- leaderboard:start -->", "<!-- leaderboard:end -->")
+
+# model key -> (family, published NLL or None, source of the published figure)
+PUBLISHED = {
+    "independent": ("baseline", None, ""),
+    "bayesnet": ("Bayesian network", None, ""),
+    "fvsbn": ("autoregressive", 97.45, "Larochelle & Murray 2011"),
+    "nade": ("autoregressive", 88.86, "Larochelle & Murray 2011"),
+    "made": ("autoregressive", 88.40, "Germain et al. 2015"),
+    "made-32": ("autoregressive", 86.64, "Germain et al. 2015"),
+    "pixelcnn": ("autoregressive", 81.30, "van den Oord et al. 2016"),
+    "vae": ("latent variable", None, "Burda et al. 2016 report 86.76 on dynamic binarization only"),
+    "iwae": ("latent variable", None, "Burda et al. 2016 report 84.78 on dynamic binarization only"),
+    "flow": ("normalizing flow", None, ""),
+    "diffusion": ("diffusion", None, ""),
+    "rbm": ("energy-based", None, "Salakhutdinov & Murray 2008: about 86.3 (not checked offline)"),
+    "gan": ("implicit", None, ""),
+}
+
+MISSING = {  # model key -> the command that produces its row
+    "flow": "python benchmarks/flow_binary.py --dataset binarized_mnist --root ../shared/data "
+            "--models 'RealNVP (dequantized)'",
+    "diffusion": "python benchmarks/diffusion.py --root ../shared/data",
+    "rbm": "python benchmarks/ebm_gan.py --root ../shared/data --minutes 4",
+    "gan": "python benchmarks/ebm_gan.py --root ../shared/data --minutes 4",
+    "made-32": "python benchmarks/binarized_mnist.py --root ../shared/data --preset paper --models made-32 --device cuda",
+    "pixelcnn": "python benchmarks/binarized_mnist.py --root ../shared/data --preset paper --models pixelcnn --device cuda",
+    "iwae": "python benchmarks/binarized_mnist.py --root ../shared/data --preset paper --models iwae --device cuda",
+}
+
+
+def load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def benchmark_rows(report: dict | None, source: str) -> dict:
+    """Rows of binarized_mnist.py's JSON (one per model), keyed by model."""
+    rows = {}
+    for key, m in ((report or {}).get("models") or {}).items():
+        exact = m.get("test_nll_exact", True)
+        rows[key] = {
+            "model": m["model"], "nll": m["test_nll_nats"], "stderr": m.get("test_nll_stderr") or 0.0,
+            "kind": "exact" if exact else f"lower bound (IWAE, K={m['test_num_samples']})",
+            "rows": report.get("test_rows", 10000), "parameters": m["parameters"],
+            "train": f"{m['train_seconds'] / 60:.0f} min, {m['epochs']} epochs"
+                     + (f" ({m['status']})" if "status" in m and m["status"] != "complete" else ""),
+            "device": report.get("machine", "?"), "source": source,
+        }
+    return rows
+
+
+def collect() -> dict[str, dict]:
+    """The best-informed row per model: paper-preset runs first, then the CPU-budget benchmarks."""
+    rows: dict[str, dict] = {}
+    for report, source in ((load(RESULTS / "binarized_mnist.json"), "binarized_mnist.py --preset cpu"),
+                           (load(RESULTS / "binarized_mnist_latent.json"), "binarized_mnist.py --preset cpu"),
+                           (load(RESULTS / "binarized_mnist_paper.json"), "binarized_mnist.py --preset paper")):
+        for key, row in benchmark_rows(report, source).items():
+            rows[key] = row  # later sources (the paper preset) replace the budget runs
+    compression = load(RESULTS / "compression.json")
+    for key in ("independent", "bayesnet"):
+        m = ((compression or {}).get("models") or {}).get(key)
+        if m:
+            rows[key] = {"model": m["model"], "nll": m["model_nats_per_image"], "stderr": 0.0, "kind": "exact",
+                         "rows": compression.get("test_rows", 10000), "parameters": m["parameters"],
+                         "train": f"{m['train_seconds']:.0f} s (counting)", "device": compression.get("machine", "?"),
+                         "source": "compression.py"}
+    ebm_gan = load(RESULTS / "ebm_gan.json")
+    if ebm_gan:
+        device = ebm_gan.get("device", "cpu")
+        for key, label in (("rbm", "RBM(784, hidden=500), PCD-1"), ("gan", "GAN(784, z_dim=64, hidden=[256, 256])")):
+            m = ebm_gan[key]
+            ll = m["log_likelihood"]
+            if key == "rbm":
+                lo, hi = ll["bracket"]
+                kind = f"AIS log Z (errs high on average); RAISE {-lo:.1f} .. AIS {-hi:.1f} on 100 rows"
+            else:
+                kind = f"stochastic lower bound (AIS over z, {ll['num_samples']} chains)"
+            rows[key] = {"model": label, "nll": -ll["log_likelihood"], "stderr": ll["stderr"], "kind": kind,
+                         "rows": ll["num_examples"], "parameters": m.get("num_parameters"),
+                         "train": f"{m['train_seconds'] / 60:.0f} min, {m['epochs']} epochs", "device": device,
+                         "source": "ebm_gan.py"}
+    diffusion = load(RESULTS / "diffusion.json")
+    binary = (diffusion or {}).get("binary")
+    if binary and binary.get("dataset") == "binarized_mnist":
+        rows["diffusion"] = {"model": binary["model"], "nll": binary["test_nll_bound_nats"], "stderr": binary.get(
+            "test_nll_stderr", 0.0), "kind": "lower bound (ELBO, all T terms)", "rows": binary["test_rows"],
+            "parameters": binary.get("parameters"), "train": f"{binary['train_seconds'] / 60:.0f} min",
+            "device": diffusion.get("device", "?"), "source": "diffusion.py"}
+    flows = load(RESULTS / "flow_binary_mnist.json")
+    for name, m in ((flows or {}).get("models") or {}).items():
+        if "dequantized" in name:
+            rows["flow"] = {"model": name, "nll": -m["log_likelihood"], "stderr": None,  # its stderr is over rows
+                            "kind": f"lower bound ({m['kind']}, {m['noise_draws']} noise draws)",
+                            "rows": int(flows["settings"]["test_rows"]), "parameters": m["num_parameters"],
+                            "train": f"{m['train_seconds'] / 60:.0f} min, {m['epochs']} epochs", "device": "cpu",
+                            "source": "flow_binary.py"}
+            break
+    return rows
+
+
+def table(rows: dict[str, dict]) -> str:
+    lines = ["| family | model | test NLL (nats) | ± | kind of figure | test rows | parameters | training | "
+             "device | published |",
+             "|---|---|---:|---:|---|---:|---:|---|---|---|"]
+    for key, (family, published, source) in PUBLISHED.items():
+        row = rows.get(key)
+        paper = f"{published:.2f} ({source})" if published is not None else (source or "—")
+        if row is None:
+            lines.append(f"| {family} | {key}: **missing** | — | — | — | — | — | — | — | {paper} |")
+            continue
+        params = f"{row['parameters']:,}" if isinstance(row.get("parameters"), int) else "—"
+        stderr = "—" if row["stderr"] is None else f"{row['stderr']:.2f}"
+        lines.append(f"| {family} | {row['model']} | {row['nll']:.2f} | {stderr} | {row['kind']} | "
+                     f"{row['rows']:,} | {params} | {row['train']} | {row['device']} | {paper} |")
+    missing = [k for k in PUBLISHED if k not in rows and k in MISSING]
+    notes = [f"- **{k}** is missing; to make its row: `{MISSING[k]}`" for k in missing]
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def splice(path: Path, text: str) -> None:
+    """Replace the text between the markers (added at the end when absent)."""
+    content = path.read_text()
+    block = f"{MARKERS[0]}\n{text}\n{MARKERS[1]}"
+    if MARKERS[0] in content:
+        content = re.sub(re.escape(MARKERS[0]) + ".*?" + re.escape(MARKERS[1]), lambda _: block, content, flags=re.S)
+    else:
+        content = content.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(content)
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="print the table, write nothing")
+    args = parser.parse_args(argv)
+    text = table(collect())
+    print(text)
+    if not args.check:
+        for path in (ROOT / "benchmarks" / "RESULTS.md", ROOT / "README.md"):
+            splice(path, text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
