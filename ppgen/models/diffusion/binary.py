@@ -9,11 +9,12 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from pyro.distributions import constraints
 from torch import nn
 
 from ppgen.inference.objectives import Objective
 from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, _check_count, at_least_float32, num_rows
-from ppgen.models.diffusion.gaussian import DiffusionELBO, _Progress
+from ppgen.models.diffusion.gaussian import DiffusionELBO, Lazy, _Progress
 from ppgen.models.diffusion.schedules import binary_betas, check_steps
 from ppgen.models.diffusion.unet import TimeMLP
 
@@ -135,11 +136,19 @@ class BinaryDiffusion(GenerativeModel):
             h = pyro.sample(f"x_{self.num_steps}", dist.Bernoulli(
                 torch.full((n, self.x_dim), 0.5, dtype=self.betas.dtype, device=device)).to_event(1))
             for t in range(self.num_steps, 1, -1):
-                steps = self._steps(t, n, device)
-                log_p1, _ = self._log_reverse(h, steps, self.x0_logits(h, steps))
-                h = pyro.sample(f"x_{t - 1}", dist.Bernoulli(probs=log_p1.exp()).to_event(1))
-            logits = self.x0_logits(h, self._steps(1, n, device))
-            return pyro.sample(OBSERVED_SITE, dist.Bernoulli(logits=logits).to_event(1), obs=x)
+                h = pyro.sample(f"x_{t - 1}", Lazy(self._reverse_step(h, t), (n,), (self.x_dim,), constraints.boolean))
+            return pyro.sample(OBSERVED_SITE, Lazy(self._reverse_step(h, 1), (n,), (self.x_dim,), constraints.boolean),
+                               obs=x)
+
+    def _reverse_step(self, h: torch.Tensor, t: int):
+        """p_theta(x_{t-1} | x_t = h), built when needed (:class:`~ppgen.models.diffusion.gaussian.Lazy`)."""
+        def make():
+            steps = self._steps(t, len(h), h.device)
+            logits = self.x0_logits(h, steps)
+            if t == 1:
+                return dist.Bernoulli(logits=logits).to_event(1)
+            return dist.Bernoulli(probs=self._log_reverse(h, steps, logits)[0].exp()).to_event(1)
+        return make
 
     def guide(self, x=None, y=None, *, size=None):
         """The forward process q(x_{1:T} | x_0): independent bit flips; no parameters."""

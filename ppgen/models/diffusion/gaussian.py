@@ -16,7 +16,7 @@ from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, _check
 from ppgen.models.diffusion.schedules import check_steps, gaussian_betas
 from ppgen.models.diffusion.unet import UNet
 
-__all__ = ["GaussianDiffusion", "DiscretisedGaussian", "DiffusionELBO", "SimpleLoss", "LOSSES", "VARIANCES"]
+__all__ = ["GaussianDiffusion", "DiscretisedGaussian", "Lazy", "DiffusionELBO", "SimpleLoss", "LOSSES", "VARIANCES"]
 
 LOSSES = ("elbo", "simple")
 VARIANCES = ("beta", "posterior")
@@ -72,6 +72,41 @@ class DiscretisedGaussian(dist.TorchDistribution):
             u = self.loc.expand(shape) + self.scale.expand(shape) * torch.randn(shape, dtype=self.loc.dtype,
                                                                                  device=self.loc.device)
             return quantise((u + 1) / 2, self.num_levels)
+
+
+class Lazy(dist.TorchDistribution):
+    """A distribution built only when it is sampled or scored: ``make()`` returns it, and
+    ``batch_shape``/``event_shape``/``support`` are known beforehand.
+
+    The reverse steps of a diffusion model each need a network pass; tracing the model on data
+    (``ppgen.check_model``, ``fit``'s first-batch check, ``poutine.replay``) then costs nothing until a
+    log-density is asked for, which keeps those checks cheap for T = 1000.
+    """
+
+    arg_constraints: dict = {}
+
+    def __init__(self, make, batch_shape, event_shape, support):
+        self._make, self._base, self._support = make, None, support
+        super().__init__(torch.Size(batch_shape), torch.Size(event_shape), validate_args=False)
+
+    @property
+    def base(self) -> dist.TorchDistribution:
+        if self._base is None:
+            self._base = self._make()
+        return self._base
+
+    @property
+    def support(self):
+        return self._support
+
+    def expand(self, batch_shape, _instance=None):
+        return self if torch.Size(batch_shape) == self.batch_shape else self.base.expand(batch_shape)
+
+    def sample(self, sample_shape=torch.Size()):
+        return self.base.sample(sample_shape)
+
+    def log_prob(self, value):
+        return self.base.log_prob(value)
 
 
 def quantise(v: torch.Tensor, num_levels: int = 256) -> torch.Tensor:
@@ -268,12 +303,20 @@ class GaussianDiffusion(GenerativeModel):
             h = pyro.sample(f"x_{self.num_steps}", dist.Normal(torch.zeros(n, self.x_dim, dtype=dtype, device=device),
                                                                1.0).to_event(1))
             for t in range(self.num_steps, 1, -1):
-                steps = self._steps(t, n, device)
-                h = pyro.sample(f"x_{t - 1}", dist.Normal(self.reverse_mean(h, steps),
-                                                          self.sigma2[t - 1].sqrt()).to_event(1))
-            mean = self.reverse_mean(h, self._steps(1, n, device))
-            return pyro.sample(OBSERVED_SITE, DiscretisedGaussian(mean, self.sigma2[0].sqrt().expand_as(mean),
-                                                                 self.num_levels).to_event(1), obs=x)
+                h = pyro.sample(f"x_{t - 1}", Lazy(self._reverse_step(h, t), (n,), (self.x_dim,), constraints.real))
+            return pyro.sample(OBSERVED_SITE, Lazy(self._reverse_step(h, 1), (n,), (self.x_dim,),
+                                                   constraints.unit_interval), obs=x)
+
+    def _reverse_step(self, h: torch.Tensor, t: int):
+        """p_theta(x_{t-1} | x_t = h), built when needed (:class:`Lazy`): Gaussian, or the
+        discretised decoder at t = 1."""
+        def make():
+            mean = self.reverse_mean(h, self._steps(t, len(h), h.device))
+            scale = self.sigma2[t - 1].sqrt().expand_as(mean)
+            if t == 1:
+                return DiscretisedGaussian(mean, scale, self.num_levels).to_event(1)
+            return dist.Normal(mean, scale).to_event(1)
+        return make
 
     def guide(self, x=None, y=None, *, size=None):
         """The forward (noising) process q(x_{1:T} | x_0); it has no parameters."""
