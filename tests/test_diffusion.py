@@ -241,6 +241,12 @@ def test_gaussian_bound_is_finite_and_training_lowers_it():
     assert after.mean > before.mean + 10 * (before.stderr + after.stderr)
     values, stderr, _ = model.estimate_log_likelihood(x[:32], seed=0)
     assert torch.allclose(values.float(), after.values) and stderr == pytest.approx(after.stderr)
+    assert stderr == pytest.approx(values.std().item() / math.sqrt(32))
+    # ppgen.log_likelihood goes through the model's hook: the same values, whatever its num_samples
+    core = ppgen.log_likelihood(model, x[:32], seed=0)
+    assert torch.allclose(core.values, after.values) and not core.exact
+    assert after.bits_per_dim == pytest.approx(-after.mean / (196 * math.log(2)))
+    assert "lower bound" in str(after)
 
 
 def test_binary_training_lowers_the_bound():

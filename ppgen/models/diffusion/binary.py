@@ -14,7 +14,7 @@ from torch import nn
 
 from ppgen.inference.objectives import Objective
 from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, _check_count, at_least_float32, num_rows
-from ppgen.models.diffusion.gaussian import DiffusionELBO, Lazy, _Progress
+from ppgen.models.diffusion.gaussian import DiffusionELBO, FullBound, Lazy, _Progress
 from ppgen.models.diffusion.schedules import binary_betas, check_steps
 from ppgen.models.diffusion.unet import TimeMLP
 
@@ -26,7 +26,7 @@ def _bernoulli_kl(log_q1, log_q0, log_p1, log_p0) -> torch.Tensor:
     return (log_q1.exp() * (log_q1 - log_p1) + log_q0.exp() * (log_q0 - log_p0)).sum(-1)
 
 
-class BinaryDiffusion(GenerativeModel):
+class BinaryDiffusion(FullBound, GenerativeModel):
     r"""Diffusion on binary rows by bit flips, with an x_0-parameterised reverse model.
 
     Forward process (the guide, no parameters): each bit flips with probability :math:`\beta_t`,
@@ -47,7 +47,7 @@ class BinaryDiffusion(GenerativeModel):
     p_\theta(x_{t-1}|x_t))`, and :math:`L_0 = -\mathbb{E}_q\log p_\theta(x_0|x_1)`; it is comparable
     with the log-likelihoods of FVSBN, NADE, MADE and the VAE's ELBO on the same rows. Training
     (:class:`DiffusionELBO`) draws one step per row, :math:`L_T + T\,L_{t-1}`; :meth:`nll_bound`
-    sums all T terms.
+    sums all T terms (:meth:`log_likelihood_bound` reports it).
 
     Parameters: those of the MLP, ``num_parameters`` counts them.
 
@@ -210,25 +210,6 @@ class BinaryDiffusion(GenerativeModel):
             bar.update()
         bar.close()
         return total
-
-    @torch.no_grad()
-    def estimate_log_likelihood(self, x: torch.Tensor, *, num_samples: int = 1, seed: int = 0,
-                                batch_size: int = 1000, progress: bool = False):
-        """The ELBO per row (nats, a lower bound on log p(x)) with all T terms summed, averaged over
-        ``num_samples`` draws; ``(values, stderr over rows, None)``. Call ``ppgen.log_likelihood``
-        with ``num_samples=1`` (its default, 1000, is meant for importance sampling)."""
-        num_samples = _check_count(num_samples, "num_samples")
-        batch_size = _check_count(batch_size, "batch_size")
-        x = self.check_data(x)
-        values = torch.zeros(len(x), dtype=torch.float64)
-        for k in range(num_samples):
-            for i, rows in enumerate(x.split(batch_size)):
-                start = i * batch_size
-                values[start:start + len(rows)] -= self.nll_bound(rows, seed=seed + 1000 * k + i,
-                                                                  progress=progress).cpu()
-        values /= num_samples
-        stderr = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("inf")
-        return values, stderr, None
 
     def default_objective(self, program, num_particles: int = 1, precision: str = "fp32") -> Objective:
         return DiffusionELBO(program, precision=precision)

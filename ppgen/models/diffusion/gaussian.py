@@ -11,12 +11,14 @@ import torch
 from pyro.distributions import constraints
 from torch import nn
 
+from ppgen.inference.likelihood import LikelihoodResult
 from ppgen.inference.objectives import Objective
-from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, _check_count, at_least_float32, num_rows
+from ppgen.models.base import (DATA_PLATE, OBSERVED_SITE, GenerativeModel, _check_count, at_least_float32,
+                               bits_per_dim, num_rows)
 from ppgen.models.diffusion.schedules import check_steps, gaussian_betas
 from ppgen.models.diffusion.unet import UNet
 
-__all__ = ["GaussianDiffusion", "DiscretisedGaussian", "Lazy", "DiffusionELBO", "SimpleLoss", "LOSSES", "VARIANCES"]
+__all__ = ["GaussianDiffusion", "DiscretisedGaussian", "Lazy", "BoundResult", "FullBound", "DiffusionELBO", "SimpleLoss", "LOSSES", "VARIANCES"]
 
 LOSSES = ("elbo", "simple")
 VARIANCES = ("beta", "posterior")
@@ -151,7 +153,55 @@ class _Progress:
             self.bar.close()
 
 
-class GaussianDiffusion(GenerativeModel):
+class BoundResult(LikelihoodResult):
+    """A :class:`~ppgen.inference.likelihood.LikelihoodResult` holding a diffusion model's ELBO
+    (``exact=False``, ``method="elbo"``, ``num_samples`` the draws of the chain per row)."""
+
+    def __str__(self) -> str:
+        return (f"ELBO {self.mean:.3f} nats/example (a lower bound on log p(x), all T terms summed, "
+                f"± {self.stderr:.3f} over {len(self.values)} rows); {self.bits_per_dim:.4f} bits/dim")
+
+
+class FullBound:
+    """The test-time bound of a diffusion model from its ``nll_bound`` (all T terms summed)."""
+
+    @torch.no_grad()
+    def estimate_log_likelihood(self, x: torch.Tensor, *, num_samples: int | None = None, seed: int = 0,
+                                batch_size: int = 500, repeats: int = 1, progress: bool = False):
+        """The ELBO per row (a lower bound on log p(x), nats) with all T terms summed, each from one
+        draw of x_t, averaged over ``repeats`` draws; the hook ``ppgen.log_likelihood`` calls.
+
+        Returns ``(values (N,), stderr, None)``; the stderr is over rows (the spread of the values,
+        which includes the noise of the draws): the standard error of the mean bound.
+        ``num_samples`` is not used: ``ppgen.log_likelihood`` passes its importance-sampling K
+        (default 1000), which has no role in this bound; ``repeats`` sets the draws (each costs T
+        network passes per row).
+        """
+        repeats = _check_count(repeats, "repeats")
+        batch_size = _check_count(batch_size, "batch_size")
+        x = self.check_data(x)
+        values = torch.zeros(len(x), dtype=torch.float64)
+        for k in range(repeats):
+            for i, rows in enumerate(x.split(batch_size)):
+                start = i * batch_size
+                values[start:start + len(rows)] -= self.nll_bound(rows, seed=seed + 1000 * k + i,
+                                                                  progress=progress).cpu()
+        values /= repeats
+        stderr = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("inf")
+        return values, stderr, None
+
+    def log_likelihood_bound(self, x: torch.Tensor, *, seed: int = 0, batch_size: int = 500, repeats: int = 1,
+                             progress: bool = False) -> BoundResult:
+        """:meth:`estimate_log_likelihood` as a :class:`BoundResult` (its ``bits_per_dim`` is the
+        bound in bits per dimension; for 8-bit images, per pixel of the discrete image)."""
+        values, stderr, _ = self.estimate_log_likelihood(x, seed=seed, batch_size=batch_size, repeats=repeats,
+                                                         progress=progress)
+        mean = values.mean().item()
+        return BoundResult(values.float(), mean, stderr, bits_per_dim(mean, self.x_dim), False, repeats,
+                           elbo=mean, method="elbo")
+
+
+class GaussianDiffusion(FullBound, GenerativeModel):
     r"""Denoising diffusion probabilistic model (DDPM) on images with 256 levels per pixel.
 
     Data rows hold pixel values in [0, 1] on the grid {0, 1/255, ..., 1} (``load_dataset("digits_grey")``
@@ -180,7 +230,8 @@ class GaussianDiffusion(GenerativeModel):
     ``loss="simple"`` (:class:`SimpleLoss`) is Ho et al.'s Eq. 14,
     :math:`\mathbb{E}_{t,\epsilon}\|\epsilon - \epsilon_\theta(\sqrt{\bar\alpha_t}x_0 + \sqrt{1-\bar\alpha_t}\epsilon, t)\|^2`,
     a reweighted objective that is **not** a bound. :meth:`estimate_log_likelihood` sums all T
-    terms (one draw of :math:`x_t` per term): a lower bound on log p(x) whatever the loss trained.
+    terms (one draw of :math:`x_t` per term): a lower bound on log p(x) whatever the loss trained
+    (:meth:`log_likelihood_bound` gives it as a result object, with bits/dim).
 
     Parameters: those of the U-Net (:class:`~ppgen.models.diffusion.unet.UNet`); ``num_parameters``
     counts them.
@@ -393,44 +444,6 @@ class GaussianDiffusion(GenerativeModel):
             bar.update()
         bar.close()
         return total
-
-    @torch.no_grad()
-    def estimate_log_likelihood(self, x: torch.Tensor, *, num_samples: int = 1, seed: int = 0,
-                                batch_size: int = 500, progress: bool = False):
-        """The ELBO per row (a lower bound on log p(x), nats) with all T terms summed, averaged over
-        ``num_samples`` independent draws of the chain; what ``ppgen.log_likelihood`` reports.
-
-        Returns ``(values (N,), stderr, None)``: the stderr is over rows (the spread of the values,
-        which includes the noise of the draws), the standard error of the mean bound.
-
-        ``ppgen.log_likelihood`` passes its ``num_samples`` (default 1000, meant for importance
-        sampling) here: call it with ``num_samples=1``; each sample costs T network passes per row.
-        """
-        num_samples = _check_count(num_samples, "num_samples")
-        batch_size = _check_count(batch_size, "batch_size")
-        x = self.check_data(x)
-        values = torch.zeros(len(x), dtype=torch.float64)
-        for k in range(num_samples):
-            for i, rows in enumerate(x.split(batch_size)):
-                start = i * batch_size
-                values[start:start + len(rows)] -= self.nll_bound(rows, seed=seed + 1000 * k + i,
-                                                                  progress=progress).cpu()
-        values /= num_samples
-        stderr = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("inf")
-        return values, stderr, None
-
-    def log_likelihood_bound(self, x: torch.Tensor, *, num_samples: int = 1, seed: int = 0, batch_size: int = 500,
-                             progress: bool = False):
-        """:meth:`estimate_log_likelihood` as a :class:`ppgen.inference.likelihood.LikelihoodResult`
-        (``exact=False``, ``method="elbo"``, ``elbo`` the mean bound, bits/dim of the 8-bit image)."""
-        from ppgen.inference.likelihood import LikelihoodResult
-        from ppgen.models.base import bits_per_dim
-
-        values, stderr, _ = self.estimate_log_likelihood(x, num_samples=num_samples, seed=seed,
-                                                         batch_size=batch_size, progress=progress)
-        mean = values.mean().item()
-        return LikelihoodResult(values.float(), mean, stderr, bits_per_dim(mean, self.x_dim), False, num_samples,
-                                elbo=mean, method="elbo")
 
     def default_objective(self, program, num_particles: int = 1, precision: str = "fp32") -> Objective:
         """:class:`DiffusionELBO` (``loss="elbo"``) or :class:`SimpleLoss` (``loss="simple"``)."""
