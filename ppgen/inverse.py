@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import os
 from collections.abc import Sequence
@@ -469,6 +470,8 @@ def restore(model, y: torch.Tensor, operator: Operator, num_samples: int = 16, *
         Torch's global random state is seeded with it for the call (and restored afterwards),
         so the same seed gives the same samples.
 
+    The call runs on the model's device (``y`` is moved there); so do the results.
+
     Returns
     -------
     RestoreResult
@@ -485,7 +488,7 @@ def restore(model, y: torch.Tensor, operator: Operator, num_samples: int = 16, *
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {seed!r}")
-    y = operator.check_y(y)
+    y = operator.check_y(y).to(_device_of(model, y.device))  # run where the model is
     if isinstance(operator, Inpaint):
         operator.mask_for(y)
     ess, info = None, {}
@@ -519,6 +522,15 @@ def restore(model, y: torch.Tensor, operator: Operator, num_samples: int = 16, *
     samples = samples.detach()
     variance = samples.var(0) if num_samples > 1 else torch.zeros_like(samples[0])
     return RestoreResult(samples, samples.mean(0), variance, str(method), y, operator, ess, info)
+
+
+def _device_of(model, default: torch.device) -> torch.device:
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    if isinstance(model, nn.Module):
+        return next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0, device=default)).device
+    return default
 
 
 @contextlib.contextmanager

@@ -3,13 +3,15 @@ r"""Coloured digits: the greyscale digits painted with a palette, for colourisat
 Each digit n is painted with a foreground colour f_n on a background colour b_n, per channel,
 
 .. math::
-    g_n = \mathrm{intensity}_n / \max_d \mathrm{intensity}_{n,d} \in [0, 1], \qquad
-    c_n = g_n f_n + (1 - g_n) b_n,
+    g_n = \mathrm{round}\big(255\, \mathrm{intensity}_n / \max_d \mathrm{intensity}_{n,d}\big) / 255
+    \in [0, 1], \qquad c_n = g_n f_n + (1 - g_n) b_n,
 
 with (f_n, b_n) drawn uniformly (seeded) from the pairs of :data:`PALETTE` colours whose grey
-levels (channel means) differ, so the digit stays visible in grey. The palette holds grey levels
-shared by several hues -- red, green and blue all have level 1/3; yellow, cyan and magenta 2/3 --
-and levels held by one colour (black 0, grey 1/2, white 1). Seen in grey, a red digit on white
+levels (channel means) differ, so the digit stays visible in grey. The palette is the eight
+corners of the RGB cube, so every channel value is g, 1 - g, 0 or 1: on the 8-bit grid
+{0, 1/255, ..., 1} like ``digits_grey / 255``. Its grey levels are shared by several hues --
+red, green and blue all have level 1/3; yellow, cyan and magenta 2/3 -- or held by one colour
+(black 0, white 1). Seen in grey, a red digit on white
 could as well be green or blue: colour given greyness is ambiguous, and a generative model should
 return several plausible colourings. :class:`PaletteColouriser` draws them from the exact
 posterior of this story.
@@ -28,8 +30,8 @@ from ppgen.data import Dataset, load_dataset
 
 __all__ = ["PALETTE", "PALETTE_NAMES", "coloured_digits", "draw_colours", "paint", "PaletteColouriser"]
 
-PALETTE_NAMES = ("black", "white", "grey", "red", "green", "blue", "yellow", "cyan", "magenta")
-PALETTE = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.5, 0.5, 0.5],
+PALETTE_NAMES = ("black", "white", "red", "green", "blue", "yellow", "cyan", "magenta")
+PALETTE = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0],
                         [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0],
                         [1.0, 1.0, 0.0], [0.0, 1.0, 1.0], [1.0, 0.0, 1.0]])  # (P, 3) RGB in [0, 1]
 SHAPE = (3, 28, 28)
@@ -67,7 +69,8 @@ def paint(grey01: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor) -> torch.Ten
 def coloured_digits(split: str = "train", seed: int = 0, root: str | os.PathLike | None = None) -> Dataset:
     """The embedded ``digits_grey`` rows painted with palette colours: ``Dataset(x, y)``.
 
-    ``x`` (N, 3*784) floats in [0, 1], channels first (red, green, blue planes of 28x28);
+    ``x`` (N, 3*784) floats on the grid {0, 1/255, ..., 1}, channels first (red, green, blue
+    planes of 28x28);
     ``y`` the digit labels. Deterministic: the colours are drawn by :func:`draw_colours` with a
     seed derived from ``seed`` and ``split`` (each split gets its own colours).
 
@@ -82,9 +85,10 @@ def coloured_digits(split: str = "train", seed: int = 0, root: str | os.PathLike
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     grey, labels = load_dataset("digits_grey", split, root=root)
-    g = grey / grey.amax(1, keepdim=True)  # every digit spans [0, 1] exactly
+    g = (255 * grey / grey.amax(1, keepdim=True)).round() / 255  # every digit spans [0, 1] exactly
     fg, bg = draw_colours(len(g), seed=3 * seed + _SPLIT_OFFSET[split])
-    return Dataset(paint(g, PALETTE[fg], PALETTE[bg]).to(grey.dtype), labels)
+    colour = paint(g, PALETTE[fg], PALETTE[bg])
+    return Dataset(((255 * colour).round() / 255).to(grey.dtype), labels)  # exactly k / 255, as digits_grey / 255
 
 
 class PaletteColouriser:
