@@ -16,6 +16,8 @@ A(project(x, y)) = y.
 
 - a model with its own ``restore(y, operator, num_samples, **kwargs)`` method (the diffusion
   models; :class:`ColourRegression`; :class:`ppgen.data.colour.PaletteColouriser`) is called;
+- PPCA and factor analysis restore exactly for every operator (a Gaussian posterior); a fully
+  factorised model or a Bernoulli mixture inpaints exactly;
 - an autoregressive model inpaints with its exact conditionals (when the observed pixels come
   first in its ordering) or by sequential importance resampling;
 - a VAE inpaints by sampling its latent code from p(z | y_obs) (tempered sequential Monte Carlo,
@@ -439,8 +441,8 @@ class RestoreResult:
 
 
 CAPABLE = ("any model with a restore(y, operator, num_samples) method (the diffusion models, "
-           "PaletteColouriser, ColourRegression), autoregressive models (FVSBN, NADE, MADE, PixelCNN: "
-           "task 'inpaint'), VAE (task 'inpaint')")
+           "PaletteColouriser, ColourRegression), PPCA and FactorAnalysis (every task), autoregressive models "
+           "(FVSBN, NADE, MADE, PixelCNN), IndependentBernoulli, BernoulliMixture and VAE (task 'inpaint')")
 
 
 def restore(model, y: torch.Tensor, operator: Operator, num_samples: int = 16, *, seed: int = 0,
@@ -454,6 +456,10 @@ def restore(model, y: torch.Tensor, operator: Operator, num_samples: int = 16, *
 
         - ``model.restore(y, operator, num_samples, **kwargs)`` if the model has one (it returns
           samples (S, N, D); its ``restore_method`` attribute names the method);
+        - :class:`ppgen.PPCA` or :class:`ppgen.FactorAnalysis`, any operator: the exact Gaussian
+          posterior (``"exact Gaussian posterior"``);
+        - :class:`ppgen.IndependentBernoulli` or :class:`ppgen.BernoulliMixture` with
+          :class:`Inpaint`: exact, through the component posterior p(c | y_obs);
         - autoregressive model with :class:`Inpaint`: ``model.inpaint`` -- the exact conditionals
           p(x_missing | x_obs) when every observed pixel precedes the missing ones in the
           model's ordering, else sequential importance resampling (``num_particles``, default 1000);
@@ -499,6 +505,9 @@ def restore(model, y: torch.Tensor, operator: Operator, num_samples: int = 16, *
             method = getattr(model, "restore_method", f"{type(model).__name__}.restore")
         else:
             from ppgen.models.autoregressive import AutoregressiveModel
+            from ppgen.models.independent import IndependentBernoulli
+            from ppgen.models.latent.linear_gaussian import _LinearGaussian
+            from ppgen.models.latent.mixture import BernoulliMixture
             from ppgen.models.latent.vae import VAE
 
             if isinstance(model, AutoregressiveModel) and isinstance(operator, Inpaint):
@@ -507,6 +516,12 @@ def restore(model, y: torch.Tensor, operator: Operator, num_samples: int = 16, *
                                        **_only(kwargs, "num_particles"))
                 samples, ess = result.samples, result.ess
                 method = "exact conditionals" if result.method == "exact" else "sequential importance resampling"
+            elif isinstance(model, (IndependentBernoulli, BernoulliMixture)) and isinstance(operator, Inpaint):
+                samples = _mixture_inpaint(model, y, operator, num_samples, **_only(kwargs))
+                method = "exact conditionals"
+            elif isinstance(model, _LinearGaussian):
+                samples = _gaussian_restore(model, y, operator, num_samples, **_only(kwargs))
+                method = "exact Gaussian posterior"
             elif isinstance(model, VAE) and isinstance(operator, Inpaint):
                 samples, ess, info = vae_inpaint(model, y, operator, num_samples, **kwargs)
                 method = ("importance resampling" if kwargs.get("sampler") == "importance"
@@ -553,6 +568,62 @@ def _noiseless(operator: Operator, model) -> None:
     if operator.sigma:
         raise ValueError(f"{type(model).__name__} inpaints observed pixels exactly: it needs a noiseless "
                          f"Inpaint (sigma=0), got {operator!r}")
+
+
+@torch.no_grad()
+def _mixture_inpaint(model, y: torch.Tensor, operator: Inpaint, num_samples: int) -> torch.Tensor:
+    r"""Exact inpainting for a fully factorised model (one component) or a Bernoulli mixture:
+    p(c | y_obs) \propto pi_c prod_{d observed} p(y_d | c), then x_miss ~ p(x_miss | c) pixel by pixel."""
+    _noiseless(operator, model)
+    from pyro import distributions as dist
+
+    mask = operator.mask_for(y)
+    x_obs = model.check_data(torch.where(mask, y, torch.zeros_like(y)), "y")
+    logits = model.logits[None] if model.logits.dim() == 1 else model.logits  # (k, D)
+    log_pi = torch.log_softmax(getattr(model, "weight_logits", logits.new_zeros(1)), -1)  # (k,)
+    log_lik = x_obs[:, None, :] * logits - F.softplus(logits)  # (N, k, D): log Bernoulli(x_d | c)
+    c = dist.Categorical(logits=log_pi + (log_lik * mask[:, None, :]).sum(-1)).sample((num_samples,))  # (S, N)
+    x = torch.bernoulli(torch.sigmoid(logits[c]))  # (S, N, D)
+    return torch.where(mask, x_obs, x)
+
+
+@torch.no_grad()
+def _gaussian_restore(model, y: torch.Tensor, operator: Operator, num_samples: int) -> torch.Tensor:
+    r"""Exact posterior of a linear-Gaussian model x ~ N(mu, C = W W^T + Psi) given y = A x + sigma eps:
+
+    .. math::
+        x \mid y \sim \mathcal{N}\big(\mu + K (y - A\mu),\ C - K A C\big), \qquad
+        K = C A^\top (A C A^\top + \sigma^2 I)^{-1}.
+
+    A is the operator's matrix (for :class:`Inpaint` the rows of the observed pixels, mask by
+    mask); samples use the eigendecomposition of the posterior covariance (singular where y
+    fixes x exactly)."""
+    w, mu = model.weight.double(), model.loc.double()
+    cov = w @ w.T + torch.diag(model.noise_variance().double())  # (D, D)
+    dim = cov.shape[0]
+    if operator.in_dim not in (None, dim):
+        raise ValueError(f"{operator!r} measures rows of width {operator.in_dim}; the model's are {dim}")
+    y = y.double()
+    out = y.new_empty(num_samples, y.shape[0], dim)
+    if isinstance(operator, Inpaint):
+        masks = operator.mask_for(y)
+        groups = [(masks == m).all(1) for m in masks.unique(dim=0)]
+        matrices = [torch.eye(dim, dtype=y.dtype, device=y.device)[m] for m in masks.unique(dim=0)]
+        measured = [y[g][:, m] for g, m in zip(groups, masks.unique(dim=0))]
+    else:
+        groups = [torch.ones(y.shape[0], dtype=torch.bool, device=y.device)]
+        matrices = [operator.apply(torch.eye(dim, dtype=y.dtype, device=y.device)).T]  # (out, D)
+        measured = [y]
+    for rows, a, y_rows in zip(groups, matrices, measured):
+        s = a @ cov @ a.T + operator.sigma**2 * torch.eye(len(a), dtype=y.dtype, device=y.device)
+        gain = torch.linalg.solve(s, a @ cov).T  # K = C A^T S^{-1}, (D, m)
+        mean = mu + (y_rows - mu @ a.T) @ gain.T  # (n, D)
+        post = cov - gain @ a @ cov
+        values, vectors = torch.linalg.eigh((post + post.T) / 2)
+        root = vectors * values.clamp_min(0).sqrt()  # (D, D): root @ root.T = post
+        noise = torch.randn(num_samples, len(mean), dim, dtype=y.dtype, device=y.device)
+        out[:, rows] = mean + noise @ root.T
+    return out.to(model.loc.dtype)
 
 
 @torch.no_grad()

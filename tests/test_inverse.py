@@ -21,7 +21,7 @@ from ppgen.data.colour import PALETTE, PaletteColouriser, coloured_digits, draw_
 from ppgen.inverse import (ColourRegression, Downsample, GaussianNoise, Greyscale, Inpaint, RestoreResult,
                            fit_colour_regression, image_shape, inpaint_mask, make_operator, restore, restore_grid,
                            restore_summary, sample_diversity)
-from ppgen.models import FVSBN, VAE, IndependentBernoulli
+from ppgen.models import FVSBN, PPCA, VAE, BernoulliMixture, FactorAnalysis, FullJointTable, IndependentBernoulli
 
 ALPHA = 1e-4  # significance of the goodness-of-fit tests
 
@@ -162,6 +162,95 @@ def test_autoregressive_inpainting_matches_enumeration(observed_first):
     check_matches(samples, missing, reference, marginal)
     # same seed, same samples
     assert torch.equal(restore(model, y[:20], op, 2, seed=5).samples, restore(model, y[:20], op, 2, seed=5).samples)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_factorised_and_mixture_inpainting_match_enumeration(k):
+    generator = torch.Generator().manual_seed(k)
+    if k == 1:
+        model = IndependentBernoulli(6)
+        with torch.no_grad():
+            model.logits.copy_(torch.randn(6, generator=generator))
+    else:
+        model = BernoulliMixture(6, k)
+        with torch.no_grad():
+            model.logits.copy_(3 * torch.randn(k, 6, generator=generator))
+            model.weight_logits.copy_(torch.randn(k, generator=generator))
+    observed = torch.tensor([True, False, True, True, False, False])
+    x_obs = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0])
+    op = Inpaint(observed)
+    result = restore(model, op(x_obs.expand(3000, -1).clone()), op, 1, seed=0)
+    assert result.method == "exact conditionals"
+    with torch.no_grad():
+        reference = conditional_table(model.log_prob, observed, x_obs)
+        marginal = torch.softmax(model.log_prob(all_binary(6)).double(), 0).reshape(2, 2, 2, 2, 2, 2).sum(
+            dim=(0, 2, 3)).reshape(-1)
+    if k == 1:  # independent pixels: the conditional is the marginal, so there is no wrong reference to reject
+        counts = torch.bincount(bin_index(result.samples[0], ~observed), minlength=8).double()
+        assert chi_square_p(counts, reference) > ALPHA
+        torch.testing.assert_close(reference, marginal)
+    else:
+        check_matches(result.samples[0], ~observed, reference, marginal)
+
+
+def random_ppca(dim=8, latent=3, kind=PPCA):
+    model = kind(dim, latent)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(dim, latent, generator=generator) * 0.5)
+        model.loc.copy_(torch.rand(dim, generator=generator))
+    return model
+
+
+def test_linear_gaussian_inpainting_is_the_schur_complement():
+    model = random_ppca(kind=FactorAnalysis)
+    observed = torch.tensor([True, False, True, True, False, True, False, False])
+    op = Inpaint(observed)
+    truth = model.sample(2)
+    result = restore(model, op(truth), op, 20000, seed=0)
+    assert result.method == "exact Gaussian posterior"
+    with torch.no_grad():
+        cov = (model.weight @ model.weight.T + torch.diag(model.noise_variance())).double()
+        mu = model.loc.double()
+    o, m = observed, ~observed
+    gain = cov[m][:, o] @ torch.linalg.inv(cov[o][:, o])
+    mean = mu[m] + (truth.double()[:, o] - mu[o]) @ gain.T  # (2, 4)
+    post = cov[m][:, m] - gain @ cov[o][:, m]
+    samples = result.samples.double()
+    assert (samples[:, :, o] - truth[:, o]).abs().max() < 1e-5  # observed pixels kept
+    # 20000 draws: the mean's s.e. is sqrt(var / 20000); 5 s.e. per coordinate
+    assert ((samples[:, :, m].mean(0) - mean).abs() < 5 * (post.diagonal() / 20000).sqrt()).all()
+    # the covariance's s.e. is about sqrt((s_ii s_jj + s_ij^2) / 20000) <= 0.011 * max s_ii here; allow 5 s.e.
+    for row in range(2):
+        empirical = torch.cov(samples[:, row][:, m].T)
+        assert (empirical - post).abs().max() < 5 * 0.011 * post.diagonal().max()
+
+
+@pytest.mark.parametrize("op", [Greyscale((2, 2, 2), sigma=0.3), Downsample((2, 2, 2), 2, sigma=0.1)])
+def test_linear_gaussian_restoration_matches_importance_sampling(op):
+    """A second algorithm: weight 10^6 prior draws by the Gaussian likelihood of y."""
+    model = random_ppca()
+    with torch.no_grad():
+        cov = (model.weight @ model.weight.T + torch.diag(model.noise_variance())).double()
+        prior = torch.distributions.MultivariateNormal(model.loc.double(), cov)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        x = prior.sample((10**6,))
+        y = op(prior.sample((1,)))  # the noise on y is part of the story: y = A x0 + sigma eps
+    samples = 50000
+    result = restore(model, y.float(), op, samples, seed=0)
+    log_w = -((op.apply(x) - y) ** 2).sum(1) / (2 * op.sigma**2)
+    w = torch.softmax(log_w, 0)
+    ess = float(1 / (w**2).sum())
+    assert ess > 10000
+    mean = (w[:, None] * x).sum(0)
+    var = (w[:, None] * (x - mean) ** 2).sum(0)
+    assert (var < 0.8 * cov.diagonal()).all()  # y is informative: the posterior is not the prior
+    # both estimates are noisy: the means' s.e. are sqrt(var / n) (n = samples, ESS); 5 combined s.e.
+    assert ((result.mean[0].double() - mean).abs() < 5 * (var / samples + var / ess).sqrt()).all()
+    # a variance estimate's relative s.e. is about sqrt(2 / n); 5 combined s.e. (6-7% here)
+    rtol = 5 * math.sqrt(2 / samples + 2 / ess)
+    assert ((result.variance[0].double() / var - 1).abs() < rtol).all()
 
 
 def tiny_vae(dim=6, z_dim=2):
@@ -336,8 +425,12 @@ def test_restore_refuses_what_a_model_cannot_do():
     op = Greyscale((3, 2, 2))
     with pytest.raises(ValueError, match=r"VAE cannot restore for task 'colourise'; models that can: .*diffusion"):
         restore(VAE(12, z_dim=2, hidden=4), torch.rand(3, 4), op)
-    with pytest.raises(ValueError, match="IndependentBernoulli cannot restore for task 'inpaint'"):
-        restore(IndependentBernoulli(6), torch.zeros(2, 6), Inpaint(torch.arange(6) < 3))
+    with pytest.raises(ValueError, match="FullJointTable cannot restore for task 'inpaint'"):
+        restore(FullJointTable(6), torch.zeros(2, 6), Inpaint(torch.arange(6) < 3))
+    with pytest.raises(ValueError, match="IndependentBernoulli cannot restore for task 'upsample'"):
+        restore(IndependentBernoulli(16), torch.zeros(2, 4), Downsample((1, 4, 4), 2))
+    with pytest.raises(ValueError, match=r"measures rows of width 12; the model's are 8"):
+        restore(random_ppca(), torch.zeros(2, 4), Greyscale((3, 2, 2)))
     with pytest.raises(ValueError, match="needs a noiseless Inpaint"):
         restore(strong_fvsbn(6), torch.zeros(2, 6), Inpaint(torch.arange(6) < 3, sigma=0.1))
     with pytest.raises(ValueError, match="must hold only 0 and 1"):
