@@ -40,10 +40,13 @@ class BinaryDiffusion(FullBound, GenerativeModel):
         \tilde p_\theta(\tilde x_0 \mid x_t)\ (t = T..2), \qquad
         p_\theta(x_0 \mid x_1) = \tilde p_\theta(x_0 \mid x_1),
 
-    with :math:`\tilde p_\theta(\tilde x_{0,d} = 1 \mid x_t) = \sigma(f_\theta(x_t, t)_d)` factorised over
-    bits, :math:`f_\theta` an MLP (:class:`~ppgen.models.diffusion.unet.TimeMLP`) on :math:`2x_t - 1`
-    and the step. The ELBO in nats, :math:`-L_T - \sum_{t=2}^T L_{t-1} - L_0`, has closed-form
-    Bernoulli KLs for :math:`L_T` and :math:`L_{t-1} = \mathbb{E}_q\,\mathrm{KL}(q(x_{t-1}|x_t,x_0)\,\|\,
+    with :math:`\tilde p_\theta(\tilde x_{0,d} = 1 \mid x_t) = \sigma\big(f_\theta(x_t, t)_d +
+    (2x_{t,d} - 1)\log\frac{1-\gamma_t}{\gamma_t}\big)` factorised over bits, :math:`f_\theta` an MLP
+    (:class:`~ppgen.models.diffusion.unet.TimeMLP`) on :math:`2x_t - 1` and the step; the second term is
+    the posterior logit of :math:`x_0` given :math:`x_t` under a uniform :math:`x_0` (near-certain
+    for small t), so the network learns only a correction to it (without it, a 60-second run on the
+    embedded digits ends near -430 nats, with it near -115). The ELBO in nats,
+    :math:`-L_T - \sum_{t=2}^T L_{t-1} - L_0`, has closed-form Bernoulli KLs for :math:`L_T` and :math:`L_{t-1} = \mathbb{E}_q\,\mathrm{KL}(q(x_{t-1}|x_t,x_0)\,\|\,
     p_\theta(x_{t-1}|x_t))`, and :math:`L_0 = -\mathbb{E}_q\log p_\theta(x_0|x_1)`; it is comparable
     with the log-likelihoods of FVSBN, NADE, MADE and the VAE's ELBO on the same rows. Training
     (:class:`DiffusionELBO`) draws one step per row, :math:`L_T + T\,L_{t-1}`; :meth:`nll_bound`
@@ -100,8 +103,12 @@ class BinaryDiffusion(FullBound, GenerativeModel):
         return torch.full((rows,), t, dtype=torch.long, device=device) if isinstance(t, int) else t
 
     def x0_logits(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        r"""Logits of :math:`\tilde p_\theta(\tilde x_0 = 1 \mid x_t)`, (B, D)."""
-        return at_least_float32(self.network(2 * x_t - 1, t))
+        r"""Logits of :math:`\tilde p_\theta(\tilde x_0 = 1 \mid x_t)`, (B, D): the network's output plus
+        :math:`(2x_t - 1)\log\frac{1-\gamma_t}{\gamma_t}`, the logit of x_0 given x_t alone when x_0 is
+        uniform, so the network learns a correction to "x_0 is x_t up to the flips so far"."""
+        flip = self.flip[t].unsqueeze(-1)
+        prior = torch.log1p(-flip) - torch.log(flip.clamp(min=torch.finfo(flip.dtype).tiny))
+        return at_least_float32(self.network(2 * x_t - 1, t)) + (2 * x_t - 1) * prior
 
     def q_probs(self, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """q(x_t = 1 | x_0), (B, D); t may be 0."""
