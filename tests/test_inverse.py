@@ -84,7 +84,8 @@ def test_coloured_digits_are_the_formula_applied_to_the_grey_digits():
     # channel by channel, by hand, for one row
     n = 7
     for c in range(3):
-        torch.testing.assert_close(x[n, c * 784:(c + 1) * 784], g[n] * PALETTE[fg[n], c] + (1 - g[n]) * PALETTE[bg[n], c])
+        expected = g[n] * PALETTE[fg[n], c] + (1 - g[n]) * PALETTE[bg[n], c]
+        torch.testing.assert_close(x[n, c * 784:(c + 1) * 784], expected)
     # greyscale: y = g mean(fg) + (1 - g) mean(bg)
     expected = g * PALETTE[fg].mean(1, keepdim=True) + (1 - g) * PALETTE[bg].mean(1, keepdim=True)
     torch.testing.assert_close(Greyscale()(x), expected)
@@ -331,7 +332,7 @@ def test_colourisation_posterior_variance_where_colour_is_ambiguous():
     levels = PALETTE.mean(1)
     ambiguous = torch.tensor([abs(3 * float(m) - round(3 * float(m))) < 1e-6 and 0 < float(m) < 1 for m in levels])
     # one row with an ambiguous foreground on an unambiguous background, one the other way round
-    rows = [int(((ambiguous[fg]) & (~ambiguous[bg])).nonzero()[0]), int(((~ambiguous[fg]) & ambiguous[bg]).nonzero()[0])]
+    rows = [int((ambiguous[fg] & ~ambiguous[bg]).nonzero()[0]), int((~ambiguous[fg] & ambiguous[bg]).nonzero()[0])]
     truth = x[rows]
     y = Greyscale()(truth)
     colouriser = PaletteColouriser()
@@ -407,7 +408,8 @@ def test_bad_operator_arguments_raise(make, match):
 
 def test_bad_widths_raise():
     x = torch.rand(2, 100)
-    with pytest.raises(ValueError, match=r"x has 100 columns, but Greyscale\(shape=\(3, 28, 28\)\) takes x of width 2352"):
+    with pytest.raises(ValueError, match=r"x has 100 columns, but Greyscale\(shape=\(3, 28, 28\)\) takes x of width 2352"
+                       ):
         Greyscale()(x)
     with pytest.raises(ValueError, match="y has 100 columns.*width 196"):
         Downsample().pseudo_inverse(x)

@@ -167,5 +167,6 @@ class PaletteColouriser:
         n = len(g)
         f = torch.multinomial(fg.double(), num_samples, replacement=True).T  # (S, N) palette indices
         b = torch.multinomial(bg.double(), num_samples, replacement=True).T
-        rows = paint(g.repeat(num_samples, 1), self.palette[f.reshape(-1)].double(), self.palette[b.reshape(-1)].double())
+        palette = self.palette.double()
+        rows = paint(g.repeat(num_samples, 1), palette[f.reshape(-1)], palette[b.reshape(-1)])
         return rows.reshape(num_samples, n, -1).to(y.dtype)
