@@ -28,9 +28,11 @@ class RestoreResult:
         Per-pixel posterior mean and variance estimated from the samples (the unbiased sample
         variance; zero when S = 1).
     method : str
-        How the samples were drawn: ``"exact conditionals"``, ``"sequential importance
-        resampling"``, ``"importance resampling"``, or the name a model's own ``restore`` gives
-        (its ``restore_method`` attribute, e.g. ``"DDNM"``).
+        How the samples were drawn: ``"exact conditionals"``, ``"exact Gaussian posterior"``,
+        ``"sequential importance resampling"`` (an autoregressive model whose ordering does not
+        put the observed pixels first), ``"sequential Monte Carlo (tempered)"``, ``"importance
+        resampling"``, or the name a model's own ``restore`` gives (its ``restore_method``
+        attribute, e.g. ``"DDNM"``).
     y : Tensor (N, out_dim)
     operator : Operator
     ess : Tensor (N,) or None
@@ -88,9 +90,10 @@ def restore(model, y: torch.Tensor, operator: Operator, num_samples: int = 16, *
         Restorations per row, S.
     seed : int
         Torch's global random state is seeded with it for the call (and restored afterwards),
-        so the same seed gives the same samples.
-
-    The call runs on the model's device (``y`` is moved there); so do the results.
+        so the same seed gives the same samples. The call runs on the model's device (``y`` is
+        moved there), and so do the results.
+    **kwargs
+        Options of the method (above); an option it does not take is a TypeError.
 
     Returns
     -------
@@ -120,7 +123,7 @@ def restore(model, y: torch.Tensor, operator: Operator, num_samples: int = 16, *
         else:
             from ppgen.models.autoregressive import AutoregressiveModel
             from ppgen.models.independent import IndependentBernoulli
-            from ppgen.models.latent.linear_gaussian import _LinearGaussian
+            from ppgen.models.latent.linear_gaussian import PPCA, FactorAnalysis
             from ppgen.models.latent.mixture import BernoulliMixture
             from ppgen.models.latent.vae import VAE
 
@@ -133,7 +136,7 @@ def restore(model, y: torch.Tensor, operator: Operator, num_samples: int = 16, *
             elif isinstance(model, (IndependentBernoulli, BernoulliMixture)) and isinstance(operator, Inpaint):
                 samples = _mixture_inpaint(model, y, operator, num_samples, **_only(kwargs))
                 method = "exact conditionals"
-            elif isinstance(model, _LinearGaussian):
+            elif isinstance(model, (PPCA, FactorAnalysis)):
                 samples = _gaussian_restore(model, y, operator, num_samples, **_only(kwargs))
                 method = "exact Gaussian posterior"
             elif isinstance(model, VAE) and isinstance(operator, Inpaint):
