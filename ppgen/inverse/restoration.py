@@ -258,7 +258,7 @@ def sample_diversity(samples: torch.Tensor) -> float:
 def restore_summary(result: RestoreResult, truth: torch.Tensor | None = None) -> dict:
     """Numbers that describe a restoration, as a JSON-ready dict.
 
-    ``consistency``: the largest |A x - y| over samples (0 up to rounding for a noiseless
+    ``consistency``: the largest ``|A x - y|`` over samples (0 up to rounding for a noiseless
     operator whose restorations respect y; for a noisy one, compare it with sigma).
     ``diversity``: :func:`sample_diversity`. With ``truth`` (N, D): ``mse_mean``, the mean squared
     error of the posterior mean, and ``mse_sample``, that of a single sample on average
