@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 
-import ppgen
 from ppgen import load_dataset
 from ppgen.models.diffusion import BinaryDiffusion, GaussianDiffusion
 
@@ -131,7 +130,8 @@ def main() -> None:
                                   num_blocks=preset["num_blocks"], attention=preset["attention"]).to(device)
         row = {"data": "mnist" if args.mnist else "digits_grey", "num_steps": num_steps, "schedule": args.schedule,
                "num_parameters": model.num_parameters}
-        row.update(train_on_clock(model, train, 60 * args.minutes, args.loss, preset["batch_size"], preset["lr"], device))
+        row.update(train_on_clock(model, train, 60 * args.minutes, args.loss, preset["batch_size"], preset["lr"],
+                                  device))
         start = time.perf_counter()
         bound = model.log_likelihood_bound(rows.to(device), batch_size=preset["batch_size"] * 4)
         row["test_bound"] = {**bound.to_dict(), "rows": len(rows), "seconds": time.perf_counter() - start}

@@ -46,8 +46,9 @@ class BinaryDiffusion(FullBound, GenerativeModel):
     the posterior logit of :math:`x_0` given :math:`x_t` under a uniform :math:`x_0` (near-certain
     for small t), so the network learns only a correction to it (without it, a 60-second run on the
     embedded digits ends near -430 nats, with it near -115). The ELBO in nats,
-    :math:`-L_T - \sum_{t=2}^T L_{t-1} - L_0`, has closed-form Bernoulli KLs for :math:`L_T` and :math:`L_{t-1} = \mathbb{E}_q\,\mathrm{KL}(q(x_{t-1}|x_t,x_0)\,\|\,
-    p_\theta(x_{t-1}|x_t))`, and :math:`L_0 = -\mathbb{E}_q\log p_\theta(x_0|x_1)`; it is comparable
+    :math:`-L_T - \sum_{t=2}^T L_{t-1} - L_0`, has closed-form Bernoulli KLs for :math:`L_T` and
+    :math:`L_{t-1} = \mathbb{E}_q\,\mathrm{KL}(q(x_{t-1}|x_t,x_0)\,\|\,p_\theta(x_{t-1}|x_t))`, and
+    :math:`L_0 = -\mathbb{E}_q\log p_\theta(x_0|x_1)`; it is comparable
     with the log-likelihoods of FVSBN, NADE, MADE and the VAE's ELBO on the same rows. Training
     (:class:`DiffusionELBO`) draws one step per row, :math:`L_T + T\,L_{t-1}`; :meth:`nll_bound`
     sums all T terms (:meth:`log_likelihood_bound` reports it).

@@ -18,23 +18,29 @@ from ppgen.models.base import (DATA_PLATE, OBSERVED_SITE, GenerativeModel, _chec
 from ppgen.models.diffusion.schedules import check_steps, gaussian_betas
 from ppgen.models.diffusion.unet import UNet
 
-__all__ = ["GaussianDiffusion", "DiscretisedGaussian", "Lazy", "BoundResult", "FullBound", "DiffusionELBO", "SimpleLoss", "LOSSES", "VARIANCES"]
+__all__ = ["GaussianDiffusion", "DiscretisedGaussian", "Lazy", "BoundResult", "FullBound", "DiffusionELBO",
+           "SimpleLoss", "LOSSES", "VARIANCES"]
 
 LOSSES = ("elbo", "simple")
 VARIANCES = ("beta", "posterior")
 
 
 def _log1mexp(a: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(a)) for a < 0, accurate at both ends (Maechler 2012)."""
+    """log(1 - exp(a)) for a < 0, accurate at both ends (Maechler 2012). Each branch sees only
+    inputs where it is finite, so that the gradient of the branch not taken is not NaN."""
     a = a.clamp(max=-torch.finfo(a.dtype).tiny)
-    return torch.where(a > -math.log(2), torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
+    near = a > -math.log(2)
+    return torch.where(near, torch.log(-torch.expm1(torch.where(near, a, -1.0))),
+                       torch.log1p(-torch.exp(torch.where(near, -1.0, a))))
 
 
 def _log_normal_mass(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """log(Phi(hi) - Phi(lo)) for lo < hi, from the tail where it is accurate."""
-    left = torch.special.log_ndtr(hi) + _log1mexp(torch.special.log_ndtr(lo) - torch.special.log_ndtr(hi))
-    right = torch.special.log_ndtr(-lo) + _log1mexp(torch.special.log_ndtr(-hi) - torch.special.log_ndtr(-lo))
-    return torch.where(lo + hi < 0, left, right)
+    """log(Phi(hi) - Phi(lo)) for lo < hi, from the lower tail: an interval right of 0 is
+    mirrored to [-hi, -lo] first (the same mass), so the difference of CDFs is never near 1 - 1."""
+    mirror = lo + hi > 0
+    a, b = torch.where(mirror, -hi, lo), torch.where(mirror, -lo, hi)
+    log_b = torch.special.log_ndtr(b)
+    return log_b + _log1mexp(torch.special.log_ndtr(a) - log_b)
 
 
 class DiscretisedGaussian(dist.TorchDistribution):
@@ -228,7 +234,8 @@ class GaussianDiffusion(FullBound, GenerativeModel):
     Training (``loss="elbo"``, :class:`DiffusionELBO`) estimates it without bias from one step
     :math:`t \sim U\{1..T\}` per row, :math:`L_T + T\,L_{t-1}` (Ho et al. Eq. 5);
     ``loss="simple"`` (:class:`SimpleLoss`) is Ho et al.'s Eq. 14,
-    :math:`\mathbb{E}_{t,\epsilon}\|\epsilon - \epsilon_\theta(\sqrt{\bar\alpha_t}x_0 + \sqrt{1-\bar\alpha_t}\epsilon, t)\|^2`,
+    :math:`\mathbb{E}_{t,\epsilon}\|\epsilon - \epsilon_\theta(\sqrt{\bar\alpha_t}x_0 +
+    \sqrt{1-\bar\alpha_t}\epsilon, t)\|^2`,
     a reweighted objective that is **not** a bound. :meth:`estimate_log_likelihood` sums all T
     terms (one draw of :math:`x_t` per term): a lower bound on log p(x) whatever the loss trained
     (:meth:`log_likelihood_bound` gives it as a result object, with bits/dim).
