@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_dataset": "ppgen.data",
     "compress": "ppgen.compression", "decompress": "ppgen.compression",
+    "restore": "ppgen.inverse", "RestoreResult": "ppgen.inverse",
     **dict.fromkeys(["ConvergenceWarning", "FitConfig", "FitResult", "LikelihoodResult", "ModelCheckError",
                      "Objective", "Program", "check_model", "fit", "log_likelihood", "elbo_report"],
                     "ppgen.inference"),
@@ -20,7 +21,7 @@ _EXPORTS = {
                     "ppgen.models"),
 }
 __all__ = [
-    "load_dataset", "compress", "decompress",
+    "load_dataset", "compress", "decompress", "restore", "RestoreResult",
     "Program", "check_model", "ModelCheckError", "Objective",
     "fit", "FitConfig", "FitResult", "ConvergenceWarning", "log_likelihood", "LikelihoodResult", "elbo_report",
     "GenerativeModel", "IndependentBernoulli", "FullJointTable", "BayesNet", "BayesianCPTs",
@@ -29,4 +30,4 @@ __all__ = [
     "FlowPriorVAE", "IAFVAE",
     "RealNVP", "Glow", "MAF", "NSF",
 ]
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, ["data", "models", "inference", "compression", "plots", "cli"])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, ["data", "models", "inference", "compression", "inverse", "plots", "cli"])

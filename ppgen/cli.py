@@ -1,4 +1,4 @@
-"""The ``ppgen`` command: demo, train, evaluate and sample, on run folders.
+"""The ``ppgen`` command: demo, train, evaluate, sample and restore, on run folders.
 
 A run folder holds ``config.json`` (model name and arguments, data set, training settings),
 ``model.pt`` (the trained weights), ``checkpoints/`` (for ``--resume``), ``history.json``,
@@ -28,7 +28,11 @@ FVSBN, MADE, NADE, VAE, ConditionalVAE, IndependentBernoulli, PixelCNN = (LazyOb
     "FVSBN", "MADE", "NADE", "VAE", "ConditionalVAE", "IndependentBernoulli", "PixelCNN"))
 elbo_curves, image_grid = (LazyObject("ppgen.plots", name) for name in ("elbo_curves", "image_grid"))
 RealNVP, Glow, MAF, prepare_data = (LazyObject("ppgen.models.flows", n) for n in ("RealNVP", "Glow", "MAF", "prepare_data"))
-DATASETS = ("digits", "digits_grey", "binarized_mnist", "mnist")  # ppgen.data.DATASETS (tests/test_startup.py checks)
+DATASETS = ("digits", "digits_grey", "digits_colour", "binarized_mnist", "mnist")  # ppgen.data.DATASETS (tests/test_startup.py checks)
+restore, restore_grid, restore_summary, make_operator, image_shape = (LazyObject("ppgen.inverse", n) for n in (
+    "restore", "restore_grid", "restore_summary", "make_operator", "image_shape"))
+RESTORE_TASKS = ("inpaint", "colourise", "upsample", "denoise")  # ppgen.inverse.TASKS (kept literal: --help imports no torch)
+MASKS = ("bottom", "top", "right", "centre", "random")  # ppgen.inverse.MASKS
 
 def _pixelcnn(x_dim: int, **kwargs) -> PixelCNN:
     model = PixelCNN(**kwargs)
@@ -259,6 +263,37 @@ def _option(text: str) -> tuple[str, object]:
         return key.replace("-", "_"), value
 
 
+def restore_run(run: Path, task: str, *, mask: str = "bottom", factor: int = 2, sigma: float = 0.1, rows: int = 8,
+                num_samples: int = 8, seed: int = 0, out: Path | None = None) -> tuple[dict, Path]:
+    """Measure ``rows`` test images of a run's data set with the task's operator, restore them with the
+    run's model (``ppgen.inverse.restore``), and write a before/after grid (PNG) and its numbers (JSON)."""
+    if not 1 <= rows <= 64 or not 1 <= num_samples <= 64:
+        raise ValueError(f"--rows and -n must be between 1 and 64 (one grid image), got {rows} and {num_samples}")
+    out = out or run / f"restore_{task}.png"
+    if out.is_dir():
+        out = out / f"restore_{task}.png"
+    elif out.suffix.lower() != ".png":
+        out = out.with_name(out.name + ".png")
+    check_out(out.parent, "the folder of --out")
+    model, config = load_run(run)
+    shape = image_shape(model.x_dim)
+    if task == "colourise" and shape[0] != 3:
+        raise ValueError(f"colourise needs a model of colour images (3 x H x W rows); {run} models "
+                         f"{model.x_dim} grey pixels (train one with --data digits_colour)")
+    split = "test" if has_splits(config["data"]) else "train"
+    truth = load_dataset(config["data"], split, root=config["root"]).x[:rows]
+    if truth.max() > 1:  # 8-bit grey levels (digits_grey): restorations live on [0, 1]
+        truth = truth / 255
+    operator = make_operator(task, shape, mask=mask, factor=factor, sigma=sigma, seed=seed)
+    y = operator(truth, generator=torch.Generator().manual_seed(seed))
+    result = restore(model, y, operator, num_samples, seed=seed)
+    summary = {"run": str(run), "split": split, **restore_summary(result, truth)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    restore_grid(None, result, truth, shape, max_rows=rows, path=out)
+    _write_json(out.with_suffix(".json"), summary)
+    return summary, out
+
+
 def compress_run(run: Path, source: Path, target: Path, *, decompress: bool = False) -> str:
     """Compress the images of the ``.npy`` file ``source`` with a run's model into ``target`` (``.ppz``), or
     decompress ``source`` (``.ppz``) into ``target`` (``.npy``); a line comparing bits/dim with the model's bound."""
@@ -336,6 +371,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=64, help="number of samples")
     p.add_argument("--out", type=Path, help="PNG path (default: RUN/samples.png)")
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("restore", help="inverse problems: restore measured test images with a run's model "
+                                       "into a PNG grid (truth | measurement | samples | mean | variance)")
+    p.add_argument("run", type=Path)
+    p.add_argument("--task", required=True, choices=RESTORE_TASKS)
+    p.add_argument("--mask", default="bottom", choices=MASKS, help="inpaint: which pixels are hidden (default: %(default)s)")
+    p.add_argument("--factor", type=int, default=2, help="upsample: the average-pooling factor (default: %(default)s)")
+    p.add_argument("--sigma", type=float, default=0.1, help="denoise: noise std on the [0, 1] scale (default: %(default)s)")
+    p.add_argument("--rows", type=int, default=8, help="test images to restore (default: %(default)s)")
+    p.add_argument("-n", "--num-samples", type=int, default=8, help="restorations per image (default: %(default)s)")
+    p.add_argument("--out", type=Path, help="PNG path (default: RUN/restore_TASK.png; its numbers beside it as .json)")
+    p.add_argument("--seed", type=int, default=0)
 
     for name, what, src, dst in (("compress", "losslessly compress a .npy of images with a run's model",
                                   "in.npy", "out.ppz"),
@@ -398,6 +444,13 @@ def main(argv: list[str] | None = None) -> int:
             out.parent.mkdir(parents=True, exist_ok=True)
             image_grid(model.sample(args.n), out, title=f"{args.run.name}: {args.n} samples")
             print(f"wrote {out}")
+        elif args.command == "restore":
+            summary, out = restore_run(args.run, args.task, mask=args.mask, factor=args.factor, sigma=args.sigma,
+                                       rows=args.rows, num_samples=args.num_samples, seed=args.seed, out=args.out)
+            numbers = ", ".join(f"{key} {summary[key]:.4g}" for key in ("mse_mean", "mse_sample", "diversity",
+                                                                       "consistency", "ess_median") if key in summary)
+            print(f"{summary['operator']}: {summary['method']}; {numbers}")
+            print(f"wrote {out} and {out.with_suffix('.json')}")
         elif args.command in ("compress", "decompress"):
             print(compress_run(args.run, args.source, args.target, decompress=args.command == "decompress"))
     except (ValueError, ModelCheckError, FileNotFoundError, IsADirectoryError, NonFiniteLossError,

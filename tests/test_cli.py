@@ -144,3 +144,16 @@ def test_train_evaluate_sample_a_flow_on_grey_digits(tmp_path, monkeypatch, caps
     assert "| realnvp |" in capsys.readouterr().out
     assert main(["sample", str(run), "-n", "4"]) == 0
     assert (run / "samples.png").read_bytes()[:4] == b"\x89PNG"
+def test_restore_inpaints_a_run_and_refuses_what_it_cannot(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "fvsbn", "--out", str(run), "--epochs", "1", "--device", "cpu", "--num-samples", "10",
+                 "--quality-samples", "50"]) == 0
+    assert main(["restore", str(run), "--task", "inpaint", "--rows", "2", "-n", "3"]) == 0
+    summary = json.loads((run / "restore_inpaint.json").read_text())
+    assert summary["method"] == "exact conditionals" and summary["consistency"] == 0
+    assert (run / "restore_inpaint.png").stat().st_size > 0
+    capsys.readouterr()
+    assert main(["restore", str(run), "--task", "upsample"]) == 2
+    assert "FVSBN cannot restore for task 'upsample'" in capsys.readouterr().err
+    assert main(["restore", str(run), "--task", "colourise"]) == 2
+    assert "colourise needs a model of colour images" in capsys.readouterr().err

@@ -17,7 +17,7 @@ import torch
 
 __all__ = ["load_dataset", "Dataset", "DynamicBinarization", "NpyRows", "DATASETS", "SPLITS"]
 
-DATASETS = ("digits", "digits_grey", "binarized_mnist", "mnist")
+DATASETS = ("digits", "digits_grey", "digits_colour", "binarized_mnist", "mnist")
 SPLITS = ("train", "valid", "test")
 MNIST_VALID_SIZE = 10_000  # the last 10,000 MNIST training images, as in binarized MNIST
 
@@ -168,6 +168,10 @@ def load_dataset(name: str, split: str = "train", *, root: str | os.PathLike | N
         raise ValueError(f"{name!r} is binarized already; binarize='dynamic' needs name='mnist'")
     if name in ("digits", "digits_grey"):
         return _load_digits(split, grey=name == "digits_grey")
+    if name == "digits_colour":  # the grey digits painted in palette colours, for colourisation
+        from ppgen.data.colour import coloured_digits  # imported here: it imports this module
+
+        return coloured_digits(split)
     folder = _data_root(root)
     if name == "binarized_mnist":
         return _load_binarized_mnist(folder, split)
