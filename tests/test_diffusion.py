@@ -320,6 +320,15 @@ def test_samplers_are_reproducible_and_ddim_is_deterministic():
         assert s.shape == (3, 16) and s.min() >= 0 and s.max() <= 1
         assert torch.equal(s * 255, (s * 255).round())  # on the 8-bit grid
     assert model.ddim_steps(5) == [20, 15, 10, 6, 1]
+    assert model.sample(2, method="ddim", steps=3, progress=True).shape == (2, 16)  # a tqdm bar, no warning
+
+
+def test_colour_images():
+    model = GaussianDiffusion(2352, num_steps=3, channels=8, multipliers=(1, 2), attention=False)
+    assert model.shape == (3, 28, 28)
+    x = ppgen.load_dataset("digits_colour", "test").x[:4] if "digits_colour" in ppgen.data.DATASETS \
+        else torch.rand(4, 2352).mul(255).round() / 255
+    assert torch.isfinite(model.nll_bound(x)).all() and model.sample(2, method="ddim", steps=2).shape == (2, 2352)
 
 
 def test_ddim_one_step_returns_the_predicted_x0():

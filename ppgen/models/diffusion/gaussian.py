@@ -124,9 +124,10 @@ def quantise(v: torch.Tensor, num_levels: int = 256) -> torch.Tensor:
 
 def _image_shape(x_dim: int, shape) -> tuple[int, int, int]:
     if shape is None:
-        if x_dim != 784:
-            raise ValueError(f"give shape=(C, H, W) for x_dim={x_dim} (the default is 28x28 greyscale, x_dim=784)")
-        return (1, 28, 28)
+        if x_dim not in (784, 3 * 784):
+            raise ValueError(f"give shape=(C, H, W) for x_dim={x_dim} (the defaults are 28x28 greyscale, x_dim=784, "
+                             "and 28x28 colour, x_dim=2352)")
+        return (x_dim // 784, 28, 28)
     shape = tuple(shape)
     if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape) \
             or shape[0] * shape[1] * shape[2] != x_dim:
@@ -254,7 +255,7 @@ class GaussianDiffusion(FullBound, GenerativeModel):
     x_dim : int
         C*H*W.
     shape : (C, H, W), optional
-        Default (1, 28, 28) for x_dim = 784.
+        Default (1, 28, 28) for x_dim = 784 and (3, 28, 28) for x_dim = 2352 (``digits_colour``).
     num_steps : int
         T. The default 1000 is Ho et al.'s; training costs the same for any T, but sampling and
         the full bound cost T network passes per row (DDIM samples in fewer).
