@@ -19,6 +19,8 @@ _EXPORTS = {
                      "ConditionalVAE", "FactorAnalysis", "FullJointTable", "GaussianMixture", "GenerativeModel",
                      "IndependentBernoulli", "PixelCNN", "RealNVP", "Glow", "MAF", "NSF", "FlowPriorVAE", "IAFVAE"],
                     "ppgen.models"),
+    # families whose objectives come from the inference core, which imports ppgen.models itself
+    **dict.fromkeys(["GaussianDiffusion", "BinaryDiffusion"], "ppgen.models.diffusion"),
 }
 __all__ = [
     "load_dataset", "compress", "decompress", "restore", "RestoreResult",
@@ -29,5 +31,6 @@ __all__ = [
     "VAE", "ConditionalVAE", "BernoulliMixture", "GaussianMixture", "PPCA", "FactorAnalysis",
     "FlowPriorVAE", "IAFVAE",
     "RealNVP", "Glow", "MAF", "NSF",
+    "GaussianDiffusion", "BinaryDiffusion",
 ]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, ["data", "models", "inference", "compression", "inverse", "plots", "cli"])

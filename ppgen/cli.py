@@ -58,6 +58,10 @@ MODELS: dict[str, tuple[Callable, dict]] = {
     "rbm": (LazyObject("ppgen.models.energy", "RBM"), {"hidden": 500}),
     "ebm": (LazyObject("ppgen.models.energy", "EBM"), {"hidden": [256, 256]}),
     "gan": (LazyObject("ppgen.models.implicit", "GAN"), {"z_dim": 64, "hidden": [256, 256]}),
+    # diffusion: --data digits_grey (scaled to [0, 1] here) or digits_colour; the binary one on digits/binarized_mnist
+    "diffusion": (LazyObject("ppgen.models.diffusion", "GaussianDiffusion"), {"num_steps": 1000, "channels": 32}),
+    "binary-diffusion": (LazyObject("ppgen.models.diffusion", "BinaryDiffusion"),
+                         {"num_steps": 1000, "hidden": [512, 512]}),
 }
 NO_DENSITY = ("ebm", "gan")  # an unnormalised energy without an estimate of Z, and a sampler
 
@@ -97,9 +101,9 @@ def train_run(model_name: str, data: str, out: Path, *, root=None, options=None,
     """Train one model into the run folder ``out`` (checkpoints in ``out/checkpoints``); return its config."""
     fit_config = dataclasses.replace(fit_config or FitConfig(), checkpoint_dir=str(out / "checkpoints"))
     check_out(out)
-    train = load_dataset(data, "train", root=root)
+    train = unit_interval(model_name, load_dataset(data, "train", root=root))
     # a .npy file has no splits: validating on its own rows would be training data called "valid"
-    valid = load_dataset(data, "valid", root=root) if has_splits(data) else None
+    valid = unit_interval(model_name, load_dataset(data, "valid", root=root)) if has_splits(data) else None
     if valid is None:
         fit_config = dataclasses.replace(fit_config, patience=None)  # nothing to stop early on
     model = build_model(model_name, train.x.shape[1], seed=fit_config.seed, **(options or {}))
@@ -119,6 +123,13 @@ def train_run(model_name: str, data: str, out: Path, *, root=None, options=None,
                                         "stopped_early": result.stopped_early,
                                         "examples_per_second": result.examples_per_second})
     return config
+
+
+def unit_interval(model_name: str, dataset):
+    """A Gaussian diffusion model takes pixels in [0, 1] (on the k/255 grid); digits_grey stores 0..255."""
+    if model_name == "diffusion" and dataset.x.max() > 1:
+        return dataset._replace(x=dataset.x / 255)
+    return dataset
 
 
 def has_splits(data) -> bool:
@@ -163,7 +174,7 @@ def evaluate_run(run: Path, split="test", num_samples=1000, device="auto", seed=
     model, config = load_run(run)
     if not has_splits(config["data"]) and split != "train":
         split = "train"  # the only rows there are; metrics.json says so
-    raw = load_dataset(config["data"], split, root=config["root"])
+    raw = unit_interval(config["model"], load_dataset(config["data"], split, root=config["root"]))
     metrics = {"log_likelihood": None, "stderr": None, "elbo": None, "bits_per_dim": None, "exact": False,
                "num_samples": 0}
     if config["model"] not in NO_DENSITY:
@@ -178,7 +189,7 @@ def evaluate_run(run: Path, split="test", num_samples=1000, device="auto", seed=
         "split": split if has_splits(config["data"]) else "train (the data file has no test split)",
     })
     if quality_samples and model.x_dim == 784:
-        metrics["sample_quality"] = sample_quality(model, raw.x, quality_samples, grey=config["data"] == "digits_grey",
+        metrics["sample_quality"] = sample_quality(model, raw.x, quality_samples, grey=raw.x.max() > 1,
                                                    seed=seed)
     _write_json(run / "metrics.json", metrics)
     return metrics

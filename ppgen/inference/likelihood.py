@@ -36,8 +36,9 @@ class LikelihoodResult:
     elbo : float or None
         The ELBO per example from the same samples (mean of the log weights), for latent models.
     method : str
-        ``"exact"``, ``"iwae"``, or ``"ais"``: annealed importance sampling, of log Z for an
-        energy model (RBM) or over the latents for a decoder-based model (GAN, Wu et al. 2017).
+        ``"exact"``, ``"iwae"``, ``"ais"``: annealed importance sampling, of log Z for an
+        energy model (RBM) or over the latents for a decoder-based model (GAN, Wu et al. 2017), or
+        ``"elbo"``: a diffusion model's bound with all T terms summed.
     bracket : (float, float) or None
         For ``"ais"``: a conservative (RAISE, errs low) and an optimistic (AIS, errs high) mean
         log-likelihood, between which the true value lies up to Monte Carlo error.
@@ -55,6 +56,8 @@ class LikelihoodResult:
 
     def __str__(self) -> str:
         how = "exact" if self.exact else f"IWAE K={self.num_samples}, ± {self.stderr:.3f}"
+        if self.method == "elbo":
+            how = f"ELBO with all diffusion steps summed: a lower bound, ± {self.stderr:.3f} over rows"
         if self.method == "ais":
             how = f"AIS, {self.num_samples} chains, ± {self.stderr:.3f}"
             if self.bracket is not None:
@@ -151,11 +154,13 @@ def _log_likelihood(program: Program, x, y, num_samples, batch_size, device, see
     if method == "ais":
         return _decoder_ais(program.generative_model, x.to(device), num_samples, seed, dim)
     estimate = getattr(program.generative_model, "estimate_log_likelihood", None)
-    if estimate is not None and method == "auto":  # an energy model: its own estimator of log Z
+    if estimate is not None and method == "auto":  # the model's own estimator: an RBM's AIS, a diffusion bound
         values, stderr, bracket = estimate(x.to(device), num_samples=num_samples, seed=seed)
         mean = values.mean().item()
-        return LikelihoodResult(values.float().cpu(), mean, stderr, bits_per_dim(mean, dim), False, num_samples,
-                                method="ais", bracket=bracket)
+        kind = getattr(program.generative_model, "likelihood_method", "ais")  # "elbo": a diffusion bound
+        return LikelihoodResult(values.float().cpu(), mean, stderr, bits_per_dim(mean, dim), False,
+                                1 if kind == "elbo" else num_samples, method=kind, bracket=bracket,
+                                elbo=mean if kind == "elbo" else None)
 
     estimates, variances, elbos = [], [], []
     chunk = max(1, 10_000 // min(batch_size, x.shape[0]))  # particles per pass: ~10k samples live

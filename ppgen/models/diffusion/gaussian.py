@@ -172,6 +172,8 @@ class BoundResult(LikelihoodResult):
 class FullBound:
     """The test-time bound of a diffusion model from its ``nll_bound`` (all T terms summed)."""
 
+    likelihood_method = "elbo"  # how ppgen.log_likelihood labels the figure
+
     @torch.no_grad()
     def estimate_log_likelihood(self, x: torch.Tensor, *, num_samples: int | None = None, seed: int = 0,
                                 batch_size: int = 500, repeats: int = 1, progress: bool = False):
@@ -285,6 +287,8 @@ class GaussianDiffusion(FullBound, GenerativeModel):
 
     has_exact_likelihood = False
     data_support = "real"
+
+    check_sample_kwargs = {"method": "ddim", "steps": 2}  # check_model's shape check need not run all T steps
 
     def __init__(self, x_dim: int = 784, shape: Sequence[int] | None = None, num_steps: int = 1000,
                  schedule: str | Sequence[float] = "linear", variance: str = "beta", loss: str = "elbo",
