@@ -126,8 +126,8 @@ def train_run(model_name: str, data: str, out: Path, *, root=None, options=None,
 
 
 def unit_interval(model_name: str, dataset):
-    """A Gaussian diffusion model takes pixels in [0, 1] (on the k/255 grid); digits_grey stores 0..255."""
-    if model_name == "diffusion" and dataset.x.max() > 1:
+    """A Gaussian diffusion model and a deep EBM take pixels in [0, 1]; digits_grey stores 0..255."""
+    if model_name in ("diffusion", "ebm") and dataset.x.max() > 1:
         return dataset._replace(x=dataset.x / 255)
     return dataset
 
@@ -232,7 +232,9 @@ def sample_quality(model, real, n: int, *, grey: bool = False, seed: int = 0) ->
     samples = (model.sample(n).detach().cpu().float() / scale).clamp(0, 1)
     real = real[:max(n, 2)].float() / scale
     fake_features, real_features = digit_features(samples), digit_features(real)
-    kid = kernel_distance(real_features, fake_features, subsets=10, subset_size=min(len(real), n, 500), seed=seed)
+    # subsets of half the samples: subsets as large as the sample set would all be the same set (s.e. 0)
+    kid = kernel_distance(real_features, fake_features, subsets=10, subset_size=max(2, min(len(real), n, 1000) // 2),
+                          seed=seed)
     precision, recall = precision_recall(real_features, fake_features)
     spread = label_spread(samples)
     return {"samples": n, "fid": frechet_distance(real_features, fake_features), "kid": kid.mean,

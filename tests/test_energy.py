@@ -115,7 +115,7 @@ class _Quadratic(EBM):
 
 
 def test_langevin_samples_a_known_gaussian():
-    ebm = _Quadratic(2, hidden=2, steps=400, step_size=0.1, bounds=None)
+    ebm = _Quadratic(2, hidden=2, steps=400, step_size=0.005, noise=None, bounds=None)  # ULA, eps = sqrt(2 lambda) = 0.1
     torch.manual_seed(0)
     samples = ebm.sample(4000)
     # the unadjusted Langevin chain's variance is sigma^2 / (1 - eps^2 / (4 sigma^2)) = 0.2551 here;
@@ -127,7 +127,7 @@ def test_langevin_samples_a_known_gaussian():
 def test_langevin_contrastive_divergence_lowers_the_energy_of_the_data():
     g = torch.Generator().manual_seed(0)
     x = (torch.tensor([0.3, 0.7]) + 0.05 * torch.randn(512, 2, generator=g)).clamp(0, 1)
-    ebm = EBM(2, hidden=32, steps=20, step_size=0.05)
+    ebm = EBM(2, hidden=32, steps=20, step_size=0.00125, noise=None)
     result = fit(ebm, x, epochs=10, batch_size=128, lr=1e-3, progress=False)
     assert result.estimator == "langevin-cd" and all(math.isfinite(v) for v in result.losses)
     with torch.no_grad():

@@ -2,10 +2,14 @@ r"""A deep energy-based model trained with short-run Langevin dynamics.
 
 .. math::
     p_\theta(x) = \frac{e^{-E_\theta(x)}}{Z_\theta}, \qquad x \in [0, 1]^D, \qquad
-    x_{t+1} = \mathrm{clip}\big(x_t - \tfrac{\epsilon^2}{2} \nabla_x E_\theta(x_t) + \epsilon\, \xi_t\big),
+    x_{t+1} = \mathrm{clip}\big(x_t - \lambda \nabla_x E_\theta(x_t) + \sigma\, \xi_t\big),
     \quad \xi_t \sim \mathcal{N}(0, I),
 
-with :math:`E_\theta` an MLP. The log-likelihood gradient is
+with :math:`E_\theta` an MLP. With :math:`\sigma = \sqrt{2\lambda}` this is the unadjusted Langevin
+algorithm, whose chain samples :math:`p_\theta` as :math:`\lambda \to 0`; short-run samplers for images
+decouple the two (Du & Mordatch use :math:`\lambda = 10`, :math:`\sigma = 0.005` for 60 steps on
+[0, 1] pixels, the defaults here): far too little noise for a faithful sampler, but a chain that
+reaches the modes within its few steps, and the energy is learned for that sampler (Nijkamp et al.). The log-likelihood gradient is
 :math:`-\nabla E(x) + \mathbb{E}_{p_\theta}[\nabla E]`; :class:`LangevinContrastiveDivergence`
 estimates the expectation with negatives from a short Langevin run, started from uniform noise or
 (``persistent=True``) from a replay buffer refreshed with 5% noise (Du & Mordatch 2019), and adds
@@ -31,15 +35,16 @@ __all__ = ["EBM", "LangevinContrastiveDivergence"]
 
 
 class EBM(GenerativeModel):
-    """An MLP energy over [0, 1]^D (``bounds=None`` for unbounded data), sampled by Langevin dynamics.
+    r"""An MLP energy over [0, 1]^D (``bounds=None`` for unbounded data), sampled by Langevin dynamics.
 
     Parameters
     ----------
     x_dim : int
     hidden : int or list of int
         Widths of the energy network (SiLU activations, which keep input gradients smooth).
-    steps, step_size : int, float
-        Langevin steps and the step epsilon of :meth:`langevin`.
+    steps, step_size, noise : int, float, float or None
+        Langevin steps, the gradient step :math:`\lambda` and the noise :math:`\sigma` of :meth:`langevin`
+        (``noise=None``: :math:`\sqrt{2\lambda}`, the unadjusted Langevin algorithm).
     bounds : (float, float) or None
         The box the samples are clipped to.
 
@@ -53,13 +58,16 @@ class EBM(GenerativeModel):
     data_support = "real"
     is_normalised = False  # its factor is -E(x): Z is unknown
 
-    def __init__(self, x_dim: int, hidden=256, steps: int = 60, step_size: float = 0.01,
+    def __init__(self, x_dim: int, hidden=256, steps: int = 60, step_size: float = 10.0, noise: float | None = 0.005,
                  bounds: tuple[float, float] | None = (0.0, 1.0)):
         super().__init__(x_dim)
         widths = hidden_widths(hidden)
         self.steps, self.step_size, self.bounds = _check_count(steps, "steps"), float(step_size), bounds
         if not self.step_size > 0:
             raise ValueError(f"step_size must be positive, got {step_size!r}")
+        self.noise_scale = (2 * self.step_size) ** 0.5 if noise is None else float(noise)
+        if not self.noise_scale >= 0:
+            raise ValueError(f"noise must be non-negative or None, got {noise!r}")
         layers, sizes = [], [x_dim, *widths]
         for a, b in zip(sizes[:-1], sizes[1:]):
             layers += [nn.Linear(a, b), nn.SiLU()]
@@ -88,7 +96,6 @@ class EBM(GenerativeModel):
     def langevin(self, x: torch.Tensor, steps: int | None = None, progress: bool = False) -> torch.Tensor:
         """Run Langevin dynamics from ``x`` (no gradient flows to the parameters)."""
         steps = self.steps if steps is None else _check_count(steps, "steps")
-        eps = self.step_size
         iterator = range(steps)
         if progress:
             from tqdm.auto import tqdm
@@ -99,7 +106,7 @@ class EBM(GenerativeModel):
             for _ in iterator:
                 x.requires_grad_(True)
                 grad, = torch.autograd.grad(self.energy(x).sum(), x)
-                x = (x - 0.5 * eps**2 * grad + eps * torch.randn_like(x)).detach()
+                x = (x - self.step_size * grad + self.noise_scale * torch.randn_like(x)).detach()
                 if self.bounds is not None:
                     x = x.clamp(*self.bounds)
         return x
@@ -112,7 +119,8 @@ class EBM(GenerativeModel):
         return LangevinContrastiveDivergence(program, persistent=True)
 
     def extra_repr(self) -> str:
-        return f"x_dim={self.x_dim}, steps={self.steps}, step_size={self.step_size}, bounds={self.bounds}"
+        return (f"x_dim={self.x_dim}, steps={self.steps}, step_size={self.step_size}, noise={self.noise_scale:g}, "
+                f"bounds={self.bounds}")
 
 
 class LangevinContrastiveDivergence(Objective):
