@@ -38,7 +38,9 @@ from ppgen.models.latent import VAE
 PUBLISHED = {
     "fvsbn": (97.45, "Larochelle & Murray 2011"),
     "nade": (88.86, "Larochelle & Murray 2011"),
-    "made": (88.40, "Germain et al. 2015, 1 mask"),
+    # 88.40 is Germain et al.'s best one-mask network (Table 6); for 784-500-784 with one mask their Figure 2
+    # shows about 94.5, the figure Karpathy's pytorch-made reproduces
+    "made": (88.40, "Germain et al. 2015, 1 mask (a larger network; ~94.5 for 500 units, Fig. 2)"),
     "made-32": (86.64, "Germain et al. 2015, 32 masks"),
     "pixelcnn": (81.30, "van den Oord et al. 2016"),
     # Burda et al. (2016) report 86.76 (VAE k=1) and 84.78 (IWAE k=50, 1 stochastic layer) on MNIST
