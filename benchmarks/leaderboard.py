@@ -59,6 +59,11 @@ MISSING = {  # model key -> the command that produces its row
 }
 
 
+# ebm_gan.py's architectures, for runs written before it recorded parameter counts: the RBM's
+# 784 x 500 weights and 1,284 biases; the GAN's generator (the sampler; its discriminator is no part of p(x))
+EBM_GAN_PARAMETERS = {"rbm": 784 * 500 + 784 + 500, "gan": (64 * 256 + 256) + (256 * 256 + 256) + (256 * 784 + 784)}
+
+
 def load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -107,7 +112,7 @@ def collect() -> dict[str, dict]:
             else:
                 kind = f"stochastic lower bound (AIS over z, {ll['num_samples']} chains)"
             rows[key] = {"model": label, "nll": -ll["log_likelihood"], "stderr": ll["stderr"], "kind": kind,
-                         "rows": ll["num_examples"], "parameters": m.get("num_parameters"),
+                         "rows": ll["num_examples"], "parameters": m.get("num_parameters") or EBM_GAN_PARAMETERS[key],
                          "train": f"{m['train_seconds'] / 60:.0f} min, {m['epochs']} epochs", "device": device,
                          "source": "ebm_gan.py"}
     diffusion = load(RESULTS / "diffusion.json")
