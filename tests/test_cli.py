@@ -39,7 +39,7 @@ def test_train_evaluate_sample_round_trip(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "diffusion", "--out", "{tmp}/x"], "ppgen train: error: unknown model 'diffusion'; choices: independent, vae, cvae, fvsbn, nade, made, pixelcnn"),
+    (["train", "transformer", "--out", "{tmp}/x"], "ppgen train: error: unknown model 'transformer'; choices: independent, vae, cvae, fvsbn, nade, made, pixelcnn"),
     (["train", "vae", "--data", "cifar", "--out", "{tmp}/x"], "unknown data set 'cifar'"),
     (["train", "vae", "--batch-size", "0", "--out", "{tmp}/x"], "batch_size must be a positive int, got 0"),
     (["evaluate", "{tmp}/nothing"], "is not a finished run folder: config.json is missing"),

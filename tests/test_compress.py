@@ -323,7 +323,7 @@ def test_bad_data_is_refused(name, bad, message):
 
 
 def test_unsupported_models_say_why():
-    with pytest.raises(TypeError, match="compress supports .* flows and diffusion models do not exist"):
+    with pytest.raises(TypeError, match="compress supports .* Flows and diffusion models are not coded yet"):
         compress(FullJointTable(3), torch.zeros(2, 3))
     with pytest.raises(TypeError, match="got ConditionalVAE"):
         compress(ConditionalVAE(16, y_dim=2, z_dim=2, hidden=4), torch.zeros(2, 16))

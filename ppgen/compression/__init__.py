@@ -11,8 +11,10 @@ systems (ANS): a statistician's perspective", 2022):
 - VAEs with a Bernoulli likelihood by bits-back coding with ANS, BB-ANS
   (:mod:`ppgen.compression.bitsback`), at about the negative ELBO.
 
-Normalizing flows and diffusion models do not exist in ppgen yet, so there is nothing to code
-them with; other latent-variable models (conditional VAE, mixtures) are not supported.
+Not supported yet: normalizing flows (bits-back coding through the dequantization, as in
+Ho et al.'s local bits-back), diffusion models (bits-back over the chain of latents, as in Kingma et
+al.'s variational diffusion models), energy models and GANs (no normalised density to code with),
+and the other latent-variable models (conditional VAE, mixtures).
 
 The result is a ``.ppz`` stream (:mod:`ppgen.compression.container`): a header naming the model
 by fingerprint, the image shape, count and dtype, then the coded words.
@@ -49,8 +51,8 @@ def _method(model) -> str:
                              "(use likelihood='bernoulli')")
         return "bbans"
     raise TypeError(f"compress supports FVSBN, NADE, MADE, PixelCNN, IndependentBernoulli, BayesNet (range "
-                    f"coding) and VAE (bits-back ANS); got {type(model).__name__}. Normalizing flows and "
-                    "diffusion models do not exist in ppgen yet.")
+                    f"coding) and VAE (bits-back ANS); got {type(model).__name__}. Flows and diffusion models "
+                    "are not coded yet (they need bits-back over their dequantization or chain of latents).")
 
 
 def _rows(model, x) -> tuple[np.ndarray, torch.Tensor]:

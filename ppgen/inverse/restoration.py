@@ -56,9 +56,11 @@ class RestoreResult:
         return f"RestoreResult({s} samples of {n} rows x {d}, method={self.method!r}, operator={self.operator!r}{ess})"
 
 
-CAPABLE = ("any model with a restore(y, operator, num_samples) method (the diffusion models, "
-           "PaletteColouriser, ColourRegression), PPCA and FactorAnalysis (every task), autoregressive models "
-           "(FVSBN, NADE, MADE, PixelCNN), IndependentBernoulli, BernoulliMixture and VAE (task 'inpaint')")
+CAPABLE = ("for every task: PPCA, FactorAnalysis and models with their own restore(y, operator, num_samples) "
+           "(the diffusion models: GaussianDiffusion, and BinaryDiffusion for inpaint; PaletteColouriser and "
+           "ColourRegression for colourise); "
+           "for 'inpaint' only: the autoregressive models (FVSBN, NADE, MADE, PixelCNN), IndependentBernoulli, "
+           "BernoulliMixture and VAE")
 
 
 def restore(model, y: torch.Tensor, operator: Operator, num_samples: int = 16, *, seed: int = 0,

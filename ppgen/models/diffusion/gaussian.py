@@ -559,7 +559,10 @@ class GaussianDiffusion(FullBound, GenerativeModel):
           sample keeps the part of :math:`\hat x_0` that A does not see and takes the rest from y;
           then the step is taken as usual (``method="ancestral"``, T steps, or ``"ddim"`` with
           ``steps`` and ``eta``). The last step returns the projected :math:`\hat x_0` without the
-          decoder's noise (as Ho et al. display samples), so A x = y up to the 8-bit rounding.
+          decoder's noise (as Ho et al. display samples). For inpainting, whose projection only copies
+          the observed pixels, A x = y up to the 8-bit rounding; for super-resolution and colourisation the
+          projection can leave [0, 1] and the sample is clipped back, so A x = y only approximately
+          (``ppgen.inverse.restore_summary`` reports the largest deviation as ``consistency``).
         - Denoising, y = x + sigma * eps (A = I, ``GaussianNoise``): in [-1, 1] units y is
           :math:`u_0 + 2\sigma\epsilon`, so :math:`x_{t^*} = \sqrt{\bar\alpha_{t^*}}\,(2y - 1)` is distributed
           as :math:`q(x_{t^*} \mid x_0)` exactly when :math:`\sqrt{(1-\bar\alpha_{t^*})/\bar\alpha_{t^*}} = 2\sigma`;
