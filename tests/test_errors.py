@@ -47,7 +47,7 @@ def test_bad_arguments(kwargs, message):
 
 
 def test_bad_names():
-    with pytest.raises(ValueError, match="unknown data set 'digitz'; choices: digits, digits_grey, binarized_mnist, mnist"):
+    with pytest.raises(ValueError, match="unknown data set 'digitz'; choices: digits, digits_grey, digits_colour, binarized_mnist, mnist"):
         load_dataset("digitz")
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         load_dataset("digits", "dev")
