@@ -159,6 +159,31 @@ def throughput(model, x: torch.Tensor, device: str, num_samples: int) -> tuple[f
     return examples_per_s, time.perf_counter() - start
 
 
+def plot_curves(runs: Path, out: Path) -> None:
+    """Validation NLL against training hours for every run folder under ``runs`` (from curve.json)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for curve_path in sorted(runs.glob("*/curve.json")):
+        epochs = json.loads(curve_path.read_text())["epochs"]
+        hours = [e["seconds"] / 3600 for e in epochs]
+        line, = ax.plot(hours, [e["valid_nll"] for e in epochs], marker=".", label=curve_path.parent.name)
+        published = PUBLISHED.get(curve_path.parent.name, (None,))[0]
+        if published is not None:
+            ax.axhline(published, color=line.get_color(), ls=":", lw=1)
+    ax.set_xlabel("training hours (this machine)")
+    ax.set_ylabel("validation NLL, nats (VAE: its -ELBO)")
+    ax.set_ylim(top=130)
+    ax.set_title("binarized MNIST, paper preset; dotted: published test NLL")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=None, help="folder holding binarized_mnist.npz (default $PPGEN_DATA)")
@@ -236,6 +261,8 @@ def main(argv=None) -> dict:
               f"{examples_per_s:.0f} ex/s; sample 100 in {sample_seconds:.1f}s", flush=True)
     if scratch:
         scratch.cleanup()
+    else:
+        plot_curves(runs, Path(args.out).with_suffix(".png"))
     return report
 
 
