@@ -128,7 +128,7 @@ def collect() -> dict[str, dict]:
     for name, m in ((flows or {}).get("models") or {}).items():
         if "dequantized" in name:
             rows["flow"] = {"model": name, "nll": -m["log_likelihood"], "stderr": None,  # its stderr is over rows
-                            "kind": f"lower bound ({m['kind']}, {m['noise_draws']} noise draws)",
+                            "kind": f"lower bound (E_u log p(x + u), {m['noise_draws']} noise draws)",
                             "rows": int(flows["settings"]["test_rows"]), "parameters": m["num_parameters"],
                             "train": f"{m['train_seconds'] / 60:.0f} min, {m['epochs']} epochs", "device": "cpu",
                             "source": "flow_binary.py"}
