@@ -6,7 +6,9 @@
 """
 
 from ppgen.models.diffusion.binary import BinaryDiffusion
-from ppgen.models.diffusion.gaussian import DiffusionELBO, DiscretisedGaussian, GaussianDiffusion, SimpleLoss
+from ppgen.models.diffusion.common import DiffusionELBO
+from ppgen.models.diffusion.discretised import DiscretisedGaussian
+from ppgen.models.diffusion.gaussian import GaussianDiffusion, SimpleLoss
 from ppgen.models.diffusion.schedules import binary_betas, cosine_betas, linear_betas
 from ppgen.models.diffusion.unet import TimeMLP, UNet
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from ppgen.inference.objectives import Objective
 from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, _check_count, at_least_float32, num_rows
-from ppgen.models.diffusion.gaussian import DiffusionELBO, FullBound, Lazy, _Progress
+from ppgen.models.diffusion.common import DiffusionELBO, FullBound, Lazy, _Progress
 from ppgen.models.diffusion.schedules import binary_betas, check_steps
 from ppgen.models.diffusion.unet import TimeMLP
 
@@ -149,7 +149,7 @@ class BinaryDiffusion(FullBound, GenerativeModel):
                                obs=x)
 
     def _reverse_step(self, h: torch.Tensor, t: int):
-        """p_theta(x_{t-1} | x_t = h), built when needed (:class:`~ppgen.models.diffusion.gaussian.Lazy`)."""
+        """p_theta(x_{t-1} | x_t = h), built when needed (:class:`~ppgen.models.diffusion.common.Lazy`)."""
         def make():
             steps = self._steps(t, len(h), h.device)
             logits = self.x0_logits(h, steps)

@@ -2,7 +2,6 @@ r"""Gaussian diffusion (Ho et al. 2020) as a Pyro model/guide pair, with its obj
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import pyro
@@ -11,115 +10,17 @@ import torch
 from pyro.distributions import constraints
 from torch import nn
 
-from ppgen.inference.likelihood import LikelihoodResult
 from ppgen.inference.objectives import Objective
-from ppgen.models.base import (DATA_PLATE, OBSERVED_SITE, GenerativeModel, _check_count, at_least_float32,
-                               bits_per_dim, num_rows)
+from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, _check_count, at_least_float32, num_rows
+from ppgen.models.diffusion.common import DiffusionELBO, FullBound, Lazy, _Progress
+from ppgen.models.diffusion.discretised import DiscretisedGaussian, quantise
 from ppgen.models.diffusion.schedules import check_steps, gaussian_betas
 from ppgen.models.diffusion.unet import UNet
 
-__all__ = ["GaussianDiffusion", "DiscretisedGaussian", "Lazy", "BoundResult", "FullBound", "DiffusionELBO",
-           "SimpleLoss", "LOSSES", "VARIANCES"]
+__all__ = ["GaussianDiffusion", "SimpleLoss", "LOSSES", "VARIANCES"]
 
 LOSSES = ("elbo", "simple")
 VARIANCES = ("beta", "posterior")
-
-
-def _log1mexp(a: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(a)) for a < 0, accurate at both ends (Maechler 2012). Each branch sees only
-    inputs where it is finite, so that the gradient of the branch not taken is not NaN."""
-    a = a.clamp(max=-torch.finfo(a.dtype).tiny)
-    near = a > -math.log(2)
-    return torch.where(near, torch.log(-torch.expm1(torch.where(near, a, -1.0))),
-                       torch.log1p(-torch.exp(torch.where(near, -1.0, a))))
-
-
-def _log_normal_mass(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """log(Phi(hi) - Phi(lo)) for lo < hi, from the lower tail: an interval right of 0 is
-    mirrored to [-hi, -lo] first (the same mass), so the difference of CDFs is never near 1 - 1."""
-    mirror = lo + hi > 0
-    a, b = torch.where(mirror, -hi, lo), torch.where(mirror, -lo, hi)
-    log_b = torch.special.log_ndtr(b)
-    return log_b + _log1mexp(torch.special.log_ndtr(a) - log_b)
-
-
-class DiscretisedGaussian(dist.TorchDistribution):
-    r"""Ho et al.'s discretised decoder (Sec. 3.3, Eq. 13) on the grid {0, 1/(K-1), ..., 1}.
-
-    ``loc`` and ``scale`` are in the model's [-1, 1] units; a value v of the grid, at u = 2v - 1,
-    has the mass of :math:`\mathcal{N}(\mathrm{loc}, \mathrm{scale}^2)` on its bin
-    :math:`[u - 1/(K-1), u + 1/(K-1)]`, the end bins reaching to -inf and +inf; the K masses sum to 1.
-    Sampling draws from the Gaussian and rounds to the nearest level.
-    """
-
-    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
-    support = constraints.unit_interval
-
-    def __init__(self, loc, scale, num_levels: int = 256, validate_args=None):
-        self.loc, self.scale = torch.broadcast_tensors(torch.as_tensor(loc), torch.as_tensor(scale, dtype=loc.dtype))
-        self.num_levels = num_levels
-        super().__init__(self.loc.shape, validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        batch_shape = torch.Size(batch_shape)
-        return DiscretisedGaussian(self.loc.expand(batch_shape), self.scale.expand(batch_shape), self.num_levels)
-
-    def log_prob(self, value):
-        if self._validate_args:
-            self._validate_sample(value)
-        u = 2 * value - 1
-        half = 1.0 / (self.num_levels - 1)
-        big = torch.full_like(self.loc, 1e4)  # an open end, in standard units
-        lo = torch.where(u <= -1 + half / 2, -big, (u - half - self.loc) / self.scale)
-        hi = torch.where(u >= 1 - half / 2, big, (u + half - self.loc) / self.scale)
-        return _log_normal_mass(lo, hi)
-
-    def sample(self, sample_shape=torch.Size()):
-        with torch.no_grad():
-            shape = self._extended_shape(sample_shape)
-            u = self.loc.expand(shape) + self.scale.expand(shape) * torch.randn(shape, dtype=self.loc.dtype,
-                                                                                 device=self.loc.device)
-            return quantise((u + 1) / 2, self.num_levels)
-
-
-class Lazy(dist.TorchDistribution):
-    """A distribution built only when it is sampled or scored: ``make()`` returns it, and
-    ``batch_shape``/``event_shape``/``support`` are known beforehand.
-
-    The reverse steps of a diffusion model each need a network pass; tracing the model on data
-    (``ppgen.check_model``, ``fit``'s first-batch check, ``poutine.replay``) then costs nothing until a
-    log-density is asked for, which keeps those checks cheap for T = 1000.
-    """
-
-    arg_constraints: dict = {}
-
-    def __init__(self, make, batch_shape, event_shape, support):
-        self._make, self._base, self._support = make, None, support
-        super().__init__(torch.Size(batch_shape), torch.Size(event_shape), validate_args=False)
-
-    @property
-    def base(self) -> dist.TorchDistribution:
-        if self._base is None:
-            self._base = self._make()
-        return self._base
-
-    @property
-    def support(self):
-        return self._support
-
-    def expand(self, batch_shape, _instance=None):
-        return self if torch.Size(batch_shape) == self.batch_shape else self.base.expand(batch_shape)
-
-    def sample(self, sample_shape=torch.Size()):
-        return self.base.sample(sample_shape)
-
-    def log_prob(self, value):
-        return self.base.log_prob(value)
-
-
-def quantise(v: torch.Tensor, num_levels: int = 256) -> torch.Tensor:
-    """``v`` clipped to [0, 1] and rounded to the nearest of ``num_levels`` levels."""
-    return (v.clamp(0, 1) * (num_levels - 1)).round() / (num_levels - 1)
 
 
 def _image_shape(x_dim: int, shape) -> tuple[int, int, int]:
@@ -139,75 +40,6 @@ def _gaussian_kl(mean_q, var_q, mean_p, var_p) -> torch.Tensor:
     """KL(N(mean_q, var_q) || N(mean_p, var_p)) summed over the last dim; variances broadcast."""
     kl = 0.5 * (torch.log(var_p / var_q) + (var_q + (mean_q - mean_p) ** 2) / var_p - 1)
     return kl.sum(-1)
-
-
-class _Progress:
-    """A tqdm bar over ``total`` steps when ``show``, else nothing."""
-
-    def __init__(self, total: int, show: bool, desc: str):
-        self.bar = None
-        if show:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit="step", leave=False)
-
-    def update(self):
-        if self.bar is not None:
-            self.bar.update()
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
-class BoundResult(LikelihoodResult):
-    """A :class:`~ppgen.inference.likelihood.LikelihoodResult` holding a diffusion model's ELBO
-    (``exact=False``, ``method="elbo"``, ``num_samples`` the draws of the chain per row)."""
-
-    def __str__(self) -> str:
-        return (f"ELBO {self.mean:.3f} nats/example (a lower bound on log p(x), all T terms summed, "
-                f"± {self.stderr:.3f} over {len(self.values)} rows); {self.bits_per_dim:.4f} bits/dim")
-
-
-class FullBound:
-    """The test-time bound of a diffusion model from its ``nll_bound`` (all T terms summed)."""
-
-    likelihood_method = "elbo"  # how ppgen.log_likelihood labels the figure
-
-    @torch.no_grad()
-    def estimate_log_likelihood(self, x: torch.Tensor, *, num_samples: int | None = None, seed: int = 0,
-                                batch_size: int = 500, repeats: int = 1, progress: bool = False):
-        """The ELBO per row (a lower bound on log p(x), nats) with all T terms summed, each from one
-        draw of x_t, averaged over ``repeats`` draws; the hook ``ppgen.log_likelihood`` calls.
-
-        Returns ``(values (N,), stderr, None)``; the stderr is over rows (the spread of the values,
-        which includes the noise of the draws): the standard error of the mean bound.
-        ``num_samples`` is not used: ``ppgen.log_likelihood`` passes its importance-sampling K
-        (default 1000), which has no role in this bound; ``repeats`` sets the draws (each costs T
-        network passes per row).
-        """
-        repeats = _check_count(repeats, "repeats")
-        batch_size = _check_count(batch_size, "batch_size")
-        x = self.check_data(x)
-        values = torch.zeros(len(x), dtype=torch.float64)
-        for k in range(repeats):
-            for i, rows in enumerate(x.split(batch_size)):
-                start = i * batch_size
-                values[start:start + len(rows)] -= self.nll_bound(rows, seed=seed + 1000 * k + i,
-                                                                  progress=progress).cpu()
-        values /= repeats
-        stderr = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("inf")
-        return values, stderr, None
-
-    def log_likelihood_bound(self, x: torch.Tensor, *, seed: int = 0, batch_size: int = 500, repeats: int = 1,
-                             progress: bool = False) -> BoundResult:
-        """:meth:`estimate_log_likelihood` as a :class:`BoundResult` (its ``bits_per_dim`` is the
-        bound in bits per dimension; for 8-bit images, per pixel of the discrete image)."""
-        values, stderr, _ = self.estimate_log_likelihood(x, seed=seed, batch_size=batch_size, repeats=repeats,
-                                                         progress=progress)
-        mean = values.mean().item()
-        return BoundResult(values.float(), mean, stderr, bits_per_dim(mean, self.x_dim), False, repeats,
-                           elbo=mean, method="elbo")
 
 
 class GaussianDiffusion(FullBound, GenerativeModel):
@@ -608,16 +440,6 @@ class GaussianDiffusion(FullBound, GenerativeModel):
     def extra_repr(self) -> str:
         return (f"x_dim={self.x_dim}, shape={self.shape}, num_steps={self.num_steps}, schedule={self.schedule!r}, "
                 f"variance={self.variance!r}, loss={self.loss!r}")
-
-
-class DiffusionELBO(Objective):
-    """The negative ELBO of a diffusion model, one uniformly drawn step per row (unbiased), scaled
-    to the full data: what ``loss="elbo"`` trains. Validation scores are ELBO estimates (nats)."""
-
-    estimator = "diffusion-elbo"
-
-    def loss(self, x, y, scale: float, group: str) -> torch.Tensor:
-        return scale * self.program.generative_model.elbo_loss(x).sum()
 
 
 class SimpleLoss(Objective):
