@@ -123,6 +123,9 @@ def train(model, train_x, valid_x, run: Path, *, schedule, max_epochs: int, max_
     done = len(curve["epochs"])
     if done and not (run / "checkpoint").exists():
         raise RuntimeError(f"{run} has a curve but no checkpoint; delete the folder to start again")
+    settings = dict(batch_size=batch_size, device=device, seed=seed, elbo=elbo, num_particles=num_particles,
+                    valid=valid_x, patience=patience, checkpoint_dir=run / "checkpoint", progress=False,
+                    convergence_tol=None)
     start = time.perf_counter()
     seconds_before = curve["epochs"][-1]["seconds"] if done else 0.0
     for epoch in range(done + 1, max_epochs + 1):
@@ -130,18 +133,14 @@ def train(model, train_x, valid_x, run: Path, *, schedule, max_epochs: int, max_
                 epoch - done - 1) > max_minutes * 60):
             break
         lr = schedule(epoch)
-        result = fit(model, train_x, epochs=epoch, batch_size=batch_size, lr=lr, device=device, seed=seed,
-                     elbo=elbo, num_particles=num_particles, valid=valid_x, patience=patience,
-                     checkpoint_dir=run / "checkpoint", resume=epoch > 1, progress=False, convergence_tol=None)
+        result = fit(model, train_x, epochs=epoch, lr=lr, resume=epoch > 1, **settings)
         curve["epochs"].append({"epoch": epoch, "lr": lr, "train_nll": -result.train_elbo[-1],
                                 "valid_nll": -result.valid_elbo[-1],
                                 "seconds": round(seconds_before + time.perf_counter() - start, 1)})
         curve["stopped_early"], curve["best_epoch"] = result.stopped_early, result.best_epoch
         write_json(curve_path, curve)
     if done and not curve["epochs"][done:]:  # nothing trained in this call: load the checkpoint's parameters
-        fit(model, train_x, epochs=len(curve["epochs"]), batch_size=batch_size, lr=schedule(len(curve["epochs"])),
-            device=device, seed=seed, elbo=elbo, num_particles=num_particles, valid=valid_x, patience=patience,
-            checkpoint_dir=run / "checkpoint", resume=True, progress=False, convergence_tol=None)
+        fit(model, train_x, epochs=done, lr=schedule(done), resume=True, **settings)
     curve["complete"] = curve["stopped_early"] or len(curve["epochs"]) >= max_epochs
     return curve
 

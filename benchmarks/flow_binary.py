@@ -16,7 +16,6 @@ Writes benchmarks/results/flow_binary.json.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ from ppgen.models import FVSBN, MADE, MAF, NADE, VAE, RealNVP
 from ppgen.models.flows import Dequantized, dequantize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flow_vae import train_for  # noqa: E402
+from flow_vae import save_row, train_for  # noqa: E402
 
 TRAIN_ROWS = {"NADE": 2000}  # an epoch of NADE on 10,000 rows outlasts the budget (its sequential pass)
 MODELS = {
@@ -78,10 +77,7 @@ def main() -> None:
         row.update(train_rows=len(rows), log_likelihood=values.mean().item(),
                    stderr=values.std().item() / math.sqrt(len(values)),
                    bits_per_dim=-values.mean().item() / (784 * math.log(2)), num_parameters=model.num_parameters)
-        results["models"][name] = row
-        print(name, json.dumps(row), flush=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        save_row(results, name, row, args.out)
 
 
 if __name__ == "__main__":

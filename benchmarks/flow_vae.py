@@ -44,6 +44,15 @@ def train_for(model, x, seconds: float, max_epochs: int | None = None, **options
             "train_objective": result.train_elbo[-1]}
 
 
+def save_row(results: dict, name: str, row: dict, out: Path) -> None:
+    """Record one model's row in ``results["models"]``, print it, and rewrite ``out`` (so a killed run keeps
+    the rows it finished)."""
+    results["models"][name] = row
+    print(name, json.dumps(row), flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=180.0, help="training seconds per model")
@@ -64,10 +73,7 @@ def main() -> None:
         ll = ppgen.log_likelihood(model, test, num_samples=args.num_samples, device="cpu")
         row.update(elbo=ll.elbo, log_likelihood=ll.mean, stderr=ll.stderr, gap=ll.mean - ll.elbo,
                    num_parameters=model.num_parameters)
-        results["models"][name] = row
-        print(name, json.dumps(row), flush=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        save_row(results, name, row, args.out)
 
 
 if __name__ == "__main__":

@@ -80,10 +80,10 @@ class NADE(AutoregressiveModel):
         w_ordered = F.pad(self.W.T[order], (0, 0, 0, pad)).view(-1, BLOCK, hidden)  # (K, BLOCK, H)
         v_ordered = F.pad(self.V[order], (0, 0, 0, pad)).view(-1, BLOCK, hidden)
         # offsets[k, p, i - 1]: the sum of W over the pixels j < i of block k that are 1 in pattern p
-        patterns = (torch.arange(2 ** (BLOCK - 1))[:, None] >> torch.arange(BLOCK - 1) & 1).to(x.dtype)  # (P, BLOCK - 1)
-        precedes = torch.ones(BLOCK - 1, BLOCK - 1, dtype=x.dtype, device=x.device).tril()  # [i - 1, j]: j < i
-        offsets = torch.einsum("pj,ij,kjh->kpih", patterns.to(x.device), precedes, w_ordered[:, :-1])
         bit_values = 2 ** torch.arange(BLOCK - 1, device=x.device)
+        patterns = (torch.arange(2 ** (BLOCK - 1), device=x.device)[:, None] & bit_values).ne(0).to(x.dtype)  # (P, BLOCK - 1)
+        precedes = torch.ones(BLOCK - 1, BLOCK - 1, dtype=x.dtype, device=x.device).tril()  # [i - 1, j]: j < i
+        offsets = torch.einsum("pj,ij,kjh->kpih", patterns, precedes, w_ordered[:, :-1])
         rows = []
         for chunk in F.pad(x[:, order], (0, pad)).split(ROWS_PER_CHUNK):  # chunks small enough to stay in cache
             blocks = chunk.view(len(chunk), -1, BLOCK).transpose(0, 1)  # (K, n, BLOCK)
