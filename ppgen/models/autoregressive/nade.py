@@ -13,8 +13,8 @@ from ppgen.models.autoregressive._common import AutoregressiveModel, Stepper, de
 
 __all__ = ["NADE"]
 
-BLOCK = 4  # pixels per block of conditional_logits; 4 and 5 were fastest on binarized MNIST
-ROWS_PER_CHUNK = 16
+BLOCK = 16  # pixels per block of conditional_logits; 16 was fastest on binarized MNIST (8 and 32 within 15%)
+ROWS_PER_CHUNK = 100
 
 
 class NADE(AutoregressiveModel):
@@ -65,38 +65,45 @@ class NADE(AutoregressiveModel):
         self.b = nn.Parameter(torch.zeros(x_dim))
 
     def conditional_logits(self, x: torch.Tensor, k: int = 0) -> torch.Tensor:
-        # The plain cumulative sum over an (N, D, H) tensor is memory-bound (1,300 examples/s at
-        # H = 100). Instead, cut the ordering into blocks of BLOCK pixels. The pre-activation at each
-        # block's start is a prefix sum of per-block matrix products, and every conditional in a block
-        # whose earlier pixels are all 0 shares it: those logits are one batched matrix product.
-        # Only the (n, block) pairs with a 1 among the first BLOCK - 1 pixels (19% of them on
-        # binarized MNIST) need their own pre-activations, looked up from a table of the 2^(BLOCK-1)
-        # partial sums of W inside each block. 8x faster at H = 500 (benchmarks/RESULTS.md).
+        # For 0/1 pixels the pre-activation a_i changes only after a pixel that is 1 (12% of binarized
+        # MNIST), so an image needs about 1 + sum(x) distinct hidden vectors, not D. Cut the ordering
+        # into blocks of BLOCK pixels and carry a through them. Every conditional of a block whose
+        # earlier in-block pixels are all 0 uses a at the block's start: one (n, H) @ (H, BLOCK) product.
+        # Each in-block 1 starts a new pre-activation, shared by the pixels after it up to the next 1:
+        # one row per 1, again times V's block. Sigmoids fall from D H to about (D / BLOCK + sum(x)) H
+        # per image, and the products are dense. Measured in benchmarks/nade_speed.py.
         if not ((x == 0) | (x == 1)).all():
-            return self._dense_logits(x, k)  # the pattern table below holds for 0/1 pixels only
+            return self._dense_logits(x, k)  # shared pre-activations hold for 0/1 pixels only
         order = self.orders[k]
         dim = x.shape[1]
-        hidden, pad = self.hidden, (-dim) % BLOCK
-        w_ordered = F.pad(self.W.T[order], (0, 0, 0, pad)).view(-1, BLOCK, hidden)  # (K, BLOCK, H)
-        v_ordered = F.pad(self.V[order], (0, 0, 0, pad)).view(-1, BLOCK, hidden)
-        # offsets[k, p, i - 1]: the sum of W over the pixels j < i of block k that are 1 in pattern p
-        bit_values = 2 ** torch.arange(BLOCK - 1, device=x.device)
-        patterns = (torch.arange(2 ** (BLOCK - 1), device=x.device)[:, None] & bit_values).ne(0).to(x.dtype)  # (P, BLOCK - 1)
-        precedes = torch.ones(BLOCK - 1, BLOCK - 1, dtype=x.dtype, device=x.device).tril()  # [i - 1, j]: j < i
-        offsets = torch.einsum("pj,ij,kjh->kpih", patterns, precedes, w_ordered[:, :-1])
+        pad = (-dim) % BLOCK
+        # unbind, not indexing: each block's gradient then lands in one stacked tensor, not a zero-filled copy each
+        w_blocks = F.pad(self.W.T[order], (0, 0, 0, pad)).view(-1, BLOCK, self.hidden).unbind(0)  # J x (BLOCK, H)
+        v_blocks = F.pad(self.V[order], (0, 0, 0, pad)).view(-1, BLOCK, self.hidden).transpose(1, 2).unbind(0)
+        within = torch.arange(BLOCK, device=x.device)
         rows = []
         for chunk in F.pad(x[:, order], (0, pad)).split(ROWS_PER_CHUNK):  # chunks small enough to stay in cache
-            blocks = chunk.view(len(chunk), -1, BLOCK).transpose(0, 1)  # (K, n, BLOCK)
-            block_sums = torch.bmm(blocks, w_ordered)  # (K, n, H)
-            starts = self.c + F.pad(block_sums[:-1].cumsum(0), (0, 0, 0, 0, 1, 0))  # pre-activation at block starts
-            logits = torch.bmm(torch.sigmoid(starts), v_ordered.transpose(1, 2))  # (K, n, BLOCK), if no 1 in the block
-            pattern = (blocks[:, :, :-1].long() * bit_values).sum(-1)  # (K, n)
-            block, row = pattern.nonzero(as_tuple=True)
-            if len(block):
-                inside = starts[block, row, None] + offsets[block, pattern[block, row]]  # (pairs, BLOCK - 1, H)
-                later = (torch.sigmoid(inside) * v_ordered[block, 1:]).sum(-1)
-                logits = logits.index_put((block, row), torch.cat([logits[block, row, :1], later], 1))
-            rows.append(logits.transpose(0, 1).reshape(len(chunk), -1)[:, :dim])
+            n = len(chunk)
+            blocks = chunk.view(n, -1, BLOCK).transpose(0, 1).contiguous()  # (J, n, BLOCK)
+            block, row, pos = blocks[:, :, :-1].nonzero(as_tuple=True)  # a block's last 1 only changes the next block
+            counts = torch.bincount(block, minlength=len(blocks)).tolist()
+            up_to = blocks[block, row] * (within <= pos[:, None])  # (ones, BLOCK): the block's 1s up to each 1
+            a = self.c.expand(n, -1).clone()  # updated in place below: autograd saves no copy of a
+            at_start, after_one = [], []
+            for j, (rows_j, up_to_j) in enumerate(zip(row.split(counts), up_to.split(counts))):
+                at_start.append(torch.sigmoid(a) @ v_blocks[j])  # (n, BLOCK)
+                if len(rows_j):
+                    after_one.append(torch.addmm(a[rows_j], up_to_j, w_blocks[j]).sigmoid_() @ v_blocks[j])
+                a.addmm_(blocks[j], w_blocks[j])
+            logits = torch.stack(at_start)  # (J, n, BLOCK)
+            if after_one:
+                # for each pixel, the latest 1 before it in its block (an index into after_one), -1 if none
+                latest = torch.full_like(blocks, -1, dtype=torch.long)
+                latest[block, row, pos + 1] = torch.arange(len(block), device=x.device)
+                latest = latest.cummax(2).values
+                bj, br, bd = (latest >= 0).nonzero(as_tuple=True)
+                logits = logits.index_put((bj, br, bd), torch.cat(after_one)[latest[bj, br, bd], bd])
+            rows.append(logits.transpose(0, 1).reshape(n, -1)[:, :dim])
         return (torch.cat(rows) + self.b[order])[:, ranks(order)]  # back to pixel positions
 
     def _dense_logits(self, x: torch.Tensor, k: int = 0) -> torch.Tensor:
