@@ -357,6 +357,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="Adam's L2 penalty on the loss of all rows: a N(0, 1/weight_decay) prior on each parameter")
     p.add_argument("--elbo", default="auto",
                    help="auto (the model's own: exact MLE, enumeration or Trace_ELBO), trace, meanfield, enum, "
                         "graph, iwae or mle")
@@ -422,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             train_run(args.model, args.data, args.out, root=args.root, options=dict(args.option),
                       fit_config=FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                           weight_decay=args.weight_decay,
                                            elbo=args.elbo, num_particles=args.num_particles, patience=args.patience,
                                            device=args.device, seed=args.seed, resume=args.resume,
                                            precision=args.precision))

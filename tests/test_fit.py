@@ -34,6 +34,23 @@ def test_minibatch_loss_scales_only_the_data_plate():
     assert torch.allclose(loss, expected, rtol=1e-6)
 
 
+def test_weight_decay_is_a_gaussian_prior_on_the_weights():
+    # weight_decay = lam is MAP under theta ~ N(0, 1/lam) against the log-likelihood of all N rows:
+    # the optimum solves N (sigmoid(theta) - mean(x)) + lam theta = 0, found here by bisection
+    x = (torch.rand(200, 3, generator=torch.Generator().manual_seed(0)) < torch.tensor([0.1, 0.5, 0.8])).float()
+    lam, frequency = 20.0, x.mean(0).double()
+    low, high = torch.full((3,), -10.0, dtype=torch.float64), torch.full((3,), 10.0, dtype=torch.float64)
+    for _ in range(100):
+        middle = (low + high) / 2
+        positive = len(x) * (torch.sigmoid(middle) - frequency) + lam * middle > 0
+        low, high = torch.where(positive, low, middle), torch.where(positive, middle, high)
+    model = IndependentBernoulli(3)
+    fit(model, x, epochs=1500, batch_size=200, lr=0.05, weight_decay=lam, progress=False, convergence_tol=None)
+    # Adam's steps shrink with lr; 1500 full-batch steps at 0.05 settle to ~1e-4 of the optimum
+    assert torch.allclose(model.logits.detach().double(), middle, atol=2e-3)
+    assert (middle.abs() < 0.8 * torch.logit(frequency).abs()).all()  # and the prior did pull it towards 0
+
+
 def _small_vae():
     torch.manual_seed(1)
     return VAE(784, z_dim=4, hidden=16)

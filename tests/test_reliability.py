@@ -98,14 +98,15 @@ def test_a_flipped_byte_is_refused(tmp_path):
         _checkpointed(tmp_path, resume=True, epochs=3)
 
 
-def test_resume_with_a_new_lr_applies_it_and_says_so(tmp_path, capsys):
+def test_resume_with_a_new_lr_and_weight_decay_applies_them_and_says_so(tmp_path, capsys):
     _checkpointed(tmp_path)
     capsys.readouterr()
     fit(IndependentBernoulli(6), X, epochs=3, batch_size=20, checkpoint_dir=tmp_path, resume=True, lr=0.05,
-        progress=True)
-    assert "changed: lr 0.001 -> 0.05, epochs 2 -> 3" in capsys.readouterr().err
+        weight_decay=0.01, progress=True)
+    assert "changed: lr 0.001 -> 0.05, weight_decay 0.0 -> 0.01, epochs 2 -> 3" in capsys.readouterr().err
     optimizer_state = load_checkpoint(tmp_path / "checkpoint.pt")["optimizers"]["params"]
     assert optimizer_state["param_groups"][0]["lr"] == 0.05
+    assert optimizer_state["param_groups"][0]["weight_decay"] == 0.01
 
 
 def test_two_fits_in_one_folder_are_refused_and_a_dead_owner_is_taken_over(tmp_path):

@@ -158,7 +158,7 @@ class Checkpointer:
     def __init__(self, path: Path | None, params: dict[str, torch.Tensor], optimizers: dict, config: dict,
                  cluster, settings: dict | None = None):
         self.path, self.params, self.optimizers, self.config, self.cluster = path, params, optimizers, config, cluster
-        self.settings = settings or {}  # what a resume may change (lr, epochs, patience): applied and reported
+        self.settings = settings or {}  # what a resume may change and report (lr, weight_decay, epochs, patience)
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         """A copy of the parameters on the CPU."""
@@ -194,7 +194,8 @@ class Checkpointer:
 
     def restore(self) -> tuple[dict, list[str]]:
         """Load the checkpoint at ``path`` into the parameters, optimisers and RNG. Returns the
-        trainer's state dict and the settings this call changed (lr, epochs, patience: applied).
+        trainer's state dict and the settings this call changed (lr, weight_decay, epochs, patience:
+        applied).
         Refuses a checkpoint of another run (its fingerprint differs), an incomplete one, and one
         holding non-finite parameters, each naming what is wrong."""
         payload = load_checkpoint(self.path)
@@ -212,12 +213,11 @@ class Checkpointer:
         self.load_params(payload["params"], f"checkpoint {self.path}")
         for name, opt in self.optimizers.items():
             opt.load_state_dict(copy.deepcopy(payload["optimizers"][name]))
-        changed = [f"{k} {payload['settings'].get(k)!r} -> {v!r}" for k, v in self.settings.items()
-                   if payload["settings"].get(k) != v]
-        if "lr" in self.settings:
-            for opt in self.optimizers.values():
-                for group in opt.param_groups:
-                    group["lr"] = self.settings["lr"]
+        before = {"weight_decay": 0.0, **payload["settings"]}  # checkpoints older than weight_decay had none
+        changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in self.settings.items() if before.get(k) != v]
+        for opt in self.optimizers.values():  # load_state_dict restored the saved lr and weight decay
+            for group in opt.param_groups:
+                group.update({k: v for k, v in self.settings.items() if k in ("lr", "weight_decay")})
         rank = self.cluster.rank
         torch.set_rng_state(payload["rng"][rank])
         if payload["cuda_rng"][rank]:

@@ -115,7 +115,8 @@ class Trainer:
                              "pyro.param sites: write it as a GenerativeModel or a PyroModule")
         self.params = [p for group in groups.values() for p in group]
         self.module = cluster.wrap(self.objective, self.device, find_unused=len(groups) > 1)
-        self.optimizers = {name: torch.optim.Adam(group, lr=config.lr, betas=self.objective.adam_betas)
+        self.optimizers = {name: torch.optim.Adam(group, lr=config.lr, betas=self.objective.adam_betas,
+                                                       weight_decay=config.weight_decay)
                            for name, group in groups.items()}
         path = Path(config.checkpoint_dir) / CHECKPOINT_NAME if config.checkpoint_dir is not None else None
         if path is not None and path.exists() and not config.resume:
@@ -126,7 +127,8 @@ class Trainer:
                        "data": _data_fingerprint(x), "num_rows": self.num_rows, "batch_size": config.batch_size,
                        "seed": config.seed, "estimator": self.estimator_name, "num_particles": config.num_particles,
                        "world_size": cluster.world_size}
-        settings = {"lr": config.lr, "epochs": config.epochs, "patience": config.patience}
+        settings = {"lr": config.lr, "weight_decay": config.weight_decay, "epochs": config.epochs,
+                    "patience": config.patience}
         self.checkpoints = Checkpointer(path if cluster.is_main else None, named, self.optimizers, fingerprint,
                                         cluster, settings)
         self.resumed_from_step, self._stepped, self._pending = None, False, None

@@ -55,6 +55,11 @@ class FitConfig:
     epochs, batch_size, lr
         Passes over the data, rows per minibatch (a batch of all rows keeps their order, as
         local guides need), Adam learning rate.
+    weight_decay : float
+        Adam's L2 penalty (``torch.optim.Adam(weight_decay=)``), 0 by default. The losses are for
+        the whole data set, so ``weight_decay`` = λ is MAP estimation under a N(0, 1/λ) prior on
+        every parameter. A per-example loss's decay d is λ = N d (pytorch-made's 1e-4 for MADE on
+        50,000 binarized MNIST rows is λ = 5).
     elbo : {"auto", "trace", "meanfield", "enum", "graph", "iwae", "mle"}
         The estimator. ``"auto"``: ``"enum"`` when the model marks sites for enumeration,
         ``"mle"`` (exact maximum likelihood through ``log_prob``, no sampling) for an exact
@@ -93,6 +98,7 @@ class FitConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
+    weight_decay: float = 0.0
     elbo: str = "auto"
     num_particles: int = 1
     device: Any = "auto"
@@ -116,6 +122,9 @@ class FitConfig:
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (math.isfinite(self.lr)
                                                                                       and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) or not (
+                math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}")
         if self.patience is not None:
             _positive_int(self.patience, "patience")
         if self.elbo not in ESTIMATORS:
