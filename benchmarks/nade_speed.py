@@ -1,8 +1,9 @@
 """NADE's exact log-likelihood and training speed against MADE's, in one run (issue 17).
 
 NADE's conditionals cost O(DH) per example, the order of one 784-500-784 MADE pass, but as a
-cumulative sum over an (N, D, H) tensor they are memory-bound; ``NADE.conditional_logits`` works in
-blocks of pixels instead. This measures examples/s on binarized MNIST test rows, 1 torch thread:
+cumulative sum over an (N, D, H) tensor (``NADE._dense_logits``) they are memory-bound;
+``NADE.conditional_logits`` shares each pre-activation between consecutive 1s, in blocks of pixels.
+This measures examples/s on binarized MNIST test rows, 1 torch thread:
 
     python benchmarks/nade_speed.py --root ../shared/data
 
