@@ -65,7 +65,7 @@ class NADE(AutoregressiveModel):
         self.b = nn.Parameter(torch.zeros(x_dim))
 
     def conditional_logits(self, x: torch.Tensor, k: int = 0) -> torch.Tensor:
-        # For 0/1 pixels the pre-activation a_i changes only after a pixel that is 1 (12% of binarized
+        # For 0/1 pixels the pre-activation a_i changes only after a pixel that is 1 (13% of binarized
         # MNIST), so an image needs about 1 + sum(x) distinct hidden vectors, not D. Cut the ordering
         # into blocks of BLOCK pixels and carry a through them. Every conditional of a block whose
         # earlier in-block pixels are all 0 uses a at the block's start: one (n, H) @ (H, BLOCK) product.
