@@ -56,10 +56,11 @@ class FitConfig:
         Passes over the data, rows per minibatch (a batch of all rows keeps their order, as
         local guides need), Adam learning rate.
     weight_decay : float
-        Adam's L2 penalty (``torch.optim.Adam(weight_decay=)``), 0 by default. The losses are for
-        the whole data set, so ``weight_decay`` = λ is MAP estimation under a N(0, 1/λ) prior on
-        every parameter. A per-example loss's decay d is λ = N d (pytorch-made's 1e-4 for MADE on
-        50,000 binarized MNIST rows is λ = 5).
+        Adam's L2 penalty (``torch.optim.Adam(weight_decay=)``), 0 by default, on every parameter
+        (the guide's too). The losses are for the whole data set, so for an exact model
+        ``weight_decay`` = λ is MAP estimation under a N(0, 1/λ) prior on each parameter. A
+        per-example loss's decay d is λ = N d (pytorch-made's 1e-4 for MADE on 50,000 binarized
+        MNIST rows is λ = 5).
     elbo : {"auto", "trace", "meanfield", "enum", "graph", "iwae", "mle"}
         The estimator. ``"auto"``: ``"enum"`` when the model marks sites for enumeration,
         ``"mle"`` (exact maximum likelihood through ``log_prob``, no sampling) for an exact
