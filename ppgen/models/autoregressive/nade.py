@@ -87,13 +87,14 @@ class NADE(AutoregressiveModel):
             blocks = chunk.view(n, -1, BLOCK).transpose(0, 1).contiguous()  # (J, n, BLOCK)
             block, row, pos = blocks[:, :, :-1].nonzero(as_tuple=True)  # a block's last 1 only changes the next block
             counts = torch.bincount(block, minlength=len(blocks)).tolist()
-            up_to = blocks[block, row] * (within <= pos[:, None])  # (ones, BLOCK): the block's 1s up to each 1
+            # (ones, BLOCK): the block's 1s up to each 1 (index_select: a row gather, several times faster than [])
+            up_to = blocks.view(-1, BLOCK).index_select(0, block * n + row) * (within <= pos[:, None])
             a = self.c.expand(n, -1).clone()  # updated in place below: autograd saves no copy of a
             at_start, after_one = [], []
             for j, (rows_j, up_to_j) in enumerate(zip(row.split(counts), up_to.split(counts))):
                 at_start.append(torch.sigmoid(a) @ v_blocks[j])  # (n, BLOCK)
                 if len(rows_j):
-                    after_one.append(torch.addmm(a[rows_j], up_to_j, w_blocks[j]).sigmoid_() @ v_blocks[j])
+                    after_one.append(a.index_select(0, rows_j).addmm_(up_to_j, w_blocks[j]).sigmoid_() @ v_blocks[j])
                 a.addmm_(blocks[j], w_blocks[j])
             logits = torch.stack(at_start)  # (J, n, BLOCK)
             if after_one:
@@ -101,8 +102,8 @@ class NADE(AutoregressiveModel):
                 latest = torch.full_like(blocks, -1, dtype=torch.long)
                 latest[block, row, pos + 1] = torch.arange(len(block), device=x.device)
                 latest = latest.cummax(2).values
-                bj, br, bd = (latest >= 0).nonzero(as_tuple=True)
-                logits = logits.index_put((bj, br, bd), torch.cat(after_one)[latest[bj, br, bd], bd])
+                shared = torch.cat(after_one).take(latest.clamp(min=0) * BLOCK + within)
+                logits = torch.where(latest >= 0, shared, logits)
             rows.append(logits.transpose(0, 1).reshape(n, -1)[:, :dim])
         return (torch.cat(rows) + self.b[order])[:, ranks(order)]  # back to pixel positions
 
