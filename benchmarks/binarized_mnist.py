@@ -135,8 +135,8 @@ def train(model, train_x, valid_x, run: Path, *, schedule, max_epochs: int, max_
     if done and not (run / "checkpoint").exists():
         raise RuntimeError(f"{run} has a curve but no checkpoint; delete the folder to start again")
     settings = dict(batch_size=batch_size, device=device, seed=seed, elbo=elbo, num_particles=num_particles,
-                    weight_decay=weight_decay, valid=valid_x, patience=patience, checkpoint_dir=run / "checkpoint", progress=False,
-                    convergence_tol=None)
+                    weight_decay=weight_decay, valid=valid_x, patience=patience, checkpoint_dir=run / "checkpoint",
+                    progress=False, convergence_tol=None)
     start = time.perf_counter()
     seconds_before = curve["epochs"][-1]["seconds"] if done else 0.0
     for epoch in range(done + 1, max_epochs + 1):

@@ -46,6 +46,12 @@ def _positive_int(value, name: str, minimum: int = 1) -> None:
                          f"got {value!r}")
 
 
+def _finite_number(value, name: str, *, zero_allowed: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and (value >= 0 if zero_allowed else value > 0)):
+        raise ValueError(f"{name} must be a {'non-negative' if zero_allowed else 'positive'} number, got {value!r}")
+
+
 @dataclasses.dataclass
 class FitConfig:
     """How :func:`fit` trains. Every field is also a keyword of :func:`fit`; the CLI builds one.
@@ -120,12 +126,8 @@ class FitConfig:
         _positive_int(self.num_workers, "num_workers", 0)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (math.isfinite(self.lr)
-                                                                                      and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) or not (
-                math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}")
+        _finite_number(self.lr, "lr", zero_allowed=False)
+        _finite_number(self.weight_decay, "weight_decay", zero_allowed=True)
         if self.patience is not None:
             _positive_int(self.patience, "patience")
         if self.elbo not in ESTIMATORS:
