@@ -41,6 +41,8 @@ PUBLISHED = {
     # 88.40 is Germain et al.'s best one-mask network (Table 6); for 784-500-784 with one mask their Figure 2
     # shows about 94.5, the figure Karpathy's pytorch-made reproduces
     "made": (88.40, "Germain et al. 2015, 1 mask (a larger network; ~94.5 for 500 units, Fig. 2)"),
+    # the authors' MNIST network also connects the input straight to the output (MADE(direct=True))
+    "made-direct": (88.40, "Germain et al. 2015, 1 mask (a larger network, with the direct connection)"),
     "made-32": (86.64, "Germain et al. 2015, 32 masks"),
     "pixelcnn": (81.30, "van den Oord et al. 2016"),
     # Burda et al. (2016) report 86.76 (VAE k=1) and 84.78 (IWAE k=50, 1 stochastic layer) on MNIST
@@ -55,6 +57,7 @@ PUBLISHED = {
 FIT_OPTIONS = {
     # pytorch-made's Adam weight decay 1e-4 on a per-example loss is 1e-4 * 50,000 on fit's whole-data loss
     "made": {"weight_decay": 5.0},
+    "made-direct": {"weight_decay": 5.0},
     "vae": {"elbo": "trace", "num_particles": 1},
     "iwae": {"elbo": "iwae", "num_particles": 50},
 }
@@ -88,6 +91,8 @@ PRESETS = {  # name -> (constructor, repr for the report, batch size, lr schedul
         # ordering, Adam 1e-3 then 1e-4 after 45 epochs, 100 epochs, weight decay (see FIT_OPTIONS)
         "made": (lambda: MADE(784, hidden_sizes=(500,), order="random"),
                  "MADE(784, hidden_sizes=(500,), order='random')", 100, step_down(1e-3, 45), 100),
+        "made-direct": (lambda: MADE(784, hidden_sizes=(500,), order="random", direct=True),
+                        "MADE(784, hidden_sizes=(500,), order='random', direct=True)", 100, step_down(1e-3, 45), 100),
         "made-32": (lambda: MADE(784, hidden_sizes=(8000,), num_masks=32),
                     "MADE(784, hidden_sizes=(8000,), num_masks=32)", 100, constant(1e-3), 500),
         "pixelcnn": (lambda: PixelCNN(channels=64, layers=12, kernel=7), "PixelCNN(channels=64, layers=12, kernel=7)",
@@ -103,6 +108,8 @@ PRESETS = {  # name -> (constructor, repr for the report, batch size, lr schedul
         "fvsbn": (lambda: FVSBN(784), "FVSBN(784)", 100, constant(3e-3), 500),
         "nade": (lambda: NADE(784, hidden=100), "NADE(784, hidden=100)", 100, constant(3e-3), 500),
         "made": (lambda: MADE(784, hidden_sizes=(500,)), "MADE(784, hidden_sizes=(500,))", 100, constant(1e-3), 500),
+        "made-direct": (lambda: MADE(784, hidden_sizes=(500,), direct=True), "MADE(784, hidden_sizes=(500,), direct=True)",
+                        100, constant(1e-3), 500),
         "made-32": (lambda: MADE(784, hidden_sizes=(500,), num_masks=32),
                     "MADE(784, hidden_sizes=(500,), num_masks=32)", 100, constant(1e-3), 500),
         "pixelcnn": (lambda: PixelCNN(channels=16, layers=4, kernel=5), "PixelCNN(channels=16, layers=4, kernel=5)",

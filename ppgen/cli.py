@@ -67,7 +67,7 @@ NO_DENSITY = ("ebm", "gan")  # an unnormalised energy without an estimate of Z, 
 
 
 # the FitConfig fields a run folder records in config.json
-RECORDED = ("epochs", "batch_size", "lr", "elbo", "num_particles", "patience", "seed", "precision")
+RECORDED = ("epochs", "batch_size", "lr", "weight_decay", "elbo", "num_particles", "patience", "seed", "precision")
 
 
 def build_model(name: str, x_dim: int, **overrides) -> torch.nn.Module:

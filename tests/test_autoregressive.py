@@ -23,6 +23,7 @@ MODELS = {
     "made": lambda: MADE(6, hidden_sizes=(12,)),
     "made-deep-random": lambda: MADE(6, hidden_sizes=(12, 10), order="random", seed=1),
     "made-ensemble": lambda: MADE(6, hidden_sizes=(12,), num_masks=3, order="random", seed=2),
+    "made-direct": lambda: MADE(6, hidden_sizes=(4,), num_masks=2, order="random", seed=4, direct=True),
     "pixelcnn-gated": lambda: PixelCNN(channels=4, layers=3, kernel=3, height=3, width=3),
     "pixelcnn-plain": lambda: PixelCNN(channels=4, layers=3, kernel=3, height=3, width=3, gated=False),
 }
@@ -72,6 +73,9 @@ def test_masks_are_autoregressive():
         conn = made.connectivity(k)
         assert not conn[~allowed(made.orders[k])].any()
         assert conn.any()
+    direct = MADE(7, hidden_sizes=(3,), num_masks=2, order="random", seed=5, direct=True)
+    for k in range(2):  # the direct connection links every earlier pixel to every later one
+        assert torch.equal(direct.connectivity(k), allowed(direct.orders[k]))
     fvsbn = randomised(FVSBN(5, order=[3, 1, 4, 0, 2]))
     assert torch.equal(fvsbn.weight_matrix != 0, allowed(fvsbn.orders[0]))
     # PixelCNN kernels: (a, b) kept iff it comes before the centre (c, c) in raster order (A), or is it (B)
@@ -85,6 +89,19 @@ def test_masks_are_autoregressive():
         assert torch.equal(vertical_mask(k, include_centre_row=False).bool(), rows < c)
         assert torch.equal(vertical_mask(k, include_centre_row=True).bool(), rows <= c)
         assert torch.equal(horizontal_mask(k, include_centre=False).bool(), torch.arange(k)[None] < c)
+
+
+def test_made_with_only_its_direct_connection_is_the_fvsbn_with_those_weights():
+    order = [2, 0, 5, 1, 4, 3]
+    fvsbn = randomised(FVSBN(6, order=order))
+    made = randomised(MADE(6, hidden_sizes=(8,), order=order, direct=True))
+    with torch.no_grad():
+        made.layers[-1].weight.zero_()  # silence the hidden layer: only the direct connection is left
+        made.layers[-1].bias.copy_(fvsbn.bias)
+        # FVSBN's weights where the ordering allows them, noise elsewhere: the mask must drop the noise
+        made.direct.copy_(torch.where(allowed(made.orders[0]), fvsbn.weight_matrix, torch.randn(6, 6).double()))
+    x = all_binary(6)
+    assert torch.allclose(made.log_prob(x), fvsbn.log_prob(x), atol=1e-12, rtol=0)
 
 
 def test_gated_pixelcnn_has_no_blind_spot_and_the_plain_one_has():
@@ -230,6 +247,8 @@ def test_bad_arguments_are_named():
         PixelCNN(kernel=4)
     with pytest.raises(TypeError, match="observed_mask"):
         NADE(3, hidden=2).inpaint(torch.zeros(1, 3), torch.zeros(3))
+    with pytest.raises(ValueError, match="direct"):
+        MADE(3, hidden_sizes=(2,), direct="yes")
 
 
 @pytest.mark.parametrize("dim,order", [(9, "natural"), (40, "random"), (4, "random"), (37, "natural")])

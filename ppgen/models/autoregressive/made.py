@@ -28,10 +28,16 @@ class MADE(AutoregressiveModel):
     connection is kept when m(unit) >= m(input), an output connection when m(output d) >
     m(unit). So output d sees exactly the inputs that precede d in the ordering.
 
+    With ``direct=True`` a masked linear map also joins the input straight to the output (the
+    paper's direct connection): :math:`f_k(x) \mathrel{+}= (A \odot M_k)\, x` with
+    :math:`M_{k,dj} = [\mathrm{rank}_k(j) < \mathrm{rank}_k(d)]`. That is an FVSBN inside the
+    MADE, and the hidden layers model what its logistic regressions miss.
+
     With ``num_masks`` = K > 1 the Pyro program draws one mask per call (per minibatch in
     ``fit``: connectivity-agnostic training, maximising E_k log p_k(x)) and :meth:`log_prob`
     averages the K masks in probability. Parameters: the weights and biases of the MLP
-    (785,284 for 784-500-784; the masks are fixed buffers, not parameters).
+    (785,284 for 784-500-784; the masks are fixed buffers, not parameters), and with ``direct=True``
+    the D x D matrix A (614,656 more for D = 784, of which the masks use fewer than half).
 
     References: M. Germain, K. Gregor, I. Murray and H. Larochelle, "MADE: Masked Autoencoder
     for Distribution Estimation", ICML 2015 (binarized MNIST: 88.40 nats with one mask,
@@ -50,18 +56,22 @@ class MADE(AutoregressiveModel):
         ordering and differ in their hidden connectivity.
     seed : int
         Seeds the masks, orderings and initial weights.
+    direct : bool
+        Add the masked direct connection from input to output (initialised to zero).
 
     Examples
     --------
     >>> MADE(784, hidden_sizes=(500,)).num_parameters
     785284
+    >>> MADE(784, hidden_sizes=(500,), direct=True).num_parameters
+    1399940
     >>> made = MADE(4, hidden_sizes=(8,), num_masks=2, order="random")
     >>> made.orders.shape, made.connectivity(0).shape
     (torch.Size([2, 4]), torch.Size([4, 4]))
     """
 
     def __init__(self, x_dim: int, hidden_sizes: Sequence[int] = (500,), num_masks: int = 1,
-                 order: str | Sequence[int] = "natural", seed: int = 0):
+                 order: str | Sequence[int] = "natural", seed: int = 0, direct: bool = False):
         super().__init__(x_dim)
         if x_dim < 2:
             raise ValueError(f"x_dim must be at least 2 for MADE (hidden degrees lie in [1, x_dim - 1]), got {x_dim}")
@@ -70,12 +80,15 @@ class MADE(AutoregressiveModel):
             raise ValueError(f"hidden_sizes must be positive ints, got {hidden_sizes!r}")
         if isinstance(num_masks, bool) or not isinstance(num_masks, int) or num_masks < 1:
             raise ValueError(f"num_masks must be a positive int, got {num_masks!r}")
+        if not isinstance(direct, bool):
+            raise ValueError(f"direct must be True or False, got {direct!r}")
         generator = torch.Generator().manual_seed(seed)
         sizes = [x_dim, *hidden_sizes, x_dim]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.hidden_sizes = hidden_sizes
+        self.register_parameter("direct", nn.Parameter(torch.zeros(x_dim, x_dim)) if direct else None)
 
         orders, masks = [], []
         for _ in range(num_masks):
@@ -93,22 +106,30 @@ class MADE(AutoregressiveModel):
     def _masked_weights(self, k: int) -> list[torch.Tensor]:
         return [layer.weight * getattr(self, f"mask{l}")[k] for l, layer in enumerate(self.layers)]
 
+    def _direct_mask(self, k: int) -> torch.Tensor:
+        rank = ranks(self.orders[k])
+        return rank[None, :] < rank[:, None]  # (D outputs, D inputs): input j precedes output d
+
     def conditional_logits(self, x: torch.Tensor, k: int = 0) -> torch.Tensor:
         h = x
         for l, (layer, weight) in enumerate(zip(self.layers, self._masked_weights(k))):
             h = F.linear(torch.relu(h) if l else h, weight, layer.bias)
+        if self.direct is not None:
+            h = h + F.linear(x, self.direct * self._direct_mask(k))
         return h  # (N, D)
 
     def _stepper(self, n: int, k: int) -> Stepper:
         weights, order = self._masked_weights(k), self.orders[k].tolist()
         biases = [layer.bias for layer in self.layers]
+        direct = None if self.direct is None else self.direct * self._direct_mask(k)
 
         def step(x: torch.Tensor, i: int) -> torch.Tensor:
             h = x
             for l in range(len(weights) - 1):
                 h = F.linear(torch.relu(h) if l else h, weights[l], biases[l])
             d = order[i]
-            return (torch.relu(h) if len(weights) > 1 else h) @ weights[-1][d] + biases[-1][d]
+            logit = (torch.relu(h) if len(weights) > 1 else h) @ weights[-1][d] + biases[-1][d]
+            return logit if direct is None else logit + x @ direct[d]
 
         return step
 
@@ -118,7 +139,9 @@ class MADE(AutoregressiveModel):
         paths = getattr(self, "mask0")[k].double()
         for l in range(1, len(self.layers)):
             paths = getattr(self, f"mask{l}")[k].double() @ paths
-        return paths > 0
+        connected = paths > 0
+        return connected if self.direct is None else connected | self._direct_mask(k)
 
     def extra_repr(self) -> str:
-        return f"x_dim={self.x_dim}, hidden_sizes={self.hidden_sizes}, num_masks={self.num_orderings}"
+        direct = ", direct=True" if self.direct is not None else ""
+        return f"x_dim={self.x_dim}, hidden_sizes={self.hidden_sizes}, num_masks={self.num_orderings}{direct}"
