@@ -21,9 +21,9 @@ from ppgen.models import (
     FVSBN, MADE, NADE, VAE, BayesNet, ConditionalVAE, FullJointTable, IndependentBernoulli, PixelCNN,
 )
 
-BINARY = ("independent", "fvsbn", "nade", "made", "pixelcnn", "pixelcnn_ungated", "vae")
-AUTOREGRESSIVE = ("fvsbn", "nade", "made", "pixelcnn", "pixelcnn_ungated")
-EXACT = ("independent", "fvsbn", "nade", "made", "pixelcnn", "pixelcnn_ungated", "bayesnet")
+BINARY = ("independent", "fvsbn", "nade", "made", "made_direct", "pixelcnn", "pixelcnn_ungated", "vae")
+AUTOREGRESSIVE = ("fvsbn", "nade", "made", "made_direct", "pixelcnn", "pixelcnn_ungated")
+EXACT = ("independent", "fvsbn", "nade", "made", "made_direct", "pixelcnn", "pixelcnn_ungated", "bayesnet")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -69,6 +69,7 @@ def build(name: str, side: int = 4):
         "fvsbn": lambda: FVSBN(dim, order="random"),
         "nade": lambda: NADE(dim, hidden=8, order="random"),
         "made": lambda: MADE(dim, hidden_sizes=(32, 16), order="random"),
+        "made_direct": lambda: MADE(dim, hidden_sizes=(16,), order="random", direct=True),
         "pixelcnn": lambda: PixelCNN(channels=8, layers=3, kernel=3, height=side, width=side),
         "pixelcnn_ungated": lambda: PixelCNN(channels=8, layers=3, kernel=3, height=side, width=side, gated=False),
         "vae": lambda: VAE(dim, z_dim=3, hidden=16),
