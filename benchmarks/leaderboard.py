@@ -37,7 +37,7 @@ PUBLISHED = {
     "fvsbn": ("autoregressive", 97.45, "Larochelle & Murray 2011"),
     "nade": ("autoregressive", 88.86, "Larochelle & Murray 2011"),
     "made": ("autoregressive", 88.40, "Germain et al. 2015; ~94.5 for 500 units (their Fig. 2)"),
-    "made-direct": ("autoregressive", 88.40, "Germain et al. 2015, 8,000 units with the direct connection"),
+    "made-direct": ("autoregressive", 88.40, "Germain et al. 2015, a wider network with the direct connection"),
     "made-32": ("autoregressive", 86.64, "Germain et al. 2015"),
     "pixelcnn": ("autoregressive", 81.30, "van den Oord et al. 2016"),
     "vae": ("latent variable", None, "Burda et al. 2016 report 86.76 on dynamic binarization only"),
