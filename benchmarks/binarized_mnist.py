@@ -61,6 +61,7 @@ FIT_OPTIONS = {
     "vae": {"elbo": "trace", "num_particles": 1},
     "iwae": {"elbo": "iwae", "num_particles": 50},
 }
+PAPER_FIT_OPTIONS = {"made-32": {"optimizer": "adagrad"}}  # the authors' MADE command: Adagrad, lr 0.01
 
 
 def constant(lr: float):
@@ -94,10 +95,10 @@ PRESETS = {  # name -> (constructor, repr for the report, batch size, lr schedul
         "made-direct": (lambda: MADE(784, hidden_sizes=(500,), order="random", direct=True),
                         "MADE(784, hidden_sizes=(500,), order='random', direct=True)", 100, step_down(1e-3, 45), 100),
         # the authors' command (README of their code): 32 masks, each with its own ordering and connectivity
-        # ("Full" shuffling), the direct connection, Adagrad 0.01 (Adam here)
+        # ("Full" shuffling), the direct connection, Adagrad 0.01 (PAPER_FIT_OPTIONS)
         "made-32": (lambda: MADE(784, hidden_sizes=(8000,), num_masks=32, order="random", direct=True),
                     "MADE(784, hidden_sizes=(8000,), num_masks=32, order='random', direct=True)", 100,
-                    constant(1e-3), 500),
+                    constant(1e-2), 500),
         "pixelcnn": (lambda: PixelCNN(channels=64, layers=12, kernel=7), "PixelCNN(channels=64, layers=12, kernel=7)",
                      64, constant(1e-3), 500),
         # Burda et al.: 784-200-200-50 with tanh, batch 20, Adam on their 3,280-epoch schedule
@@ -135,7 +136,7 @@ def write_json(path: Path, value) -> None:
 
 def train(model, train_x, valid_x, run: Path, *, schedule, max_epochs: int, max_minutes: float, batch_size: int,
           device: str, seed: int, patience: int, elbo: str = "trace", num_particles: int = 1,
-          weight_decay: float = 0.0) -> dict:
+          optimizer: str = "adam", weight_decay: float = 0.0) -> dict:
     """fit() one epoch per call in ``run``, resuming from its checkpoint, until ``max_epochs``, the patience
     or this call's ``max_minutes`` run out. ``run/curve.json`` gets a row per epoch as it goes, so an
     interrupted run resumes where its last checkpoint left it, with its curve and its hours."""
@@ -146,7 +147,7 @@ def train(model, train_x, valid_x, run: Path, *, schedule, max_epochs: int, max_
     if done and not (run / "checkpoint").exists():
         raise RuntimeError(f"{run} has a curve but no checkpoint; delete the folder to start again")
     settings = dict(batch_size=batch_size, device=device, seed=seed, elbo=elbo, num_particles=num_particles,
-                    weight_decay=weight_decay, valid=valid_x, patience=patience, checkpoint_dir=run / "checkpoint",
+                    optimizer=optimizer, weight_decay=weight_decay, valid=valid_x, patience=patience, checkpoint_dir=run / "checkpoint",
                     progress=False, convergence_tol=None)
     start = time.perf_counter()
     seconds_before = curve["epochs"][-1]["seconds"] if done else 0.0
@@ -251,9 +252,10 @@ def main(argv=None) -> dict:
         build, description, batch_size, schedule, max_epochs = PRESETS[args.preset][name]
         torch.manual_seed(args.seed)
         model = build()
+        options = {**FIT_OPTIONS.get(name, {}), **(PAPER_FIT_OPTIONS.get(name, {}) if args.preset == "paper" else {})}
         curve = train(model, train_x, valid_x, runs / name, schedule=schedule,
                       max_epochs=args.epochs or max_epochs, max_minutes=args.max_minutes, batch_size=batch_size,
-                      device=device, seed=args.seed, patience=patience, **FIT_OPTIONS.get(name, {}))
+                      device=device, seed=args.seed, patience=patience, **options)
         test = log_likelihood(model, test_x, batch_size=500, device=device, num_samples=args.num_samples)
         examples_per_s, sample_seconds = throughput(model, test_x[:2000], device, args.num_samples)
         published, source = PUBLISHED[name]
@@ -265,7 +267,7 @@ def main(argv=None) -> dict:
             "epochs": len(epochs), "best_epoch": curve.get("best_epoch"), "train_seconds": epochs[-1]["seconds"],
             "test_nll_nats": -test.mean, "test_bits_per_dim": test.bits_per_dim, "test_nll_exact": test.exact,
             "test_nll_stderr": test.stderr, "test_num_samples": test.num_samples,
-            "test_elbo_nats": test.elbo, **FIT_OPTIONS.get(name, {}),
+            "test_elbo_nats": test.elbo, **options,
             "published_nll_nats": published, "published_source": source,
             "gap_to_published_nats": None if published is None else -test.mean - published,
             "valid_nll_curve": [e["valid_nll"] for e in epochs], "train_nll_curve": [e["train_nll"] for e in epochs],

@@ -67,7 +67,8 @@ NO_DENSITY = ("ebm", "gan")  # an unnormalised energy without an estimate of Z, 
 
 
 # the FitConfig fields a run folder records in config.json
-RECORDED = ("epochs", "batch_size", "lr", "weight_decay", "elbo", "num_particles", "patience", "seed", "precision")
+RECORDED = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "elbo", "num_particles", "patience", "seed",
+            "precision")
 
 
 def build_model(name: str, x_dim: int, **overrides) -> torch.nn.Module:
@@ -357,8 +358,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--optimizer", default="adam", help="adam (the objective's betas) or adagrad")
     p.add_argument("--weight-decay", type=float, default=0.0,
-                   help="Adam's L2 penalty on the loss of all rows: a N(0, 1/weight_decay) prior on each parameter")
+                   help="the optimiser's L2 penalty on the loss of all rows: a N(0, 1/weight_decay) prior on each "
+                        "parameter")
     p.add_argument("--elbo", default="auto",
                    help="auto (the model's own: exact MLE, enumeration or Trace_ELBO), trace, meanfield, enum, "
                         "graph, iwae or mle")
@@ -424,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             train_run(args.model, args.data, args.out, root=args.root, options=dict(args.option),
                       fit_config=FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                           weight_decay=args.weight_decay,
+                                           optimizer=args.optimizer, weight_decay=args.weight_decay,
                                            elbo=args.elbo, num_particles=args.num_particles, patience=args.patience,
                                            device=args.device, seed=args.seed, resume=args.resume,
                                            precision=args.precision))

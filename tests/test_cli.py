@@ -27,9 +27,11 @@ def test_demo_writes_its_run_folder(tmp_path, capsys):
 def test_train_evaluate_sample_round_trip(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "vae", "--data", "digits", "--out", str(run), "--epochs", "1",
-                 "-o", "z_dim=3", "-o", "hidden=[16]", "--num-samples", "10", "--weight-decay", "0.5"]) == 0
+                 "-o", "z_dim=3", "-o", "hidden=[16]", "--num-samples", "10", "--weight-decay", "0.5",
+                 "--optimizer", "adagrad"]) == 0
     config = json.loads((run / "config.json").read_text())
-    assert config["options"] == {"z_dim": 3, "hidden": [16]} and config["weight_decay"] == 0.5
+    assert config["options"] == {"z_dim": 3, "hidden": [16]}
+    assert config["weight_decay"] == 0.5 and config["optimizer"] == "adagrad"
     assert main(["evaluate", str(run), "--num-samples", "10", "--split", "valid", "--report-rows", "50"]) == 0
     assert json.loads((run / "metrics.json").read_text())["split"] == "valid"
     report = capsys.readouterr().out

@@ -32,6 +32,7 @@ def test_bad_data(data, error, message):
     ({"epochs": 0}, "epochs must be a positive int, got 0"),
     ({"lr": -1.0}, "lr must be a positive number, got -1.0"),
     ({"weight_decay": -1e-4}, "weight_decay must be a non-negative number, got -0.0001"),
+    ({"optimizer": "sgd"}, "optimizer must be one of \\('adam', 'adagrad'\\), got 'sgd'"),
     ({"elbo": "tracee"}, "elbo must be one of"),
     ({"num_particles": 0}, "num_particles must be a positive int, got 0"),
     ({"patience": 3}, "patience \\(early stopping\\) needs valid= data"),

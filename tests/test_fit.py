@@ -51,6 +51,25 @@ def test_weight_decay_is_a_gaussian_prior_on_the_weights():
     assert (middle.abs() < 0.8 * torch.logit(frequency).abs()).all()  # and the prior did pull it towards 0
 
 
+def test_adagrad_takes_the_steps_of_the_adagrad_recursion():
+    # full-batch steps on the closed-form gradient of the whole-data loss, N (sigmoid(theta) - mean(x)),
+    # plus the decay lam theta: Adagrad's G += g^2, theta -= lr g / (sqrt(G) + 1e-10), written out here
+    x = (torch.rand(50, 3, generator=torch.Generator().manual_seed(1)) < torch.tensor([0.2, 0.5, 0.9])).float()
+    lr, lam = 0.3, 2.0
+    theta, accumulated = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    for _ in range(25):
+        gradient = len(x) * (torch.sigmoid(theta) - x.mean(0).double()) + lam * theta
+        accumulated += gradient**2
+        theta -= lr * gradient / (accumulated.sqrt() + 1e-10)
+    model = IndependentBernoulli(3)
+    fit(model, x, epochs=25, batch_size=50, lr=lr, optimizer="adagrad", weight_decay=lam, progress=False,
+        convergence_tol=None)
+    assert torch.allclose(model.logits.detach().double(), theta, atol=1e-5)  # float32 against float64
+    adam = IndependentBernoulli(3)
+    fit(adam, x, epochs=25, batch_size=50, lr=lr, weight_decay=lam, progress=False, convergence_tol=None)
+    assert not torch.allclose(adam.logits.detach().double(), theta, atol=1e-2)  # a different recursion
+
+
 def _small_vae():
     torch.manual_seed(1)
     return VAE(784, z_dim=4, hidden=16)

@@ -109,6 +109,13 @@ def test_resume_with_a_new_lr_and_weight_decay_applies_them_and_says_so(tmp_path
     assert optimizer_state["param_groups"][0]["weight_decay"] == 0.01
 
 
+def test_resume_with_another_optimizer_is_refused(tmp_path):
+    _checkpointed(tmp_path)
+    with pytest.raises(ValueError, match="it was written with optimizer='adam', this call has optimizer='adagrad'"):
+        fit(IndependentBernoulli(6), X, epochs=3, batch_size=20, checkpoint_dir=tmp_path, resume=True,
+            optimizer="adagrad", progress=False)
+
+
 def test_two_fits_in_one_folder_are_refused_and_a_dead_owner_is_taken_over(tmp_path):
     lock = tmp_path / ".lock"
     lock.write_text(str(os.getppid()))  # a live process that is not this one

@@ -202,10 +202,11 @@ class Checkpointer:
         for key in ("config", "settings", "params", "optimizers", "rng", "cuda_rng", "state"):
             if key not in payload:
                 raise ValueError(f"checkpoint {self.path} lacks {key!r}: it is incomplete")
+        written = {"optimizer": "adam", **payload["config"]}  # checkpoints older than the choice used Adam
         for key, value in self.config.items():
-            if payload["config"].get(key) != value:
+            if written.get(key) != value:
                 raise ValueError(f"cannot resume from {self.path}: it was written with {key}="
-                                 f"{payload['config'].get(key)!r}, this call has {key}={value!r}")
+                                 f"{written.get(key)!r}, this call has {key}={value!r}")
         for name, value in payload["params"].items():
             if value.is_floating_point() and not torch.isfinite(value).all():
                 raise ValueError(f"checkpoint {self.path} holds non-finite values in parameter {name!r}; "

@@ -115,9 +115,7 @@ class Trainer:
                              "pyro.param sites: write it as a GenerativeModel or a PyroModule")
         self.params = [p for group in groups.values() for p in group]
         self.module = cluster.wrap(self.objective, self.device, find_unused=len(groups) > 1)
-        self.optimizers = {name: torch.optim.Adam(group, lr=config.lr, betas=self.objective.adam_betas,
-                                                       weight_decay=config.weight_decay)
-                           for name, group in groups.items()}
+        self.optimizers = {name: _optimizer(config, group, self.objective.adam_betas) for name, group in groups.items()}
         path = Path(config.checkpoint_dir) / CHECKPOINT_NAME if config.checkpoint_dir is not None else None
         if path is not None and path.exists() and not config.resume:
             raise ValueError(f"{path} already exists; pass resume=True to continue that run, "
@@ -126,7 +124,7 @@ class Trainer:
         fingerprint = {"model": program.name, "parameters": sorted((n, tuple(p.shape)) for n, p in named.items()),
                        "data": _data_fingerprint(x), "num_rows": self.num_rows, "batch_size": config.batch_size,
                        "seed": config.seed, "estimator": self.estimator_name, "num_particles": config.num_particles,
-                       "world_size": cluster.world_size}
+                       "world_size": cluster.world_size, "optimizer": config.optimizer}
         settings = {"lr": config.lr, "weight_decay": config.weight_decay, "epochs": config.epochs,
                     "patience": config.patience}
         self.checkpoints = Checkpointer(path if cluster.is_main else None, named, self.optimizers, fingerprint,
@@ -416,6 +414,13 @@ def fit(model, data, config: FitConfig | None = None, *, guide=None, valid=None,
     result = trainer.run(x, y, valid_xy)
     trainer.cluster.close()  # on success only: see Cluster.close
     return result
+
+
+def _optimizer(config: FitConfig, params: list[torch.Tensor], adam_betas: tuple[float, float]
+               ) -> torch.optim.Optimizer:
+    if config.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, betas=adam_betas, weight_decay=config.weight_decay)
 
 
 def _data_fingerprint(x) -> str:

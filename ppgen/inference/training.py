@@ -19,6 +19,8 @@ from ppgen.inference.distributed import STRATEGIES
 from ppgen.inference.objectives import PRECISIONS
 from ppgen.inference.program import ESTIMATORS, ModelCheck
 
+OPTIMIZERS = ("adam", "adagrad")
+
 __all__ = ["FitConfig", "FitResult", "TrainState", "EarlyStopping", "ConvergenceWarning", "NonFiniteLossError",
            "DivergenceError", "convergence_message"]
 
@@ -60,10 +62,13 @@ class FitConfig:
     ----------
     epochs, batch_size, lr
         Passes over the data, rows per minibatch (a batch of all rows keeps their order, as
-        local guides need), Adam learning rate.
+        local guides need), the optimiser's learning rate.
+    optimizer : {"adam", "adagrad"}
+        ``torch.optim.Adam`` with the objective's betas (0.9, 0.999; a GAN's are (0.5, 0.9)), or
+        ``torch.optim.Adagrad``, which Germain et al. trained MADE with (their lr: 0.01).
     weight_decay : float
-        Adam's L2 penalty (``torch.optim.Adam(weight_decay=)``), 0 by default, on every parameter
-        (the guide's too). The losses are for the whole data set, so for an exact model
+        The optimiser's L2 penalty (``weight_decay=`` of torch's optimisers), 0 by default, on every
+        parameter (the guide's too). The losses are for the whole data set, so for an exact model
         ``weight_decay`` = λ is MAP estimation under a N(0, 1/λ) prior on each parameter. A
         per-example loss's decay d is λ = N d (pytorch-made's 1e-4 for MADE on 50,000 binarized
         MNIST rows is λ = 5).
@@ -105,6 +110,7 @@ class FitConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
+    optimizer: str = "adam"
     weight_decay: float = 0.0
     elbo: str = "auto"
     num_particles: int = 1
@@ -130,6 +136,8 @@ class FitConfig:
         _finite_number(self.weight_decay, "weight_decay", zero_allowed=True)
         if self.patience is not None:
             _positive_int(self.patience, "patience")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.elbo not in ESTIMATORS:
             raise ValueError(f"elbo must be one of {ESTIMATORS}, got {self.elbo!r}")
         if self.precision not in PRECISIONS:
