@@ -90,6 +90,7 @@ def collect() -> dict[str, dict]:
     rows: dict[str, dict] = {}
     for report, source in ((load(RESULTS / "binarized_mnist.json"), "binarized_mnist.py --preset cpu"),
                            (load(RESULTS / "binarized_mnist_latent.json"), "binarized_mnist.py --preset cpu"),
+                           (load(RESULTS / "binarized_mnist_made32.json"), "binarized_mnist.py --preset cpu"),
                            (load(RESULTS / "binarized_mnist_paper.json"), "binarized_mnist.py --preset paper")):
         for key, row in benchmark_rows(report, source).items():
             rows[key] = row  # later sources (the paper preset) replace the budget runs
