@@ -110,18 +110,20 @@ class MADE(AutoregressiveModel):
         rank = ranks(self.orders[k])
         return rank[None, :] < rank[:, None]  # (D outputs, D inputs): input j precedes output d
 
+    def _masked_direct(self, k: int) -> torch.Tensor | None:
+        return None if self.direct is None else self.direct * self._direct_mask(k)
+
     def conditional_logits(self, x: torch.Tensor, k: int = 0) -> torch.Tensor:
         h = x
         for l, (layer, weight) in enumerate(zip(self.layers, self._masked_weights(k))):
             h = F.linear(torch.relu(h) if l else h, weight, layer.bias)
-        if self.direct is not None:
-            h = h + F.linear(x, self.direct * self._direct_mask(k))
-        return h  # (N, D)
+        direct = self._masked_direct(k)
+        return h if direct is None else h + F.linear(x, direct)  # (N, D)
 
     def _stepper(self, n: int, k: int) -> Stepper:
         weights, order = self._masked_weights(k), self.orders[k].tolist()
         biases = [layer.bias for layer in self.layers]
-        direct = None if self.direct is None else self.direct * self._direct_mask(k)
+        direct = self._masked_direct(k)
 
         def step(x: torch.Tensor, i: int) -> torch.Tensor:
             h = x
