@@ -34,24 +34,8 @@ from ppgen.inference import fit, log_likelihood
 from ppgen.models.autoregressive import FVSBN, MADE, NADE, PixelCNN
 from ppgen.models.latent import VAE
 
-# published test NLL (nats) on the static binarization of Larochelle & Murray (2011), where one exists
-PUBLISHED = {
-    "fvsbn": (97.45, "Larochelle & Murray 2011"),
-    "nade": (88.86, "Larochelle & Murray 2011"),
-    # 88.40 is Germain et al.'s best one-mask network (Table 6); for 784-500-784 with one mask their Figure 2
-    # shows about 94.5, the figure Karpathy's pytorch-made reproduces
-    "made": (88.40, "Germain et al. 2015, 1 mask (a larger network; ~94.5 for 500 units, Fig. 2)"),
-    # the authors' MNIST network also connects the input straight to the output (MADE(direct=True))
-    "made-direct": (88.40, "Germain et al. 2015, 1 mask (a larger network, with the direct connection)"),
-    "made-32": (86.64, "Germain et al. 2015, 32 masks"),
-    "pixelcnn": (81.30, "van den Oord et al. 2016"),
-    # Burda et al. (2016) report 86.76 (VAE k=1) and 84.78 (IWAE k=50, 1 stochastic layer) on MNIST
-    # binarized afresh at every use, trained on 59,600 rows. Their code's README says that on the
-    # static 50,000-row split the same models overfit and score "about 2 nats lower"; no exact
-    # static-split figure is published, so none is quoted as a target here.
-    "vae": (None, "Burda et al. 2016: 86.76 on dynamically binarized MNIST; ~2 nats worse on this split"),
-    "iwae": (None, "Burda et al. 2016: 84.78 on dynamically binarized MNIST; ~2 nats worse on this split"),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from leaderboard import PUBLISHED as LEADERBOARD  # noqa: E402  (one table of published figures, with their sources)
 
 # how fit() trains the models that do not use its defaults
 FIT_OPTIONS = {
@@ -125,6 +109,9 @@ PRESETS = {  # name -> (constructor, repr for the report, batch size, lr schedul
                  100, constant(1e-3), 500),
     },
 }
+
+# model -> (published test NLL on this split or None, its source), for the presets' models
+PUBLISHED = {name: LEADERBOARD[name][1:] for name in PRESETS["paper"]}
 
 
 def write_json(path: Path, value) -> None:
