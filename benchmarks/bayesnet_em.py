@@ -12,7 +12,6 @@ One CPU thread. Writes ``benchmarks/results/bayesnet_em.json``.
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ppgen.models.bayesnet import BayesNet
+from ppgen.inference.checkpoint import write_json_atomic
 
 NETWORKS = ("asia", "child", "insurance", "alarm")
 
@@ -52,8 +52,8 @@ def main() -> None:
         print(f"| {r['network']} | {r['variables']} | {r['e_step_s']:.2f} s | {r['fit_s']:.1f} s "
               f"| {r['loglik_fit']:.4f} | {r['loglik_truth']:.4f} |")
     out = Path(__file__).parent / "results" / "bayesnet_em.json"
-    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-                               "rows": rows}, indent=2) + "\n")
+    write_json_atomic({"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+                       "rows": rows}, out)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import torch
 
 from ppgen.data import load_dataset
 from ppgen.inference import fit, log_likelihood
+from ppgen.inference.checkpoint import write_json_atomic
 from ppgen.models.autoregressive import FVSBN, MADE, NADE, PixelCNN
 from ppgen.models.latent import VAE
 
@@ -114,13 +115,6 @@ PRESETS = {  # name -> (constructor, repr for the report, batch size, lr schedul
 PUBLISHED = {name: LEADERBOARD[name][1:] for name in PRESETS["paper"]}
 
 
-def write_json(path: Path, value) -> None:
-    """Write atomically: a reader (or a kill mid-write) never sees half a file."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    tmp.replace(path)
-
-
 def train(model, train_x, valid_x, run: Path, *, schedule, max_epochs: int, max_minutes: float, batch_size: int,
           device: str, seed: int, patience: int, elbo: str = "trace", num_particles: int = 1,
           optimizer: str = "adam", weight_decay: float = 0.0) -> dict:
@@ -148,7 +142,7 @@ def train(model, train_x, valid_x, run: Path, *, schedule, max_epochs: int, max_
                                 "valid_nll": -result.valid_elbo[-1],
                                 "seconds": round(seconds_before + time.perf_counter() - start, 1)})
         curve["stopped_early"], curve["best_epoch"] = result.stopped_early, result.best_epoch
-        write_json(curve_path, curve)
+        write_json_atomic(curve, curve_path)
     if done and not curve["epochs"][done:]:  # nothing trained in this call: load the checkpoint's parameters
         fit(model, train_x, epochs=done, lr=schedule(done), resume=True, **settings)
     curve["complete"] = curve["stopped_early"] or len(curve["epochs"]) >= max_epochs
@@ -262,9 +256,9 @@ def main(argv=None) -> dict:
             "device": report["machine"], "run": str(runs / name),
         }
         report["models"][name] = row
-        write_json(runs / name / "result.json", {**row, "command": report["command"], "torch": torch.__version__})
+        write_json_atomic({**row, "command": report["command"], "torch": torch.__version__}, runs / name / "result.json")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        write_json(Path(args.out), report)
+        write_json_atomic(report, Path(args.out))
         versus = f"published {published:.2f}" if published is not None else source
         print(f"{name:9s} {description:45s} test NLL {-test.mean:7.2f} nats ({test.bits_per_dim:.4f} bits/dim), "
               f"{versus}; {len(epochs)} epochs in {epochs[-1]['seconds']:.0f}s ({row['status']}); "

@@ -41,6 +41,7 @@ from ppgen.compression import model_nll_bits
 from ppgen.data import load_dataset
 from ppgen.inference import fit
 from ppgen.models import FVSBN, MADE, NADE, VAE, BayesNet, IndependentBernoulli, PixelCNN
+from ppgen.inference.checkpoint import write_json_atomic
 
 SIDE = 28
 # name -> (constructor, description, batch size, learning rate, rows to decode (None: all))
@@ -184,8 +185,7 @@ def main(argv=None) -> dict:
                **measure(model, test_x, decode_rows, args.batch_size)}
         report["models"][name] = row
         print(name, json.dumps(row), flush=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        write_json_atomic(report, args.out)
 
     best_generic = min(report["generic"].items(), key=lambda kv: kv[1]["bits_per_dim"])
     best_model = min(report["models"].items(), key=lambda kv: kv[1]["bits_per_dim"])
@@ -196,7 +196,7 @@ def main(argv=None) -> dict:
         "best_model_code_over_model": best_model[1]["code_over_model"],
     }
     print(json.dumps(report["summary"], indent=1))
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomic(report, args.out)
     return report
 
 

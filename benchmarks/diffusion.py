@@ -31,6 +31,7 @@ import torch
 
 from ppgen import load_dataset
 from ppgen.models.diffusion import BinaryDiffusion, GaussianDiffusion
+from ppgen.inference.checkpoint import write_json_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flow_vae import train_for  # noqa: E402  (epochs within a time budget, resuming so Adam's state carries)
@@ -104,8 +105,7 @@ def main() -> None:
     results = {"settings": {k: str(v) for k, v in vars(args).items()}, "preset": {k: str(v) for k, v in preset.items()}}
 
     def save():
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        write_json_atomic(results, args.out)
 
     if "gaussian" not in args.skip:
         train, test = grey_rows(args, "train"), grey_rows(args, "test")

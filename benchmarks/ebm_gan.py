@@ -14,7 +14,6 @@
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from ppgen import load_dataset, log_likelihood
 from ppgen.cli import sample_quality
 from ppgen.models.energy import RBM
 from ppgen.models.implicit import GAN
+from ppgen.inference.checkpoint import write_json_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flow_vae import train_for  # noqa: E402  (epochs within a time budget, resuming so Adam's state carries)
@@ -72,8 +72,7 @@ def main():
     vae_iwae = log_likelihood(vae, rows[:ais_rows], num_samples=1000)
     results["vae"]["decoder_ais"] = {"rows": ais_rows, "ais": vae_ais.to_dict(), "iwae_same_rows": vae_iwae.to_dict()}
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json_atomic(results, args.out)
     print("| model | epochs | test log-lik (nats) | how | FID | KID | precision | recall |")
     print("|---|---:|---:|---|---:|---:|---:|---:|")
     for name in ("rbm", "vae", "gan"):

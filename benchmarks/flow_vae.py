@@ -21,6 +21,7 @@ import torch
 
 import ppgen
 from ppgen.models.latent import IAFVAE, VAE, FlowPriorVAE
+from ppgen.inference.checkpoint import write_json_atomic
 
 NETWORK = dict(z_dim=16, hidden=256)
 MODELS = {
@@ -49,8 +50,7 @@ def save_row(results: dict, name: str, row: dict, out: Path) -> None:
     the rows it finished)."""
     results["models"][name] = row
     print(name, json.dumps(row), flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json_atomic(results, out)
 
 
 def main() -> None:

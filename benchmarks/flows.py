@@ -23,6 +23,7 @@ import torch
 
 import ppgen
 from ppgen.models.flows import MAF, Dequantized, Glow, RealNVP, dequantize
+from ppgen.inference.checkpoint import write_json_atomic
 
 PUBLISHED = {"realnvp": 1.06, "glow": 1.05, "ffjord": 0.99, "maf": 1.89}
 PRESETS = {
@@ -101,8 +102,7 @@ def main() -> None:
                                    "num_parameters": model.num_parameters, "preset": PRESETS[args.preset][name],
                                    "examples_per_second": fit.examples_per_second}
         print(name, json.dumps(results["models"][name]))
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        write_json_atomic(results, args.out)
 
 
 if __name__ == "__main__":

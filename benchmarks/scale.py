@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
+from ppgen.inference.checkpoint import write_json_atomic
 
 WORKER = """
 import json, sys, torch
@@ -59,8 +59,7 @@ def main():
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scale.json")
     args = parser.parse_args()
     figures = {"cpu": cpu_processes(args.epochs, args.batch_size), "batch_size": args.batch_size}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
+    write_json_atomic(figures, args.out)
     cpu = figures["cpu"]
     print("| processes (1 thread each) | rows/s | fit seconds |\n|---:|---:|---:|")
     for nproc, row in cpu["processes"].items():

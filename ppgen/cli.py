@@ -22,7 +22,7 @@ from ppgen._lazy import LazyObject
 torch = LazyObject("torch")
 load_dataset = LazyObject("ppgen.data", "load_dataset")
 FitConfig, fit, log_likelihood = (LazyObject("ppgen.inference", n) for n in ("FitConfig", "fit", "log_likelihood"))
-save_atomic = LazyObject("ppgen.inference.checkpoint", "save_atomic")
+save_atomic, write_json_atomic = (LazyObject("ppgen.inference.checkpoint", n) for n in ("save_atomic", "write_json_atomic"))
 elbo_report, format_report = (LazyObject("ppgen.inference.diagnostics", n) for n in ("elbo_report", "format_report"))
 FVSBN, MADE, NADE, VAE, ConditionalVAE, IndependentBernoulli, PixelCNN = (LazyObject("ppgen.models", name) for name in (
     "FVSBN", "MADE", "NADE", "VAE", "ConditionalVAE", "IndependentBernoulli", "PixelCNN"))
@@ -118,11 +118,11 @@ def train_run(model_name: str, data: str, out: Path, *, root=None, options=None,
     if not is_main_process():
         return config  # under torchrun every rank trains; rank 0 writes the run folder
     save_atomic(model.state_dict(), out / "model.pt")
-    _write_json(out / "config.json", config)
-    _write_json(out / "history.json", {"losses": result.losses, "train_elbo": result.train_elbo,
-                                        "valid_elbo": result.valid_elbo, "best_epoch": result.best_epoch,
-                                        "stopped_early": result.stopped_early,
-                                        "examples_per_second": result.examples_per_second})
+    write_json_atomic(config, out / "config.json")
+    history = {"losses": result.losses, "train_elbo": result.train_elbo, "valid_elbo": result.valid_elbo,
+               "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
+               "examples_per_second": result.examples_per_second}
+    write_json_atomic(history, out / "history.json")
     return config
 
 
@@ -192,7 +192,7 @@ def evaluate_run(run: Path, split="test", num_samples=1000, device="auto", seed=
     if quality_samples and model.x_dim == 784:
         metrics["sample_quality"] = sample_quality(model, raw.x, quality_samples, grey=raw.x.max() > 1,
                                                    seed=seed)
-    _write_json(run / "metrics.json", metrics)
+    write_json_atomic(metrics, run / "metrics.json")
     return metrics
 
 
@@ -217,7 +217,7 @@ def demo(out: Path, *, epochs=30, num_samples=1000, device="auto", seed=0, progr
                out / "reconstructions_vae.png", title="VAE: test digits (rows 1, 3) and reconstructions")
     elbo_curves(histories, out / "elbo_curves.png",
                 reference={k: v["log_likelihood"] for k, v in metrics.items()})
-    _write_json(out / "metrics.json", metrics)
+    write_json_atomic(metrics, out / "metrics.json")
     return metrics
 
 
@@ -261,12 +261,6 @@ def format_table(metrics: dict) -> str:
     return "\n".join(rows)
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def _option(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -304,7 +298,7 @@ def restore_run(run: Path, task: str, *, mask: str = "bottom", factor: int = 2, 
     summary = {"run": str(run), "split": split, **restore_summary(result, truth)}
     out.parent.mkdir(parents=True, exist_ok=True)
     restore_grid(None, result, truth, shape, max_rows=rows, path=out)
-    _write_json(out.with_suffix(".json"), summary)
+    write_json_atomic(summary, out.with_suffix(".json"))
     return summary, out
 
 

@@ -1,10 +1,12 @@
 """Every bad input gets an error that names what was wrong."""
 
+import json
+
 import pytest
 import torch
 
 from ppgen import FVSBN, VAE, IndependentBernoulli, fit, load_dataset, log_likelihood
-from ppgen.inference.checkpoint import save_atomic
+from ppgen.inference.checkpoint import save_atomic, write_json_atomic
 
 X = torch.bernoulli(torch.full((20, 4), 0.5), generator=torch.Generator().manual_seed(0))
 
@@ -66,6 +68,14 @@ def test_corrupt_checkpoints_are_refused(tmp_path):
     save_atomic({"weights": torch.zeros(3)}, tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match="is not a ppgen checkpoint"):
         fit(IndependentBernoulli(4), X, checkpoint_dir=tmp_path, resume=True, progress=False)
+
+
+def test_a_failed_json_write_leaves_the_old_file_whole(tmp_path):
+    path = write_json_atomic({"epochs": [1, 2]}, tmp_path / "results" / "curve.json")  # makes the folder
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        write_json_atomic({"epochs": [1, 2, 3], "model": object()}, path)  # fails halfway through the text
+    assert json.loads(path.read_text()) == {"epochs": [1, 2]}
+    assert [p.name for p in path.parent.iterdir()] == ["curve.json"]  # no temporary file left behind
 
 
 def test_resume_refuses_other_settings_and_fresh_runs_refuse_to_overwrite(tmp_path):

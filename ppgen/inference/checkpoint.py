@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import json
 import os
 import pickle
 import tempfile
@@ -16,21 +17,22 @@ from typing import Any
 
 import torch
 
-__all__ = ["save_atomic", "save_checkpoint", "load_checkpoint", "Checkpointer", "RunLock", "check_folder",
+__all__ = ["save_atomic", "write_json_atomic", "save_checkpoint", "load_checkpoint", "Checkpointer", "RunLock", "check_folder",
            "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "ppgen-checkpoint-3"
 
 
-def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to ``path`` so that a crash leaves either the old file or the new one."""
+def _replace_atomically(path: str | os.PathLike, write, mode: str) -> Path:
+    """Write through ``write(file)`` to a temporary name beside ``path``, flushed, then renamed into
+    place: a crash leaves either the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -38,6 +40,20 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to ``path`` so that a crash leaves either the old file or the new one."""
+    return _replace_atomically(path, lambda f: torch.save(obj, f), "wb")
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``obj`` as indented JSON in ``path``, written atomically like :func:`save_atomic`."""
+    def write(f):
+        json.dump(obj, f, indent=2)  # streams: a value it cannot encode stops it halfway through the file
+        f.write("\n")
+
+    return _replace_atomically(path, write, "w")
 
 
 def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
