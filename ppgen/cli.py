@@ -113,7 +113,7 @@ def train_run(model_name: str, data: str, out: Path, *, root=None, options=None,
               "x_dim": model.x_dim, **{k: v for k, v in dataclasses.asdict(fit_config).items() if k in RECORDED}}
     train, valid = prepare_data(model, train, fresh=True), valid and prepare_data(model, valid, seed=fit_config.seed)
     result = fit(model, train, fit_config, valid=valid)
-    config["train_seconds"] = result.seconds
+    config["train_seconds"] = result.total_seconds  # a resumed run: all its calls
     config["device"] = result.device
     if not is_main_process():
         return config  # under torchrun every rank trains; rank 0 writes the run folder

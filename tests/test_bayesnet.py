@@ -10,7 +10,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pyro
 import pytest
 import torch
 from hypothesis import given, settings

@@ -1,6 +1,7 @@
 """fit(): minibatch scaling, resume equality, the NaN guard, early stopping, estimators."""
 
 import re
+import time
 
 import pyro
 import pyro.distributions as dist
@@ -119,6 +120,32 @@ def test_resume_after_an_interrupt_mid_epoch(digits, tmp_path, monkeypatch):
     fit(resumed, x, epochs=3, checkpoint_dir=tmp_path, resume=True, **settings)
     for name, value in _params(straight).items():
         assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+def test_total_seconds_counts_every_call_of_a_resumed_run(digits, tmp_path, monkeypatch):
+    x = digits["train"].x[:600]
+    settings = dict(batch_size=128, lr=1e-2, seed=5, progress=False, checkpoint_dir=tmp_path)
+    first = fit(_small_vae(), x, epochs=1, **settings)
+    assert 0 < first.total_seconds <= first.seconds
+
+    calls, real_step = {"n": 0}, torch.optim.Adam.step
+
+    def slow_then_interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        time.sleep(0.25)  # two recorded steps: the interrupted call trains for at least 0.5 s
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", slow_then_interrupted)
+    started = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        fit(_small_vae(), x, epochs=2, resume=True, **settings)
+    interrupted_wall = time.perf_counter() - started
+    monkeypatch.setattr(torch.optim.Adam, "step", real_step)
+    last = fit(_small_vae(), x, epochs=2, resume=True, **settings)
+    # the interrupted call returned nothing, but its half second of steps is in the run's time
+    assert first.total_seconds + 0.5 <= last.total_seconds <= first.seconds + interrupted_wall + last.seconds
 
 
 def test_same_seed_same_result_and_other_seed_differs(digits):

@@ -2,7 +2,6 @@
 and is committed with the outputs of a full run."""
 
 import json
-import os
 from pathlib import Path
 
 import nbformat

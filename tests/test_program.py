@@ -18,7 +18,6 @@ from ppgen import (
     Program, check_model, fit, log_likelihood,
 )
 from ppgen.inference.fit import convergence_message
-from ppgen.models import GenerativeModel
 from ppgen.models.base import num_rows
 
 

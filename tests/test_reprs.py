@@ -7,7 +7,6 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer.autoguide import AutoNormal
 
 from ppgen.inference import fit, log_likelihood
 from ppgen.inference.diagnostics import elbo_report, elbo_terms

@@ -130,6 +130,7 @@ class Trainer:
         self.checkpoints = Checkpointer(path if cluster.is_main else None, named, self.optimizers, fingerprint,
                                         cluster, settings)
         self.resumed_from_step, self._stepped, self._pending = None, False, None
+        self._clock_zero = None  # perf_counter() at which this run's training time would be zero
         if path is not None and config.resume and path.exists():
             self.checkpoints.path = path  # every rank reads the checkpoint
             saved, changed = self.checkpoints.restore()
@@ -189,7 +190,7 @@ class Trainer:
             first_value = loss_value if first_value is None else first_value
             self._pending = (first_value / self.num_rows, state.batch + 1 if batch is None else batch + 1)
             optimizer.step()
-        state.commit_step(*self._pending)
+        state.commit_step(*self._pending, seconds=self._seconds(state))
         self._check_divergence(state)
         return first_value
 
@@ -252,6 +253,7 @@ class Trainer:
         with program.param_scope(), torch.random.fork_rng(devices=cuda_devices), DeferredSignals() as signals:
             torch.manual_seed(config.seed + cluster.rank)  # each rank its own (reproducible) sampling noise
             state = self.init(x, y)
+            self._clock_zero = start - state.seconds  # earlier calls' time counts too
             self.signals = signals
             n_rows, batch_size = self.num_rows, config.batch_size
             batches_per_epoch = len(_global_batches(torch.arange(n_rows), batch_size, cluster.world_size))
@@ -293,6 +295,7 @@ class Trainer:
                 if bar is not None:
                     bar.close()
                 self.lock.release()
+                self._clock_zero = None
             if config.patience is not None and state.best_state is not None:
                 self.checkpoints.load_params(state.best_state, "best epoch")
         if config.convergence_tol is not None and not state.stopped_early and cluster.is_main \
@@ -306,7 +309,7 @@ class Trainer:
             model=program.source,
             guide=program.guide_module if program.guide_module is not None else program.guide,
             losses=state.losses, train_elbo=state.train_elbo, valid_elbo=state.valid_elbo,
-            epochs=state.epoch, steps=state.step, seconds=time.perf_counter() - start,
+            epochs=state.epoch, steps=state.step, seconds=time.perf_counter() - start, total_seconds=state.seconds,
             examples_per_second=cluster.world_size * rows_seen / step_seconds if step_seconds > 0 else float("nan"),
             stopped_early=state.stopped_early, best_epoch=state.best_epoch, device=str(self.device),
             estimator=self.estimator_name, check=self.check, resumed_from_step=self.resumed_from_step,
@@ -319,7 +322,7 @@ class Trainer:
         train = -sum(state.epoch_losses) / len(state.epoch_losses)
         score = self.evaluate(*valid, seed=self.config.seed + state.epoch + 1) if valid is not None else None
         best = EarlyStopping(self.config.patience).decide(state, score, self.checkpoints.snapshot)
-        state.commit_epoch(train, score, best)
+        state.commit_epoch(train, score, best, seconds=self._seconds(state))
         self.checkpoints.save(state.to_dict())
 
     def _record_applied_step(self, state: TrainState) -> None:
@@ -328,7 +331,11 @@ class Trainer:
         optimizer = self.optimizers[self.objective.groups[0]]
         applied = max((int(s["step"]) for s in optimizer.state.values() if "step" in s), default=0)
         if applied > state.step and self._pending is not None:
-            state.commit_step(*self._pending)
+            state.commit_step(*self._pending, seconds=self._seconds(state))
+
+    def _seconds(self, state: TrainState) -> float:
+        """The run's training time now, earlier calls included (outside :meth:`run`: the last recorded)."""
+        return state.seconds if self._clock_zero is None else time.perf_counter() - self._clock_zero
 
     def _say(self, message: str) -> None:
         if self.config.progress and self.cluster.is_main:

@@ -171,6 +171,10 @@ class FitResult:
         Epochs and optimisation steps completed in total (across resumes).
     seconds, examples_per_second : float
         Wall time of this call and training throughput (rows per second of step time).
+    total_seconds : float
+        Wall time of the whole run: every call that trained it (resumes and interrupted calls
+        included) up to its last recorded step; a checkpoint older than this figure counts from
+        the resume.
     stopped_early : bool
     best_epoch : int or None
         Epoch (1-based) of the best validation objective, whose parameters the model holds
@@ -193,6 +197,7 @@ class FitResult:
     steps: int
     seconds: float
     examples_per_second: float
+    total_seconds: float
     stopped_early: bool
     best_epoch: int | None
     device: str
@@ -216,8 +221,8 @@ class FitResult:
                 "epochs": self.epochs, "steps": self.steps, "train_elbo": list(self.train_elbo),
                 "valid_elbo": list(self.valid_elbo), "final_loss": self.losses[-1] if self.losses else None,
                 "best_epoch": self.best_epoch, "stopped_early": self.stopped_early, "seconds": self.seconds,
-                "examples_per_second": self.examples_per_second, "device": self.device,
-                "resumed_from_step": self.resumed_from_step,
+                "total_seconds": self.total_seconds, "examples_per_second": self.examples_per_second,
+                "device": self.device, "resumed_from_step": self.resumed_from_step,
                 "check": self.check.to_dict() if self.check is not None else None}
 
 
@@ -241,14 +246,17 @@ class TrainState:
     best_epoch: int | None = None
     best_state: dict | None = None
     stopped_early: bool = False
+    seconds: float = 0.0    # training wall time of every call so far, at the last commit
     rng: torch.Tensor | None = dataclasses.field(default=None, repr=False)  # to resume from (not in to_dict)
 
-    def commit_step(self, loss_per_example: float, batches_done: int) -> None:
+    def commit_step(self, loss_per_example: float, batches_done: int, seconds: float | None = None) -> None:
+        self.seconds = self.seconds if seconds is None else seconds
         self.losses.append(loss_per_example)
         self.epoch_losses.append(loss_per_example)
         self.step, self.batch, self.rng = self.step + 1, batches_done, torch.get_rng_state()
 
-    def commit_epoch(self, train: float, valid: float | None, best: dict) -> None:
+    def commit_epoch(self, train: float, valid: float | None, best: dict, seconds: float | None = None) -> None:
+        self.seconds = self.seconds if seconds is None else seconds
         self.train_elbo.append(train)
         if valid is not None:
             self.valid_elbo.append(valid)
