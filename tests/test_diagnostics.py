@@ -1,6 +1,5 @@
 """ELBO decomposition, active units, gradient statistics and the linear probe, against independent computations."""
 
-
 import pyro
 import pytest
 import torch
