@@ -76,6 +76,9 @@ def test_a_failed_json_write_leaves_the_old_file_whole(tmp_path):
         write_json_atomic({"epochs": [1, 2, 3], "model": object()}, path)  # fails halfway through the text
     assert json.loads(path.read_text()) == {"epochs": [1, 2]}
     assert [p.name for p in path.parent.iterdir()] == ["curve.json"]  # no temporary file left behind
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    assert path.stat().st_mode == plain.stat().st_mode  # the permissions of a file written directly
 
 
 def test_resume_refuses_other_settings_and_fresh_runs_refuse_to_overwrite(tmp_path):

@@ -24,6 +24,19 @@ CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "ppgen-checkpoint-3"
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (os.umask sets while it reads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _replace_atomically(path: str | os.PathLike, write, mode: str) -> Path:
     """Write through ``write(file)`` to a temporary name beside ``path``, flushed, then renamed into
     place: a crash leaves either the old file or the new one, never half of one."""
@@ -31,6 +44,8 @@ def _replace_atomically(path: str | os.PathLike, write, mode: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes it private; a file written directly would not be
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
