@@ -6,6 +6,11 @@ and writes the table between ``<!-- leaderboard -->`` markers in ``benchmarks/RE
 
     python benchmarks/leaderboard.py            # print, and update both files
     python benchmarks/leaderboard.py --check    # print only
+    python benchmarks/leaderboard.py --add-run runs/made-direct-8000-wd25 --as made-wide
+
+``--add-run`` copies the figures of a finished ``ppgen train`` run folder (evaluated on the binarized
+MNIST test rows) into ``benchmarks/results/leaderboard_runs.json``, so that the row survives without the
+folder, which is not committed.
 
 Each row says what kind of figure it is, since they are not interchangeable:
 
@@ -28,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+RUNS = RESULTS / "leaderboard_runs.json"  # rows copied from `ppgen train` run folders by --add-run
 MARKERS = ("<!-- leaderboard:start -->", "<!-- leaderboard:end -->")
 
 # model key -> (family, published test NLL on the static Larochelle & Murray split or None, its source);
@@ -42,6 +48,7 @@ PUBLISHED = {
     "made": ("autoregressive", 88.40, "Germain et al. 2015; ~94.5 for 500 units (their Fig. 2)"),
     # the authors' MNIST network also connects the input straight to the output (MADE(direct=True))
     "made-direct": ("autoregressive", 88.40, "Germain et al. 2015, a wider network with the direct connection"),
+    "made-wide": ("autoregressive", 88.40, "Germain et al. 2015, 1 mask (Table 6)"),
     "made-32": ("autoregressive", 86.64, "Germain et al. 2015"),
     "pixelcnn": ("autoregressive", 81.30, "van den Oord et al. 2016"),
     # Burda et al. (2016) report 86.76 (VAE k=1) and 84.78 (IWAE k=50, 1 stochastic layer) on MNIST
@@ -102,6 +109,14 @@ def collect() -> dict[str, dict]:
                            (load(RESULTS / "binarized_mnist_paper.json"), "binarized_mnist.py --preset paper")):
         for key, row in benchmark_rows(report, source).items():
             rows[key] = row  # later sources (the paper preset) replace the budget runs
+    for key, entry in (load(RUNS) or {}).items():
+        config, m = entry["config"], entry["metrics"]
+        rows[key] = {"model": f"{entry['model']}, by `ppgen train`", "nll": -m["log_likelihood"],
+                     "stderr": m["stderr"] or 0.0,
+                     "kind": "exact" if m["exact"] else f"lower bound (IWAE, K={m['num_samples']})",
+                     "rows": entry["rows"], "parameters": m["num_parameters"],
+                     "train": f"{config['train_seconds'] / 60:.0f} min, {entry['epochs']} epochs",
+                     "device": config["device"], "source": entry["run"]}
     compression = load(RESULTS / "compression.json")
     for key in ("independent", "bayesnet"):
         m = ((compression or {}).get("models") or {}).get(key)
@@ -146,6 +161,30 @@ def collect() -> dict[str, dict]:
     return rows
 
 
+def add_run(run: Path, key: str) -> None:
+    """Copy a finished ``ppgen train`` run folder's figures into RUNS as the row ``key``."""
+    config, metrics, history = (load(run / name) for name in ("config.json", "metrics.json", "history.json"))
+    if config is None or metrics is None or history is None:
+        raise SystemExit(f"{run} has no config.json, metrics.json and history.json: not a finished `ppgen train` run")
+    if config["data"] != "binarized_mnist" or metrics.get("split") != "test" or metrics["log_likelihood"] is None:
+        raise SystemExit(f"{run} was not evaluated on the binarized MNIST test rows (data {config['data']!r}, "
+                         f"split {metrics.get('split')!r}), so its figure does not belong in this table")
+    if key not in PUBLISHED:
+        raise SystemExit(f"--as {key!r} is not a row of the table; choose from {list(PUBLISHED)}")
+    from ppgen.cli import MODELS
+    from ppgen.data import load_dataset  # the number of test rows, for folders that predate metrics["rows"]
+    from ppgen.inference.checkpoint import write_json_atomic
+
+    rows = metrics.get("rows") or len(load_dataset("binarized_mnist", "test", root=config["root"]).x)
+    arguments = ", ".join([str(config["x_dim"])] + [f"{name}={value!r}" for name, value in config["options"].items()])
+    runs = load(RUNS) or {}
+    runs[key] = {"run": str(run), "model": f"{MODELS[config['model']][0].__name__}({arguments})", "config": config,
+                 "rows": rows, "epochs": len(history["train_elbo"]),
+                 "best_epoch": history["best_epoch"],
+                 "metrics": {name: value for name, value in metrics.items() if name != "sample_quality"}}
+    write_json_atomic(runs, RUNS)
+
+
 def table(rows: dict[str, dict]) -> str:
     lines = ["| family | model | test NLL (nats) | ± | kind of figure | test rows | parameters | training | "
              "device | published |",
@@ -179,7 +218,15 @@ def splice(path: Path, text: str) -> None:
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="print the table, write nothing")
+    parser.add_argument("--add-run", type=Path, metavar="RUN", help="a finished `ppgen train` run folder")
+    parser.add_argument("--as", dest="key", help="the row it fills (with --add-run)")
     args = parser.parse_args(argv)
+    if (args.add_run is None) != (args.key is None):
+        parser.error("--add-run and --as go together")
+    if args.check and args.add_run is not None:
+        parser.error("--check writes nothing, and --add-run writes leaderboard_runs.json: use one")
+    if args.add_run is not None:
+        add_run(args.add_run, args.key)
     text = table(collect())
     print(text)
     if not args.check:

@@ -186,6 +186,7 @@ def evaluate_run(run: Path, split="test", num_samples=1000, device="auto", seed=
                         "num_samples": result.num_samples, "method": result.method})
     metrics.update({
         "num_parameters": model.num_parameters,
+        "rows": len(raw.x),
         "train_seconds": config.get("train_seconds"),
         "split": split if has_splits(config["data"]) else "train (the data file has no test split)",
     })
