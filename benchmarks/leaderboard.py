@@ -69,6 +69,10 @@ MISSING = {  # model key -> the command that produces its row
     "diffusion": "python benchmarks/diffusion.py --root ../shared/data",
     "rbm": "python benchmarks/ebm_gan.py --root ../shared/data --minutes 4",
     "gan": "python benchmarks/ebm_gan.py --root ../shared/data --minutes 4",
+    "made-wide": "ppgen train made --data binarized_mnist --root ../shared/data -o hidden_sizes=[8000] -o order=random "
+                 "-o direct=true --weight-decay 25 --patience 10 --batch-size 100 --lr 1e-3 --epochs 60 --out "
+                 "runs/made-direct-8000-wd25 && python benchmarks/leaderboard.py --add-run runs/made-direct-8000-wd25 "
+                 "--as made-wide",
     "made-32": "python benchmarks/binarized_mnist.py --root ../shared/data --preset paper --models made-32 --device cuda",
     "pixelcnn": "python benchmarks/binarized_mnist.py --root ../shared/data --preset paper --models pixelcnn --device cuda",
     "iwae": "python benchmarks/binarized_mnist.py --root ../shared/data --preset paper --models iwae --device cuda",
@@ -113,7 +117,7 @@ def collect() -> dict[str, dict]:
         config, m = entry["config"], entry["metrics"]
         rows[key] = {"model": f"{entry['model']}, by `ppgen train`", "nll": -m["log_likelihood"],
                      "stderr": m["stderr"] or 0.0,
-                     "kind": "exact" if m["exact"] else f"lower bound (IWAE, K={m['num_samples']})",
+                     "kind": RUN_KINDS[m.get("method", "exact")].format(k=m["num_samples"]),
                      "rows": entry["rows"], "parameters": m["num_parameters"],
                      "train": f"{config['train_seconds'] / 60:.0f} min, {entry['epochs']} epochs",
                      "device": config["device"], "source": entry["run"]}
@@ -161,6 +165,10 @@ def collect() -> dict[str, dict]:
     return rows
 
 
+# what a run folder's figure is, by its metrics' method (an AIS figure errs high or low with the model: not taken)
+RUN_KINDS = {"exact": "exact", "iwae": "lower bound (IWAE, K={k})", "elbo": "lower bound (ELBO)"}
+
+
 def add_run(run: Path, key: str) -> None:
     """Copy a finished ``ppgen train`` run folder's figures into RUNS as the row ``key``."""
     config, metrics, history = (load(run / name) for name in ("config.json", "metrics.json", "history.json"))
@@ -171,6 +179,9 @@ def add_run(run: Path, key: str) -> None:
                          f"split {metrics.get('split')!r}), so its figure does not belong in this table")
     if key not in PUBLISHED:
         raise SystemExit(f"--as {key!r} is not a row of the table; choose from {list(PUBLISHED)}")
+    if metrics.get("method", "exact") not in RUN_KINDS:
+        raise SystemExit(f"{run}'s figure comes by {metrics['method']!r}; the table takes {list(RUN_KINDS)} from run "
+                         "folders (an AIS figure errs high or low with the model: its benchmark adds it)")
     from ppgen.cli import MODELS
     from ppgen.data import load_dataset  # the number of test rows, for folders that predate metrics["rows"]
     from ppgen.inference.checkpoint import write_json_atomic
