@@ -256,8 +256,8 @@ def main(argv=None) -> dict:
             "device": report["machine"], "run": str(runs / name),
         }
         report["models"][name] = row
-        write_json_atomic({**row, "command": report["command"], "torch": torch.__version__}, runs / name / "result.json")
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic({**row, "command": report["command"], "torch": torch.__version__},
+                          runs / name / "result.json")
         write_json_atomic(report, Path(args.out))
         versus = f"published {published:.2f}" if published is not None else source
         print(f"{name:9s} {description:45s} test NLL {-test.mean:7.2f} nats ({test.bits_per_dim:.4f} bits/dim), "

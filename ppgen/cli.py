@@ -22,7 +22,8 @@ from ppgen._lazy import LazyObject
 torch = LazyObject("torch")
 load_dataset = LazyObject("ppgen.data", "load_dataset")
 FitConfig, fit, log_likelihood = (LazyObject("ppgen.inference", n) for n in ("FitConfig", "fit", "log_likelihood"))
-save_atomic, write_json_atomic = (LazyObject("ppgen.inference.checkpoint", n) for n in ("save_atomic", "write_json_atomic"))
+save_atomic, write_json_atomic = (LazyObject("ppgen.inference.checkpoint", n)
+                                   for n in ("save_atomic", "write_json_atomic"))
 elbo_report, format_report = (LazyObject("ppgen.inference.diagnostics", n) for n in ("elbo_report", "format_report"))
 FVSBN, MADE, NADE, VAE, ConditionalVAE, IndependentBernoulli, PixelCNN = (LazyObject("ppgen.models", name) for name in (
     "FVSBN", "MADE", "NADE", "VAE", "ConditionalVAE", "IndependentBernoulli", "PixelCNN"))

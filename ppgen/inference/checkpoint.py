@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["save_atomic", "write_json_atomic", "save_checkpoint", "load_checkpoint", "Checkpointer", "RunLock", "check_folder",
-           "CHECKPOINT_NAME"]
+__all__ = ["save_atomic", "write_json_atomic", "save_checkpoint", "load_checkpoint", "Checkpointer", "RunLock",
+           "check_folder", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "ppgen-checkpoint-3"
