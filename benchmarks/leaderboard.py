@@ -6,7 +6,7 @@ and writes the table between ``<!-- leaderboard -->`` markers in ``benchmarks/RE
 
     python benchmarks/leaderboard.py            # print, and update both files
     python benchmarks/leaderboard.py --check    # print only
-    python benchmarks/leaderboard.py --add-run runs/made-direct-8000-wd25 --as made-wide
+    python benchmarks/leaderboard.py --add-run runs/made-direct-8000-wd100 --as made-wide
 
 ``--add-run`` copies the figures of a finished ``ppgen train`` run folder (evaluated on the binarized
 MNIST test rows) into ``benchmarks/results/leaderboard_runs.json``, so that the row survives without the
@@ -70,8 +70,8 @@ MISSING = {  # model key -> the command that produces its row
     "rbm": "python benchmarks/ebm_gan.py --root ../shared/data --minutes 4",
     "gan": "python benchmarks/ebm_gan.py --root ../shared/data --minutes 4",
     "made-wide": "ppgen train made --data binarized_mnist --root ../shared/data -o hidden_sizes=[8000] -o order=random "
-                 "-o direct=true --weight-decay 25 --patience 10 --batch-size 100 --lr 1e-3 --epochs 60 --out "
-                 "runs/made-direct-8000-wd25 && python benchmarks/leaderboard.py --add-run runs/made-direct-8000-wd25 "
+                 "-o direct=true --weight-decay 100 --patience 10 --batch-size 100 --lr 1e-3 --epochs 40 --out "
+                 "runs/made-direct-8000-wd100 && python benchmarks/leaderboard.py --add-run runs/made-direct-8000-wd100 "
                  "--as made-wide",
     "made-32": "python benchmarks/binarized_mnist.py --root ../shared/data --preset paper --models made-32 --device cuda",
     "pixelcnn": "python benchmarks/binarized_mnist.py --root ../shared/data --preset paper --models pixelcnn --device cuda",
