@@ -10,6 +10,7 @@ import io
 import json
 import os
 import pickle
+import secrets
 import tempfile
 import zipfile
 from pathlib import Path
@@ -24,35 +25,23 @@ CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "ppgen-checkpoint-3"
 
 
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux allows (os.umask sets while it reads)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _replace_atomically(path: str | os.PathLike, write, mode: str) -> Path:
     """Write through ``write(file)`` to a temporary name beside ``path``, flushed, then renamed into
     place: a crash leaves either the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    # O_EXCL: never another writer's file; mode 0o666 less the umask, as for a file written directly
+    # (mkstemp would make it private to its owner)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        if hasattr(os, "fchmod"):  # mkstemp makes it private; a file written directly would not be
-            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
