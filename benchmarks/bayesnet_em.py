@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ppgen.models.bayesnet import BayesNet
 from ppgen.inference.checkpoint import write_json_atomic
+from ppgen.models.bayesnet import BayesNet
 
 NETWORKS = ("asia", "child", "insurance", "alarm")
 

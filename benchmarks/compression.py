@@ -40,8 +40,8 @@ import ppgen
 from ppgen.compression import model_nll_bits
 from ppgen.data import load_dataset
 from ppgen.inference import fit
-from ppgen.models import FVSBN, MADE, NADE, VAE, BayesNet, IndependentBernoulli, PixelCNN
 from ppgen.inference.checkpoint import write_json_atomic
+from ppgen.models import FVSBN, MADE, NADE, VAE, BayesNet, IndependentBernoulli, PixelCNN
 
 SIDE = 28
 # name -> (constructor, description, batch size, learning rate, rows to decode (None: all))

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from ppgen import load_dataset
-from ppgen.models.diffusion import BinaryDiffusion, GaussianDiffusion
 from ppgen.inference.checkpoint import write_json_atomic
+from ppgen.models.diffusion import BinaryDiffusion, GaussianDiffusion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flow_vae import train_for  # noqa: E402  (epochs within a time budget, resuming so Adam's state carries)

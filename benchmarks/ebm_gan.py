@@ -22,9 +22,9 @@ import torch
 import ppgen
 from ppgen import load_dataset, log_likelihood
 from ppgen.cli import sample_quality
+from ppgen.inference.checkpoint import write_json_atomic
 from ppgen.models.energy import RBM
 from ppgen.models.implicit import GAN
-from ppgen.inference.checkpoint import write_json_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flow_vae import train_for  # noqa: E402  (epochs within a time budget, resuming so Adam's state carries)

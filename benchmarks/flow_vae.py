@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 import ppgen
-from ppgen.models.latent import IAFVAE, VAE, FlowPriorVAE
 from ppgen.inference.checkpoint import write_json_atomic
+from ppgen.models.latent import IAFVAE, VAE, FlowPriorVAE
 
 NETWORK = dict(z_dim=16, hidden=256)
 MODELS = {

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 import ppgen
-from ppgen.models.flows import MAF, Dequantized, Glow, RealNVP, dequantize
 from ppgen.inference.checkpoint import write_json_atomic
+from ppgen.models.flows import MAF, Dequantized, Glow, RealNVP, dequantize
 
 PUBLISHED = {"realnvp": 1.06, "glow": 1.05, "ffjord": 0.99, "maf": 1.89}
 PRESETS = {
