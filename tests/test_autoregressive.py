@@ -104,6 +104,24 @@ def test_made_with_only_its_direct_connection_is_the_fvsbn_with_those_weights():
     assert torch.allclose(made.log_prob(x), fvsbn.log_prob(x), atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["made-ensemble", "made-direct", "pixelcnn-gated"])
+def test_conditionals_stay_on_the_models_device(name):
+    """With no GPU: a fake CUDA device (torch's FakeTensorMode, a private API) runs the shapes and devices of
+    every operation without data, so a tensor made on the CPU inside the model raises a device mismatch.
+    MADE's direct connection did so on a real GPU, which the CUDA tests skipped here cannot show."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    model = MODELS[name]()
+    mode = FakeTensorMode()
+    tensors = {name: mode.from_tensor(t) for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    with mode:
+        on_gpu = {name: t.to("cuda") for name, t in tensors.items()}
+        with _reparametrize_module(model, on_gpu):
+            logits = model.conditional_logits(torch.zeros(4, model.x_dim, device="cuda"), model.num_orderings - 1)
+    assert logits.device.type == "cuda" and logits.shape == (4, model.x_dim)
+
+
 def test_gated_pixelcnn_has_no_blind_spot_and_the_plain_one_has():
     x = torch.rand(16, dtype=torch.float64)
     jacobians = {}
