@@ -1,10 +1,13 @@
 """The GPU path: the same answers on CUDA as on the CPU. Skipped where there is no CUDA device."""
 
+import math
+
+import pyro
 import pytest
 import torch
 
 from ppgen import VAE, BayesNet, IndependentBernoulli, fit, log_likelihood
-from ppgen.models import MADE
+from ppgen.models import MADE, FactorAnalysis, NaiveBayes
 
 pytestmark = pytest.mark.cuda
 
@@ -62,3 +65,25 @@ def test_made_with_masks_and_direct_connection_on_cuda(digits):
     result = model.inpaint(x[:20].cuda(), observed.cuda(), n=3)
     assert result.method == "importance_resampling" and result.samples.shape == (3, 20, 784)
     assert torch.equal(result.samples[:, observed.cuda()].cpu(), x[:20][observed].expand(3, -1))
+
+
+def test_naive_bayes_and_factor_analysis_on_cuda():
+    """Priors and identity matrices made on the model's device, not the CPU."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.full((300, 8), 0.4), generator=generator)
+    y = (x[:, 0] + torch.bernoulli(torch.full((300,), 0.2), generator=generator) > 0.5).long()
+    on_cpu = NaiveBayes(8).condition_on(x, y)
+    on_gpu = NaiveBayes(8).to("cuda").condition_on(x.cuda(), y.cuda())
+    torch.testing.assert_close(on_gpu.predict_proba(x.cuda()).cpu(), on_cpu.predict_proba(x))
+    assert on_gpu.sample(5).device.type == "cuda"
+    loss = pyro.infer.Trace_ELBO().loss(on_gpu.model, on_gpu.guide, x.cuda(), y.cuda())  # the prior scores a CUDA theta
+    assert math.isfinite(loss)
+
+    z = torch.randn(400, 2, generator=generator)
+    rows = z @ torch.randn(2, 5, generator=generator) + 0.3 * torch.randn(400, 5, generator=generator)
+    models = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        models[device] = FactorAnalysis(5, 2).to(device).fit_mle(rows.to(device))
+    torch.testing.assert_close(models["cuda"].log_prob(rows.cuda()).cpu(), models["cpu"].log_prob(rows),
+                               rtol=1e-4, atol=1e-4)  # the same EM in float64, then float32 log densities

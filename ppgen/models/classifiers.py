@@ -73,7 +73,8 @@ class NaiveBayes(GenerativeModel):
     def model(self, x=None, y=None, *, size=None):
         alpha, a, b = self.prior
         pi = pyro.sample("pi", dist.Dirichlet(self.post_alpha.new_full((self.num_classes,), alpha)))
-        theta = pyro.sample("theta", dist.Beta(a, b).expand([self.num_classes, self.x_dim]).to_event(2))
+        prior = dist.Beta(torch.full_like(self.post_a, a), torch.full_like(self.post_b, b))  # on the model's device
+        theta = pyro.sample("theta", prior.to_event(2))
         with pyro.plate("data", num_rows(x, y, size)):
             y = pyro.sample("y", dist.Categorical(pi), obs=y)
             return pyro.sample("x", dist.Bernoulli(Vindex(theta)[..., y, :]).to_event(1), obs=x)  # (..., N, D)

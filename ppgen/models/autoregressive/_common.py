@@ -259,9 +259,9 @@ class AutoregressiveModel(GenerativeModel):
         x = self.check_data(x)
         n = _check_count(n, "n")
         num_particles = _check_count(num_particles, "num_particles")
-        observed = _check_mask(observed_mask, x.shape)
+        observed = _check_mask(observed_mask, x.shape).to(x.device)
         num_rows_, dim = x.shape
-        if all(observed_first(self.orders[k], observed.cpu()).all() for k in range(self.num_orderings)):
+        if all(observed_first(self.orders[k], observed).all() for k in range(self.num_orderings)):
             # observed conditionals do not depend on the missing pixels: log p_k(x_obs) per row
             log_obs = torch.stack([(observed * bernoulli_log_prob(self.conditional_logits(x, k), x)).sum(-1)
                                    for k in range(self.num_orderings)])  # (K, N)

@@ -236,7 +236,7 @@ class FactorAnalysis(_LinearGaussian):
         mean, cov = self._moments(x)
         weight = self.weight.double().clone()
         noise = self.noise_variance().double().clone()
-        eye = torch.eye(self.latent_dim, dtype=torch.float64)
+        eye = torch.eye(self.latent_dim, dtype=torch.float64, device=weight.device)
         previous = -math.inf
         for _ in range(max_iter):
             marginal = weight @ weight.T + torch.diag(noise)
