@@ -193,7 +193,7 @@ def evaluate_run(run: Path, split="test", num_samples=1000, device="auto", seed=
     })
     if quality_samples and model.x_dim == 784:
         metrics["sample_quality"] = sample_quality(model, raw.x, quality_samples, grey=raw.x.max() > 1,
-                                                   seed=seed)
+                                                   seed=seed, labels=raw.y)
     write_json_atomic(metrics, run / "metrics.json")
     return metrics
 
@@ -223,16 +223,25 @@ def demo(out: Path, *, epochs=30, num_samples=1000, device="auto", seed=0, progr
     return metrics
 
 
-def sample_quality(model, real, n: int, *, grey: bool = False, seed: int = 0) -> dict:
+def draw(model, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """``n`` samples; a conditional model (a CVAE) draws them for ``labels`` (cycled), else for its classes in turn."""
+    if getattr(model, "y_dim", None) is None:
+        return model.sample(n)
+    labels = torch.arange(model.y_dim) if labels is None else labels
+    return model.sample(n, labels[torch.arange(n) % len(labels)])
+
+
+def sample_quality(model, real, n: int, *, grey: bool = False, seed: int = 0, labels=None) -> dict:
     """FID, KID, precision and recall in the shipped digit classifier's feature space, and the
-    share of samples in the classifier's most frequent class (near 0.1 for all ten digits)."""
+    share of samples in the classifier's most frequent class (near 0.1 for all ten digits). A conditional
+    model samples for the real rows' ``labels``, so that both sets hold the classes in the same shares."""
     from ppgen.inference.sample_quality import (
         digit_features, frechet_distance, kernel_distance, label_spread, precision_recall,
     )
 
     torch.manual_seed(seed)
     scale = 255.0 if grey else 1.0
-    samples = (model.sample(n).detach().cpu().float() / scale).clamp(0, 1)
+    samples = (draw(model, n, labels).detach().cpu().float() / scale).clamp(0, 1)
     real = real[:max(n, 2)].float() / scale
     fake_features, real_features = digit_features(samples), digit_features(real)
     # subsets of half the samples: subsets as large as the sample set would all be the same set (s.e. 0)
@@ -457,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
             model, _ = load_run(args.run)
             torch.manual_seed(args.seed)
             out.parent.mkdir(parents=True, exist_ok=True)
-            image_grid(model.sample(args.n), out, title=f"{args.run.name}: {args.n} samples")
+            classes = " of the classes in turn" if getattr(model, "y_dim", None) else ""
+            image_grid(draw(model, args.n), out, title=f"{args.run.name}: {args.n} samples{classes}")
             print(f"wrote {out}")
         elif args.command == "restore":
             summary, out = restore_run(args.run, args.task, mask=args.mask, factor=args.factor, sigma=args.sigma,

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from ppgen.cli import main
 
@@ -39,6 +40,26 @@ def test_train_evaluate_sample_round_trip(tmp_path, capsys):
     assert main(["sample", str(run), "-n", "8"]) == 0
     assert (run / "samples.png").is_file()
 
+
+
+def test_a_cvae_trains_evaluates_and_samples_for_labels(tmp_path, monkeypatch):
+    """The command's sample quality and grid give a conditional model labels: the real rows' for FID, the classes
+    in turn for the grid (it once stopped both with "needs the labels y")."""
+    import ppgen.cli
+    from ppgen.models import ConditionalVAE
+
+    drawn = []
+    sample = ConditionalVAE.sample
+    monkeypatch.setattr(ConditionalVAE, "sample", lambda self, n, y=None: drawn.append((n, y)) or sample(self, n, y))
+    run = tmp_path / "cvae"
+    assert main(["train", "cvae", "--data", "digits", "--out", str(run), "--epochs", "1", "-o", "z_dim=3",
+                 "-o", "hidden=[16]", "--num-samples", "10", "--quality-samples", "40", "--device", "cpu"]) == 0
+    test_labels = ppgen.cli.load_dataset("digits", "test").y
+    assert torch.equal(drawn[-1][1], test_labels[:40])  # the labels of the 40 real rows it is compared with
+    assert json.loads((run / "metrics.json").read_text())["sample_quality"]["samples"] == 40
+    assert main(["sample", str(run), "-n", "12"]) == 0
+    assert drawn[-1][0] == 12 and torch.equal(drawn[-1][1], torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]))
+    assert (run / "samples.png").read_bytes()[:4] == b"\x89PNG"
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "transformer", "--out", "{tmp}/x"], "ppgen train: error: unknown model 'transformer'; choices: independent, vae, cvae, fvsbn, nade, made, pixelcnn"),
