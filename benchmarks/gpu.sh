@@ -30,7 +30,7 @@ limit=$(( ${minutes%.*} * 60 + 110 ))  # training, then evaluation and sampling,
   "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 } > "$logs/gpu.txt"
 
-timeout 150 "$python" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py > "$logs/cuda_tests.log" 2>&1 &
+timeout 300 "$python" -m pytest -q -p no:cacheprovider -m cuda tests > "$logs/cuda_tests.log" 2>&1 &
 
 bench() {  # model, minutes, extra arguments
   local model=$1 budget=$2; shift 2
