@@ -66,7 +66,8 @@ def describe_order(order: torch.Tensor) -> str:
 
 def ranks(order: torch.Tensor) -> torch.Tensor:
     """The inverse permutation: ``ranks(order)[d]`` is the position at which pixel d is drawn."""
-    return torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    positions = torch.arange(order.shape[-1], device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(-1, order, positions)
 
 
 def observed_first(order: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
@@ -273,7 +274,8 @@ class AutoregressiveModel(GenerativeModel):
         particles, log_w = self._draw(x.repeat(num_particles, 1), observed.repeat(num_particles, 1), ks)
         log_w = log_w.reshape(num_particles, num_rows_)
         pick = dist.Categorical(logits=log_w.T).sample((n,))  # (n, N)
-        samples = particles.reshape(num_particles, num_rows_, dim)[pick, torch.arange(num_rows_, device=pick.device)]
+        rows = torch.arange(num_rows_, device=pick.device)
+        samples = particles.reshape(num_particles, num_rows_, dim)[pick, rows]
         ess = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
         return InpaintResult(samples, "importance_resampling", ess)
 
