@@ -14,7 +14,8 @@ estimate with ``--num-samples`` samples per example (Burda et al. 2016 use 5,000
     python benchmarks/binarized_mnist.py --root ../shared/data --models vae,iwae --preset paper --device cuda \
         --out benchmarks/results/binarized_mnist_latent.json
 
-Writes ``benchmarks/results/binarized_mnist.json``.
+Writes ``benchmarks/results/binarized_mnist.json`` (``binarized_mnist_paper.json`` for the paper preset), keeping
+the rows of earlier calls for the models this call does not run.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from ppgen.models.autoregressive import FVSBN, MADE, NADE, PixelCNN
 from ppgen.models.latent import VAE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from leaderboard import PUBLISHED as LEADERBOARD  # noqa: E402  (one table of published figures, with their sources)
+from leaderboard import PUBLISHED as LEADERBOARD, RESULTS  # noqa: E402  (one table of published figures)
 
 # how fit() trains the models that do not use its defaults
 FIT_OPTIONS = {
@@ -207,7 +208,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--runs", default=None,
                         help="run folders, one per model: checkpoint, curve.json, result.json "
                              "(default: runs/binarized_mnist-PRESET; a temporary folder for --preset cpu)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "binarized_mnist.json"))
+    parser.add_argument("--out", default=None,
+                        help="the report; rows of earlier calls with the same preset are kept, this call's replace "
+                             "theirs (default: benchmarks/results/binarized_mnist.json, or binarized_mnist_paper.json "
+                             "for the paper preset)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -220,6 +224,15 @@ def main(argv=None) -> dict:
     scratch = tempfile.TemporaryDirectory() if args.runs is None and args.preset == "cpu" else None
     runs = Path(scratch.name if scratch else args.runs or f"runs/binarized_mnist-{args.preset}")
 
+    out = Path(args.out or RESULTS / f"binarized_mnist{'_paper' if args.preset == 'paper' else ''}.json")
+    earlier = json.loads(out.read_text()) if out.exists() else {"preset": args.preset, "models": {}}
+    if earlier.get("preset") != args.preset:
+        parser.error(f"{out} holds the {earlier.get('preset')!r} preset's rows, not {args.preset!r}: "
+                     "give another --out")
+    for row in earlier["models"].values():  # rows from before they recorded these: their report's
+        row.setdefault("test_rows", earlier.get("test_rows", 10_000))  # before --test-rows: all 10,000
+        row.setdefault("command", earlier.get("command"))
+
     train_x = load_dataset("binarized_mnist", "train", root=args.root).x[: args.train_rows]
     valid_x = load_dataset("binarized_mnist", "valid", root=args.root).x
     test_x = load_dataset("binarized_mnist", "test", root=args.root).x[: args.test_rows]
@@ -228,7 +241,7 @@ def main(argv=None) -> dict:
                          + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else
                             f", {torch.get_num_threads()} torch threads"),
               "torch": torch.__version__, "device": device, "preset": args.preset,
-              "train_rows": len(train_x), "test_rows": len(test_x), "models": {}}
+              "train_rows": len(train_x), "test_rows": len(test_x), "models": earlier["models"]}
     for name in names:
         build, description, batch_size, schedule, max_epochs = PRESETS[args.preset][name]
         torch.manual_seed(args.seed)
@@ -246,6 +259,7 @@ def main(argv=None) -> dict:
             "lr_first": schedule(1), "lr_last": epochs[-1]["lr"], "patience": patience,
             "status": "complete" if curve["complete"] else "partial: stopped by the time budget",
             "epochs": len(epochs), "best_epoch": curve.get("best_epoch"), "train_seconds": epochs[-1]["seconds"],
+            "test_rows": len(test_x),
             "test_nll_nats": -test.mean, "test_bits_per_dim": test.bits_per_dim, "test_nll_exact": test.exact,
             "test_nll_stderr": test.stderr, "test_num_samples": test.num_samples,
             "test_elbo_nats": test.elbo, **options,
@@ -253,12 +267,11 @@ def main(argv=None) -> dict:
             "gap_to_published_nats": None if published is None else -test.mean - published,
             "valid_nll_curve": [e["valid_nll"] for e in epochs], "train_nll_curve": [e["train_nll"] for e in epochs],
             "log_likelihood_examples_per_s": examples_per_s, "sample_100_seconds": sample_seconds,
-            "device": report["machine"], "run": str(runs / name),
+            "device": report["machine"], "run": str(runs / name), "command": report["command"],
         }
         report["models"][name] = row
-        write_json_atomic({**row, "command": report["command"], "torch": torch.__version__},
-                          runs / name / "result.json")
-        write_json_atomic(report, Path(args.out))
+        write_json_atomic({**row, "torch": torch.__version__}, runs / name / "result.json")
+        write_json_atomic(report, out)
         versus = f"published {published:.2f}" if published is not None else source
         print(f"{name:9s} {description:45s} test NLL {-test.mean:7.2f} nats ({test.bits_per_dim:.4f} bits/dim), "
               f"{versus}; {len(epochs)} epochs in {epochs[-1]['seconds']:.0f}s ({row['status']}); "
@@ -266,7 +279,7 @@ def main(argv=None) -> dict:
     if scratch:
         scratch.cleanup()
     else:
-        plot_curves(runs, Path(args.out).with_suffix(".png"))
+        plot_curves(runs, out.with_suffix(".png"))
     return report
 
 

@@ -96,10 +96,10 @@ def benchmark_rows(report: dict | None, source: str) -> dict:
         rows[key] = {
             "model": m["model"], "nll": m["test_nll_nats"], "stderr": m.get("test_nll_stderr") or 0.0,
             "kind": "exact" if exact else f"lower bound (IWAE, K={m['test_num_samples']})",
-            "rows": report.get("test_rows", 10000), "parameters": m["parameters"],
+            "rows": m.get("test_rows") or report.get("test_rows", 10000), "parameters": m["parameters"],
             "train": f"{m['train_seconds'] / 60:.0f} min, {m['epochs']} epochs"
                      + (f" ({m['status']})" if "status" in m and m["status"] != "complete" else ""),
-            "device": report.get("machine", "?"), "source": source,
+            "device": m.get("device") or report.get("machine", "?"), "source": source,
         }
     return rows
 
