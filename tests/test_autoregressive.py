@@ -114,9 +114,9 @@ def test_conditionals_stay_on_the_models_device(name):
 
     model = MODELS[name]()
     mode = FakeTensorMode()
-    tensors = {name: mode.from_tensor(t) for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    tensors = {key: mode.from_tensor(t) for key, t in [*model.named_parameters(), *model.named_buffers()]}
     with mode:
-        on_gpu = {name: t.to("cuda") for name, t in tensors.items()}
+        on_gpu = {key: t.to("cuda") for key, t in tensors.items()}
         with _reparametrize_module(model, on_gpu):
             logits = model.conditional_logits(torch.zeros(4, model.x_dim, device="cuda"), model.num_orderings - 1)
     assert logits.device.type == "cuda" and logits.shape == (4, model.x_dim)
