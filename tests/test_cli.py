@@ -8,7 +8,17 @@ import sys
 import pytest
 import torch
 
-from ppgen.cli import main
+import ppgen.cli
+from ppgen import log_likelihood
+from ppgen.cli import NO_DENSITY, load_run, main
+from ppgen.data import load_dataset
+
+
+def few_rows(name, split="train", **kwargs):
+    """A data set cut to 64 rows a split, for ppgen.cli's load_dataset (a full epoch of even a 4-channel RealNVP on
+    10,000 rows takes minutes on a loaded CPU)."""
+    data = load_dataset(name, split, **kwargs)
+    return data._replace(x=data.x[:64], y=None if data.y is None else data.y[:64])
 
 
 def test_demo_writes_its_run_folder(tmp_path, capsys):
@@ -46,7 +56,6 @@ def test_train_evaluate_sample_round_trip(tmp_path, capsys):
 def test_a_cvae_trains_evaluates_and_samples_for_labels(tmp_path, monkeypatch):
     """The command's sample quality and grid give a conditional model labels: the real rows' for FID, the classes
     in turn for the grid (it once stopped both with "needs the labels y")."""
-    import ppgen.cli
     from ppgen.models import ConditionalVAE
 
     drawn = []
@@ -55,7 +64,7 @@ def test_a_cvae_trains_evaluates_and_samples_for_labels(tmp_path, monkeypatch):
     run = tmp_path / "cvae"
     assert main(["train", "cvae", "--data", "digits", "--out", str(run), "--epochs", "1", "-o", "z_dim=3",
                  "-o", "hidden=[16]", "--num-samples", "10", "--quality-samples", "40", "--device", "cpu"]) == 0
-    test_labels = ppgen.cli.load_dataset("digits", "test").y
+    test_labels = load_dataset("digits", "test").y
     assert torch.equal(drawn[-1][1], test_labels[:40])  # the labels of the 40 real rows it is compared with
     assert json.loads((run / "metrics.json").read_text())["sample_quality"]["samples"] == 40
     assert main(["sample", str(run), "-n", "12"]) == 0
@@ -145,15 +154,7 @@ def test_console_script_help():
 
 
 def test_train_evaluate_sample_a_flow_on_grey_digits(tmp_path, monkeypatch, capsys):
-    """`ppgen train realnvp --data digits_grey` with tiny arguments: the rows are cut to 64 per split (a
-    full epoch of even a 4-channel RealNVP on 10,000 rows takes minutes on a loaded CPU)."""
-    import ppgen.cli
-    from ppgen.data import load_dataset
-
-    def few_rows(name, split="train", **kwargs):
-        data = load_dataset(name, split, **kwargs)
-        return data._replace(x=data.x[:64], y=None if data.y is None else data.y[:64])
-
+    """`ppgen train realnvp --data digits_grey` with tiny arguments, on 64 rows per split."""
     monkeypatch.setattr(ppgen.cli, "load_dataset", few_rows)
     run = tmp_path / "realnvp"
     assert main(["train", "realnvp", "--data", "digits_grey", "--out", str(run), "--epochs", "1", "--batch-size", "32",
@@ -209,15 +210,6 @@ EXACT_BINARY = ("independent", "fvsbn", "nade", "made", "pixelcnn")
 def test_every_model_of_the_command_trains_evaluates_and_samples(name, device, tmp_path, monkeypatch):
     """`ppgen train NAME` on 64 rows a split; an exact model's test log-likelihood in metrics.json equals
     log_likelihood of the weights it saved, on the CPU (computed on the GPU where device is cuda)."""
-    import ppgen.cli
-    from ppgen import log_likelihood
-    from ppgen.cli import load_run
-    from ppgen.data import load_dataset
-
-    def few_rows(data, split="train", **kwargs):
-        rows = load_dataset(data, split, **kwargs)
-        return rows._replace(x=rows.x[:64], y=None if rows.y is None else rows.y[:64])
-
     monkeypatch.setattr(ppgen.cli, "load_dataset", few_rows)
     data, options = TINY_MODELS[name]
     run = tmp_path / name
@@ -226,7 +218,7 @@ def test_every_model_of_the_command_trains_evaluates_and_samples(name, device, t
     assert main(argv + [item for option in options for item in ("-o", option)]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["sample_quality"]["samples"] == 32
-    if name in ("ebm", "gan"):  # no density
+    if name in NO_DENSITY:
         assert metrics["log_likelihood"] is None
     else:
         assert math.isfinite(metrics["log_likelihood"]) and metrics["log_likelihood"] < 0
