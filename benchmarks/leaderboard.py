@@ -84,6 +84,10 @@ MISSING = {  # model key -> the command that produces its row
 EBM_GAN_PARAMETERS = {"rbm": 784 * 500 + 784 + 500, "gan": (64 * 256 + 256) + (256 * 256 + 256) + (256 * 784 + 784)}
 
 
+# what a figure is, by the method that gave it (a run folder's AIS figure errs high or low with the model: not taken)
+RUN_KINDS = {"exact": "exact", "iwae": "lower bound (IWAE, K={k})", "elbo": "lower bound (ELBO)"}
+
+
 def load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -95,7 +99,7 @@ def benchmark_rows(report: dict | None, source: str) -> dict:
         exact = m.get("test_nll_exact", True)
         rows[key] = {
             "model": m["model"], "nll": m["test_nll_nats"], "stderr": m.get("test_nll_stderr") or 0.0,
-            "kind": "exact" if exact else f"lower bound (IWAE, K={m['test_num_samples']})",
+            "kind": RUN_KINDS["exact" if exact else "iwae"].format(k=m.get("test_num_samples")),
             "rows": m.get("test_rows") or report.get("test_rows", 10000), "parameters": m["parameters"],
             "train": f"{m['train_seconds'] / 60:.0f} min, {m['epochs']} epochs"
                      + (f" ({m['status']})" if "status" in m and m["status"] != "complete" else ""),
@@ -164,10 +168,6 @@ def collect() -> dict[str, dict]:
                             "source": "flow_binary.py"}
             break
     return rows
-
-
-# what a run folder's figure is, by its metrics' method (an AIS figure errs high or low with the model: not taken)
-RUN_KINDS = {"exact": "exact", "iwae": "lower bound (IWAE, K={k})", "elbo": "lower bound (ELBO)"}
 
 
 def add_run(run: Path, key: str) -> None:
