@@ -88,3 +88,17 @@ def test_naive_bayes_and_factor_analysis_on_cuda():
     torch.testing.assert_close(models["cuda"].log_prob(rows.cuda()).cpu(), models["cpu"].log_prob(rows),
                                rtol=1e-4, atol=1e-4)  # the same EM in float64, then float32 log densities
 
+
+
+def test_exact_likelihood_of_a_convolutional_model_on_cuda_is_not_tf32(digits):
+    # cuDNN convolutions run in TF32 by default; log_likelihood asks for IEEE float32. On the CPU, float32 is
+    # within 6e-5 nats of float64 on every row here, and TF32's rounding of the weights alone moves a row by up
+    # to 0.018 nats: 5e-4 leaves the GPU's other summation order 8x room and would still catch TF32.
+    from ppgen.models import PixelCNN
+
+    torch.manual_seed(0)
+    model = PixelCNN(channels=32, layers=5, kernel=7)
+    x = digits["test"].x[:200]
+    on_cpu = log_likelihood(model.double(), x.double(), device="cpu").values.double()
+    on_gpu = log_likelihood(model.float(), x, device="cuda").values.double()
+    torch.testing.assert_close(on_gpu, on_cpu, rtol=0, atol=5e-4)

@@ -88,3 +88,26 @@ def test_svi_recovers_the_gaussian_marginal_with_autoguide(data):
     # approximately; 0.35 allows for that sampling error (about 1/sqrt(200) per entry, times 3)
     w = pyro.param("w").detach()
     assert min((w - W).abs().max(), (w + W).abs().max()) < 0.35
+
+
+def test_likelihood_is_computed_without_tf32_and_leaves_the_settings_as_they_were(monkeypatch):
+    # TF32 (a 10-bit mantissa) is PyTorch's default for cuDNN convolutions; an exact figure sums hundreds of
+    # logits, so log_likelihood turns it off while it runs and restores the caller's settings afterwards.
+    from ppgen.models import IndependentBernoulli
+
+    model = IndependentBernoulli(4)
+    model_log_prob, seen = model.log_prob, []
+
+    def recording_log_prob(*args):
+        seen.append((torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision))
+        return model_log_prob(*args)
+
+    monkeypatch.setattr(model, "log_prob", recording_log_prob)
+    matmul, conv = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = "tf32"  # as after set_float32_matmul_precision("high")
+    try:
+        assert log_likelihood(model, torch.ones(3, 4)).mean == pytest.approx(4 * math.log(0.5))
+        assert seen == [("ieee", "ieee")]
+        assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == (conv, "tf32")
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = matmul

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 
@@ -124,9 +125,39 @@ def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_si
     home = program.device
     program.to(device)
     try:
-        return _log_likelihood(program, x, y, num_samples, batch_size, device, seed, method)
+        with ieee_float32():
+            return _log_likelihood(program, x, y, num_samples, batch_size, device, seed, method)
     finally:
         program.to(home)  # the caller's model stays where it was
+
+
+@contextlib.contextmanager
+def ieee_float32():
+    """Inside: float32 convolutions and matrix products on CUDA in IEEE precision, not TF32.
+
+    PyTorch lets cuDNN convolutions use TF32 (a 10-bit mantissa) by default on Ampere and later GPUs,
+    and matrix products too under ``torch.set_float32_matmul_precision("high")``. That is a fair trade
+    in training, but it moves each logit by about 1e-3 of its size, and an exact log-likelihood
+    sums hundreds of them. The settings are restored on exit; on the CPU they change nothing.
+    """
+    if hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"):  # torch >= 2.9: the older flags
+        # raise there once the newer ones are set
+        settings = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
+        saved = [setting.fp32_precision for setting in settings]
+        for setting in settings:
+            setting.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            for setting, value in zip(settings, saved):
+                setting.fp32_precision = value
+    else:
+        saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _decoder_ais(model, x: torch.Tensor, num_chains: int, seed: int, dim: int) -> LikelihoodResult:
