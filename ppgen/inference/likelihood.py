@@ -140,24 +140,19 @@ def ieee_float32():
     in training, but it moves each logit by about 1e-3 of its size, and an exact log-likelihood
     sums hundreds of them. The settings are restored on exit; on the CPU they change nothing.
     """
-    if hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"):  # torch >= 2.9: the older flags
-        # raise there once the newer ones are set
-        settings = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
-        saved = [setting.fp32_precision for setting in settings]
-        for setting in settings:
-            setting.fp32_precision = "ieee"
-        try:
-            yield
-        finally:
-            for setting, value in zip(settings, saved):
-                setting.fp32_precision = value
+    if hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"):  # torch >= 2.9, where the older
+        switches = [(torch.backends.cudnn.conv, "fp32_precision", "ieee"),  # flags raise once these are set
+                    (torch.backends.cuda.matmul, "fp32_precision", "ieee")]
     else:
-        saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        switches = [(torch.backends.cudnn, "allow_tf32", False), (torch.backends.cuda.matmul, "allow_tf32", False)]
+    saved = [getattr(owner, name) for owner, name, _ in switches]
+    for owner, name, value in switches:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for (owner, name, _), value in zip(switches, saved):
+            setattr(owner, name, value)
 
 
 def _decoder_ais(model, x: torch.Tensor, num_chains: int, seed: int, dim: int) -> LikelihoodResult:
