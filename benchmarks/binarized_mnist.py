@@ -47,6 +47,7 @@ FIT_OPTIONS = {
     "vae": {"elbo": "trace", "num_particles": 1},
     "iwae": {"elbo": "iwae", "num_particles": 50},
 }
+PER_ROW = "per row (the rows come from several calls; each records the call that finished it)"
 PAPER_FIT_OPTIONS = {"made-32": {"optimizer": "adagrad"}}  # the authors' MADE command: Adagrad, lr 0.01
 
 
@@ -231,12 +232,15 @@ def main(argv=None) -> dict:
                      "give another --out")
     for row in earlier["models"].values():  # rows from before they recorded these: their report's
         row.setdefault("test_rows", earlier.get("test_rows", 10_000))  # before --test-rows: all 10,000
-        row.setdefault("command", earlier.get("command"))
+        if earlier.get("command") != PER_ROW:
+            row.setdefault("command", earlier.get("command"))
 
     train_x = load_dataset("binarized_mnist", "train", root=args.root).x[: args.train_rows]
     valid_x = load_dataset("binarized_mnist", "valid", root=args.root).x
     test_x = load_dataset("binarized_mnist", "test", root=args.root).x[: args.test_rows]
-    report = {"command": "python benchmarks/binarized_mnist.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    command = "python benchmarks/binarized_mnist.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    from_other_calls = set(earlier["models"]) - set(names)
+    report = {"command": PER_ROW if from_other_calls else command,
               "machine": f"{platform.machine()} {platform.processor() or ''}".strip()
                          + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else
                             f", {torch.get_num_threads()} torch threads"),
@@ -267,7 +271,7 @@ def main(argv=None) -> dict:
             "gap_to_published_nats": None if published is None else -test.mean - published,
             "valid_nll_curve": [e["valid_nll"] for e in epochs], "train_nll_curve": [e["train_nll"] for e in epochs],
             "log_likelihood_examples_per_s": examples_per_s, "sample_100_seconds": sample_seconds,
-            "device": report["machine"], "run": str(runs / name), "command": report["command"],
+            "device": report["machine"], "run": str(runs / name), "command": command,
         }
         report["models"][name] = row
         write_json_atomic({**row, "torch": torch.__version__}, runs / name / "result.json")
