@@ -89,7 +89,6 @@ def test_naive_bayes_and_factor_analysis_on_cuda():
                                rtol=1e-4, atol=1e-4)  # the same EM in float64, then float32 log densities
 
 
-
 def test_exact_likelihood_of_a_convolutional_model_on_cuda_is_not_tf32(digits):
     # cuDNN convolutions run in TF32 by default; log_likelihood asks for IEEE float32. On the CPU, float32 is
     # within 6e-5 nats of float64 on every row here, and TF32's rounding of the weights alone moves a row by up

@@ -9,6 +9,7 @@ import torch
 
 from ppgen import log_likelihood
 from ppgen.inference import fit
+from ppgen.models import IndependentBernoulli
 
 W = torch.tensor([1.5, -0.8, 0.5])
 B = torch.tensor([0.2, 0.0, -0.3])
@@ -93,8 +94,6 @@ def test_svi_recovers_the_gaussian_marginal_with_autoguide(data):
 def test_likelihood_is_computed_without_tf32_and_leaves_the_settings_as_they_were(monkeypatch):
     # TF32 (a 10-bit mantissa) is PyTorch's default for cuDNN convolutions; an exact figure sums hundreds of
     # logits, so log_likelihood turns it off while it runs and restores the caller's settings afterwards.
-    from ppgen.models import IndependentBernoulli
-
     model = IndependentBernoulli(4)
     model_log_prob, seen = model.log_prob, []
 
