@@ -140,8 +140,9 @@ def ieee_float32():
     in training, but it moves each logit by about 1e-3 of its size, and an exact log-likelihood
     sums hundreds of them. The settings are restored on exit; on the CPU they change nothing.
     """
-    if hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"):  # torch >= 2.9, where the older
-        switches = [(torch.backends.cudnn.conv, "fp32_precision", "ieee"),  # flags raise once these are set
+    # torch >= 2.9 has per-operator settings; its older allow_tf32 flags raise once those are set
+    if hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"):
+        switches = [(torch.backends.cudnn.conv, "fp32_precision", "ieee"),
                     (torch.backends.cuda.matmul, "fp32_precision", "ieee")]
     else:
         switches = [(torch.backends.cudnn, "allow_tf32", False), (torch.backends.cuda.matmul, "allow_tf32", False)]
