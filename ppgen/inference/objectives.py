@@ -1,17 +1,8 @@
 r"""Objectives: what :func:`ppgen.fit` minimises, batch by batch.
 
-An :class:`Objective` is an ``nn.Module`` that owns a program's parameters and returns, for a
-minibatch, a scalar loss per parameter group. ``fit`` runs one optimiser per group, stepping
-the groups in the order of :attr:`Objective.groups`; nothing else in the loop knows which
-objective it runs. A new family (adversarial, contrastive divergence, denoising) plugs in by
-subclassing :class:`Objective`:
-
-.. code-block:: python
-
-    class MyObjective(Objective):
-        groups = ("generator", "critic")          # one optimiser each, stepped in this order
-        def loss(self, x, y, scale, group): ...   # a scalar tensor to minimise
-        def group_parameters(self): ...          # {"generator": [...], "critic": [...]}
+The objective protocol, :class:`~ppgen.models.objective.Objective`, lives in the models layer
+(a family ships its own objective beside its model); this module builds the inference layer's
+own on it.
 
 Built in:
 
@@ -26,97 +17,12 @@ estimates of the full-data objective even with global latent variables.
 from __future__ import annotations
 
 import torch
-from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
-from torch import nn
 
 from ppgen.inference.program import Program, call_args, logmeanexp
-from ppgen.models.base import at_least_float32
+from ppgen.models.objective import PRECISIONS, Objective
 
 __all__ = ["Objective", "ELBO", "MaximumLikelihood", "make_objective", "PRECISIONS"]
-
-PRECISIONS = ("fp32", "bf16")
-
-
-class Objective(nn.Module):
-    """Base class: a loss per minibatch and parameter group, for one :class:`Program`.
-
-    Subclasses implement :meth:`loss`, and :meth:`group_parameters` when they have more than
-    one group. :meth:`score` (per-example figure of merit, higher is better, used for
-    validation) defaults to minus the loss of the first group.
-
-    Attributes
-    ----------
-    groups : tuple of str
-        Parameter groups, each with its own optimiser, stepped in this order every batch.
-    estimator : str
-        What :meth:`Program.validate` checks the story for (``"custom"``: the structure only).
-    monotone : bool
-        Whether the loss should fall steadily (``fit`` warns when it is still falling at the end);
-        False for games such as a GAN's.
-    num_particles : int
-    """
-
-    groups: tuple[str, ...] = ("params",)
-    estimator: str = "custom"
-    monotone: bool = True
-    adam_betas: tuple[float, float] = (0.9, 0.999)  # GANs use (0.5, 0.9) (Radford et al.; Gulrajani et al.)
-
-    def __init__(self, program: Program, *, precision: str = "fp32"):
-        super().__init__()
-        if not isinstance(program, Program):
-            raise TypeError(f"an Objective needs a ppgen.Program, got {type(program).__name__}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        self.program = program
-        self.owners = nn.ModuleList(program.modules)
-        self.precision = precision
-        self.num_particles = 1
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, *, scale: float = 1.0,
-                group: str | None = None) -> torch.Tensor:
-        # bf16: the networks' matrix products run in bfloat16 (autocast); ppgen's models hand
-        # float32 outputs to their distributions, so log-densities and losses stay float32
-        device = x.device.type if isinstance(x, torch.Tensor) else "cpu"
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            return at_least_float32(self.loss(x, y, scale, group or self.groups[0]))
-
-    def loss(self, x, y, scale: float, group: str) -> torch.Tensor:
-        """The scalar to minimise for ``group`` on this batch, with the data plate scaled by ``scale``."""
-        raise NotImplementedError
-
-    def group_parameters(self) -> dict[str, list[torch.Tensor]]:
-        """The tensors each group's optimiser updates (default: every parameter, one group).
-
-        Called after one forward pass, so parameters created lazily (``pyro.param``, autoguides)
-        exist; :func:`fit` adds those of plain ``pyro.param`` sites to the first group."""
-        return {self.groups[0]: [p for p in self.parameters() if p.requires_grad]}
-
-    @torch.no_grad()
-    def score(self, x, y=None) -> torch.Tensor:
-        """Sum over the rows of the per-example objective (higher is better), for validation."""
-        return -self(x, y, scale=1.0)
-
-    def collect_parameters(self, x, y=None) -> dict[str, list[torch.Tensor]]:
-        """:meth:`group_parameters` after one pass of every group's loss on a batch, so that
-        parameters created lazily (autoguides, ``pyro.param``) exist; plain ``pyro.param`` sites
-        (their unconstrained tensors) join the first group."""
-        with poutine.trace(param_only=True) as capture:
-            for group in self.groups:
-                self(x, y, group=group)
-        groups = {name: list(params) for name, params in self.group_parameters().items()}
-        if list(groups) != list(self.groups):
-            raise ValueError(f"{type(self).__name__}.group_parameters() gave groups {list(groups)}, "
-                             f"its groups are {list(self.groups)}")
-        known = {id(p) for group in groups.values() for p in group}
-        first = groups[self.groups[0]]
-        for site in capture.trace.nodes.values():
-            value = site["value"]
-            unconstrained = value.unconstrained() if hasattr(value, "unconstrained") else value
-            if id(unconstrained) not in known and unconstrained.requires_grad:
-                known.add(id(unconstrained))
-                first.append(unconstrained)
-        return groups
 
 
 class ELBO(Objective):

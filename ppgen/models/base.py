@@ -10,6 +10,7 @@ algorithm. ppgen's own inference keeps every model's parameters local to the mod
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import itertools
@@ -27,7 +28,36 @@ from pyro.nn import PyroModule, pyro_method
 DATA_PLATE = "data"   # the plate over data rows
 OBSERVED_SITE = "x"   # the observed site
 
-__all__ = ["DATA_PLATE", "OBSERVED_SITE", "GenerativeModel", "local_params", "check_data", "num_rows", "at_least_float32"]
+__all__ = ["DATA_PLATE", "OBSERVED_SITE", "GenerativeModel", "LikelihoodEstimate", "local_params", "check_data", "num_rows",
+           "at_least_float32"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LikelihoodEstimate:
+    """What a model's own :meth:`GenerativeModel.estimate_log_likelihood` returns; the inference
+    layer (:func:`ppgen.log_likelihood`) turns it into a labelled ``LikelihoodResult``.
+
+    Attributes
+    ----------
+    values : Tensor
+        log p(x) per row in nats, shape (N,): an estimate or a bound, as ``method`` says.
+    stderr : float
+        The Monte Carlo standard error of the mean of ``values`` (0 where it is exact).
+    method : str
+        How the figure was made: ``"ais"`` (annealed importance sampling, a stochastic lower
+        bound in expectation), ``"elbo"`` (a variational lower bound), ...
+    bracket : (float, float), optional
+        A (lower, upper) bracket on the mean log-likelihood of some rows, where the estimator has
+        one (an RBM's RAISE and AIS figures).
+    num_samples : int
+        The chains or draws behind each row's figure.
+    """
+
+    values: torch.Tensor
+    stderr: float
+    method: str
+    bracket: tuple[float, float] | None = None
+    num_samples: int = 1
 
 
 class GenerativeModel(PyroModule):

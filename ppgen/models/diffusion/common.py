@@ -9,7 +9,7 @@ import pyro.distributions as dist
 import torch
 
 from ppgen.inference.likelihood import LikelihoodResult
-from ppgen.inference.objectives import Objective
+from ppgen.models.objective import Objective
 from ppgen.models.base import _check_count, bits_per_dim
 
 __all__ = ["Lazy", "BoundResult", "FullBound", "DiffusionELBO"]

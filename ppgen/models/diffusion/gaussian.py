@@ -10,7 +10,7 @@ import torch
 from pyro.distributions import constraints
 from torch import nn
 
-from ppgen.inference.objectives import Objective
+from ppgen.models.objective import Objective
 from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, _check_count, at_least_float32, num_rows
 from ppgen.models.diffusion.common import DiffusionELBO, FullBound, Lazy, _Progress
 from ppgen.models.diffusion.discretised import DiscretisedGaussian, quantise

@@ -27,7 +27,7 @@ import pyro
 import torch
 from torch import nn
 
-from ppgen.inference.objectives import Objective
+from ppgen.models.objective import Objective
 from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, _check_count, num_rows
 from ppgen.models.latent.networks import hidden_widths
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ppgen.inference.objectives import Objective
+from ppgen.models.objective import Objective
 from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, _check_count, num_rows
 
 __all__ = ["RBM", "ContrastiveDivergence", "EXACT_MAX_HIDDEN"]
