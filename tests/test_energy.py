@@ -7,7 +7,9 @@ import torch
 
 from ppgen import fit, log_likelihood
 from ppgen.inference import ModelCheckError
-from ppgen.models.energy import EBM, RBM, ContrastiveDivergence, ais_log_partition, raise_log_likelihood
+from ppgen.models.energy import EBM, RBM, ContrastiveDivergence, EnergyModel, ais_log_partition, raise_log_likelihood
+from ppgen.models.energy.ais import base_visible_bias
+from ppgen.models.energy.base import STARTS
 from ppgen.inference import Program
 
 
@@ -139,3 +141,69 @@ def test_langevin_contrastive_divergence_lowers_the_energy_of_the_data():
 def test_samplers_draw_in_the_models_dtype():
     assert RBM(4, hidden=3).double().sample(2, steps=2).dtype == torch.float64
     assert EBM(3, hidden=4, steps=2).double().sample(2).dtype == torch.float64
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_every_start_of_the_chains_gives_the_exact_gradient_with_long_chains(start):
+    # the one objective, its four starts, on an RBM whose exact gradient is known by enumeration
+    rbm = _random_rbm(6, 4, scale=1.0)
+    x = torch.bernoulli(torch.full((64, 6), 0.3), generator=torch.Generator().manual_seed(0))
+    params = [rbm.weight, rbm.visible_bias, rbm.hidden_bias]
+    exact = torch.cat([g.flatten() for g in torch.autograd.grad(rbm.log_prob(x).mean(), params)])
+    objective = ContrastiveDivergence(Program(rbm), k=25, start=start, buffer_size=256)
+    grads = []
+    for _ in range(200):
+        loss = objective(x, scale=1.0) / len(x)
+        grads.append(torch.cat([g.flatten() for g in torch.autograd.grad(-loss, params)]))
+    # 25 sweeps mix this RBM from any start; the mean of 200 x 64 negatives errs by ~0.005 (relative)
+    error = ((torch.stack(grads).mean(0) - exact).norm() / exact.norm()).item()
+    assert error < 0.05, (objective.estimator, error)
+
+
+class _Gaussian(EnergyModel):
+    """A user's energy model is its energy: E(x) = |x - mu|^2 / 2, so p = N(mu, I)."""
+
+    def __init__(self, x_dim):
+        super().__init__(x_dim, steps=20, step_size=0.05)
+        self.mu = torch.nn.Parameter(torch.zeros(x_dim))
+
+    def energy(self, x):
+        return (x - self.mu).pow(2).sum(-1) / 2
+
+
+def test_an_energy_model_of_ones_own_trains_by_the_shared_objective_to_the_mle():
+    g = torch.Generator().manual_seed(0)
+    x = torch.tensor([1.0, -2.0]) + torch.randn(1000, 2, generator=g)
+    model = _Gaussian(2)
+    result = fit(model, x, epochs=20, batch_size=100, lr=0.02, progress=False)
+    assert result.estimator == "pcd-20"  # the family's default: persistent chains of `steps` Langevin steps
+    # the MLE of mu is the sample mean (Langevin's step-size bias is in the variance, not the mean);
+    # the chains' noise leaves mu within ~0.04 of it over seeds 0-4
+    assert torch.allclose(model.mu.detach(), x.mean(0), atol=0.1)
+
+
+def test_energy_models_score_and_sample_in_float64():
+    rbm = _random_rbm(6, 4).double()
+    log_p = rbm.log_prob(_all_rows(6).double())
+    # float64 throughout: the 2^6 probabilities sum to 1 to rounding (float32 would leave ~1e-7)
+    assert log_p.dtype == torch.float64 and abs(log_p.exp().sum().item() - 1) < 1e-12
+    assert rbm.sample(2, steps=2).dtype == torch.float64
+    large = RBM(30, hidden=24).double()  # H > 20: log Z by AIS
+    x = torch.bernoulli(torch.full((5, 30), 0.3, dtype=torch.float64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # W = 0 and b = the base's logits: every annealed density is the base, each AIS weight 1
+        large.weight.zero_()
+        large.visible_bias.copy_(base_visible_bias(x, 30))
+    estimate = large.estimate_log_likelihood(x, num_samples=4, num_temperatures=10, raise_chains=2)
+    bernoulli = (x * large.visible_bias - torch.nn.functional.softplus(large.visible_bias)).sum(-1)  # closed form
+    assert estimate.method == "ais" and estimate.values.dtype == torch.float64
+    assert torch.allclose(estimate.values, bernoulli.detach(), atol=1e-9) and estimate.stderr < 1e-9
+    ebm = EBM(3, hidden=4, steps=2).double()
+    objective = ContrastiveDivergence(Program(ebm), k=2)  # CD-2 from the data, Langevin steps
+    rows = torch.rand(5, 3, dtype=torch.float64)
+    torch.manual_seed(0)
+    loss = objective(rows, scale=1.0)
+    torch.manual_seed(0)
+    negatives = ebm.run_chains(rows, 2)  # the same chain, run by hand
+    assert loss.dtype == torch.float64 and ebm.sample(2).dtype == torch.float64
+    assert loss.item() == pytest.approx((ebm.energy(rows) - ebm.energy(negatives)).sum().item(), abs=1e-12)
+

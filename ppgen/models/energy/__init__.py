@@ -1,8 +1,9 @@
 """Energy-based stories: p(x) = exp(-E(x)) / Z with an intractable normaliser Z."""
 
 from ppgen.models.energy.ais import PartitionEstimate, ais_log_partition, base_visible_bias, raise_log_likelihood
+from ppgen.models.energy.base import ContrastiveDivergence, EnergyModel
 from ppgen.models.energy.ebm import EBM, LangevinContrastiveDivergence
-from ppgen.models.energy.rbm import RBM, ContrastiveDivergence
+from ppgen.models.energy.rbm import RBM
 
-__all__ = ["RBM", "ContrastiveDivergence", "EBM", "LangevinContrastiveDivergence", "ais_log_partition", "raise_log_likelihood", "base_visible_bias",
-           "PartitionEstimate"]
+__all__ = ["EnergyModel", "ContrastiveDivergence", "RBM", "EBM", "LangevinContrastiveDivergence", "ais_log_partition",
+           "raise_log_likelihood", "base_visible_bias", "PartitionEstimate"]

@@ -29,13 +29,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from ppgen.models.energy.rbm import RBM
+from ppgen.models.base import check_data
 
-__all__ = ["PartitionEstimate", "ais_log_partition", "raise_log_likelihood", "base_visible_bias"]
+__all__ = ["PartitionEstimate", "RBMParameters", "ais_log_partition", "raise_log_likelihood", "base_visible_bias"]
+
+
+class RBMParameters(Protocol):
+    """What annealing needs of a Bernoulli-Bernoulli RBM (:class:`~ppgen.models.energy.rbm.RBM` has
+    them): weights W (D, H), visible biases b (D,) and hidden biases c (H,)."""
+
+    weight: torch.Tensor
+    visible_bias: torch.Tensor
+    hidden_bias: torch.Tensor
 
 
 @dataclasses.dataclass
@@ -67,7 +77,7 @@ def _betas(num_temperatures) -> torch.Tensor:
     return torch.linspace(0.0, 1.0, num_temperatures + 1, dtype=torch.float64)
 
 
-def _params(rbm: RBM) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _params(rbm: RBMParameters) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """W, b, c in float64 on the CPU (annealing sums thousands of log-ratios)."""
     return tuple(t.detach().double().cpu() for t in (rbm.weight, rbm.visible_bias, rbm.hidden_bias))
 
@@ -83,12 +93,12 @@ def _sweep(params, base: torch.Tensor, v: torch.Tensor, beta: float, generator) 
     return torch.bernoulli(torch.sigmoid((1 - beta) * base + beta * (h @ w.T + b)), generator=generator)
 
 
-def _log_z0(rbm: RBM, base: torch.Tensor) -> float:
-    return rbm.hidden * math.log(2.0) + F.softplus(base).sum().item()
+def _log_z0(params, base: torch.Tensor) -> float:
+    return params[0].shape[1] * math.log(2.0) + F.softplus(base).sum().item()  # H log 2 + sum softplus(b_A)
 
 
 @torch.no_grad()
-def ais_log_partition(rbm: RBM, *, num_chains: int = 100, num_temperatures: int = 10_000,
+def ais_log_partition(rbm: RBMParameters, *, num_chains: int = 100, num_temperatures: int = 10_000,
                       base_bias: torch.Tensor | None = None, seed: int = 0) -> PartitionEstimate:
     """log Z of ``rbm`` by annealed importance sampling, with its standard error.
 
@@ -96,8 +106,8 @@ def ais_log_partition(rbm: RBM, *, num_chains: int = 100, num_temperatures: int 
     denser near 1); ``base_bias`` the base model's visible logits (:func:`base_visible_bias`).
     """
     betas = _betas(num_temperatures)
-    base = (base_bias if base_bias is not None else torch.zeros(rbm.x_dim)).double()
     params = _params(rbm)
+    base = (base_bias if base_bias is not None else torch.zeros(params[0].shape[0])).double()
     generator = torch.Generator().manual_seed(seed)
     v = torch.bernoulli(torch.sigmoid(base).expand(num_chains, -1), generator=generator)
     log_w = torch.zeros(num_chains, dtype=torch.float64)
@@ -107,21 +117,21 @@ def ais_log_partition(rbm: RBM, *, num_chains: int = 100, num_temperatures: int 
     log_mean = torch.logsumexp(log_w, 0) - math.log(num_chains)
     ratio = torch.exp(log_w - log_mean)
     stderr = (ratio.std() / math.sqrt(num_chains)).item() if num_chains > 1 else math.inf
-    return PartitionEstimate(_log_z0(rbm, base) + log_mean.item(), stderr, num_chains, num_temperatures)
+    return PartitionEstimate(_log_z0(params, base) + log_mean.item(), stderr, num_chains, num_temperatures)
 
 
 @torch.no_grad()
-def raise_log_likelihood(rbm: RBM, x: torch.Tensor, *, num_chains: int = 10, num_temperatures: int = 10_000,
+def raise_log_likelihood(rbm: RBMParameters, x: torch.Tensor, *, num_chains: int = 10, num_temperatures: int = 10_000,
                          base_bias: torch.Tensor | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """A conservative estimate of log p(x) per row by reverse annealing (RAISE), and its
     standard error per row (delta method over ``num_chains`` chains per row)."""
-    x = rbm.check_data(x).detach().double().cpu()
-    betas = _betas(num_temperatures).tolist()
-    base = (base_bias if base_bias is not None else torch.zeros(rbm.x_dim)).double()
     params = _params(rbm)
+    x = check_data(x, dim=params[0].shape[0], support="binary").detach().double().cpu()
+    betas = _betas(num_temperatures).tolist()
+    base = (base_bias if base_bias is not None else torch.zeros(params[0].shape[0])).double()
     generator = torch.Generator().manual_seed(seed)
     v = x.repeat_interleave(num_chains, 0)  # (N M, D): the chains of row n are rows n M ... n M + M - 1
-    log_w = _log_f(params, base, v, 1.0) - _log_z0(rbm, base)
+    log_w = _log_f(params, base, v, 1.0) - _log_z0(params, base)
     for k in range(len(betas) - 1, 0, -1):  # v_{k-1} ~ T_k(. | v_k), then the terms of v_{k-1}
         v = _sweep(params, base, v, betas[k], generator)
         log_w += _log_f(params, base, v, betas[k - 1]) - _log_f(params, base, v, betas[k])

@@ -1,7 +1,7 @@
 """Normalizing flows: exact densities by the change of variables (image flows, vector flows, dequantization)."""
 
-from ppgen.models.flows.base import Flow, FlowDistribution
-from ppgen.models.flows.dequantization import Dequantized, LogitPixels, dequantize, prepare_data
+from ppgen.models.flows.base import Flow, FlowDistribution, prepare_data
+from ppgen.models.flows.dequantization import Dequantized, LogitPixels, dequantize
 from ppgen.models.flows.image import Glow, MultiScaleFlow, RealNVP
 from ppgen.models.flows.vector import MAF, NSF
 

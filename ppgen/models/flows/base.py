@@ -23,9 +23,9 @@ import torch
 from torch.distributions import constraints
 
 from ppgen.models.base import GenerativeModel, _check_count, check_data, num_rows
-from ppgen.models.flows.dequantization import LogitPixels, check_pixels
+from ppgen.models.flows.dequantization import Dequantized, LogitPixels, check_pixels, dequantize
 
-__all__ = ["Flow", "FlowDistribution"]
+__all__ = ["Flow", "FlowDistribution", "prepare_data"]
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -47,7 +47,8 @@ class FlowDistribution(dist.TorchDistribution):
 
     def rsample(self, sample_shape=torch.Size()):
         shape = torch.Size(sample_shape) + self.batch_shape
-        z = self.temperature * torch.randn(shape.numel(), self.flow.x_dim, device=self.flow.device)
+        z = self.temperature * torch.randn(shape.numel(), self.flow.x_dim, device=self.flow.device,
+                                           dtype=self.flow.dtype)
         return self.flow.decode(z, check=False).reshape(*shape, self.flow.x_dim)
 
     def log_prob(self, value):
@@ -145,3 +146,14 @@ class Flow(GenerativeModel):
 
     def extra_repr(self) -> str:
         return f"x_dim={self.x_dim}, num_levels={self.num_levels}"
+
+
+def prepare_data(model, data, *, fresh: bool = False, seed: int = 0):
+    """``data`` ((x, y) or x) as a pixel flow needs it: dequantized, with fresh noise at every
+    read (``fresh``, for training) or with noise fixed by ``seed`` (for scoring). Anything else
+    (another model, real-valued flows) is returned unchanged."""
+    if not isinstance(model, Flow) or model.num_levels is None:
+        return data
+    x, y = data if isinstance(data, tuple) else (data, None)
+    x = Dequantized(x, model.num_levels) if fresh else dequantize(x, model.num_levels, seed=seed)
+    return type(data)(x, y) if isinstance(data, tuple) and hasattr(data, "_fields") else (x, y)

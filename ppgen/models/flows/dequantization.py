@@ -27,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["LogitPixels", "dequantize", "Dequantized", "check_pixels", "pixel_bits_per_dim", "prepare_data"]
+__all__ = ["LogitPixels", "dequantize", "Dequantized", "check_pixels", "pixel_bits_per_dim"]
 
 
 def check_pixels(x: torch.Tensor, num_levels: int, name: str = "x") -> torch.Tensor:
@@ -118,17 +118,3 @@ class LogitPixels(nn.Module):
 def pixel_bits_per_dim(log_prob_pixel_units: float, dim: int) -> float:
     """Bits per dimension of a density in pixel units (= the literature's figure for 8-bit data)."""
     return -log_prob_pixel_units / (dim * math.log(2.0))
-
-
-def prepare_data(model, data, *, fresh: bool = False, seed: int = 0):
-    """``data`` ((x, y) or x) as a pixel flow needs it: dequantized, with fresh noise at every
-    read (``fresh``, for training) or with noise fixed by ``seed`` (for scoring). Anything else
-    (another model, real-valued flows) is returned unchanged."""
-    levels = getattr(model, "num_levels", None)
-    from ppgen.models.flows.base import Flow
-
-    if not isinstance(model, Flow) or levels is None:
-        return data
-    x, y = data if isinstance(data, tuple) else (data, None)
-    x = Dequantized(x, levels) if fresh else dequantize(x, levels, seed=seed)
-    return type(data)(x, y) if isinstance(data, tuple) and hasattr(data, "_fields") else (x, y)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ppgen.models.objective import Objective
-from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, _check_count, num_rows
+from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, LikelihoodEstimate, _check_count, num_rows
 from ppgen.models.latent.networks import hidden_widths
 
 __all__ = ["GAN", "AdversarialObjective", "LOSSES"]
@@ -87,6 +87,7 @@ class GAN(GenerativeModel):
     """
 
     data_support = "real"
+    likelihood_method = "ais"  # estimate_log_likelihood: AIS over z under an observation model
 
     def __init__(self, x_dim: int, z_dim: int = 64, hidden=256, output: str = "sigmoid", architecture: str = "mlp",
                  channels: int = 32):
@@ -108,6 +109,10 @@ class GAN(GenerativeModel):
             self.generator, self.discriminator = _Batched(generator, z_dim), _Batched(discriminator, x_dim)
         self.register_buffer("prior_loc", torch.zeros(z_dim), persistent=False)
 
+    def latents(self, n: int) -> torch.Tensor:
+        """n draws z ~ N(0, I) in the model's dtype and device, shape (n, k)."""
+        return torch.randn(n, self.z_dim, device=self.prior_loc.device, dtype=self.prior_loc.dtype)
+
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         """x = G(z), shape (..., D)."""
         out = self.generator(z)
@@ -120,8 +125,7 @@ class GAN(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, n: int, y=None) -> torch.Tensor:
-        n = _check_count(n, "n")
-        return self.generate(torch.randn(n, self.z_dim, device=self.prior_loc.device))
+        return self.generate(self.latents(_check_count(n, "n")))
 
     def log_prob(self, x, y=None):
         raise NotImplementedError("a GAN has no density: x = G(z) is only a sampler. Use its samples "
@@ -137,17 +141,18 @@ class GAN(GenerativeModel):
         return dist.Normal(mean, scale).log_prob(x).sum(-1)
 
     def estimate_log_likelihood(self, x: torch.Tensor, *, num_samples: int = 16, seed: int = 0,
-                                num_temperatures: int = 500, scale: float = 0.1):
+                                num_temperatures: int = 500, scale: float = 0.1) -> LikelihoodEstimate:
         """log p(x) under :meth:`observation_log_prob` by AIS over z with HMC (``num_samples``
-        chains per row; :func:`ppgen.inference.decoder_ais.decoder_log_likelihood`): a stochastic
+        chains per row; :func:`ppgen.models.decoder_ais.decoder_log_likelihood`): a stochastic
         lower bound, what :func:`ppgen.log_likelihood` reports for a GAN."""
-        from ppgen.inference.decoder_ais import decoder_log_likelihood
+        from ppgen.models.decoder_ais import decoder_log_likelihood
 
         x = self.check_data(x)
         values, stderr = decoder_log_likelihood(lambda z, rows: self.observation_log_prob(z, rows, scale), x,
                                                 self.z_dim, num_chains=num_samples,
                                                 num_temperatures=num_temperatures, seed=seed)
-        return values, (stderr.pow(2).sum().sqrt() / len(values)).item(), None
+        return LikelihoodEstimate(values, (stderr.pow(2).sum().sqrt() / len(values)).item(), method="ais",
+                                  num_samples=num_samples)
 
     def default_objective(self, program, num_particles: int = 1, precision: str = "fp32") -> Objective:
         return AdversarialObjective(program, "nonsaturating", precision=precision)
@@ -178,7 +183,7 @@ class AdversarialObjective(Objective):
 
     def loss(self, x, y, scale: float, group: str) -> torch.Tensor:
         gan = self.program.generative_model
-        fake = gan.generate(torch.randn(len(x), gan.z_dim, device=x.device))
+        fake = gan.generate(gan.latents(len(x)))
         critic = gan.discriminator
         if group == "discriminator":
             fake = fake.detach()
@@ -193,7 +198,7 @@ class AdversarialObjective(Objective):
         return scale * len(x) * value
 
     def _penalty(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        mix = torch.rand(len(real), 1, device=real.device)
+        mix = torch.rand(len(real), 1, device=real.device, dtype=real.dtype)
         between = (mix * real + (1 - mix) * fake).requires_grad_(True)
         grad, = torch.autograd.grad(self.program.generative_model.discriminator(between).sum(), between,
                                     create_graph=True)
