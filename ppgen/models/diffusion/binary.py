@@ -5,17 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro.distributions import constraints
 from torch import nn
 
-from ppgen.models.objective import Objective
-from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, _check_count, at_least_float32, num_rows
-from ppgen.models.diffusion.common import DiffusionELBO, FullBound, Lazy, _Progress
-from ppgen.models.diffusion.schedules import binary_betas, check_steps
+from ppgen.models.base import _check_count, at_least_float32
+from ppgen.models.diffusion.base import DiffusionModel
+from ppgen.models.diffusion.schedules import binary_betas
 from ppgen.models.diffusion.unet import TimeMLP
 
 __all__ = ["BinaryDiffusion"]
@@ -26,7 +24,7 @@ def _bernoulli_kl(log_q1, log_q0, log_p1, log_p0) -> torch.Tensor:
     return (log_q1.exp() * (log_q1 - log_p1) + log_q0.exp() * (log_q0 - log_p0)).sum(-1)
 
 
-class BinaryDiffusion(FullBound, GenerativeModel):
+class BinaryDiffusion(DiffusionModel):
     r"""Diffusion on binary rows by bit flips, with an x_0-parameterised reverse model.
 
     Forward process (the guide, no parameters): each bit flips with probability :math:`\beta_t`,
@@ -50,8 +48,11 @@ class BinaryDiffusion(FullBound, GenerativeModel):
     :math:`L_{t-1} = \mathbb{E}_q\,\mathrm{KL}(q(x_{t-1}|x_t,x_0)\,\|\,p_\theta(x_{t-1}|x_t))`, and
     :math:`L_0 = -\mathbb{E}_q\log p_\theta(x_0|x_1)`; it is comparable
     with the log-likelihoods of FVSBN, NADE, MADE and the VAE's ELBO on the same rows. Training
-    (:class:`DiffusionELBO`) draws one step per row, :math:`L_T + T\,L_{t-1}`; :meth:`nll_bound`
-    sums all T terms (:meth:`log_likelihood_bound` reports it).
+    (:class:`~ppgen.models.diffusion.DiffusionELBO`) draws one step per row, :math:`L_T + T\,L_{t-1}`;
+    :meth:`nll_bound` sums all T terms (``ppgen.log_likelihood`` reports it).
+
+    The Pyro program, the losses, the bound and ancestral sampling are
+    :class:`~ppgen.models.diffusion.base.DiffusionModel`'s; this class writes the math above.
 
     Parameters: those of the MLP, ``num_parameters`` counts them.
 
@@ -81,16 +82,14 @@ class BinaryDiffusion(FullBound, GenerativeModel):
     torch.Size([2])
     """
 
-    has_exact_likelihood = False
     data_support = "binary"
+    chain_support = observed_support = constraints.boolean
 
     def __init__(self, x_dim: int, num_steps: int = 1000, schedule: str | Sequence[float] = "cosine",
                  hidden: Sequence[int] = (512, 512), network: nn.Module | None = None):
-        super().__init__(x_dim)
-        self.num_steps = check_steps(num_steps, "num_steps")
+        super().__init__(x_dim, num_steps)
         self.schedule = schedule if isinstance(schedule, str) else "custom"
-        betas = binary_betas(schedule, num_steps)
-        self.register_buffer("betas", betas.float(), persistent=False)
+        self.register_schedule("betas", binary_betas(schedule, self.num_steps))
         self.network = network if network is not None else TimeMLP(x_dim, x_dim, hidden=tuple(hidden))
 
     @property
@@ -99,9 +98,6 @@ class BinaryDiffusion(FullBound, GenerativeModel):
         ``betas`` in float64 (so that they agree with the step-by-step chain in any dtype)."""
         alpha_bar = torch.cumprod(1 - 2 * self.betas.double(), 0)
         return torch.cat([alpha_bar.new_zeros(1), (1 - alpha_bar) / 2]).to(self.betas.dtype)
-
-    def _steps(self, t: int | torch.Tensor, rows: int, device) -> torch.Tensor:
-        return torch.full((rows,), t, dtype=torch.long, device=device) if isinstance(t, int) else t
 
     def x0_logits(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         r"""Logits of :math:`\tilde p_\theta(\tilde x_0 = 1 \mid x_t)`, (B, D): the network's output plus
@@ -135,41 +131,34 @@ class BinaryDiffusion(FullBound, GenerativeModel):
         return (torch.logaddexp(log_p1 + post1_if1, log_p0 + post1_if0),
                 torch.logaddexp(log_p1 + post0_if1, log_p0 + post0_if0))
 
-    # --- the Pyro program --------------------------------------------------------------------------
+    # --- what DiffusionModel asks for ----------------------------------------------------------------
 
-    def model(self, x=None, y=None, *, size=None):
-        n = num_rows(x, y, size)
-        device = self.betas.device
-        with pyro.plate(DATA_PLATE, n):
-            h = pyro.sample(f"x_{self.num_steps}", dist.Bernoulli(
-                torch.full((n, self.x_dim), 0.5, dtype=self.betas.dtype, device=device)).to_event(1))
-            for t in range(self.num_steps, 1, -1):
-                h = pyro.sample(f"x_{t - 1}", Lazy(self._reverse_step(h, t), (n,), (self.x_dim,), constraints.boolean))
-            return pyro.sample(OBSERVED_SITE, Lazy(self._reverse_step(h, 1), (n,), (self.x_dim,), constraints.boolean),
-                               obs=x)
+    def prior(self, n: int) -> dist.TorchDistribution:
+        """p(x_T): fair coins."""
+        return dist.Bernoulli(torch.full((n, self.x_dim), 0.5, dtype=self.betas.dtype,
+                                         device=self.betas.device)).to_event(1)
 
-    def _reverse_step(self, h: torch.Tensor, t: int):
-        """p_theta(x_{t-1} | x_t = h), built when needed (:class:`~ppgen.models.diffusion.common.Lazy`)."""
-        def make():
-            steps = self._steps(t, len(h), h.device)
-            logits = self.x0_logits(h, steps)
-            if t == 1:
-                return dist.Bernoulli(logits=logits).to_event(1)
-            return dist.Bernoulli(probs=self._log_reverse(h, steps, logits)[0].exp()).to_event(1)
-        return make
+    def q_step(self, x_prev: torch.Tensor, t: int) -> dist.TorchDistribution:
+        """q(x_t | x_{t-1}): each bit flips with probability beta_t."""
+        beta = self.betas[t - 1]
+        return dist.Bernoulli(probs=x_prev * (1 - beta) + (1 - x_prev) * beta).to_event(1)
 
-    def guide(self, x=None, y=None, *, size=None):
-        """The forward process q(x_{1:T} | x_0): independent bit flips; no parameters."""
-        if x is None:
-            return None
-        h = x
-        with pyro.plate(DATA_PLATE, x.shape[0]):
-            for t in range(1, self.num_steps + 1):
-                beta = self.betas[t - 1]
-                h = pyro.sample(f"x_{t}", dist.Bernoulli(probs=h * (1 - beta) + (1 - h) * beta).to_event(1))
-        return h
+    def q_sample(self, x0: torch.Tensor, t: int | torch.Tensor, generator=None) -> torch.Tensor:
+        """A draw of x_t ~ q(x_t | x_0)."""
+        probs = self.q_probs(x0, self._steps(t, len(x0), x0.device))
+        return (torch.rand(probs.shape, generator=generator, dtype=probs.dtype, device=probs.device)
+                < probs).to(probs.dtype)
 
-    # --- the bound ---------------------------------------------------------------------------------
+    step_draw = q_sample  # step_term takes x_t itself
+
+    def reverse_step(self, x_t: torch.Tensor, t: int) -> dist.TorchDistribution:
+        """p_theta(x_{t-1} | x_t): the forward posteriors mixed by the predicted x_0; at t = 1 the
+        predicted x_0 itself."""
+        steps = self._steps(t, len(x_t), x_t.device)
+        logits = self.x0_logits(x_t, steps)
+        if t == 1:
+            return dist.Bernoulli(logits=logits).to_event(1)
+        return dist.Bernoulli(probs=self._log_reverse(x_t, steps, logits)[0].exp()).to_event(1)
 
     def prior_term(self, x0: torch.Tensor) -> torch.Tensor:
         """L_T = KL(q(x_T | x_0) || Bern(1/2)) per row, nats."""
@@ -193,91 +182,46 @@ class BinaryDiffusion(FullBound, GenerativeModel):
             out[later] = _bernoulli_kl(q1, q0, p1, p0)
         return out
 
-    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, generator=None) -> torch.Tensor:
-        """A draw of x_t ~ q(x_t | x_0)."""
-        probs = self.q_probs(x0, t)
-        return (torch.rand(probs.shape, generator=generator, dtype=probs.dtype, device=probs.device)
-                < probs).to(probs.dtype)
-
-    def elbo_loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Unbiased estimate of the negative ELBO per row, nats: L_T + T L_{t-1}, t ~ U{1..T}."""
-        t = torch.randint(1, self.num_steps + 1, (x.shape[0],), device=x.device)
-        return self.prior_term(x) + self.num_steps * self.step_term(x, t, self.q_sample(x, t))
-
-    @torch.no_grad()
-    def nll_bound(self, x: torch.Tensor, *, seed: int | None = 0, progress: bool = False) -> torch.Tensor:
-        """The negative ELBO per row in nats with all T terms summed (one draw of x_t each): an
-        upper bound on -log p(x) in expectation, shape (N,)."""
-        x = self.check_data(x)
-        generator = None if seed is None else torch.Generator(x.device).manual_seed(seed)
-        total = self.prior_term(x).double()
-        bar = _Progress(self.num_steps, progress, "bound")
-        for t in range(1, self.num_steps + 1):
-            steps = self._steps(t, len(x), x.device)
-            total += self.step_term(x, steps, self.q_sample(x, steps, generator)).double()
-            bar.update()
-        bar.close()
-        return total
-
-    def default_objective(self, program, num_particles: int = 1, precision: str = "fp32") -> Objective:
-        return DiffusionELBO(program, precision=precision)
-
-    # --- sampling ----------------------------------------------------------------------------------
+    # --- inpainting ------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def sample(self, n: int, y=None, *, seed: int | None = None, progress: bool = False,
                known: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``n`` rows by the reverse chain (T network passes). With ``known`` (n, D) and a boolean
-        ``mask`` (D,) or (n, D), the masked bits are inpainted by replacement: after every step the
-        known bits are set to a draw of q(x_{t-1} | x_0 = known) (Lugmayr et al. 2022 without resampling)."""
-        n = _check_count(n, "n")
-        generator = None if seed is None else torch.Generator(self.betas.device).manual_seed(seed)
-        dtype, device = self.betas.dtype, self.betas.device
-
-        def bern(probs):
-            return (torch.rand(probs.shape, generator=generator, dtype=dtype, device=device) < probs).to(dtype)
-
+        ``mask`` (D,) or (n, D), the masked bits are inpainted by replacement: before every step the
+        known bits of x_t are set to a draw of q(x_t | x_0 = known) (Lugmayr et al. 2022 without
+        resampling), and x_0 keeps them."""
         if (known is None) != (mask is None):
             raise ValueError("inpainting needs both known= (rows) and mask= (True where a bit is known)")
-        if known is not None:
-            known = self.check_data(known, "known")
-            if len(known) != n:
-                raise ValueError(f"known has {len(known)} rows, but n is {n}")
-            mask = torch.as_tensor(mask, dtype=torch.bool, device=device).expand(n, self.x_dim)
-        h = bern(torch.full((n, self.x_dim), 0.5, dtype=dtype, device=device))
-        bar = _Progress(self.num_steps, progress, "sampling")
-        for t in range(self.num_steps, 0, -1):
-            if known is not None:
-                h = torch.where(mask, bern(self.q_probs(known, self._steps(t, n, device))), h)
-            steps = self._steps(t, n, device)
-            logits = self.x0_logits(h, steps)
-            if t > 1:
-                h = bern(self._log_reverse(h, steps, logits)[0].exp())
-            else:
-                h = bern(torch.sigmoid(logits))
-            bar.update()
-        bar.close()
-        return torch.where(mask, known, h) if known is not None else h
-
-    restore_method = "replacement"
+        if known is None:
+            return super().sample(n, seed=seed, progress=progress)
+        n = _check_count(n, "n")
+        known = self.check_data(known, "known")
+        if len(known) != n:
+            raise ValueError(f"known has {len(known)} rows, but n is {n}")
+        mask = torch.as_tensor(mask, dtype=torch.bool, device=self.betas.device).expand(n, self.x_dim)
+        with self._seeded(seed):
+            h = self.reverse_chain(self.prior(n).sample(), progress=progress,
+                                   replace=lambda h, t: torch.where(mask, self.q_sample(known, t), h))
+        return torch.where(mask, known, h)
 
     @torch.no_grad()
-    def restore(self, y: torch.Tensor, operator, num_samples: int = 1, *, progress: bool = False) -> torch.Tensor:
-        """Inpainting by replacement for a noiseless ``ppgen.inverse.Inpaint``: ``num_samples``
-        draws per row (S, N, D) of :meth:`sample` with the observed bits as ``known``. The draws
-        follow the reverse chain with the known bits forced to their forward-process marginals; they
-        are not exact draws of p(x_missing | x_observed) (Lugmayr et al. 2022 resample to get closer)."""
+    def restore(self, y: torch.Tensor, operator, num_samples: int = 1, *,
+                progress: bool = False) -> tuple[torch.Tensor, str] | None:
+        """Inpainting by replacement for a noiseless ``ppgen.inverse.Inpaint`` (``operator.task ==
+        "inpaint"``, ``operator.sigma == 0``): ``num_samples`` draws per row (S, N, D) of :meth:`sample`
+        with the observed bits as ``known``, and the name ``"replacement"``; None for other operators.
+        The draws follow the reverse chain with the known bits forced to their forward-process
+        marginals; they are not exact draws of p(x_missing | x_observed) (Lugmayr et al. 2022 resample
+        to get closer)."""
         num_samples = _check_count(num_samples, "num_samples")
-        if getattr(operator, "task", None) != "inpaint" or not hasattr(operator, "mask_for"):
-            raise ValueError(f"BinaryDiffusion.restore inpaints (ppgen.inverse.Inpaint), got {operator!r}")
-        if getattr(operator, "sigma", 0.0):
-            raise ValueError(f"BinaryDiffusion inpaints observed bits exactly: it needs a noiseless Inpaint, "
-                             f"got {operator!r}")
+        if operator.task != "inpaint" or operator.sigma:
+            return None
         y = operator.check_y(y).to(self.betas)
         mask = operator.mask_for(y)
         known = torch.where(mask, y, torch.zeros_like(y)).repeat(num_samples, 1)
         drawn = self.sample(len(known), known=known, mask=mask.repeat(num_samples, 1), progress=progress)
-        return drawn.reshape(num_samples, len(y), self.x_dim)
+        return drawn.reshape(num_samples, len(y), self.x_dim), "replacement"
 
     def extra_repr(self) -> str:
         return f"x_dim={self.x_dim}, num_steps={self.num_steps}, schedule={self.schedule!r}"

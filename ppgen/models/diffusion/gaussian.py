@@ -1,21 +1,22 @@
-r"""Gaussian diffusion (Ho et al. 2020) as a Pyro model/guide pair, with its objectives."""
+r"""Gaussian diffusion (Ho et al. 2020): its math on :class:`DiffusionModel`, Ho et al.'s simple loss,
+DDIM sampling and DDNM restoration."""
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
 
-import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from torch import nn
 
-from ppgen.models.objective import Objective
-from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, _check_count, at_least_float32, num_rows
-from ppgen.models.diffusion.common import DiffusionELBO, FullBound, Lazy, _Progress
+from ppgen.models.base import _check_count, at_least_float32
+from ppgen.models.diffusion.base import DiffusionELBO, DiffusionModel, progress_bar
 from ppgen.models.diffusion.discretised import DiscretisedGaussian, quantise
-from ppgen.models.diffusion.schedules import check_steps, gaussian_betas
+from ppgen.models.diffusion.schedules import gaussian_betas
 from ppgen.models.diffusion.unet import UNet
+from ppgen.models.objective import Objective
 
 __all__ = ["GaussianDiffusion", "SimpleLoss", "LOSSES", "VARIANCES"]
 
@@ -42,7 +43,7 @@ def _gaussian_kl(mean_q, var_q, mean_p, var_p) -> torch.Tensor:
     return kl.sum(-1)
 
 
-class GaussianDiffusion(FullBound, GenerativeModel):
+class GaussianDiffusion(DiffusionModel):
     r"""Denoising diffusion probabilistic model (DDPM) on images with 256 levels per pixel.
 
     Data rows hold pixel values in [0, 1] on the grid {0, 1/255, ..., 1} (``load_dataset("digits_grey")``
@@ -73,7 +74,10 @@ class GaussianDiffusion(FullBound, GenerativeModel):
     \sqrt{1-\bar\alpha_t}\epsilon, t)\|^2`,
     a reweighted objective that is **not** a bound. :meth:`estimate_log_likelihood` sums all T
     terms (one draw of :math:`x_t` per term): a lower bound on log p(x) whatever the loss trained
-    (:meth:`log_likelihood_bound` gives it as a result object, with bits/dim).
+    (``ppgen.log_likelihood(model, x)`` reports it, with bits/dim).
+
+    The Pyro program, the ELBO loss and the bound are :class:`~ppgen.models.diffusion.base.DiffusionModel`'s;
+    this class writes the Gaussian math, Ho et al.'s simple loss, DDIM sampling and DDNM restoration.
 
     Parameters: those of the U-Net (:class:`~ppgen.models.diffusion.unet.UNet`); ``num_parameters``
     counts them.
@@ -104,7 +108,10 @@ class GaussianDiffusion(FullBound, GenerativeModel):
         Levels per pixel of the data (256 for 8-bit images).
     network : nn.Module, optional
         :math:`\epsilon_\theta`, called as ``network(x_t, t)`` on rows (B, D) and steps (B,) in 1..T;
-        default a :class:`UNet` with ``channels``, ``multipliers``, ``num_blocks``, ``attention``, ``dropout``.
+        default a :class:`UNet` of the image ``shape``.
+    **unet
+        The default U-Net's keywords (without ``network``): ``channels`` (32), ``multipliers``
+        ((1, 2, 2)), ``num_blocks`` (1), ``attention`` (True), ``dropout`` (0.0); see :class:`UNet`.
 
     Examples
     --------
@@ -117,19 +124,18 @@ class GaussianDiffusion(FullBound, GenerativeModel):
     (torch.Size([3]), True)
     """
 
-    has_exact_likelihood = False
     data_support = "real"
-
-    check_sample_kwargs = {"method": "ddim", "steps": 2}  # check_model's shape check need not run all T steps
+    chain_support, observed_support = constraints.real, constraints.unit_interval
+    check_sample_kwargs = types.MappingProxyType({"method": "ddim", "steps": 2})  # a cheap shape check
 
     def __init__(self, x_dim: int = 784, shape: Sequence[int] | None = None, num_steps: int = 1000,
                  schedule: str | Sequence[float] = "linear", variance: str = "beta", loss: str = "elbo",
-                 num_levels: int = 256, network: nn.Module | None = None, channels: int = 32,
-                 multipliers: Sequence[int] = (1, 2, 2), num_blocks: int = 1, attention: bool = True,
-                 dropout: float = 0.0):
-        super().__init__(x_dim)
+                 num_levels: int = 256, network: nn.Module | None = None, **unet):
+        super().__init__(x_dim, num_steps)
         self.shape = _image_shape(x_dim, shape)
-        self.num_steps = check_steps(num_steps, "num_steps")
+        if network is not None and unet:
+            raise ValueError(f"give either network= or the default U-Net's keywords, not both; got network= and "
+                             f"{', '.join(sorted(unet))}")
         if variance not in VARIANCES:
             raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
         if loss not in LOSSES:
@@ -149,17 +155,15 @@ class GaussianDiffusion(FullBound, GenerativeModel):
         # index t - 1 holds step t; index 0 of the *_prev buffers is alpha_bar_0 = 1
         for name, value in (("betas", betas), ("alpha_bar", alpha_bar), ("alpha_bar_prev", alpha_bar_prev),
                             ("posterior_variance", posterior), ("sigma2", sigma2)):
-            self.register_buffer(name, value.float(), persistent=False)
-        self.network = network if network is not None else UNet(
-            self.shape, channels=channels, multipliers=multipliers, num_blocks=num_blocks, attention=attention,
-            dropout=dropout)
+            self.register_schedule(name, value)
+        self.network = network if network is not None else UNet(self.shape, **unet)
 
     # --- the pieces of the chain (in [-1, 1] units; t is a (B,) tensor of steps in 1..T) -------
 
     def _at(self, buffer: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return buffer[t - 1].unsqueeze(-1)  # (B, 1)
 
-    def to_signed(self, x: torch.Tensor) -> torch.Tensor:
+    def to_chain(self, x: torch.Tensor) -> torch.Tensor:
         """Data in [0, 1] to the model's [-1, 1]."""
         return 2 * x - 1
 
@@ -186,43 +190,29 @@ class GaussianDiffusion(FullBound, GenerativeModel):
         (the same as Ho et al.'s Eq. 11)."""
         return self.posterior_mean(self.predict_x0(x_t, t, self.predict_noise(x_t, t)), x_t, t)
 
-    def _steps(self, t: int | torch.Tensor, rows: int, device) -> torch.Tensor:
-        return torch.full((rows,), t, dtype=torch.long, device=device) if isinstance(t, int) else t
+    # --- what DiffusionModel asks for ----------------------------------------------------------------
 
-    # --- the Pyro program --------------------------------------------------------------------------
+    def prior(self, n: int) -> dist.TorchDistribution:
+        """p(x_T) = N(0, I)."""
+        return dist.Normal(torch.zeros(n, self.x_dim, dtype=self.betas.dtype, device=self.betas.device),
+                           1.0).to_event(1)
 
-    def model(self, x=None, y=None, *, size=None):
-        n = num_rows(x, y, size)
-        dtype, device = self.betas.dtype, self.betas.device
-        with pyro.plate(DATA_PLATE, n):
-            h = pyro.sample(f"x_{self.num_steps}", dist.Normal(torch.zeros(n, self.x_dim, dtype=dtype, device=device),
-                                                               1.0).to_event(1))
-            for t in range(self.num_steps, 1, -1):
-                h = pyro.sample(f"x_{t - 1}", Lazy(self._reverse_step(h, t), (n,), (self.x_dim,), constraints.real))
-            return pyro.sample(OBSERVED_SITE, Lazy(self._reverse_step(h, 1), (n,), (self.x_dim,),
-                                                   constraints.unit_interval), obs=x)
+    def q_step(self, x_prev: torch.Tensor, t: int) -> dist.TorchDistribution:
+        r""":math:`q(x_t \mid x_{t-1}) = \mathcal{N}(\sqrt{1 - \beta_t}\,x_{t-1}, \beta_t I)`."""
+        beta = self.betas[t - 1]
+        return dist.Normal((1 - beta).sqrt() * x_prev, beta.sqrt()).to_event(1)
 
-    def _reverse_step(self, h: torch.Tensor, t: int):
-        """p_theta(x_{t-1} | x_t = h), built when needed (:class:`Lazy`): Gaussian, or the
-        discretised decoder at t = 1."""
-        def make():
-            mean = self.reverse_mean(h, self._steps(t, len(h), h.device))
-            scale = self.sigma2[t - 1].sqrt().expand_as(mean)
-            if t == 1:
-                return DiscretisedGaussian(mean, scale, self.num_levels).to_event(1)
-            return dist.Normal(mean, scale).to_event(1)
-        return make
+    def step_draw(self, x0: torch.Tensor, t: torch.Tensor, generator=None) -> torch.Tensor:
+        r"""The noise :math:`\epsilon \sim \mathcal{N}(0, I)` of :math:`x_t` = ``q_sample(x0, t, noise)``."""
+        return torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
 
-    def guide(self, x=None, y=None, *, size=None):
-        """The forward (noising) process q(x_{1:T} | x_0); it has no parameters."""
-        if x is None:
-            return None
-        h = self.to_signed(x)
-        with pyro.plate(DATA_PLATE, x.shape[0]):
-            for t in range(1, self.num_steps + 1):
-                beta = self.betas[t - 1]
-                h = pyro.sample(f"x_{t}", dist.Normal((1 - beta).sqrt() * h, beta.sqrt()).to_event(1))
-        return h
+    def reverse_step(self, x_t: torch.Tensor, t: int) -> dist.TorchDistribution:
+        """p_theta(x_{t-1} | x_t): Gaussian, or the discretised decoder at t = 1."""
+        mean = self.reverse_mean(x_t, self._steps(t, len(x_t), x_t.device))
+        scale = self.sigma2[t - 1].sqrt().expand_as(mean)
+        if t == 1:
+            return DiscretisedGaussian(mean, scale, self.num_levels).to_event(1)
+        return dist.Normal(mean, scale).to_event(1)
 
     def check_data(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
         """As :meth:`GenerativeModel.check_data`, and the values must lie in [0, 1]."""
@@ -261,33 +251,12 @@ class GaussianDiffusion(FullBound, GenerativeModel):
                                       self._at(self.posterior_variance, tl), mean[later], self._at(self.sigma2, tl))
         return out
 
-    def elbo_loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Unbiased estimate of the negative ELBO per row, nats: L_T + T L_{t-1}, t ~ U{1..T}."""
-        x0 = self.to_signed(x)
-        t = torch.randint(1, self.num_steps + 1, (x.shape[0],), device=x.device)
-        return self.prior_term(x0) + self.num_steps * self.step_term(x0, t, torch.randn_like(x0))
-
     def simple_loss(self, x: torch.Tensor) -> torch.Tensor:
         """Ho et al.'s L_simple per row (squared error summed over dimensions): not a bound."""
-        x0 = self.to_signed(x)
+        x0 = self.to_chain(x)
         t = torch.randint(1, self.num_steps + 1, (x.shape[0],), device=x.device)
         noise = torch.randn_like(x0)
         return (noise - self.predict_noise(self.q_sample(x0, t, noise), t)).pow(2).sum(-1)
-
-    @torch.no_grad()
-    def nll_bound(self, x: torch.Tensor, *, seed: int | None = 0, progress: bool = False) -> torch.Tensor:
-        """The negative ELBO per row in nats with all T terms summed (one draw of x_t for each),
-        an upper bound on -log p(x) in expectation: L_T + L_{T-1} + ... + L_0, shape (N,)."""
-        x0 = self.to_signed(self.check_data(x))
-        generator = None if seed is None else torch.Generator(x.device).manual_seed(seed)
-        total = self.prior_term(x0).double()
-        bar = _Progress(self.num_steps, progress, "bound")
-        for t in range(1, self.num_steps + 1):
-            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-            total += self.step_term(x0, self._steps(t, len(x0), x0.device), noise).double()
-            bar.update()
-        bar.close()
-        return total
 
     def default_objective(self, program, num_particles: int = 1, precision: str = "fp32") -> Objective:
         """:class:`DiffusionELBO` (``loss="elbo"``) or :class:`SimpleLoss` (``loss="simple"``)."""
@@ -335,7 +304,7 @@ class GaussianDiffusion(FullBound, GenerativeModel):
         return self._ddim(h, self.ddim_steps(self.num_steps if steps is None else steps), eta, generator, progress)
 
     def _ancestral(self, h, top: int, generator, progress: bool, project=None, final_noise: bool = True):
-        n, bar = len(h), _Progress(top, progress, "sampling")
+        n, bar = len(h), progress_bar(top, progress, "sampling")
         for t in range(top, 0, -1):
             steps = self._steps(t, n, h.device)
             eps = self.predict_noise(h, steps)
@@ -350,7 +319,7 @@ class GaussianDiffusion(FullBound, GenerativeModel):
         return quantise((h + 1) / 2, self.num_levels)
 
     def _ddim(self, h, schedule: list[int], eta: float, generator, progress: bool, project=None) -> torch.Tensor:
-        n, bar = len(h), _Progress(len(schedule), progress, "DDIM")
+        n, bar = len(h), progress_bar(len(schedule), progress, "DDIM")
         for i, t in enumerate(schedule):
             s = schedule[i + 1] if i + 1 < len(schedule) else 0
             steps = self._steps(t, n, h.device)
@@ -370,8 +339,6 @@ class GaussianDiffusion(FullBound, GenerativeModel):
 
     # --- inverse problems ---------------------------------------------------------------------------
 
-    restore_method = "DDNM"
-
     def noise_level_step(self, sigma: float) -> int:
         r"""The step t* whose noise-to-signal ratio :math:`\sqrt{(1-\bar\alpha_t)/\bar\alpha_t}` is closest
         to ``2 sigma`` (``sigma`` in the data's [0, 1] units, doubled in the model's [-1, 1] units)."""
@@ -380,11 +347,14 @@ class GaussianDiffusion(FullBound, GenerativeModel):
 
     @torch.no_grad()
     def restore(self, y: torch.Tensor, operator, num_samples: int = 1, *, method: str = "ancestral",
-                steps: int | None = None, eta: float = 0.0, progress: bool = False) -> torch.Tensor:
-        r"""``num_samples`` restorations of each measured row y = A x (+ noise): (S, N, D) in [0, 1].
+                steps: int | None = None, eta: float = 0.0,
+                progress: bool = False) -> tuple[torch.Tensor, str] | None:
+        r"""``num_samples`` restorations of each measured row y = A x (+ noise), (S, N, D) in [0, 1],
+        and the method's name (``"DDNM"`` or ``"diffusion from the noise level"``); None for a noisy
+        operator other than denoising.
 
-        ``operator`` follows :class:`ppgen.inverse.Operator` (``__call__``, ``pseudo_inverse``,
-        ``project(x, y)`` = :math:`A^+y + (I - A^+A)x` on rows in [0, 1], ``sigma``).
+        ``operator`` follows :class:`ppgen.inverse.Operator` (``task``, ``sigma``, ``check_y``,
+        ``project(x, y)`` = :math:`A^+y + (I - A^+A)x` on rows in [0, 1]).
 
         - Noiseless operators (``sigma == 0``): DDNM (Wang et al. 2023). At every reverse step the
           predicted :math:`\hat x_0` (clipped to [-1, 1]) is replaced by ``project`` of it, so the
@@ -395,47 +365,44 @@ class GaussianDiffusion(FullBound, GenerativeModel):
           the observed pixels, A x = y up to the 8-bit rounding; for super-resolution and colourisation the
           projection can leave [0, 1] and the sample is clipped back, so A x = y only approximately
           (``ppgen.inverse.restore_summary`` reports the largest deviation as ``consistency``).
-        - Denoising, y = x + sigma * eps (A = I, ``GaussianNoise``): in [-1, 1] units y is
+        - Denoising (``task == "denoise"``), y = x + sigma * eps (A = I): in [-1, 1] units y is
           :math:`u_0 + 2\sigma\epsilon`, so :math:`x_{t^*} = \sqrt{\bar\alpha_{t^*}}\,(2y - 1)` is distributed
           as :math:`q(x_{t^*} \mid x_0)` exactly when :math:`\sqrt{(1-\bar\alpha_{t^*})/\bar\alpha_{t^*}} = 2\sigma`;
           the reverse chain runs from the closest t* (:meth:`noise_level_step`) down to 0 (its last
           step without the decoder's noise).
 
-        Other noisy operators are refused. Randomness comes from the global RNG
+        Other noisy operators have no method here (None). Randomness comes from the global RNG
         (``ppgen.inverse.restore`` seeds it).
         """
         num_samples = _check_count(num_samples, "num_samples")
         if method not in ("ancestral", "ddim"):
             raise ValueError(f"method must be 'ancestral' or 'ddim', got {method!r}")
-        y = operator.check_y(y) if hasattr(operator, "check_y") else y
-        sigma = float(getattr(operator, "sigma", 0.0))
-        denoise = sigma > 0 and getattr(operator, "task", type(operator).__name__) in ("denoise", "GaussianNoise")
+        sigma = float(operator.sigma)
+        denoise = sigma > 0 and operator.task == "denoise"
         if sigma > 0 and not denoise:
-            raise ValueError(f"{operator!r} is noisy (sigma={sigma:g}); GaussianDiffusion.restore handles noiseless "
-                             "operators (DDNM) and pure denoising (GaussianNoise) only")
+            return None
         if not denoise and (steps is not None or eta != 0.0) and method != "ddim":
             raise ValueError("steps= and eta= are for method='ddim'")
-        y = y.to(self.betas)
+        y = operator.check_y(y).to(self.betas)
         if denoise and y.shape[1] != self.x_dim:
             raise ValueError(f"y has {y.shape[1]} columns, but the model has x_dim={self.x_dim}")
-        self.restore_method = "diffusion from the noise level" if denoise else "DDNM"
         top = self.noise_level_step(sigma) if denoise else self.num_steps
         schedule = self.ddim_steps(self.num_steps if steps is None else steps) if method == "ddim" else None
 
         def project(x0):  # all N rows at once: an operator may hold one mask per row
-            return self.to_signed(operator.project((x0.clamp(-1, 1) + 1) / 2, y))
+            return self.to_chain(operator.project((x0.clamp(-1, 1) + 1) / 2, y))
 
         out = []
         for _ in range(num_samples):
             if denoise:
-                h = self.alpha_bar[top - 1].sqrt() * self.to_signed(y)
+                h = self.alpha_bar[top - 1].sqrt() * self.to_chain(y)
                 out.append(self._ancestral(h, top, None, progress, final_noise=False) if schedule is None else
                            self._ddim(h, [top, *(t for t in schedule if t < top)], eta, None, progress))
             else:
                 h = self._noise(len(y), None)
                 out.append(self._ancestral(h, top, None, progress, project, final_noise=False)
                            if schedule is None else self._ddim(h, schedule, eta, None, progress, project))
-        return torch.stack(out)  # (S, N, D)
+        return torch.stack(out), "diffusion from the noise level" if denoise else "DDNM"  # (S, N, D)
 
     def extra_repr(self) -> str:
         return (f"x_dim={self.x_dim}, shape={self.shape}, num_steps={self.num_steps}, schedule={self.schedule!r}, "

@@ -23,15 +23,17 @@ from torch import nn
 __all__ = ["timestep_embedding", "UNet", "TimeMLP"]
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
-    """Sinusoidal embedding of the (float) steps ``t`` (B,): (B, dim), sines then cosines.
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0,
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Sinusoidal embedding of the steps ``t`` (B,): (B, dim) in ``dtype`` (that of the network
+    it feeds, so that a ``.double()`` network gets a float64 embedding), sines then cosines.
 
     >>> timestep_embedding(torch.tensor([0.0, 1.0]), 4).shape
     torch.Size([2, 4])
     """
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=dtype) / half)
+    args = t.to(dtype)[:, None] * freqs[None]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
     return F.pad(emb, (0, dim % 2))
 
@@ -147,7 +149,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``x`` (B, C*H*W) rows, ``t`` (B,) steps: (B, out_channels*H*W)."""
         batch = x.shape[0]
-        emb = self.time(timestep_embedding(t, self.embed_dim))
+        emb = self.time(timestep_embedding(t, self.embed_dim, dtype=self.stem.weight.dtype))
         h = self.stem(x.reshape(batch, *self.shape))
         stack = [h]
         for blocks in self.down:
@@ -187,7 +189,7 @@ class TimeMLP(nn.Module):
         self.head = nn.Linear(widths[-1], out_dim)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        emb = timestep_embedding(t, self.embed_dim)
+        emb = timestep_embedding(t, self.embed_dim, dtype=self.head.weight.dtype)
         h = x
         for layer, time in zip(self.layers, self.times):
             h = F.silu(layer(h) + time(emb))

@@ -1,0 +1,299 @@
+r"""What every diffusion model shares, written once: :class:`DiffusionModel`.
+
+A diffusion model is a hierarchical latent-variable model whose guide is fixed. Over T steps,
+
+.. math::
+    p_\theta(x_{0:T}) = p(x_T) \prod_{t=1}^T p_\theta(x_{t-1} \mid x_t), \qquad
+    q(x_{1:T} \mid x_0) = \prod_{t=1}^T q(x_t \mid x_{t-1}),
+
+and the ELBO :math:`\mathbb{E}_q[\log p_\theta(x_{0:T}) - \log q(x_{1:T} \mid x_0)]` is
+:math:`-L_T - \sum_{t=2}^T L_{t-1} - L_0` with :math:`L_T = \mathrm{KL}(q(x_T|x_0)\,\|\,p(x_T))`,
+:math:`L_{t-1} = \mathbb{E}_q\,\mathrm{KL}(q(x_{t-1}|x_t,x_0)\,\|\,p_\theta(x_{t-1}|x_t))` and
+:math:`L_0 = -\mathbb{E}_q \log p_\theta(x_0|x_1)` (Ho et al. 2020, Eq. 5). The base class owns the
+Pyro program (the reverse chain as ``model``, the forward chain as ``guide``, so that Pyro's ELBO of
+the pair is this bound), the training loss (one uniformly drawn step per row), the full test-time
+bound, ancestral sampling and progress bars. A subclass writes only its math, named after the paper
+as lucidrains' ``denoising-diffusion-pytorch`` does:
+
+- :meth:`~DiffusionModel.prior`: :math:`p(x_T)`;
+- :meth:`~DiffusionModel.q_step`: one forward step :math:`q(x_t \mid x_{t-1})` (the guide);
+- :meth:`~DiffusionModel.step_draw`: a draw of :math:`q(x_t \mid x_0)` in the form ``step_term`` takes;
+- :meth:`~DiffusionModel.reverse_step`: :math:`p_\theta(x_{t-1} \mid x_t)`, the decoder at t = 1;
+- :meth:`~DiffusionModel.prior_term` and :meth:`~DiffusionModel.step_term`: :math:`L_T` and
+  :math:`L_{t-1}` (:math:`L_0` at t = 1), in closed form.
+
+References: J. Ho, A. Jain and P. Abbeel, "Denoising Diffusion Probabilistic Models", NeurIPS 2020;
+J. Sohl-Dickstein et al., "Deep Unsupervised Learning using Nonequilibrium Thermodynamics", ICML 2015.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import ClassVar
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.distributions.torch_distribution import ExpandedDistribution
+
+from ppgen.models.base import (DATA_PLATE, OBSERVED_SITE, GenerativeModel, LikelihoodEstimate, _check_count,
+                               num_rows)
+from ppgen.models.diffusion.schedules import check_steps
+from ppgen.models.objective import Objective
+
+__all__ = ["DiffusionModel", "DiffusionELBO", "Lazy", "progress_bar"]
+
+
+class DiffusionModel(GenerativeModel):
+    r"""Base class of diffusion models: T steps of a fixed forward (noising) process, learned
+    reverse steps, trained and scored by the ELBO (see the module docstring for the bound).
+
+    A subclass passes ``num_steps`` to ``super().__init__(x_dim, num_steps)``, registers its
+    schedule with :meth:`register_schedule` and writes its math: :meth:`prior`, :meth:`q_step`,
+    :meth:`reverse_step`, :meth:`prior_term`, :meth:`step_draw` and :meth:`step_term` (and
+    :meth:`to_chain` where the chain's units are not the data's). They take rows (B, D) in the chain's
+    units and steps t in 1..T: an int in the Pyro program's steps (``q_step``, ``reverse_step``),
+    a (B,) tensor in the bound's (``step_draw``, ``step_term``).
+    :class:`~ppgen.models.diffusion.BinaryDiffusion` is the example to copy: its math is about 70
+    lines of code.
+
+    Attributes
+    ----------
+    chain_support, observed_support : Constraint
+        The supports of the latent sites :math:`x_1..x_T` and of the observed :math:`x_0`, known
+        before the reverse step at a site is built (:class:`Lazy`).
+    """
+
+    has_exact_likelihood = False
+    likelihood_method = "elbo"
+    guide_is_proposal = False  # log_likelihood's iwae would weigh whole forward chains: T passes per particle
+    chain_support: ClassVar[constraints.Constraint] = constraints.real
+    observed_support: ClassVar[constraints.Constraint] = constraints.real
+
+    def __init__(self, x_dim: int, num_steps: int):
+        super().__init__(x_dim)
+        self.num_steps = check_steps(num_steps, "num_steps")
+
+    def register_schedule(self, name: str, values: torch.Tensor) -> None:
+        """Register a schedule (computed in float64) as a buffer in the default dtype: it follows
+        the model through ``.to(device)`` and ``.double()``; it is not saved in the state dict."""
+        self.register_buffer(name, values.to(torch.get_default_dtype()), persistent=False)
+
+    # --- the math, written by a subclass ------------------------------------------------------------
+
+    def to_chain(self, x: torch.Tensor) -> torch.Tensor:
+        """Data rows to the chain's units x_0 (the identity by default)."""
+        return x
+
+    def prior(self, n: int) -> dist.TorchDistribution:
+        """p(x_T) for ``n`` rows: batch shape (n,), event shape (D,)."""
+        raise NotImplementedError
+
+    def q_step(self, x_prev: torch.Tensor, t: int) -> dist.TorchDistribution:
+        """The forward step q(x_t | x_{t-1} = ``x_prev``), event shape (D,)."""
+        raise NotImplementedError
+
+    def reverse_step(self, x_t: torch.Tensor, t: int) -> dist.TorchDistribution:
+        """p_theta(x_{t-1} | x_t), event shape (D,); at t = 1 the decoder p_theta(x_0 | x_1), on the
+        data's scale (it scores the observed rows)."""
+        raise NotImplementedError
+
+    def prior_term(self, x0: torch.Tensor) -> torch.Tensor:
+        """L_T = KL(q(x_T | x_0) || p(x_T)) per row, nats, (B,)."""
+        raise NotImplementedError
+
+    def step_draw(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A draw of q(x_t | x_0) in the form :meth:`step_term` takes it: the Gaussian model's noise
+        epsilon (x_t = q_sample(x_0, t, epsilon), Ho et al.'s parameterisation), the binary model's
+        x_t itself. ``generator`` fixes it (the global RNG when None)."""
+        raise NotImplementedError
+
+    def step_term(self, x0: torch.Tensor, t: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
+        r"""Per row, at the x_t that ``draw`` (from :meth:`step_draw`) gives:
+        :math:`\mathrm{KL}(q(x_{t-1}|x_t,x_0)\,\|\,p_\theta(x_{t-1}|x_t))` for t >= 2 and
+        :math:`-\log p_\theta(x_0|x_1)` for t = 1, nats, (B,)."""
+        raise NotImplementedError
+
+    # --- the Pyro program --------------------------------------------------------------------------
+
+    def model(self, x=None, y=None, *, size=None):
+        """The reverse chain x_T -> ... -> x_1 -> x (observed); each step built only when it is
+        sampled or scored (:class:`Lazy`)."""
+        n = num_rows(x, y, size)
+        with pyro.plate(DATA_PLATE, n):
+            h = pyro.sample(f"x_{self.num_steps}", self.prior(n))
+            for t in range(self.num_steps, 1, -1):
+                h = pyro.sample(f"x_{t - 1}", self._lazy_step(h, t, self.chain_support))
+            return pyro.sample(OBSERVED_SITE, self._lazy_step(h, 1, self.observed_support), obs=x)
+
+    def _lazy_step(self, h: torch.Tensor, t: int, support) -> Lazy:
+        # h is (n, D), or (..., n, D) under an outer plate (vectorised particles): the step sees rows
+        return Lazy(lambda: self.reverse_step(h.reshape(-1, self.x_dim), t), h.shape[:-1], (self.x_dim,), support)
+
+    def guide(self, x=None, y=None, *, size=None):
+        """The forward (noising) process q(x_{1:T} | x_0), one step at a time; it has no parameters."""
+        if x is None:
+            return None
+        h = self.to_chain(x)
+        with pyro.plate(DATA_PLATE, x.shape[0]):
+            for t in range(1, self.num_steps + 1):
+                h = pyro.sample(f"x_{t}", self.q_step(h, t))
+        return h
+
+    # --- the bound -----------------------------------------------------------------------------------
+
+    def _steps(self, t: int | torch.Tensor, rows: int, device) -> torch.Tensor:
+        return torch.full((rows,), t, dtype=torch.long, device=device) if isinstance(t, int) else t
+
+    def elbo_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Unbiased estimate of the negative ELBO per row, nats: L_T + T L_{t-1}, one t ~ U{1..T}
+        per row (Ho et al. Eq. 5 with the sum over t replaced by T times a uniform draw)."""
+        x0 = self.to_chain(x)
+        t = torch.randint(1, self.num_steps + 1, (x.shape[0],), device=x.device)
+        return self.prior_term(x0) + self.num_steps * self.step_term(x0, t, self.step_draw(x0, t))
+
+    @torch.no_grad()
+    def nll_bound(self, x: torch.Tensor, *, seed: int | None = 0, progress: bool = False) -> torch.Tensor:
+        """The negative ELBO per row in nats with all T terms summed, L_T + L_{T-1} + ... + L_0
+        (one draw of x_t for each, from a generator seeded with ``seed``): an upper bound on
+        -log p(x) in expectation, shape (N,), float64."""
+        x0 = self.to_chain(self.check_data(x))
+        generator = None if seed is None else torch.Generator(x0.device).manual_seed(seed)
+        total = self.prior_term(x0).double()
+        bar = progress_bar(self.num_steps, progress, "bound")
+        for t in range(1, self.num_steps + 1):
+            steps = self._steps(t, len(x0), x0.device)
+            total += self.step_term(x0, steps, self.step_draw(x0, steps, generator)).double()
+            bar.update()
+        bar.close()
+        return total
+
+    @torch.no_grad()
+    def estimate_log_likelihood(self, x: torch.Tensor, *, num_samples: int | None = None, seed: int = 0,
+                                batch_size: int = 500, repeats: int = 1, progress: bool = False) -> LikelihoodEstimate:
+        """The ELBO per row (a lower bound on log p(x), nats) with all T terms summed, each from one
+        draw of x_t, averaged over ``repeats`` draws: what ``ppgen.log_likelihood`` reports
+        (``method="elbo"``).
+
+        ``stderr`` is the Monte Carlo standard error of the mean of ``values``: their standard
+        deviation over rows divided by sqrt(N). Each value is one independent draw of its row's
+        bound (or the mean of ``repeats`` draws), so this is the standard error of a mean of
+        independent draws; it counts the noise of the draws and the spread between the rows
+        (inf for one row).
+        ``num_samples`` is not used: ``ppgen.log_likelihood`` passes its importance-sampling K
+        (default 1000), which has no role in this bound; ``repeats`` sets the draws (each costs T
+        network passes per row).
+        """
+        repeats = _check_count(repeats, "repeats")
+        batch_size = _check_count(batch_size, "batch_size")
+        x = self.check_data(x)
+        values = torch.zeros(len(x), dtype=torch.float64)
+        for k in range(repeats):
+            for i, rows in enumerate(x.split(batch_size)):
+                start = i * batch_size
+                values[start:start + len(rows)] -= self.nll_bound(rows, seed=seed + 1000 * k + i,
+                                                                  progress=progress).cpu()
+        values /= repeats
+        stderr = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("inf")
+        return LikelihoodEstimate(values, stderr, method="elbo", num_samples=repeats)
+
+    def default_objective(self, program, num_particles: int = 1, precision: str = "fp32") -> Objective:
+        """:class:`DiffusionELBO`."""
+        return DiffusionELBO(program, precision=precision)
+
+    # --- sampling ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, n: int, y=None, *, seed: int | None = None, progress: bool = False) -> torch.Tensor:
+        """``n`` rows by the reverse chain (ancestral sampling: T network passes), x_T ~ p(x_T)
+        then x_{t-1} ~ p_theta(x_{t-1} | x_t). ``seed`` fixes the draws (default: the global RNG,
+        which is left as it was when a seed is given); ``progress`` shows a bar."""
+        n = _check_count(n, "n")
+        with self._seeded(seed):
+            return self.reverse_chain(self.prior(n).sample(), progress=progress)
+
+    def reverse_chain(self, h: torch.Tensor, *, progress: bool = False, replace=None) -> torch.Tensor:
+        """x_0 drawn from x_T = ``h`` by the T reverse steps. ``replace(h, t)``, when given, returns
+        the x_t the step starts from (replacement inpainting sets the known dimensions there)."""
+        bar = progress_bar(self.num_steps, progress, "sampling")
+        for t in range(self.num_steps, 0, -1):
+            if replace is not None:
+                h = replace(h, t)
+            h = self.reverse_step(h, t).sample()
+            bar.update()
+        bar.close()
+        return h
+
+    @contextlib.contextmanager
+    def _seeded(self, seed: int | None):
+        """Inside, the global RNG seeded with ``seed`` (and restored afterwards); as it is when None."""
+        if seed is None:
+            yield
+            return
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            yield
+
+    def extra_repr(self) -> str:
+        return f"x_dim={self.x_dim}, num_steps={self.num_steps}"
+
+
+class DiffusionELBO(Objective):
+    """The negative ELBO of a diffusion model, one uniformly drawn step per row (unbiased), scaled
+    to the full data: what ``loss="elbo"`` trains. Validation scores are ELBO estimates (nats)."""
+
+    estimator = "diffusion-elbo"
+
+    def loss(self, x, y, scale: float, group: str) -> torch.Tensor:
+        return scale * self.program.generative_model.elbo_loss(x).sum()
+
+
+class Lazy(dist.TorchDistribution):
+    """A distribution built only when it is sampled or scored: ``make()`` returns it over the
+    batch flattened into rows, batch shape (prod(batch_shape),); ``batch_shape``, ``event_shape``
+    and ``support`` are known beforehand.
+
+    The reverse steps of a diffusion model each need a network pass; tracing the model on data
+    (``ppgen.check_model``, ``fit``'s first-batch check, ``poutine.replay``) then costs nothing until a
+    log-density is asked for, which keeps those checks cheap for T = 1000. The flattening lets the
+    steps take rows (B, D) while the program runs under outer plates (Pyro's vectorised particles).
+    """
+
+    arg_constraints: dict = {}
+
+    def __init__(self, make, batch_shape, event_shape, support):
+        self._make, self._base, self._support = make, None, support
+        super().__init__(torch.Size(batch_shape), torch.Size(event_shape), validate_args=False)
+
+    @property
+    def base(self) -> dist.TorchDistribution:
+        if self._base is None:
+            self._base = self._make()
+        return self._base
+
+    @property
+    def support(self):
+        return self._support
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        return self if batch_shape == self.batch_shape else ExpandedDistribution(self, batch_shape)
+
+    def sample(self, sample_shape=torch.Size()):
+        sample_shape = torch.Size(sample_shape)
+        return self.base.sample(sample_shape).reshape(sample_shape + self.batch_shape + self.event_shape)
+
+    def log_prob(self, value):
+        shape = torch.broadcast_shapes(value.shape, self.batch_shape + self.event_shape)
+        lead = shape[:len(shape) - len(self.batch_shape) - len(self.event_shape)]
+        rows = value.expand(shape).reshape((lead.numel(), self.batch_shape.numel()) + self.event_shape)
+        return self.base.log_prob(rows).reshape(lead + self.batch_shape)
+
+
+def progress_bar(total: int, show: bool, desc: str):
+    """A tqdm bar over ``total`` steps, inert (no output, nothing to close) unless ``show``."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False, disable=not show)
