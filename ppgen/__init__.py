@@ -17,10 +17,10 @@ _EXPORTS = {
                     "ppgen.inference"),
     **dict.fromkeys(["FVSBN", "MADE", "NADE", "PPCA", "VAE", "BayesianCPTs", "BayesNet", "BernoulliMixture",
                      "ConditionalVAE", "FactorAnalysis", "FullJointTable", "GaussianMixture", "GenerativeModel",
-                     "IndependentBernoulli", "PixelCNN", "RealNVP", "Glow", "MAF", "NSF", "FlowPriorVAE", "IAFVAE"],
+                     "IndependentBernoulli", "PixelCNN", "RealNVP", "Glow", "MAF", "NSF", "FlowPriorVAE", "IAFVAE",
+                     "GaussianDiffusion", "BinaryDiffusion", "RBM", "EBM", "GAN",
+                     "CharNGram", "CharLSTM", "CharTransformer"],
                     "ppgen.models"),
-    # families whose objectives come from the inference core, which imports ppgen.models itself
-    **dict.fromkeys(["GaussianDiffusion", "BinaryDiffusion"], "ppgen.models.diffusion"),
 }
 __all__ = [
     "load_dataset", "compress", "decompress", "restore", "RestoreResult",
@@ -32,5 +32,7 @@ __all__ = [
     "FlowPriorVAE", "IAFVAE",
     "RealNVP", "Glow", "MAF", "NSF",
     "GaussianDiffusion", "BinaryDiffusion",
+    "RBM", "EBM", "GAN",
+    "CharNGram", "CharLSTM", "CharTransformer",
 ]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, ["data", "models", "inference", "compression", "inverse", "plots", "cli"])

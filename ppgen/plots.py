@@ -96,8 +96,8 @@ def latent_map(z: torch.Tensor, labels: torch.Tensor | None = None, path: str | 
 
 
 def _pixels01(model, images: torch.Tensor) -> torch.Tensor:
-    """Rows in [0, 1] for display: pixel flows' levels are divided by ``num_levels``."""
-    levels = getattr(model, "num_levels", None)
+    """A flow's rows in [0, 1] for display: pixel flows' levels are divided by ``num_levels``."""
+    levels = model.num_levels
     return (images / levels if levels else images).clamp(0, 1)
 
 
@@ -131,15 +131,17 @@ def temperature_grid(model, temperatures: Sequence[float] = (0.5, 0.7, 0.85, 1.0
     """One row of ``n`` samples per temperature T: a flow decodes z ~ N(0, T^2 I) (``model.sample(n,
     temperature=T)``); a VAE decodes the mean of p(x | z) at z ~ N(0, T^2 I). The same base noise is
     used at every T (seeded), so a column shows one draw cooled down. Returns the figure."""
+    from ppgen.models.flows import Flow
+
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for t in temperatures:
-        if hasattr(model, "decode") and hasattr(model, "z_dim"):  # a VAE: means of p(x | T z)
-            z = torch.randn(n, model.z_dim, generator=generator)
-            rows.append(model.decode(t * z.to(model.device)))
-        else:
+        if isinstance(model, Flow):
             z = torch.randn(n, model.x_dim, generator=generator)
             rows.append(_pixels01(model, model.decode(t * z.to(model.device))))
+        else:  # a VAE: means of p(x | T z)
+            z = torch.randn(n, model.z_dim, generator=generator)
+            rows.append(model.decode(t * z.to(model.device)))
         generator.manual_seed(seed)
     fig = _rows_figure(rows, [f"T = {t:g}" for t in temperatures], shape, title)
     if path is not None:
@@ -157,9 +159,11 @@ def interpolation_grid(model, x0: torch.Tensor, x1: torch.Tensor, path: str | os
     x0, x1 = torch.atleast_2d(torch.as_tensor(x0)), torch.atleast_2d(torch.as_tensor(x1))
     if x0.shape != x1.shape:
         raise ValueError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
+    from ppgen.models.flows import Flow
+
     rows = []
     for a, b in zip(x0, x1):
-        if hasattr(model, "interpolate"):
+        if isinstance(model, Flow):
             rows.append(_pixels01(model, model.interpolate(a, b, steps)))
         else:
             z = model.encode(torch.stack([a, b]))

@@ -1,4 +1,9 @@
-"""log_likelihood(): exact log p(x) where the model has it, an importance-sampled bound otherwise."""
+"""log_likelihood(): exact log p(x) where the model has it, an estimate or a bound otherwise.
+
+The methods are named once, in :data:`METHODS`; ``log_likelihood``'s docstring, its errors and the
+CLI read them there. Each one either scores a model or is refused in one line that names the
+model, the method and the methods that work for it.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,26 @@ import math
 
 import torch
 
-from ppgen.inference.program import Program, batch_rows, logmeanexp, resolve_device
-from ppgen.models.base import bits_per_dim
+from ppgen.inference.program import ModelCheckError, Program, batch_rows, logmeanexp, resolve_device
+from ppgen.models.base import LikelihoodEstimate, bits_per_dim
+from ppgen.models.decoder_ais import decoder_log_likelihood
 
-__all__ = ["log_likelihood", "LikelihoodResult"]
+__all__ = ["log_likelihood", "LikelihoodResult", "METHODS"]
+
+#: The methods of ``log_likelihood(method=...)``, named once (log_likelihood's docstring lists them from here):
+#: a result's ``method`` is one of them, never "auto".
+METHODS = {
+    "auto": '"exact" where the model has it, else the model\'s own estimator (its likelihood_method: an RBM\'s or '
+            'a GAN\'s "ais", a diffusion model\'s "elbo"), else "iwae"',
+    "exact": "log p(x) in closed form, the model's log_prob (has_exact_likelihood)",
+    "iwae": "the guide is the proposal of an importance sampler with K = num_samples particles per example (Burda "
+            "et al. 2016): a stochastic lower bound on log p(x) whose bias shrinks as K grows (on an exact model, "
+            "it measures how far the bound is from the exact value)",
+    "ais": "annealed importance sampling with K = num_samples chains per row: the model's own (an RBM's log Z, a "
+           "GAN's), or over the latents with HMC (Wu et al. 2017) for a decoder-based model with z_dim and "
+           "observation_log_prob(z, x) (a VAE): it needs no guide, so a VAE and a GAN are measured the same way",
+    "elbo": "the model's own variational bound (a diffusion model's, all T terms summed)",
+}
 
 
 @dataclasses.dataclass
@@ -37,9 +58,10 @@ class LikelihoodResult:
     elbo : float or None
         The ELBO per example from the same samples (mean of the log weights), for latent models.
     method : str
-        ``"exact"``, ``"iwae"``, ``"ais"``: annealed importance sampling, of log Z for an
-        energy model (RBM) or over the latents for a decoder-based model (GAN, Wu et al. 2017), or
-        ``"elbo"``: a diffusion model's bound with all T terms summed.
+        The method of :data:`METHODS` that made the figure (``"auto"`` resolved): ``"exact"``,
+        ``"iwae"``, ``"ais"``: annealed importance sampling, of log Z for an energy model (RBM) or
+        over the latents for a decoder-based model (GAN, VAE; Wu et al. 2017), or ``"elbo"``: a
+        diffusion model's bound with all T terms summed.
     bracket : (float, float) or None
         For ``"ais"``: a conservative (RAISE, errs low) and an optimistic (AIS, errs high) mean
         log-likelihood, between which the true value lies up to Monte Carlo error.
@@ -80,19 +102,19 @@ class LikelihoodResult:
 
 @torch.no_grad()
 def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_size: int = 100,
-                   device: str | torch.device | None = None, seed: int = 0, method: str = "auto") -> LikelihoodResult:
-    """Log-likelihood per example: exact where the model has it, otherwise the IWAE estimate.
+                   device: str | torch.device | None = None, seed: int = 0, method: str = "auto",
+                   **options) -> LikelihoodResult:
+    """Log-likelihood per example: exact where the model has it, otherwise an estimate or a bound.
 
     Parameters
     ----------
     model : GenerativeModel or callable
-        With ``has_exact_likelihood`` the model's ``log_prob`` is used. Otherwise the guide
-        (the model's own, or ``guide=``) is the proposal of an importance sampler with
-        ``num_samples`` particles per example (Burda et al. 2016): a stochastic lower bound
-        on log p(x) whose bias shrinks as K grows.
+        A ppgen model, or a plain Pyro model function (with ``guide=``).
     data : Tensor (N, D) or (x, y)
+    guide : None, callable or str
+        The proposal of ``"iwae"`` in place of the model's own guide (as in :class:`Program`).
     num_samples : int
-        K, importance samples per example.
+        K: importance samples per example (``"iwae"``), or chains per row (``"ais"``).
     batch_size : int
         Rows per forward pass; particles are drawn in chunks of about 10,000 samples.
     device : None, "auto", "cpu", "cuda", ...
@@ -100,13 +122,17 @@ def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_si
         and back afterwards.
     seed : int
         Fixes the importance samples.
-    method : {"auto", "iwae", "ais"}
-        ``"auto"``: exact where the model has it; ``"iwae"``: the importance-sampled estimate
-        even then (to measure how far the bound is from the exact value, e.g. on PPCA);
-        ``"ais"``: annealed importance sampling over the latents with HMC (Wu et al. 2017), for a
-        decoder-based model with ``observation_log_prob(z, x)`` and ``z_dim`` (a VAE's decoder or
-        a GAN's generator), ``num_samples`` chains per row: it needs no guide, so a VAE and a GAN
-        are measured the same way.
+    method : str
+        One of :data:`METHODS`:
+
+{methods}
+
+        A method that cannot score the model raises a ValueError (a :class:`ModelCheckError` for
+        ``"iwae"``) naming the methods that can.
+    **options
+        Settings of the model's own estimator (an RBM's or a GAN's ``num_temperatures``, a
+        diffusion model's ``batch_size``), or of AIS over a decoder's latents (``num_temperatures``,
+        ``leapfrog``, ``step_size``); ``"exact"`` and ``"iwae"`` take none.
 
     Examples
     --------
@@ -117,8 +143,8 @@ def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_si
     for value, name in ((num_samples, "num_samples"), (batch_size, "batch_size")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if method not in ("auto", "iwae", "ais"):
-        raise ValueError(f"method must be 'auto', 'iwae' or 'ais', got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
     program = model if isinstance(model, Program) else Program(model, guide)
     x, y = program.rows(data, "data")
     device = program.device if device is None else resolve_device(device)
@@ -126,9 +152,14 @@ def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_si
     program.to(device)
     try:
         with ieee_float32():
-            return _log_likelihood(program, x, y, num_samples, batch_size, device, seed, method)
+            return _log_likelihood(program, x, y, num_samples, batch_size, device, seed, method, options)
     finally:
         program.to(home)  # the caller's model stays where it was
+
+
+if log_likelihood.__doc__:  # None under python -OO
+    log_likelihood.__doc__ = log_likelihood.__doc__.replace(
+        "{methods}", "\n".join(f"        - ``{name!r}``: {text};" for name, text in METHODS.items()))
 
 
 @contextlib.contextmanager
@@ -156,47 +187,45 @@ def ieee_float32():
             setattr(owner, name, value)
 
 
-def _decoder_ais(model, x: torch.Tensor, num_chains: int, seed: int, dim: int) -> LikelihoodResult:
-    from ppgen.inference.decoder_ais import decoder_log_likelihood
-
-    observation = getattr(model, "observation_log_prob", None)
-    if observation is None or not isinstance(getattr(model, "z_dim", None), int):
-        raise ValueError(f"method='ais' needs a decoder-based model with observation_log_prob(z, x) and z_dim "
-                         f"(a VAE or a GAN); {type(model).__name__} has none. Use method='auto'.")
-    values, stderr = decoder_log_likelihood(observation, model.check_data(x), model.z_dim, num_chains=num_chains,
-                                            seed=seed)
-    mean = values.mean().item()
-    return LikelihoodResult(values.float().cpu(), mean, (stderr.pow(2).sum().sqrt() / len(values)).item(),
-                            bits_per_dim(mean, dim), False, num_chains, method="ais")
-
-
-def _log_likelihood(program: Program, x, y, num_samples, batch_size, device, seed, method) -> LikelihoodResult:
+def _log_likelihood(program: Program, x, y, num_samples, batch_size, device, seed, method,
+                    options: dict) -> LikelihoodResult:
     dim = x[0].numel()
     rows = torch.arange(x.shape[0]).split(batch_size)
-    if program.exact and method == "auto":
-        values = torch.cat([program.generative_model.log_prob(*batch_rows(x, y, idx, device)).float().cpu()
-                            for idx in rows])
+    first = batch_rows(x, y, rows[0], device)
+    resolved = _resolve(program, method)
+    refusal = _refusal(program, resolved, first, num_samples)
+    if refusal is not None:
+        error = ModelCheckError if resolved == "iwae" else ValueError
+        raise error(_refused(program, method, resolved, refusal, first, num_samples))
+    if options and resolved in ("exact", "iwae"):
+        raise TypeError(f"log_likelihood with {_asked(method, resolved)} takes no options, got "
+                        f"{', '.join(sorted(options))}")
+    gm = program.generative_model
+    if resolved == "exact":
+        values = torch.cat([gm.log_prob(*batch_rows(x, y, idx, device)).float().cpu() for idx in rows])
         mean = values.mean().item()
         return LikelihoodResult(values, mean, 0.0, bits_per_dim(mean, dim), True, 0, method="exact")
-    if method == "ais":
-        return _decoder_ais(program.generative_model, x.to(device), num_samples, seed, dim)
-    estimate = getattr(program.generative_model, "estimate_log_likelihood", None)
-    if estimate is not None and method == "auto":  # the model's own estimator: an RBM's AIS, a diffusion bound
-        values, stderr, bracket = estimate(x.to(device), num_samples=num_samples, seed=seed)
+    if resolved != "iwae" and resolved == gm.likelihood_method:  # its own: an RBM's AIS, a diffusion bound
+        estimate = gm.estimate_log_likelihood(x.to(device), num_samples=num_samples, seed=seed, **options)
+        if not isinstance(estimate, LikelihoodEstimate):
+            raise TypeError(f"{program.name}.estimate_log_likelihood must return a "
+                            f"ppgen.models.base.LikelihoodEstimate, got {type(estimate).__name__}")
+        mean = estimate.values.mean().item()
+        return LikelihoodResult(estimate.values.float().cpu(), mean, estimate.stderr, bits_per_dim(mean, dim), False,
+                                estimate.num_samples, method=estimate.method, bracket=estimate.bracket,
+                                elbo=mean if estimate.method == "elbo" else None)
+    if resolved == "ais":  # over the latents of a decoder-based model
+        values, stderr = decoder_log_likelihood(gm.observation_log_prob, gm.check_data(x.to(device)), gm.z_dim,
+                                                num_chains=num_samples, seed=seed, **options)
         mean = values.mean().item()
-        kind = getattr(program.generative_model, "likelihood_method", "ais")  # "elbo": a diffusion bound
-        return LikelihoodResult(values.float().cpu(), mean, stderr, bits_per_dim(mean, dim), False,
-                                1 if kind == "elbo" else num_samples, method=kind, bracket=bracket,
-                                elbo=mean if kind == "elbo" else None)
+        return LikelihoodResult(values.float().cpu(), mean, (stderr.pow(2).sum().sqrt() / len(values)).item(),
+                                bits_per_dim(mean, dim), False, num_samples, method="ais")
 
     estimates, variances, elbos = [], [], []
     chunk = max(1, 10_000 // min(batch_size, x.shape[0]))  # particles per pass: ~10k samples live
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     with program.param_scope(), torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
-        first = batch_rows(x, y, rows[0], device)
-        if program.data_plate is None:
-            program.validate(*first, estimator="iwae", num_particles=min(num_samples, 2), thorough=False)
         program.nesting(*first)
         for idx in rows:
             xb, yb = batch_rows(x, y, idx, device)
@@ -214,3 +243,65 @@ def _log_likelihood(program: Program, x, y, num_samples, batch_size, device, see
     stderr = math.sqrt(torch.cat(variances).sum().item()) / len(values)
     return LikelihoodResult(values.float(), mean, stderr, bits_per_dim(mean, dim), False, num_samples,
                             elbo=torch.cat(elbos).mean().item(), method="iwae")
+
+
+def _resolve(program: Program, method: str) -> str:
+    """The method that ``"auto"`` stands for: exact, else the model's own estimator, else iwae."""
+    if method != "auto":
+        return method
+    if program.exact:
+        return "exact"
+    gm = program.generative_model
+    return gm.likelihood_method if gm is not None and gm.likelihood_method is not None else "iwae"
+
+
+def _refusal(program: Program, method: str, first, num_samples: int) -> str | None:
+    """Why ``method`` (resolved) cannot score the model, or None. For ``"iwae"`` the story is
+    checked on the first batch ``first`` (once per Program: it sets the data plate)."""
+    gm = program.generative_model
+    if method == "iwae":
+        if gm is not None and not gm.is_normalised:
+            return "its density is unnormalised (its factor lacks -log Z), so importance weights do not estimate p(x)"
+        if gm is not None and not gm.guide_is_proposal:
+            return f"its guide is not an importance proposal for p(x) ({program.name}.guide_is_proposal is False)"
+        if program.data_plate is None:
+            with program.param_scope():
+                try:
+                    program.validate(*first, estimator="iwae", num_particles=min(num_samples, 2), thorough=False)
+                except ModelCheckError as err:
+                    return str(err)
+        return None
+    if gm is None:
+        return "a plain Pyro program is scored with its guide as the proposal only (method='iwae')"
+    if method == "exact":
+        return None if gm.has_exact_likelihood else "it has no exact log_prob"
+    if method == gm.likelihood_method:
+        return None
+    if method == "ais":
+        refusal = ("it has no AIS estimator of its own and is not a decoder-based model with z_dim and "
+                   "observation_log_prob(z, x) (a VAE, a GAN)")
+        if gm.z_dim is None:
+            return refusal
+        try:  # one decoder pass: the hook's default (and a model whose prior is not N(0, I)) raises
+            gm.observation_log_prob(first[0].new_zeros(1, gm.z_dim), first[0][:1])
+        except NotImplementedError as err:
+            return f"{refusal}: {err}"
+        return None
+    return f"it has no bound of its own (its likelihood_method is {gm.likelihood_method!r})"
+
+
+def _refused(program: Program, method: str, resolved: str, reason: str, first, num_samples: int) -> str:
+    """One line: the method, the model, why not, and the methods that work for it."""
+    reasons = {resolved: reason}
+    for other in METHODS:
+        target = _resolve(program, other)
+        if target not in reasons:
+            reasons[target] = _refusal(program, target, first, num_samples)
+    working = [m for m in METHODS if reasons[_resolve(program, m)] is None]
+    return (f"log_likelihood with {_asked(method, resolved)} cannot score {program.name}: {reason.rstrip('.')}. "
+            f"Methods that work for {program.name}: {', '.join(map(repr, working)) or 'none'} "
+            "(ppgen.inference.likelihood.METHODS)")
+
+
+def _asked(method: str, resolved: str) -> str:
+    return f"method={method!r}" + (f" (here {resolved!r})" if resolved != method else "")

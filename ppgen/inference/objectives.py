@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 
-from ppgen.inference.program import Program, call_args, logmeanexp
+from ppgen.inference.program import ELBO_ESTIMATORS, Program, call_args, logmeanexp
 from ppgen.models.objective import PRECISIONS, Objective
 
 __all__ = ["Objective", "ELBO", "MaximumLikelihood", "make_objective", "PRECISIONS"]
@@ -40,7 +40,7 @@ class ELBO(Objective):
     precision : {"fp32", "bf16"}
     """
 
-    ESTIMATORS = ("trace", "meanfield", "enum", "graph", "iwae")
+    ESTIMATORS = tuple(ELBO_ESTIMATORS)
 
     def __init__(self, program: Program, estimator: str = "trace", num_particles: int = 1, *,
                  precision: str = "fp32"):

@@ -17,12 +17,10 @@ class ColourRegression(nn.Module):
     """A small CNN mapping grey rows (N, H*W) to colour rows (N, C*H*W), trained with MSE.
 
     Its single answer estimates the conditional mean E[colour | grey], the average of every
-    plausible colouring: where colour is ambiguous it is muddy. It has a ``restore`` method
-    (the same answer ``num_samples`` times), so :func:`restore` and :func:`sample_diversity`
-    compare it with the generative models.
+    plausible colouring: where colour is ambiguous it is muddy. It is a
+    :class:`~ppgen.inverse.restoration.Restorer` (the same answer ``num_samples`` times), so
+    :func:`restore` and :func:`sample_diversity` compare it with the generative models.
     """
-
-    restore_method = "MSE regression (one answer: the conditional mean)"
 
     def __init__(self, shape: Sequence[int] = (3, 28, 28), hidden: int = 16):
         super().__init__()
@@ -38,11 +36,12 @@ class ColourRegression(nn.Module):
         return self.net(grey.reshape(-1, 1, height, width)).reshape(grey.shape[0], -1)
 
     @torch.no_grad()
-    def restore(self, y: torch.Tensor, operator: Operator, num_samples: int) -> torch.Tensor:
+    def restore(self, y: torch.Tensor, operator: Operator, num_samples: int) -> tuple[torch.Tensor, str]:
+        """Its one answer for the grey rows ``y`` (N, H*W), ``num_samples`` times: (S, N, C*H*W)."""
         if not isinstance(operator, Greyscale) or operator.shape != self.shape:
             raise ValueError(f"ColourRegression cannot restore for {operator!r}: it colourises "
                              f"Greyscale(shape={self.shape}) measurements")
-        return self(y).expand(num_samples, -1, -1)
+        return self(y).expand(num_samples, -1, -1), "MSE regression (one answer: the conditional mean)"
 
 
 def fit_colour_regression(x_colour: torch.Tensor, *, shape: Sequence[int] = (3, 28, 28), epochs: int = 5,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,19 @@ from torch import nn
 from ppgen.inverse.operators import Inpaint, Operator
 from ppgen.inverse.vae import vae_inpaint
 
-__all__ = ["RestoreResult", "restore", "sample_diversity", "restore_summary", "CAPABLE"]
+__all__ = ["RestoreResult", "Restorer", "restore", "sample_diversity", "restore_summary", "CAPABLE"]
+
+
+@runtime_checkable
+class Restorer(Protocol):
+    """What :func:`restore` asks of a restorer that is not a generative model (a regression
+    baseline, an exact posterior by enumeration); :meth:`ppgen.GenerativeModel.restore` declares
+    the same hook, with a default, for every model."""
+
+    def restore(self, y: torch.Tensor, operator: Operator, num_samples: int,
+                **options) -> tuple[torch.Tensor, str] | None:
+        """``(samples (num_samples, N, D), method name)`` for the measurements ``y`` (N,
+        operator.out_dim), or None when it has no method for ``operator``."""
 
 
 @dataclasses.dataclass
@@ -31,8 +44,8 @@ class RestoreResult:
         How the samples were drawn: ``"exact conditionals"``, ``"exact Gaussian posterior"``,
         ``"sequential importance resampling"`` (an autoregressive model whose ordering does not
         put the observed pixels first), ``"sequential Monte Carlo (tempered)"``, ``"importance
-        resampling"``, or the name a model's own ``restore`` gives (its ``restore_method``
-        attribute, e.g. ``"DDNM"``).
+        resampling"``, or the name a model's own ``restore`` returns with its samples (e.g.
+        ``"DDNM"``).
     y : Tensor (N, out_dim)
     operator : Operator
     ess : Tensor (N,) or None
@@ -72,8 +85,9 @@ def restore(model, y: torch.Tensor, operator: Operator, num_samples: int = 16, *
     model
         A trained model. Dispatch, in this order:
 
-        - ``model.restore(y, operator, num_samples, **kwargs)`` if the model has one (it returns
-          samples (S, N, D); its ``restore_method`` attribute names the method);
+        - ``model.restore(y, operator, num_samples, **kwargs)``, the model's own method (a
+          :class:`ppgen.GenerativeModel`'s hook, or any :class:`Restorer`): it returns
+          ``(samples (S, N, D), method name)``, or None to fall through to the routes below;
         - :class:`ppgen.PPCA` or :class:`ppgen.FactorAnalysis`, any operator: the exact Gaussian
           posterior (``"exact Gaussian posterior"``);
         - :class:`ppgen.IndependentBernoulli` or :class:`ppgen.BernoulliMixture` with
@@ -118,10 +132,9 @@ def restore(model, y: torch.Tensor, operator: Operator, num_samples: int = 16, *
         operator.mask_for(y)
     ess, info = None, {}
     with _seeded(seed, y.device):
-        own = getattr(model, "restore", None)
-        if callable(own):
-            samples = own(y, operator, num_samples, **kwargs)
-            method = getattr(model, "restore_method", f"{type(model).__name__}.restore")
+        own = model.restore(y, operator, num_samples, **kwargs) if isinstance(model, Restorer) else None
+        if own is not None:
+            samples, method = _own_answer(model, own, (num_samples, y.shape[0], operator.in_dim or y.shape[1]))
         else:
             from ppgen.models.autoregressive import AutoregressiveModel
             from ppgen.models.independent import IndependentBernoulli
@@ -148,20 +161,31 @@ def restore(model, y: torch.Tensor, operator: Operator, num_samples: int = 16, *
             else:
                 raise ValueError(f"{type(model).__name__} cannot restore for task {operator.task!r}; "
                                  f"models that can: {CAPABLE}")
-    if not isinstance(samples, torch.Tensor) or samples.shape != (num_samples, y.shape[0], operator.in_dim
-                                                                   or y.shape[1]):
-        raise ValueError(f"{type(model).__name__}.restore must return samples of shape "
-                         f"({num_samples}, {y.shape[0]}, {operator.in_dim or y.shape[1]}), got "
-                         f"{getattr(samples, 'shape', type(samples).__name__)}")
     samples = samples.detach()
     variance = samples.var(0) if num_samples > 1 else torch.zeros_like(samples[0])
     return RestoreResult(samples, samples.mean(0), variance, str(method), y, operator, ess, info)
 
 
+def _own_answer(model, answer, shape: tuple[int, int, int]) -> tuple[torch.Tensor, str]:
+    """A model's own ``restore`` answer, ``(samples, method)``, checked against the expected shape."""
+    samples, method = answer if isinstance(answer, tuple) and len(answer) == 2 else (answer, None)
+    if not isinstance(samples, torch.Tensor) or samples.shape != shape or not isinstance(method, str):
+        got = (f"({_shape_or_type(samples)}, {type(method).__name__})" if isinstance(answer, tuple)
+               else _shape_or_type(answer))
+        raise ValueError(f"{type(model).__name__}.restore must return samples of shape {shape} and the method's "
+                         f"name, a pair (samples, str), or None; got {got}")
+    return samples, method
+
+
+def _shape_or_type(value) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
 def _device_of(model, default: torch.device) -> torch.device:
-    device = getattr(model, "device", None)
-    if isinstance(device, torch.device):
-        return device
+    from ppgen.models.base import GenerativeModel
+
+    if isinstance(model, GenerativeModel):
+        return model.device
     if isinstance(model, nn.Module):
         return next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0, device=default)).device
     return default
@@ -190,10 +214,13 @@ def _mixture_inpaint(model, y: torch.Tensor, operator: Inpaint, num_samples: int
     operator.require_noiseless(type(model).__name__)
     from pyro import distributions as dist
 
+    from ppgen.models.latent.mixture import BernoulliMixture
+
     mask = operator.mask_for(y)
     x_obs = model.check_data(torch.where(mask, y, torch.zeros_like(y)), "y")
     logits = model.logits[None] if model.logits.dim() == 1 else model.logits  # (k, D)
-    log_pi = torch.log_softmax(getattr(model, "weight_logits", logits.new_zeros(1)), -1)  # (k,)
+    weight_logits = model.weight_logits if isinstance(model, BernoulliMixture) else logits.new_zeros(1)  # k = 1
+    log_pi = torch.log_softmax(weight_logits, -1)  # (k,)
     log_lik = x_obs[:, None, :] * logits - F.softplus(logits)  # (N, k, D): log Bernoulli(x_d | c)
     c = dist.Categorical(logits=log_pi + (log_lik * mask[:, None, :]).sum(-1)).sample((num_samples,))  # (S, N)
     x = torch.bernoulli(torch.sigmoid(logits[c]))  # (S, N, D)

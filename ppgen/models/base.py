@@ -16,8 +16,10 @@ import inspect
 import itertools
 import math
 import threading
+import types
 import warnings
-from typing import ClassVar, Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
 
 import pyro
 import torch
@@ -77,11 +79,61 @@ class GenerativeModel(PyroModule):
     has_exact_likelihood : bool
         True when :meth:`log_prob` computes log p(x) exactly.
     data_support : str
-        ``"binary"`` (values in {0, 1}) or ``"real"``; checked by :meth:`check_data`.
+        ``"binary"`` (values in {0, 1}) or ``"real"``; checked by :meth:`check_data`. ``"categorical"``:
+        state indices (a Bayesian network's, a sequence model's ids), checked by the model's own ``check_data``.
+
+    Hooks
+    -----
+    Everything ``fit``, ``log_likelihood``, ``restore`` and ``compress`` ask of a model beyond
+    ``model``, ``guide``, ``log_prob`` and ``sample`` is declared here with its default; a model
+    overrides what applies to it (a class attribute, an attribute set in ``__init__``, a property).
+
+    is_normalised : bool, default True
+        Whether the Pyro model's factor for x includes -log Z, so that the traced log density of x is
+        log p(x). An energy model whose Z is unknown says False (its factor is -E(x)); ``fit`` then
+        refuses the ELBO estimators, which would lower the energy everywhere without bound.
+    guide_is_proposal : bool, default True
+        Whether ``log_likelihood(method="iwae")`` may weigh samples of the guide as its importance
+        proposal. A diffusion model says False: its guide, the fixed forward process, is a correct
+        proposal, but each particle costs T network passes and the weights' variance grows with T,
+        so no affordable K improves on the model's own bound.
+    likelihood_method : str or None, default None
+        What the model's own :meth:`estimate_log_likelihood` gives: ``"ais"`` (annealed importance
+        sampling: an estimate, a stochastic lower bound), ``"elbo"`` (a variational lower bound), or
+        None: no estimator of its own. ``ppgen.log_likelihood`` calls the estimator only when set.
+    check_sample_kwargs : Mapping[str, Any], default empty
+        Keyword arguments that make :meth:`sample` cheap when ``check_model``/``fit`` check the
+        shape of two samples (a diffusion model's 2-step DDIM); read-only.
+    z_dim : int or None, default None
+        The width of the latent code z ~ N(0, I_{z_dim}) of a decoder model (a VAE's, a GAN's), with
+        :meth:`observation_log_prob`: what annealed importance sampling over the latents needs.
+    num_levels : int or None, default None
+        The number of discrete levels of the data (256 for 8-bit pixels), or None for data taken as
+        they are. A dequantized model (a flow) takes rows of levels 0..num_levels-1 and scores them
+        as values in [0, num_levels] (figures divide by it); a diffusion model takes the levels
+        divided by num_levels - 1.
+    y_dim : int or None, default None
+        The labels a conditional model takes (``model(x, y)``, ``sample(n, y)``): their number of
+        classes; None for an unconditional model.
+    ``default_objective(program, num_particles, precision)``
+        The objective ``fit(elbo="auto")`` trains with, or None for the one the core picks.
+    ``estimate_log_likelihood(x, *, num_samples, seed, **options) -> LikelihoodEstimate``
+        The model's own estimate of log p(x) per row (``likelihood_method`` names it).
+    ``observation_log_prob(z, x) -> Tensor``
+        log p(x | z) of a decoder model (with ``z_dim``).
+    ``restore(y, operator, num_samples, **options) -> (Tensor, str) or None``
+        The model's own answer to an inverse problem, or None for ``ppgen.inverse``'s generic routes.
     """
 
     has_exact_likelihood: ClassVar[bool] = False
     data_support: ClassVar[str] = "binary"
+    is_normalised: ClassVar[bool] = True
+    guide_is_proposal: ClassVar[bool] = True
+    likelihood_method: ClassVar[str | None] = None
+    check_sample_kwargs: ClassVar[Mapping[str, Any]] = types.MappingProxyType({})
+    z_dim: int | None = None
+    num_levels: int | None = None
+    y_dim: int | None = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -110,7 +162,39 @@ class GenerativeModel(PyroModule):
 
     def default_objective(self, program, num_particles: int = 1, precision: str = "fp32"):
         """The :class:`ppgen.Objective` that ``fit(elbo="auto")`` trains this model with, or None
-        for the estimator the core picks from the story (an unnormalised model returns its own)."""
+        (the default) for the estimator the core picks from the story (an unnormalised model returns
+        its own). ``program`` is the :class:`ppgen.Program` being fitted; ``num_particles`` and
+        ``precision`` are ``fit``'s."""
+        return None
+
+    def estimate_log_likelihood(self, x: torch.Tensor, *, num_samples: int, seed: int = 0,
+                                **options) -> LikelihoodEstimate:
+        """The model's own estimate of log p(x) for rows ``x`` (N, D): a :class:`LikelihoodEstimate`
+        with ``values`` (N,) in nats, labelled with :attr:`likelihood_method`.
+
+        ``num_samples`` is the number of chains or draws per row (where the estimator has them),
+        ``seed`` fixes its randomness, ``options`` are the estimator's own settings. The default
+        raises: ``ppgen.log_likelihood`` calls this only when ``likelihood_method`` is set.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no likelihood estimator of its own "
+                                  "(its likelihood_method is None)")
+
+    def observation_log_prob(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x | z) of a decoder model whose prior is z ~ N(0, I_{z_dim}): latents z (..., z_dim)
+        and rows x (..., D) broadcast against each other, result shape (...,). What annealed
+        importance sampling over the latents (``log_likelihood(..., method="ais")``) anneals
+        toward. The default raises: the model is not such a decoder model."""
+        raise NotImplementedError(f"{type(self).__name__} is not a decoder model with a N(0, I) prior: it has no "
+                                  "observation_log_prob(z, x)")
+
+    def restore(self, y: torch.Tensor, operator, num_samples: int,
+                **options) -> tuple[torch.Tensor, str] | None:
+        """The model's own answer to the inverse problem y = A x + noise (``operator`` a
+        :class:`ppgen.inverse.Operator`, ``y`` (N, operator.out_dim)): ``(samples, method)`` with
+        ``num_samples`` restorations (S, N, D) of each row and the method's name (``"DDNM"``), or
+        None for an operator it has no method for. The default returns None: :func:`ppgen.restore`
+        then uses its generic routes (exact Gaussian posteriors, autoregressive conditionals, SMC
+        over a VAE's code). ``options`` are the method's keywords; ``restore`` seeds the call."""
         return None
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -143,6 +227,13 @@ class GenerativeModel(PyroModule):
         for tensor in self.buffers():
             return tensor.device
         return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the model's parameters and buffers (what ``.double()`` changes):
+        the dtype a model builds its noise and constants in. The default dtype when it has none."""
+        return next((t.dtype for t in itertools.chain(self.parameters(), self.buffers()) if t.is_floating_point()),
+                    torch.get_default_dtype())
 
     def check_data(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
         """Validate ``x`` for this model (see :func:`check_data`) and convert it to the model's

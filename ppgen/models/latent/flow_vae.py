@@ -70,6 +70,11 @@ class FlowPriorVAE(VAE):
             z = pyro.sample("z", FlowDistribution(self.prior))  # batch shape broadcast by the plate(s)
             return pyro.sample("x", self.likelihood_dist(z), obs=x)
 
+    def observation_log_prob(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Refused: AIS over a decoder's latents anneals from a N(0, I) prior, and this one is a flow."""
+        raise NotImplementedError("FlowPriorVAE's prior p(z) is a flow, not the N(0, I) that AIS over the "
+                                  "latents starts from; score it with method='iwae'")
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, prior=MAF(transforms={self.prior.transforms}, hidden={self.prior.hidden})"
 
