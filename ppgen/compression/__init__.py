@@ -17,42 +17,90 @@ al.'s variational diffusion models), energy models and GANs (no normalised densi
 and the other latent-variable models (conditional VAE, mixtures).
 
 The result is a ``.ppz`` stream (:mod:`ppgen.compression.container`): a header naming the model
-by fingerprint, the image shape, count and dtype, then the coded words.
+by fingerprint, the image shape, count and dtype, then the coded words. Where the model's code
+would be longer than the array it codes (data unlike the model's training data), :func:`compress`
+stores the values plainly instead (:mod:`ppgen.compression.stored`: 1 bit per pixel), warns, and
+says so in what it returns; the stream is then never longer than the array plus the header.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
 
 from ppgen.compression.bitsback import LATENT_BITS, Q_BITS, decode_bbans, encode_bbans, initial_word_count
 from ppgen.compression.bitsback import negative_elbo_bits
-from ppgen.compression.container import CompressedFormatError, Header, data_digest, model_fingerprint, pack, unpack
-from ppgen.compression.exact import decode_exact, encode_exact, float64_copy
+from ppgen.compression.container import DTYPES, MAX_NDIM, MAX_VALUES, CompressedFormatError, Header, data_digest
+from ppgen.compression.container import header_error, model_fingerprint, pack, unpack
+from ppgen.compression.exact import decode_exact, encode_exact, float64_copy, min_bits_per_image
+from ppgen.compression.stored import load, store, stored_words, value_bits
 from ppgen.models.autoregressive._common import AutoregressiveModel
 from ppgen.models.bayesnet import BayesNet
 from ppgen.models.independent import IndependentBernoulli
 from ppgen.models.latent.vae import VAE
 
-__all__ = ["compress", "decompress", "model_nll_bits", "CompressedFormatError", "model_fingerprint", "PROB_BITS"]
+__all__ = ["compress", "decompress", "model_nll_bits", "Compressed", "CompressedFormatError", "UnsupportedModelError",
+           "PlainStorageWarning", "model_fingerprint", "PROB_BITS"]
 
 PROB_BITS = 16
-_DTYPE_KINDS = "biuf"  # bool, signed and unsigned integers, floats
+_CODED = ("FVSBN, NADE, MADE (one mask), PixelCNN, IndependentBernoulli, BayesNet (range coding) and VAE with a "
+          "Bernoulli likelihood (bits-back ANS)")
+
+
+class UnsupportedModelError(ValueError, TypeError):
+    """A model :func:`compress` cannot code. A ValueError, as every refused input; also a TypeError,
+    which this error was before (as NumPy's ``AxisError`` is both a ValueError and an IndexError)."""
+
+
+class PlainStorageWarning(UserWarning):
+    """:func:`compress` stored the data plainly: the model's code would have been longer."""
+
+
+class Compressed(bytes):
+    """A ``.ppz`` stream (bytes) that also says how :func:`compress` wrote it.
+
+    Attributes
+    ----------
+    method : {"range", "bbans", "stored"}
+        "stored" when the model's code would have been longer than the values written out.
+    model_bytes : int
+        The length of the stream the model's code gives (this one's, unless stored).
+    """
+
+    def __new__(cls, data: bytes, method: str, model_bytes: int):
+        self = super().__new__(cls, data)
+        self.method, self.model_bytes = method, model_bytes
+        return self
+
+    def __getnewargs__(self):  # pickle and copy rebuild it with its attributes
+        return bytes(self), self.method, self.model_bytes
 
 
 def _method(model) -> str:
+    """How ``model`` codes, "range" or "bbans"; an :class:`UnsupportedModelError` naming it otherwise."""
+    name = type(model).__name__
     if isinstance(model, (AutoregressiveModel, IndependentBernoulli, BayesNet)):
         return "range"
     if isinstance(model, VAE):
+        if type(model).model is not VAE.model or type(model).guide is not VAE.guide:
+            raise UnsupportedModelError(f"compress supports {_CODED}; got {name}, whose prior or guide is not the "
+                                        "VAE's N(0, I) and diagonal Gaussian that bits-back coding uses")
         if model.likelihood != "bernoulli":
             raise ValueError(f"compress codes binary data; this VAE has likelihood={model.likelihood!r} "
                              "(use likelihood='bernoulli')")
         return "bbans"
-    raise TypeError(f"compress supports FVSBN, NADE, MADE, PixelCNN, IndependentBernoulli, BayesNet (range "
-                    f"coding) and VAE (bits-back ANS); got {type(model).__name__}. Flows and diffusion models "
-                    "are not coded yet (they need bits-back over their dequantization or chain of latents).")
+    raise UnsupportedModelError(
+        f"compress supports {_CODED}; got {name}. Flows and diffusion models are not coded yet (they need "
+        "bits-back over their dequantization or chain of latents); energy models and GANs have no normalised "
+        "density to code with.")
+
+
+def _cards(model) -> np.ndarray:
+    """States per value (D,): a Bayesian network's cardinalities, 2 for binary pixels."""
+    return np.asarray(model.cards) if isinstance(model, BayesNet) else np.full(model.x_dim, 2)
 
 
 def _rows(model, x) -> tuple[np.ndarray, torch.Tensor]:
@@ -63,11 +111,13 @@ def _rows(model, x) -> tuple[np.ndarray, torch.Tensor]:
         x = x.detach().cpu().numpy()
     if not isinstance(x, np.ndarray):
         raise TypeError(f"x must be a torch.Tensor or a NumPy array, got {type(x).__name__}")
-    if x.dtype.kind not in _DTYPE_KINDS:
-        raise TypeError(f"x must hold bool, integer or float values, got dtype {x.dtype}")
-    if x.ndim < 2 or math.prod(x.shape[1:]) != model.x_dim:
+    if x.dtype.newbyteorder("<").str not in DTYPES:
+        raise TypeError(f"x must hold bool, integer or float values of at most 64 bits, got dtype {x.dtype}")
+    if not 2 <= x.ndim <= MAX_NDIM + 1 or math.prod(x.shape[1:]) != model.x_dim:
         raise ValueError(f"x must have shape (N, ...) with {model.x_dim} values per image (one image per "
-                         f"leading index), got shape {x.shape}")
+                         f"leading index, at most {MAX_NDIM} axes per image), got shape {x.shape}")
+    if x.size > MAX_VALUES:
+        raise ValueError(f"x holds {x.size:,} values; one stream holds at most {MAX_VALUES:,}: compress it in parts")
     flat = x.reshape(x.shape[0], model.x_dim).astype(np.float64)
     if isinstance(model, BayesNet):
         cards = np.asarray(model.cards)
@@ -89,7 +139,7 @@ def _check_positive(value, name: str) -> int:
     return value
 
 
-def compress(model, x, *, batch_size: int = 500, seed: int = 0) -> bytes:
+def compress(model, x, *, batch_size: int = 500, seed: int = 0) -> Compressed:
     r"""Losslessly compress images ``x`` with ``model``; :func:`decompress` inverts it exactly.
 
     Parameters
@@ -105,10 +155,18 @@ def compress(model, x, *, batch_size: int = 500, seed: int = 0) -> bytes:
 
     Returns
     -------
-    bytes
+    Compressed (bytes)
         A ``.ppz`` stream: header (:mod:`ppgen.compression.container`), then the coded data.
         Its length is about :math:`-\log_2 p(x)` bits (exact models) or the negative ELBO plus
-        the initial words (VAEs), plus ~70 bytes of header.
+        the initial words (VAEs), plus ~70 bytes of header. Where the code would be longer than
+        the array itself (``x.nbytes``), the values are stored plainly instead, 1 bit per pixel:
+        ``method`` is then "stored", ``model_bytes`` the longer length, and a
+        :class:`PlainStorageWarning` says so.
+
+    Raises
+    ------
+    UnsupportedModelError (a ValueError)
+        A model it cannot code (a flow, diffusion model, GAN, energy model, ...), named with those it can.
 
     Examples
     --------
@@ -121,49 +179,110 @@ def compress(model, x, *, batch_size: int = 500, seed: int = 0) -> bytes:
     method = _method(model)
     batch_size = _check_positive(batch_size, "batch_size")
     raw, rows = _rows(model, x)
-    model64 = float64_copy(model)
-    init_words = initial_word_count(model.z_dim, Q_BITS) if method == "bbans" and len(rows) else 0
-    header = Header(method, model_fingerprint(model), tuple(raw.shape[1:]), len(rows), raw.dtype.str, PROB_BITS,
-                    LATENT_BITS if method == "bbans" else 0, seed if method == "bbans" else 0, init_words,
+    n, model64 = len(rows), float64_copy(model)
+    init_words = initial_word_count(model.z_dim, Q_BITS) if method == "bbans" and n else 0
+    header = Header(method, model_fingerprint(model), tuple(raw.shape[1:]), n, raw.dtype.newbyteorder("<").str,
+                    PROB_BITS, LATENT_BITS if method == "bbans" else 0, seed if method == "bbans" else 0, init_words,
                     data_digest(rows.numpy()))
-    if not len(rows):
+    if not n:
         words = np.zeros(0, dtype=np.uint32)
     elif method == "range":
         words = encode_exact(model64, rows, batch_size, PROB_BITS)
     else:
         words = encode_bbans(model64, rows, batch_size=batch_size, prob_bits=PROB_BITS, latent_bits=LATENT_BITS,
                              q_bits=Q_BITS, seed=seed)
-    return pack(header, words)
+    coded = pack(header, words)
+    if 4 * len(words) <= raw.nbytes:
+        return Compressed(coded, method, len(coded))
+    bits = value_bits(_cards(model))
+    plain = pack(Header("stored", header.fingerprint, header.shape, n, header.dtype, 0,
+                        data_digest=header.data_digest), store(rows.numpy(), bits))
+    warnings.warn(f"compress stored {n:,} images plainly, {bits} bit(s) per value, in {len(plain):,} bytes: "
+                  f"{type(model).__name__}'s code would take {len(coded):,}, more than the {raw.nbytes:,} bytes of "
+                  "the array itself (data unlike its training data, or too few images for the code's fixed cost)",
+                  PlainStorageWarning, stacklevel=2)
+    return Compressed(plain, "stored", len(coded))
 
 
 def decompress(model, data: bytes, *, batch_size: int = 500) -> torch.Tensor:
-    """The images that :func:`compress` coded into ``data``, exactly: shape (N, ...) and dtype as given.
+    """The images that :func:`compress` coded or stored into ``data``, exactly: shape (N, ...) and dtype
+    as given (in native byte order).
 
     Raises
     ------
     CompressedFormatError (a ValueError)
         ``data`` is not a ppgen stream, is truncated or damaged, comes from a newer format
-        version, was made with another model, or decodes to data that fail its digest.
+        version, was made with another model, has a header field out of its range (the error
+        names the field, its value and what was expected; checked before anything is
+        allocated), or decodes to data that fail its digest.
+    UnsupportedModelError (a ValueError)
+        A model :func:`compress` cannot code.
     """
     method = _method(model)
     batch_size = _check_positive(batch_size, "batch_size")
     header, words = unpack(data, model_fingerprint(model))
-    if header.method != method:
-        raise CompressedFormatError(f"the stream was coded by {header.method!r}, but {type(model).__name__} "
-                                    f"decodes {method!r}")
-    model64 = float64_copy(model)
+    _check_header(model, method, header, len(words))
     n = header.count
     if n == 0:
         rows = torch.zeros(0, model.x_dim, dtype=torch.float64)
-    elif method == "range":
-        rows = decode_exact(model64, words, n, batch_size, header.prob_bits)
+    elif header.method == "stored":
+        rows = _stored_rows(model, words, n)
     else:
-        rows = decode_bbans(model64, words, n, seed=header.seed, init_words=header.init_words,
-                            prob_bits=header.prob_bits, latent_bits=header.latent_bits, q_bits=Q_BITS)
+        model64 = float64_copy(model)
+        try:
+            if method == "range":
+                rows = decode_exact(model64, words, n, batch_size, header.prob_bits)
+            else:
+                rows = decode_bbans(model64, words, n, seed=header.seed, init_words=header.init_words,
+                                    prob_bits=header.prob_bits, latent_bits=header.latent_bits, q_bits=Q_BITS)
+        except AssertionError as err:  # constriction: words that no encoder of these probabilities writes
+            raise CompressedFormatError(f"corrupt stream: the coded data do not decode under this model ({err})") \
+                from None
     if data_digest(rows.numpy()) != header.data_digest:
         raise CompressedFormatError("the decoded data fail the stream's digest: the decoder's probabilities "
                                     "drifted from the encoder's, or the stream is damaged")
-    return torch.from_numpy(rows.numpy().astype(np.dtype(header.dtype)).reshape(n, *header.shape))
+    out = rows.numpy().astype(np.dtype(header.dtype).newbyteorder("="))
+    if not np.array_equal(out, rows.numpy()):
+        raise header_error("dtype", header.dtype, f"a type that holds the decoded values (up to {float(rows.max()):g})")
+    return torch.from_numpy(out.reshape(n, *header.shape))
+
+
+def _check_header(model, method: str, header: Header, num_words: int) -> None:
+    """What only the model knows, checked before decoding: the method, the image size, and the stream
+    the image count needs (stored: exactly its words; range coding: at least 32 bits a word for the
+    cheapest images; bits-back: the model's number of initial words)."""
+    name, n = type(model).__name__, header.count
+    if header.method not in (method, "stored"):
+        raise CompressedFormatError(f"the stream was coded by {header.method!r}, but {name} decodes {method!r}")
+    if math.prod(header.shape) != model.x_dim:
+        raise header_error("shape", header.shape, f"{model.x_dim} values per image ({name}'s x_dim)")
+    if header.method == "stored":
+        bits = value_bits(_cards(model))
+        if num_words != stored_words(n, model.x_dim, bits):
+            raise header_error("stream_words", num_words, f"{stored_words(n, model.x_dim, bits)} for {n:,} images of "
+                                                          f"{model.x_dim} values stored in {bits} bit(s) each")
+    elif header.method == "range":
+        least = min_bits_per_image(model, header.prob_bits)
+        if n * least > 32 * (num_words + 1):
+            raise header_error("count", n, f"at most {math.floor(32 * (num_words + 1) / least):,}: the stream's "
+                                           f"{num_words} words hold 32 bits each, and an image costs at least "
+                                           f"{least:.3g} bits")
+    elif n and header.init_words != initial_word_count(model.z_dim, Q_BITS):
+        raise header_error("init_words", header.init_words, f"{initial_word_count(model.z_dim, Q_BITS)} for z_dim "
+                                                            f"= {model.z_dim}")
+
+
+def _stored_rows(model, words: np.ndarray, n: int) -> torch.Tensor:
+    """The rows (n, D) float64 that :func:`~ppgen.compression.stored.store` wrote; each value a state of its
+    column."""
+    cards = _cards(model)
+    values = load(words, n, model.x_dim, value_bits(cards))
+    bad = values >= cards
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise CompressedFormatError(f"corrupt stream: stored value {values[row, col]} of image {row} at flat "
+                                    f"position {col} is not one of its {cards[col]} states")
+    return torch.from_numpy(values.astype(np.float64))
 
 
 @torch.no_grad()

@@ -121,22 +121,29 @@ def decode_bbans(model, words: np.ndarray, n: int, *, seed: int, init_words: int
                  q_bits: int, return_buckets: bool = False):
     """Rows (n, D) float64: the inverse of :func:`encode_bbans`, last image first (and the latent buckets
     (n, Z) the encoder drew, with ``return_buckets``)."""
+    if not len(words) or words[-1] == 0:
+        raise CompressedFormatError("corrupt stream: a bits-back stream ends in a nonzero word (a full ANS state)")
     coder = constriction.stream.stack.AnsCoder(words)
     prior = constriction.stream.model.Uniform(2**latent_bits)
     edges, centres = prior_buckets(latent_bits)
-    out = torch.zeros(n, model.x_dim, dtype=torch.float64)
-    drawn = np.zeros((n, model.z_dim), dtype=np.int64)
+    start = initial_words(seed, init_words)
+    rows, drawn = [], []  # grown as images are decoded: a crafted count allocates nothing ahead
     for i in reversed(range(n)):
+        if coder.num_words() == init_words and np.array_equal(coder.get_compressed(), start):
+            raise CompressedFormatError(f"corrupt header: count is {n}, but the stream ends on its initial words "
+                                        f"after {n - 1 - i} images")
         buckets = coder.decode(prior, model.z_dim)  # pop z under p(z)
         logits = model.decoder(centres[torch.from_numpy(buckets.astype(np.int64))][None])[0]
         x = torch.from_numpy(coder.decode(_BERNOULLI, quantised_probs(logits, prob_bits)).astype(np.float64))
         loc, scale = model.posterior_params(x[None])
         coder.encode_reverse(buckets, _CATEGORICAL, posterior_counts(loc[0], scale[0], edges, q_bits))  # bits back
-        out[i], drawn[i] = x, buckets
-    if not np.array_equal(coder.get_compressed(), initial_words(seed, init_words)):
+        rows.append(x)
+        drawn.append(buckets.astype(np.int64))
+    if not np.array_equal(coder.get_compressed(), start):
         raise CompressedFormatError("bits-back decoding did not end on the initial words: the stream does not "
                                     "decode under this model")
-    return (out, drawn) if return_buckets else out
+    out = torch.stack(rows[::-1])
+    return (out, np.stack(drawn[::-1])) if return_buckets else out
 
 
 @torch.no_grad()

@@ -4,7 +4,8 @@ Layout (all integers little-endian)::
 
     magic        4 bytes   b"PPGZ"
     version      u8        FORMAT_VERSION
-    method       u8        1 = range coding (exact models), 2 = bits-back ANS (latent-variable models)
+    method       u8        1 = range coding (exact models), 2 = bits-back ANS (latent-variable models),
+                           3 = stored: the values plainly, when the model would code them in more bits
     fingerprint  32 bytes  SHA-256 of the model (:func:`model_fingerprint`)
     ndim         u8        then ndim x u32: the shape of one image
     count        u64       number of images
@@ -24,24 +25,36 @@ The fingerprint ties a file to one model: decoding with any other model would pr
 so it is refused before any decoding. The CRCs tell a damaged file from a wrong model; the data
 digest is checked after decoding, so a decoder that drifted from the encoder (see the precision
 notes in :mod:`ppgen.compression`) is reported, never silently returned.
+
+A CRC guards against damage, not against a header crafted with its CRC recomputed, so every field
+is also checked against what this version writes before anything is allocated: ``ndim`` in
+1..MAX_NDIM and every axis at least 1, ``count`` times the image size at most MAX_VALUES, ``dtype``
+one of DTYPES, ``prob_bits`` in 1..16 and ``latent_bits`` in 1..16 where the method uses them
+and 0 where it does not (so are ``seed`` and ``init_words``), no stream for zero images. What
+only the model knows (the image size, the initial words, the stream length an image count needs)
+is checked by :func:`ppgen.compression.decompress` before it decodes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import struct
 import zlib
 
 import numpy as np
 import torch
 
-__all__ = ["FORMAT_VERSION", "MAGIC", "Header", "CompressedFormatError", "model_fingerprint", "data_digest",
-           "pack", "unpack"]
+__all__ = ["FORMAT_VERSION", "MAGIC", "METHODS", "MAX_NDIM", "MAX_VALUES", "DTYPES", "Header", "CompressedFormatError",
+           "model_fingerprint", "data_digest", "pack", "unpack", "check_fields", "header_error"]
 
 MAGIC = b"PPGZ"
 FORMAT_VERSION = 1
-METHODS = {"range": 1, "bbans": 2}
+METHODS = {"range": 1, "bbans": 2, "stored": 3}
+MAX_NDIM = 31  # axes of one image: with the leading count, NumPy 1's limit of 32
+MAX_VALUES = 2**28  # values in one stream (2 GiB as the decoder's float64 rows)
+DTYPES = frozenset(np.dtype(code).newbyteorder("<").str for code in "?bhilqBHILQefd")  # "|b1", "<i8", "<f4", ...
 _FIXED = struct.Struct("<4sBB32s")
 
 
@@ -100,8 +113,9 @@ def pack(header: Header, words: np.ndarray) -> bytes:
 def unpack(data: bytes, fingerprint: bytes | None = None) -> tuple[Header, np.ndarray]:
     """Header and stream words of a file, or a :class:`CompressedFormatError` saying what is wrong.
 
-    Checks, in order: magic number, format version, header length and CRC, model fingerprint
-    (when given), stream length (truncation) and stream CRC.
+    Checks, in order: magic number, format version and method, header length and CRC, model
+    fingerprint (when given), stream length (truncation), stream CRC, then every field's range
+    (:func:`check_fields`).
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data must be bytes, got {type(data).__name__}")
@@ -115,8 +129,10 @@ def unpack(data: bytes, fingerprint: bytes | None = None) -> tuple[Header, np.nd
     if version > FORMAT_VERSION:
         raise CompressedFormatError(f"format version {version} is from a newer ppgen; this one reads versions "
                                     f"up to {FORMAT_VERSION}")
-    if version < 1 or method not in METHODS.values():
-        raise CompressedFormatError(f"corrupt header: version {version}, method {method}")
+    names = {v: k for k, v in METHODS.items()}
+    if version < 1 or method not in names:
+        raise CompressedFormatError(f"corrupt header: version {version}, method {method} (expected version 1.."
+                                    f"{FORMAT_VERSION}, method one of {names})")
     try:
         pos = _FIXED.size
         (ndim,) = struct.unpack_from("<B", data, pos)
@@ -124,7 +140,7 @@ def unpack(data: bytes, fingerprint: bytes | None = None) -> tuple[Header, np.nd
         pos += 1 + 4 * ndim
         count, dtype_len = struct.unpack_from("<QB", data, pos)
         pos += 9
-        dtype = data[pos:pos + dtype_len].decode("ascii")
+        dtype = data[pos:pos + dtype_len]
         pos += dtype_len
         prob_bits, latent_bits, seed, init_words = struct.unpack_from("<BBQI", data, pos)
         pos += 14
@@ -132,7 +148,7 @@ def unpack(data: bytes, fingerprint: bytes | None = None) -> tuple[Header, np.nd
         num_words, stream_crc = struct.unpack_from("<QI", data, pos + 8)
         pos += 20
         (header_crc,) = struct.unpack_from("<I", data, pos)
-    except (struct.error, UnicodeDecodeError):
+    except struct.error:
         raise CompressedFormatError(f"truncated stream: {len(data)} bytes end inside the header") from None
     if zlib.crc32(data[:pos]) != header_crc:
         raise CompressedFormatError("corrupt header: its CRC-32 does not match")
@@ -148,6 +164,41 @@ def unpack(data: bytes, fingerprint: bytes | None = None) -> tuple[Header, np.nd
         raise CompressedFormatError(f"{len(stream) - 4 * num_words} unexpected bytes after the coded data")
     if zlib.crc32(stream) != stream_crc:
         raise CompressedFormatError("corrupt stream: the CRC-32 of the coded data does not match its header")
-    name = {v: k for k, v in METHODS.items()}[method]
-    header = Header(name, model_hash, tuple(shape), count, dtype, prob_bits, latent_bits, seed, init_words, digest)
+    dtype = dtype.decode("ascii", "backslashreplace")  # a non-ASCII name shows as escapes and fails the allow-list
+    header = Header(names[method], model_hash, tuple(shape), count, dtype, prob_bits, latent_bits, seed, init_words,
+                    digest)
+    check_fields(header, num_words)
     return header, np.frombuffer(stream, dtype="<u4").astype(np.uint32)
+
+
+def header_error(field: str, value, expected: str) -> CompressedFormatError:
+    """The error for a header field out of its range: ``corrupt header: count is 2, expected ...``."""
+    return CompressedFormatError(f"corrupt header: {field} is {value!r}, expected {expected}")
+
+
+def check_fields(header: Header, num_words: int) -> None:
+    """Every field against what this version writes (see the module docstring), before anything is
+    allocated; a :class:`CompressedFormatError` naming the field, its value and what was expected."""
+    if not 1 <= len(header.shape) <= MAX_NDIM:
+        raise header_error("ndim (the axes of one image)", len(header.shape), f"1..{MAX_NDIM}")
+    size = math.prod(header.shape)
+    if min(header.shape) < 1 or size > MAX_VALUES:
+        raise header_error("shape", header.shape, f"axes of at least 1, at most {MAX_VALUES:,} values in all")
+    if header.count > MAX_VALUES // size:
+        raise header_error("count", header.count, f"at most {MAX_VALUES // size:,} images of shape "
+                                                  f"{header.shape} (MAX_VALUES = {MAX_VALUES:,} values in one stream)")
+    if header.dtype not in DTYPES:
+        raise header_error("dtype", header.dtype, f"one of {sorted(DTYPES)}")
+    ranges = {"range": {"prob_bits": (1, 16)},
+              "bbans": {"prob_bits": (1, 16), "latent_bits": (1, 16), "seed": (0, 2**64 - 1),
+                        "init_words": (1, 2**32 - 1) if header.count else (0, 0)},  # checked against the model later
+              "stored": {}}[header.method]
+    values = {"prob_bits": header.prob_bits, "latent_bits": header.latent_bits, "seed": header.seed,
+              "init_words": header.init_words}
+    for field, value in values.items():
+        low, high = ranges.get(field, (0, 0))
+        if not low <= value <= high:
+            raise header_error(field, value, (f"{low}..{high}" if high else "0") + f" for method {header.method!r}"
+                               + ("" if header.count else " and no images"))
+    if not header.count and num_words:
+        raise header_error("stream_words", num_words, "0 for a stream of no images")

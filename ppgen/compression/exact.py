@@ -22,6 +22,7 @@ conditionals are CPT rows looked up, not computed, and go to the coder as they a
 from __future__ import annotations
 
 import copy
+import math
 
 import constriction
 import numpy as np
@@ -31,7 +32,7 @@ from ppgen.models.autoregressive._common import AutoregressiveModel
 from ppgen.models.bayesnet import BayesNet
 from ppgen.models.independent import IndependentBernoulli
 
-__all__ = ["quantised_probs", "float64_copy", "encode_exact", "decode_exact", "exact_probs"]
+__all__ = ["quantised_probs", "float64_copy", "encode_exact", "decode_exact", "exact_probs", "min_bits_per_image"]
 
 _BERNOULLI = constriction.stream.model.Bernoulli(perfect=False)
 _CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
@@ -112,6 +113,19 @@ def decode_exact(model: torch.nn.Module, words: np.ndarray, n: int, batch_size: 
         probs = np.concatenate([quantised_probs(step(x[c], i), bits) for step, c in zip(steps, chunks)])
         x[:, d] = torch.from_numpy(decoder.decode(_BERNOULLI, probs).astype(np.float64))
     return x
+
+
+def min_bits_per_image(model: torch.nn.Module, bits: int) -> float:
+    """The fewest bits any image can cost in :func:`encode_exact`'s stream.
+
+    A binary value has probability at most :math:`1 - 2^{-bits}`; a value of a variable with
+    K > 1 states at most :math:`1 - (K - 1) 2^{-24}` (constriction's leaky categorical gives
+    every state at least :math:`2^{-24}`). The range coder writes all it is given, so W words hold
+    at most :math:`32 (W + 1)` bits of it: a bound on the images a stream can hold.
+    """
+    if isinstance(model, BayesNet):
+        return sum(-math.log1p(-(card - 1) * 2.0**-24) for card in model.cards if card > 1) / math.log(2)
+    return model.x_dim * -math.log1p(-(2.0**-bits)) / math.log(2)
 
 
 def _cpt_tables(model: BayesNet) -> list[tuple[torch.Tensor, list[int]]]:
