@@ -1,32 +1,27 @@
-"""Data sets: the embedded binarized digits, binarized MNIST, and torchvision's MNIST.
+"""Data sets: the embedded binarized digits, binarized MNIST, torchvision's MNIST, and Shakespeare's plays.
 
 Every loader returns a :class:`Dataset` ``(x, y)``: ``x`` a float tensor (N, 784) of 0/1
 values (``digits_grey``: the integer intensities 0..255 as floats) and ``y`` the labels (int64,
-(N,)) or None where the set has none.
+(N,)) or None where the set has none. ``"shakespeare"`` returns a :class:`ppgen.data.text.TextDataset`:
+``x`` the text's character ids in rows (N, 256) of int64, beside the text itself (``.text``).
 """
 
 from __future__ import annotations
 
 import os
-from importlib import resources
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
 
-__all__ = ["load_dataset", "Dataset", "DynamicBinarization", "NpyRows", "DATASETS", "SPLITS"]
+from ppgen.data.digits import Dataset, load_digits
+
+__all__ = ["load_dataset", "Dataset", "DynamicBinarization", "NpyRows", "DATASETS", "TEXT_DATASETS", "SPLITS"]
 
 DATASETS = ("digits", "digits_grey", "digits_colour", "binarized_mnist", "mnist")
+TEXT_DATASETS = ("shakespeare",)  # character ids (N, L) int64 (ppgen.data.text)
 SPLITS = ("train", "valid", "test")
 MNIST_VALID_SIZE = 10_000  # the last 10,000 MNIST training images, as in binarized MNIST
-
-
-class Dataset(NamedTuple):
-    """Rows ``x`` (N, D) and labels ``y`` (N,) or None. Unpacks as ``x, y = dataset``."""
-
-    x: torch.Tensor
-    y: torch.Tensor | None
 
 
 class DynamicBinarization:
@@ -129,7 +124,7 @@ def load_dataset(name: str, split: str = "train", *, root: str | os.PathLike | N
 
     Parameters
     ----------
-    name : {"digits", "digits_grey", "binarized_mnist", "mnist"} or a path ending in ".npy"
+    name : {"digits", "digits_grey", "binarized_mnist", "mnist", "shakespeare"} or a path ending in ".npy"
         ``"digits"``: shipped with ppgen (10,000 train / 1,000 valid / 2,000 test labelled
         28x28 digits from MNIST, each pixel sampled once from Bernoulli(intensity/255) with a
         fixed seed by ``scripts/make_digits.py``). ``"digits_grey"``: the same rows in greyscale,
@@ -140,7 +135,9 @@ def load_dataset(name: str, split: str = "train", *, root: str | os.PathLike | N
         ``root`` (50,000 / 10,000 / 10,000 with the last 10,000 training images as
         ``valid``), binarized as ``binarize`` says. A path to a 2-D ``.npy`` file: its rows as
         an :class:`NpyRows` read from disk minibatch by minibatch (no labels, ``split`` unused),
-        for data larger than memory.
+        for data larger than memory. ``"shakespeare"``: shipped with ppgen, 38 plays as plain
+        text, split by play (32 / 3 / 3 plays; see :mod:`ppgen.data.text`), as a
+        :class:`~ppgen.data.text.TextDataset`.
     split : {"train", "valid", "test"}
     root : path, optional
         Folder holding ``binarized_mnist.npz`` or ``MNIST/raw/``. Defaults to ``$PPGEN_DATA``.
@@ -158,8 +155,8 @@ def load_dataset(name: str, split: str = "train", *, root: str | os.PathLike | N
     """
     if isinstance(name, (str, os.PathLike)) and str(name).endswith(".npy"):
         return Dataset(NpyRows(name), None)
-    if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; choices: {', '.join(DATASETS)}")
+    if name not in DATASETS + TEXT_DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choices: {', '.join(DATASETS + TEXT_DATASETS)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choices: {', '.join(SPLITS)}")
     if binarize not in ("static", "dynamic"):
@@ -167,25 +164,19 @@ def load_dataset(name: str, split: str = "train", *, root: str | os.PathLike | N
     if binarize == "dynamic" and name != "mnist":
         raise ValueError(f"{name!r} is binarized already; binarize='dynamic' needs name='mnist'")
     if name in ("digits", "digits_grey"):
-        return _load_digits(split, grey=name == "digits_grey")
+        return load_digits(split, grey=name == "digits_grey")
     if name == "digits_colour":  # the grey digits painted in palette colours, for colourisation
-        from ppgen.data.colour import coloured_digits  # imported here: it imports this module
+        from ppgen.data.colour import coloured_digits  # imported here: matplotlib colour maps load on use
 
         return coloured_digits(split)
+    if name == "shakespeare":
+        from ppgen.data.text import load_shakespeare  # imported here: it imports this module
+
+        return load_shakespeare(split)
     folder = _data_root(root)
     if name == "binarized_mnist":
         return _load_binarized_mnist(folder, split)
     return _load_mnist(folder, split, binarize, download)
-
-
-def _load_digits(split: str, grey: bool = False) -> Dataset:
-    with resources.files("ppgen.data").joinpath("digits.npz").open("rb") as f, np.load(f) as arrays:
-        pixels = np.unpackbits(arrays[f"{split}_x"], axis=1, count=784)
-        labels = arrays[f"{split}_y"]
-    if grey:
-        with resources.files("ppgen.data").joinpath("digits_grey.npz").open("rb") as f, np.load(f) as arrays:
-            pixels = arrays[f"{split}_x"]
-    return Dataset(torch.from_numpy(pixels).float(), torch.from_numpy(labels.astype(np.int64)))
 
 
 def _data_root(root) -> Path:
