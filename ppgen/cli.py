@@ -2,7 +2,10 @@
 
 A run folder holds ``config.json`` (model name and arguments, data set, training settings),
 ``model.pt`` (the trained weights), ``checkpoints/`` (for ``--resume``), ``history.json``,
-``metrics.json`` and figures.
+``metrics.json`` and figures. This module parses arguments and reads and writes run folders; what
+it computes is the library's: ``fit``, ``log_likelihood``, ``sample_quality``
+(:mod:`ppgen.inference.sample_quality`), ``restore``, ``compress``, and the figures of
+:mod:`ppgen.plots` and :mod:`ppgen.demo`.
 """
 
 from __future__ import annotations
@@ -27,13 +30,17 @@ save_atomic, write_json_atomic = (LazyObject("ppgen.inference.checkpoint", n)
 elbo_report, format_report = (LazyObject("ppgen.inference.diagnostics", n) for n in ("elbo_report", "format_report"))
 FVSBN, MADE, NADE, VAE, ConditionalVAE, IndependentBernoulli, PixelCNN = (LazyObject("ppgen.models", name) for name in (
     "FVSBN", "MADE", "NADE", "VAE", "ConditionalVAE", "IndependentBernoulli", "PixelCNN"))
-elbo_curves, image_grid = (LazyObject("ppgen.plots", name) for name in ("elbo_curves", "image_grid"))
+image_grid = LazyObject("ppgen.plots", "image_grid")
+check_out, demo_figures, figure_path = (LazyObject("ppgen.demo", n)
+                                       for n in ("check_out", "demo_figures", "figure_path"))
+draw, sample_quality = (LazyObject("ppgen.inference.sample_quality", n) for n in ("draw", "sample_quality"))
 RealNVP, Glow, MAF, prepare_data = (LazyObject("ppgen.models.flows", n) for n in ("RealNVP", "Glow", "MAF", "prepare_data"))
 DATASETS = ("digits", "digits_grey", "digits_colour", "binarized_mnist", "mnist")  # ppgen.data.DATASETS (tests/test_startup.py checks)
 restore, restore_grid, restore_summary, make_operator, image_shape = (LazyObject("ppgen.inverse", n) for n in (
     "restore", "restore_grid", "restore_summary", "make_operator", "image_shape"))
 RESTORE_TASKS = ("inpaint", "colourise", "upsample", "denoise")  # ppgen.inverse.TASKS (kept literal: --help imports no torch)
 MASKS = ("bottom", "top", "right", "centre", "random")  # ppgen.inverse.MASKS
+ESTIMATORS = ("auto", "trace", "meanfield", "enum", "graph", "iwae", "mle")  # ppgen.inference.program.ESTIMATORS
 
 def _pixelcnn(x_dim: int, **kwargs) -> PixelCNN:
     model = PixelCNN(**kwargs)
@@ -86,16 +93,6 @@ def build_model(name: str, x_dim: int, **overrides) -> torch.nn.Module:
 
 
 MAX_SAMPLES = 10_000  # `ppgen sample` draws one grid image; more belongs in a script, in batches
-
-
-def check_out(path: Path, what: str = "--out") -> Path:
-    """Refuse an output folder that is a file or lies under one (before any work is done)."""
-    for parent in [path, *path.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"{what} {path} cannot be a folder: {parent} is a file")
-            break
-    return path
 
 
 def train_run(model_name: str, data: str, out: Path, *, root=None, options=None, fit_config: FitConfig | None = None
@@ -199,59 +196,19 @@ def evaluate_run(run: Path, split="test", num_samples=1000, device="auto", seed=
 
 
 def demo(out: Path, *, epochs=30, num_samples=1000, device="auto", seed=0, progress=True) -> dict:
-    """Fit the fully factorised model and a VAE on the embedded digits and compare them."""
-    metrics, histories = {}, {}
-    for name in ("independent", "vae"):
+    """Fit the fully factorised model and a VAE on the embedded digits into run folders under ``out``,
+    evaluate them, and draw their comparison (:func:`ppgen.demo.demo_figures`)."""
+    metrics, histories, models = {}, {}, {}
+    for name, lr in (("independent", 5e-2), ("vae", 1e-3)):
         run = out / name
         train_run(name, "digits", run, fit_config=FitConfig(  # a second demo continues the first one's runs
-            epochs=epochs, lr=5e-2 if name == "independent" else 1e-3, patience=5, device=device, seed=seed,
-            progress=progress, resume=True))
+            epochs=epochs, lr=lr, patience=5, device=device, seed=seed, progress=progress, resume=True))
         metrics[name] = evaluate_run(run, num_samples=num_samples, device=device, seed=seed)
         histories[name] = json.loads((run / "history.json").read_text())
-        model, _ = load_run(run)
-        torch.manual_seed(seed)
-        # the VAE's grid shows the mean of p(x | z) for z ~ p(z): less speckled than binary draws
-        samples = model.decode(torch.randn(64, model.z_dim)) if name == "vae" else model.sample(64)
-        image_grid(samples, out / f"samples_{name}.png", title=f"{name}: samples")
-    vae, _ = load_run(out / "vae")
-    test_x = load_dataset("digits", "test").x[:32]
-    image_grid(torch.cat([test_x[:16], vae.reconstruct(test_x[:16]), test_x[16:], vae.reconstruct(test_x[16:])]),
-               out / "reconstructions_vae.png", title="VAE: test digits (rows 1, 3) and reconstructions")
-    elbo_curves(histories, out / "elbo_curves.png",
-                reference={k: v["log_likelihood"] for k, v in metrics.items()})
+        models[name], _ = load_run(run)
+    demo_figures(models, histories, metrics, out, seed=seed)
     write_json_atomic(metrics, out / "metrics.json")
     return metrics
-
-
-def draw(model, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """``n`` samples; a conditional model (a CVAE) draws them for ``labels`` (cycled), else for its classes in turn."""
-    if getattr(model, "y_dim", None) is None:
-        return model.sample(n)
-    labels = torch.arange(model.y_dim) if labels is None else labels
-    return model.sample(n, labels[torch.arange(n) % len(labels)])
-
-
-def sample_quality(model, real, n: int, *, grey: bool = False, seed: int = 0, labels=None) -> dict:
-    """FID, KID, precision and recall in the shipped digit classifier's feature space, and the
-    share of samples in the classifier's most frequent class (near 0.1 for all ten digits). A conditional
-    model samples for the real rows' ``labels``, so that both sets hold the classes in the same shares."""
-    from ppgen.inference.sample_quality import (
-        digit_features, frechet_distance, kernel_distance, label_spread, precision_recall,
-    )
-
-    torch.manual_seed(seed)
-    scale = 255.0 if grey else 1.0
-    samples = (draw(model, n, labels).detach().cpu().float() / scale).clamp(0, 1)
-    real = real[:max(n, 2)].float() / scale
-    fake_features, real_features = digit_features(samples), digit_features(real)
-    # subsets of half the samples: subsets as large as the sample set would all be the same set (s.e. 0)
-    kid = kernel_distance(real_features, fake_features, subsets=10, subset_size=max(2, min(len(real), n, 1000) // 2),
-                          seed=seed)
-    precision, recall = precision_recall(real_features, fake_features)
-    spread = label_spread(samples)
-    return {"samples": n, "fid": frechet_distance(real_features, fake_features), "kid": kid.mean,
-            "kid_stderr": kid.stderr, "precision": precision, "recall": recall,
-            "largest_class_share": spread.max().item()}
 
 
 def format_table(metrics: dict) -> str:
@@ -288,12 +245,7 @@ def restore_run(run: Path, task: str, *, mask: str = "bottom", factor: int = 2, 
     run's model (``ppgen.inverse.restore``), and write a before/after grid (PNG) and its numbers (JSON)."""
     if not 1 <= rows <= 64 or not 1 <= num_samples <= 64:
         raise ValueError(f"--rows and -n must be between 1 and 64 (one grid image), got {rows} and {num_samples}")
-    out = out or run / f"restore_{task}.png"
-    if out.is_dir():
-        out = out / f"restore_{task}.png"
-    elif out.suffix.lower() != ".png":
-        out = out.with_name(out.name + ".png")
-    check_out(out.parent, "the folder of --out")
+    out = figure_path(out, run / f"restore_{task}.png")
     model, config = load_run(run)
     shape = image_shape(model.x_dim)
     if task == "colourise" and shape[0] != 3:
@@ -368,8 +320,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="the optimiser's L2 penalty on the loss of all rows: a N(0, 1/weight_decay) prior on each "
                         "parameter")
     p.add_argument("--elbo", default="auto",
-                   help="auto (the model's own: exact MLE, enumeration or Trace_ELBO), trace, meanfield, enum, "
-                        "graph, iwae or mle")
+                   help=f"auto (the model's own: exact MLE, enumeration or Trace_ELBO), {', '.join(ESTIMATORS[1:])}")
     p.add_argument("--num-particles", type=int, default=1)
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
     p.add_argument("-o", "--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
@@ -457,16 +408,11 @@ def main(argv: list[str] | None = None) -> int:
             if not 1 <= args.n <= MAX_SAMPLES:
                 raise ValueError(f"-n must be between 1 and {MAX_SAMPLES:,} (one grid image); draw more with "
                                  "model.sample in batches from Python")
-            out = args.out or args.run / "samples.png"
-            if out.is_dir():
-                out = out / "samples.png"
-            elif out.suffix.lower() != ".png":
-                out = out.with_name(out.name + ".png")
-            check_out(out.parent, "the folder of --out")
+            out = figure_path(args.out, args.run / "samples.png")
             model, _ = load_run(args.run)
             torch.manual_seed(args.seed)
             out.parent.mkdir(parents=True, exist_ok=True)
-            classes = " of the classes in turn" if getattr(model, "y_dim", None) else ""
+            classes = " of the classes in turn" if model.y_dim else ""
             image_grid(draw(model, args.n), out, title=f"{args.run.name}: {args.n} samples{classes}")
             print(f"wrote {out}")
         elif args.command == "restore":

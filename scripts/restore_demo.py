@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from ppgen import FVSBN, PPCA, VAE, FitConfig, fit, load_dataset
-from ppgen.data.colour import PaletteColouriser, coloured_digits
-from ppgen.inverse import Greyscale, fit_colour_regression, make_operator, restore, restore_grid, restore_summary
+from ppgen.data.colour import coloured_digits
+from ppgen.inverse import Greyscale, PaletteColouriser, fit_colour_regression, make_operator, restore, restore_grid, restore_summary
 
 
 def main():

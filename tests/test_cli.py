@@ -228,3 +228,31 @@ def test_every_model_of_the_command_trains_evaluates_and_samples(name, device, t
         # the same arithmetic on the CPU; on the GPU, float32 sums in another order (log_likelihood turns TF32 off)
         assert metrics["log_likelihood"] == pytest.approx(on_cpu, rel=1e-6 if device == "cpu" else 1e-4)
     assert main(["sample", str(run), "-n", "4"]) == 0
+
+
+def test_the_command_names_the_estimators_of_the_core():
+    from ppgen.inference.program import ESTIMATORS
+
+    assert ppgen.cli.ESTIMATORS == ESTIMATORS  # spelt out there so that --help imports no torch
+
+
+def test_sample_quality_is_seeded_leaves_the_global_random_state_alone_and_is_zero_for_the_data_itself(digits):
+    from ppgen.inference.sample_quality import sample_quality
+    from ppgen.models import IndependentBernoulli
+
+    model, real = IndependentBernoulli.from_frequencies(digits["train"].x), digits["test"].x
+    state = torch.get_rng_state()
+    first = sample_quality(model, real, 40, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert sample_quality(model, real, 40, seed=3) == first  # the same seed, the same samples
+
+    class Replay:  # "samples" that are the real rows themselves
+        y_dim, device = None, torch.device("cpu")
+
+        def sample(self, n):
+            return real[:n]
+
+    same = sample_quality(Replay(), real, 40)
+    # one set against itself: the Frechet distance is 0 and every row lies in the other set's balls
+    assert same["fid"] == pytest.approx(0.0, abs=1e-6) and same["precision"] == same["recall"] == 1.0
+    assert first["fid"] > 1.0  # and independent pixels are far from digits

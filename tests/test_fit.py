@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ppgen import VAE, IndependentBernoulli, fit, log_likelihood
-from ppgen.inference import ELBO, NonFiniteLossError, Program
+from ppgen.inference import ELBO, FitConfig, NonFiniteLossError, Program, Trainer, TrainState
 from ppgen.inference.checkpoint import load_checkpoint
 
 
@@ -263,3 +263,40 @@ def test_bf16_runs_the_networks_in_bfloat16_and_keeps_the_elbo_in_float32(digits
     assert losses["bf16"].item() != losses["fp32"].item()  # the bf16 path was really taken
     result = fit(model, x, epochs=3, batch_size=64, lr=1e-2, precision="bf16", progress=False)
     assert result.train_elbo[-1] > result.train_elbo[0] + 50
+
+
+def test_update_takes_adams_first_step_and_then_the_steps_fit_takes():
+    x = torch.bernoulli(torch.full((100, 3), 0.25), generator=torch.Generator().manual_seed(0))
+    config = FitConfig(epochs=4, batch_size=100, lr=0.1, progress=False, convergence_tol=None)
+    fitted = IndependentBernoulli(3)
+    result = fit(fitted, x, config)
+    model = IndependentBernoulli(3)
+    program = Program(model)
+    trainer = Trainer(program, config)
+    with program.param_scope():
+        state = trainer.init(x)
+        before = model.logits.detach().clone()
+        nll = -model.log_prob(x).sum().item()
+        state, loss = trainer.update(state, x)
+        # the loss of an exact model is -log p(x) of all rows at the parameters the step started from
+        assert loss == pytest.approx(nll, rel=1e-6) and state.losses == [loss / 100]
+        # Adam's first step moves each parameter by lr against its gradient's sign (m / sqrt(v) = g / |g|),
+        # the gradient of -log p(x) being N sigmoid(logit_d) - sum_n x_nd
+        gradient = 100 * torch.sigmoid(before) - x.sum(0)
+        torch.testing.assert_close(model.logits.detach(), before - 0.1 * gradient.sign(), rtol=0, atol=1e-6)
+        for _ in range(3):
+            state, loss = trainer.update(state, x)
+    # fit's loop is init and update over the same full batch: the same losses and parameters, bit for bit
+    assert state.step == 4 and state.losses == result.losses and torch.equal(model.logits, fitted.logits)
+
+
+def test_a_trainer_holds_all_its_state_from_construction():
+    x = torch.bernoulli(torch.full((100, 3), 0.25), generator=torch.Generator().manual_seed(0))
+    config = FitConfig(epochs=2, batch_size=30, progress=False, convergence_tol=None)
+    program = Program(IndependentBernoulli(3))
+    trainer = Trainer(program, config)
+    declared = set(vars(trainer))
+    result = trainer.run(x, valid=(x[:20], None))
+    assert set(vars(trainer)) == declared and result.steps == 2 * 4 and len(result.valid_elbo) == 2
+    with pytest.raises(RuntimeError, match="Trainer.update before Trainer.init"):
+        Trainer(program, config).update(TrainState(), x)

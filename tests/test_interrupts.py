@@ -17,7 +17,8 @@ fit_module = importlib.import_module("ppgen.inference.fit")  # the module (ppgen
 
 pytestmark = pytest.mark.slow
 
-LOOP = {"run", "step", "_finish_epoch", "evaluate", "init", "_init", "_record_applied_step", "_check_divergence"}
+LOOP = {"run", "update", "step", "_finish_epoch", "evaluate", "init", "_init", "_record_applied_step",
+        "_check_divergence"}
 FIT_FILE = fit_module.__file__
 
 

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from scipy import stats
 
 from ppgen.data import load_dataset
-from ppgen.data.colour import PALETTE, PaletteColouriser, coloured_digits, draw_colours, paint
-from ppgen.inverse import (ColourRegression, Downsample, GaussianNoise, Greyscale, Inpaint, RestoreResult,
-                           fit_colour_regression, image_shape, inpaint_mask, make_operator, restore, restore_grid,
-                           restore_summary, sample_diversity)
+from ppgen.data.colour import PALETTE, coloured_digits, draw_colours, paint
+from ppgen.inverse import (ColourRegression, Downsample, GaussianNoise, Greyscale, Inpaint, PaletteColouriser,
+                           RestoreResult, fit_colour_regression, image_shape, inpaint_mask, make_operator, restore,
+                           restore_grid, restore_summary, sample_diversity)
 from ppgen.models import FVSBN, PPCA, VAE, BernoulliMixture, FactorAnalysis, FullJointTable, IndependentBernoulli
 
 ALPHA = 1e-4  # significance of the goodness-of-fit tests

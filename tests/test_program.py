@@ -2,6 +2,7 @@
 the estimator follows the model, closed-form MLEs, seeds, resume, and a custom Objective."""
 
 import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -326,3 +327,140 @@ def test_a_model_without_an_x_site_cannot_sample_and_says_why():
 
     with pytest.raises(ValueError, match="has no site 'x'"):
         Renamed(3).sample(2)
+
+
+# --- Program.inspect and the named checks ---------------------------------------------------------------
+
+
+def _mixed_story(x):
+    """A global latent s (guided), a global latent u (not guided), an observation outside the plate,
+    and in the plate over the rows a guided latent z, an enumerated site c and the observed x."""
+    s = pyro.sample("s", dist.LogNormal(0.0, 1.0))
+    u = pyro.sample("u", dist.Normal(0.0, 1.0))
+    pyro.sample("total", dist.Normal(u, 1.0), obs=x.sum())
+    with pyro.plate("rows", len(x)):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        c = pyro.sample("c", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+        pyro.sample("x", dist.Normal(z + c, s), obs=x)
+
+
+def _mixed_guide(x):
+    pyro.sample("s", dist.LogNormal(0.0, 0.1))
+    with pyro.plate("rows", len(x)):
+        pyro.sample("z", dist.Normal(0.0, 0.1))
+
+
+def test_inspect_reads_the_sites_and_the_data_plate_and_changes_nothing():
+    from ppgen.inference.program import Inspection
+
+    program, x = Program(_mixed_story, _mixed_guide), torch.randn(5)
+    rng = torch.get_rng_state()
+    story = program.inspect(x)
+    # every field is known from the story as written above
+    assert story == Inspection(rows=5, data_plate="rows", nesting=1, observed=("total", "x"), latent=("s", "z"),
+                               enumerated=("c",), unguided=("u",), observed_outside=("total",), guide_outside=("s",))
+    assert torch.equal(torch.get_rng_state(), rng) and program.data_plate is None  # it only looked
+    with pytest.raises(ModelCheckError, match=r"data_plate='cols' is not a plate of _mixed_story; its plates are "
+                                              r"\['rows'\]"):
+        Program(_mixed_story, _mixed_guide, data_plate="cols").inspect(x)
+
+    def square(x):  # two plates that both follow the rows: neither is the data plate by its size
+        with pyro.plate("a", len(x), dim=-1), pyro.plate("b", len(x), dim=-2):
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x.expand(len(x), len(x)))
+
+    with pytest.raises(ModelCheckError, match=r"plates \['a', 'b'\] all range over the 5 rows; name the data plate"):
+        Program(square, lambda x: None).inspect(x)
+    assert Program(square, lambda x: None, data_plate="b").inspect(x).data_plate == "b"
+
+
+class _Unnormalised(IndependentBernoulli):
+    is_normalised = False
+
+
+class _Inconsistent(IndependentBernoulli):
+    def log_prob(self, x, y=None):  # normalised, but of another distribution than model()
+        return dist.Bernoulli(logits=self.logits + 1.0).to_event(1).log_prob(x)
+
+
+def _particle_story(flat):
+    """z (2 values) per row; ``flat`` reshapes z to (len(x), 2), which fails once particles add a dimension."""
+    def story(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal((z.reshape(len(x), 2) if flat else z).sum(-1), 1.0), obs=x)
+    return story
+
+
+def _check(check, model, x, *args, guide=None):
+    """A call of ``Program(model, guide).check_<check>`` on ``x`` with ``args`` (and the Inspection of
+    ``x`` where the check takes one)."""
+    def call():
+        program = Program(model, guide)
+        method = getattr(program, f"check_{check}")
+        if check in ("particles", "log_prob"):
+            return method(x, None, program.inspect(x))
+        if check in ("sample_shape", "sums_to_one", "normalised"):
+            return method(*((x,) if x is not None else ()), *args)
+        return method(program.inspect(x), *args)
+    return call
+
+
+def _outside_plate(x):
+    p = pyro.sample("p", dist.Beta(1.0, 1.0))
+    pyro.sample("x", dist.Bernoulli(p).expand([len(x)]).to_event(1), obs=x)
+
+
+def _needs_scale(x):
+    loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+    scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal(loc, scale), obs=x)
+
+
+def _loc_only_guide(x):
+    pyro.sample("loc", dist.Normal(0.0, 1.0))
+
+
+X6 = torch.bernoulli(torch.full((20, 6), 0.4), generator=torch.Generator().manual_seed(1))
+# check: (the call on a broken story, the message, the same call on a story written right)
+CHECKS = {
+    "observes": (_check("observes", lambda x: pyro.sample("z", dist.Normal(0.0, 1.0)), torch.zeros(3), "trace",
+                        guide=lambda x: pyro.sample("z", dist.Normal(0.0, 1.0))),
+                 "observes nothing: no sample site has obs= set on the data",
+                 _check("observes", coin_model("data"), torch.ones(3), "trace", guide="auto_normal")),
+    "normalised": (_check("normalised", _Unnormalised(3), None, "trace"),
+                   "_Unnormalised's density is unnormalised (its factor lacks -log Z): elbo='trace'",
+                   _check("normalised", _Unnormalised(3), None, "custom")),
+    "minibatch": (_check("minibatch", _outside_plate, torch.ones(10), 100, guide="auto_normal"),
+                  "observed site 'x' is outside a plate over the data rows: a minibatch of 10 of 100 rows",
+                  _check("minibatch", _outside_plate, torch.ones(10), 10, guide="auto_normal")),
+    "guided": (_check("guided", _needs_scale, torch.randn(10), "trace", guide=_loc_only_guide),
+               "latent site 'scale' of the model is not sampled by the guide and not enumerated",
+               _check("guided", _needs_scale, torch.randn(10), "trace", guide="auto_normal")),
+    "enumerated": (_check("enumerated", _mixed_story, torch.randn(5), "trace", guide=_mixed_guide),
+                   "site 'c' is marked for enumeration, which only elbo='enum' (or 'auto') sums out; elbo='trace'",
+                   _check("enumerated", _mixed_story, torch.randn(5), "enum", guide=_mixed_guide)),
+    "per_example": (_check("per_example", coin_model("flips"), torch.ones(10), "iwae", 10, guide="auto_normal"),
+                    "is outside the data plate 'flips': the importance-weighted bound (iwae) weighs each example",
+                    _check("per_example", coin_model("flips"), torch.ones(10), "trace", 10, guide="auto_normal")),
+    "particles": (_check("particles", _particle_story(True), torch.randn(4), guide="auto_normal"),
+                  "story does not broadcast over a particle dimension (num_particles > 1 draws the samples of all "
+                  "particles at once, in a plate at dim -2): shape '[4, 2]' is invalid for input of size 16",
+                  _check("particles", _particle_story(False), torch.randn(4), guide="auto_normal")),
+    "sample_shape": (_check("sample_shape", _WideSamples(6), X6), "_WideSamples.sample(2) returned shape (2, 7)",
+                     _check("sample_shape", IndependentBernoulli(6), X6)),
+    "sums_to_one": (_check("sums_to_one", _ShiftedLogProb(6), X6),
+                    "log_prob does not normalise: exp(log_prob) sums to 1.64872 over all 2^6 binary vectors",
+                    _check("sums_to_one", IndependentBernoulli(6), X6)),
+    "log_prob": (_check("log_prob", _Inconsistent(4), torch.ones(3, 4)),
+                 "_Inconsistent.log_prob disagrees with its Pyro model: on 3 rows",
+                 _check("log_prob", IndependentBernoulli(4), torch.ones(3, 4))),
+}
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_each_check_refuses_its_defect_with_its_message_and_passes_the_story_written_right(name):
+    broken, message, right = CHECKS[name]
+    with pytest.raises(ModelCheckError, match=re.escape(message)):
+        broken()
+    right()

@@ -16,11 +16,11 @@ from ppgen.inference.fit import (
     TrainState, fit,
 )
 from ppgen.inference.objectives import ELBO, MaximumLikelihood, Objective
-from ppgen.inference.program import ModelCheck, ModelCheckError, Program, check_model
+from ppgen.inference.program import Inspection, ModelCheck, ModelCheckError, Program, check_model
 
 __all__ = ["fit", "FitConfig", "FitResult", "Trainer", "TrainState", "EarlyStopping", "ConvergenceWarning",
-           "NonFiniteLossError", "DivergenceError", "Program", "check_model", "ModelCheck", "ModelCheckError", "Objective", "ELBO",
-           "MaximumLikelihood", "log_likelihood", "LikelihoodResult", "roc_auc",
+           "NonFiniteLossError", "DivergenceError", "Program", "Inspection", "check_model", "ModelCheck",
+           "ModelCheckError", "Objective", "ELBO", "MaximumLikelihood", "log_likelihood", "LikelihoodResult", "roc_auc",
            "to_arviz", "run_nuts", "pareto_khat", "ParetoKhat", "loo", "loo_approximate_posterior", "compare",
            "elbo_terms", "elbo_report", "ELBOTerms", "ELBOReport", "GradientStats", "gradient_stats",
            "format_report", "plot_elbo_report", "linear_probe_accuracy"]

@@ -2,7 +2,8 @@
 
 :class:`Trainer` has the pieces of NumPyro's ``SVI.init/update/run``: :meth:`Trainer.init`
 checks the story on the first batch (:meth:`Program.validate`), builds the objective and its
-optimisers and restores a checkpoint; :meth:`Trainer.step` takes one minibatch;
+optimisers, restores a checkpoint and returns the :class:`TrainState`;
+``state, loss = trainer.update(state, batch)`` takes one minibatch;
 :meth:`Trainer.evaluate` scores held-out rows; :meth:`Trainer.run` loops over epochs with early
 stopping (:class:`EarlyStopping`), atomic checkpoints (:class:`~ppgen.inference.checkpoint.Checkpointer`),
 data-parallel ranks (:mod:`ppgen.inference.distributed`) and a convergence check
@@ -38,16 +39,15 @@ from ppgen.inference.training import (
     convergence_message,
 )
 from ppgen.inference.objectives import Objective, make_objective
-from ppgen.inference.program import (
-    ESTIMATORS, Program, batch_rows, call_args, resolve_device, sample_sites,
-)
+from ppgen.inference.program import ESTIMATORS, ModelCheck, Program, batch_rows, resolve_device, sample_sites
 
 __all__ = ["fit", "FitConfig", "FitResult", "Trainer", "TrainState", "EarlyStopping", "ConvergenceWarning",
            "NonFiniteLossError", "DivergenceError", "convergence_message"]
 
 
 class Trainer:
-    """Fits one program with one objective: :meth:`init`, then :meth:`step` per batch, or :meth:`run`.
+    """Fits one program with one objective: ``state = init(x, y)``, then
+    ``state, loss = update(state, batch)`` per minibatch (NumPyro's ``SVI.init/update``), or :meth:`run`.
 
     Parameters
     ----------
@@ -56,16 +56,45 @@ class Trainer:
     objective : Objective or callable, optional
         An objective built on ``program`` (or a function of the program that builds one);
         by default the built-in objective named by ``config.elbo``.
+
+    Attributes
+    ----------
+    program, config
+        As given.
+    cluster, device
+        The data-parallel ranks (one process without ``torchrun``) and this rank's device.
+    lock : RunLock
+        Held on the checkpoint folder from :meth:`init` to the end of :meth:`run`.
+    signals : DeferredSignals
+        Defers SIGINT and SIGTERM to the loop's safe points while :meth:`run` trains.
+    objective, check, num_rows, params, optimizers, module, checkpoints, resumed_from_step
+        Built by :meth:`init` on the first batch (None or empty before): the objective, what
+        :meth:`Program.validate` found, the rows of the data, the parameters, one optimiser per
+        parameter group, the objective as the ranks run it, the checkpoints, and the step a
+        resumed run continued from.
     """
 
     def __init__(self, program: Program, config: FitConfig, objective=None):
         self.program, self.config = program, config
-        self._custom = objective
         self.cluster = join(config.strategy, resolve_device(config.device))
         self.device = self.cluster.device(resolve_device(config.device))
         if config.batch_size < self.cluster.world_size:
             raise ValueError(f"batch_size ({config.batch_size}) is the global batch and must be at least the "
                              f"number of processes ({self.cluster.world_size})")
+        self.lock = RunLock(Path(config.checkpoint_dir or "."))
+        self.signals = DeferredSignals()
+        self._custom = objective  # built into self.objective by init(), on the device, with the seeded RNG
+        self.objective: Objective | None = None
+        self.check: ModelCheck | None = None
+        self.num_rows = 0
+        self.params: list[torch.Tensor] = []
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.module: torch.nn.Module | None = None
+        self.checkpoints: Checkpointer | None = None
+        self.resumed_from_step: int | None = None
+        self._stepped = False  # whether a step ran (Pyro's argument checks run on the first only)
+        self._pending: tuple[float, int] | None = None  # the record of a step whose update may be applied
+        self._clock_zero: float | None = None  # perf_counter() at which this run's training time would be zero
 
     # --- init ---------------------------------------------------------------------------------
 
@@ -74,7 +103,6 @@ class Trainer:
         checkpoint when resuming; return the state to continue from. Call inside
         ``program.param_scope()`` with the seeded RNG (as :meth:`run` does)."""
         config, cluster = self.config, self.cluster
-        self.lock = RunLock(Path(config.checkpoint_dir or "."))
         if config.checkpoint_dir is not None and cluster.is_main:
             check_folder(Path(config.checkpoint_dir))
             self.lock.acquire()
@@ -129,8 +157,7 @@ class Trainer:
                     "patience": config.patience}
         self.checkpoints = Checkpointer(path if cluster.is_main else None, named, self.optimizers, fingerprint,
                                         cluster, settings)
-        self.resumed_from_step, self._stepped, self._pending = None, False, None
-        self._clock_zero = None  # perf_counter() at which this run's training time would be zero
+        self.resumed_from_step, self._stepped, self._pending, self._clock_zero = None, False, None, None
         if path is not None and config.resume and path.exists():
             self.checkpoints.path = path  # every rank reads the checkpoint
             saved, changed = self.checkpoints.restore()
@@ -162,12 +189,27 @@ class Trainer:
             raise ValueError("the objective was built on another Program than the one being fitted")
         return custom
 
-    # --- step and evaluate --------------------------------------------------------------------
+    # --- update and evaluate ------------------------------------------------------------------
 
-    def step(self, state: TrainState, x, y, scale: float, batch: int | None = None) -> float:
-        """One optimisation step per parameter group, recorded in ``state``; returns the first
-        group's loss (summed over the batch, scaled to the full data). Refuses to apply a
-        non-finite loss or gradient, and stops a run whose loss grew by orders of magnitude."""
+    def update(self, state: TrainState, batch, *, scale: float | None = None) -> tuple[TrainState, float]:
+        """One optimisation step on ``batch`` (rows ``x`` or ``(x, y)`` on :attr:`device`):
+        ``(state, loss)``, as NumPyro's ``SVI.update``.
+
+        ``state`` is the one :meth:`init` returned, with the step recorded in it (in place, at once,
+        so that an interrupt anywhere leaves it consistent with the parameters); ``loss`` is the
+        first parameter group's, summed over the batch and scaled to the full data. ``scale``
+        multiplies the log-densities inside the data plate: by default the number of rows of the
+        data over the batch's. Call inside ``program.param_scope()``, as :meth:`init`.
+        """
+        if self.objective is None:
+            raise RuntimeError("Trainer.update before Trainer.init: init(x, y) builds the objective and optimisers")
+        x, y = batch if isinstance(batch, (tuple, list)) else (batch, None)
+        return state, self.step(state, x, y, self.num_rows / x.shape[0] if scale is None else scale)
+
+    def step(self, state: TrainState, x, y, scale: float) -> float:
+        """What :meth:`update` runs: one optimisation step per parameter group, recorded in
+        ``state``; returns the first group's loss. Refuses to apply a non-finite loss or gradient,
+        and stops a run whose loss grew by orders of magnitude."""
         rng = torch.get_rng_state()  # to re-run this step's forward pass if it fails
         first_value = None
         self._pending = None
@@ -188,7 +230,7 @@ class Trainer:
             if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
                 self._non_finite(state, rng, x, y, scale, loss_value, norm_value, group)
             first_value = loss_value if first_value is None else first_value
-            self._pending = (first_value / self.num_rows, state.batch + 1 if batch is None else batch + 1)
+            self._pending = (first_value / self.num_rows, state.batch + 1)
             optimizer.step()
         state.commit_step(*self._pending, seconds=self._seconds(state))
         self._check_divergence(state)
@@ -230,8 +272,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
             torch.manual_seed(seed + cluster.rank)
             for idx in torch.arange(x.shape[0]).split(self.config.batch_size):
-                if getattr(self, "signals", None) is not None:
-                    self.signals.check()
+                self.signals.check()
                 idx = cluster.shard(idx)
                 if len(idx):
                     total += self.objective.score(*batch_rows(x, y, idx, device)).double()
@@ -250,11 +291,11 @@ class Trainer:
         config, cluster, program = self.config, self.cluster, self.program
         start = time.perf_counter()
         cuda_devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with program.param_scope(), torch.random.fork_rng(devices=cuda_devices), DeferredSignals() as signals:
+        self.signals = DeferredSignals()  # a fresh one: a signal left over from an earlier run is not this run's
+        with program.param_scope(), torch.random.fork_rng(devices=cuda_devices), self.signals as signals:
             torch.manual_seed(config.seed + cluster.rank)  # each rank its own (reproducible) sampling noise
             state = self.init(x, y)
             self._clock_zero = start - state.seconds  # earlier calls' time counts too
-            self.signals = signals
             n_rows, batch_size = self.num_rows, config.batch_size
             batches_per_epoch = len(_global_batches(torch.arange(n_rows), batch_size, cluster.world_size))
             bar = _progress_bar(config.progress and cluster.is_main, config.epochs * batches_per_epoch, state.step,
@@ -275,7 +316,7 @@ class Trainer:
                             xb = program.check_data(xb, f"data rows {idx[:3].tolist()}...")
                         t0 = time.perf_counter()
                         scale = cluster.world_size * n_rows / len(batches[b])  # DDP averages over ranks
-                        self.step(state, xb, yb, scale, batch=b)
+                        state, _ = self.update(state, (xb, yb), scale=scale)
                         step_seconds += time.perf_counter() - t0
                         rows_seen += len(idx)
                         if bar is not None:
@@ -299,7 +340,7 @@ class Trainer:
             if config.patience is not None and state.best_state is not None:
                 self.checkpoints.load_params(state.best_state, "best epoch")
         if config.convergence_tol is not None and not state.stopped_early and cluster.is_main \
-                and getattr(self.objective, "monotone", True):
+                and self.objective.monotone:
             message = convergence_message(state.train_elbo, config.convergence_tol)
             if message:
                 # attributed to the caller's line, past ppgen's own frames (lazy wrappers, the CLI)
@@ -456,11 +497,8 @@ def _find_non_finite(objective: Objective, params, x, y, scale: float) -> str | 
     for p in params:
         if p.grad is not None and not torch.isfinite(p.grad).all():
             return f"gradient of parameter {names.get(id(p), '?')!r}"
-    program = objective.program
-    model, guide = program.scaled(program.model, scale), program.scaled(program.guide, scale)
     with torch.no_grad(), poutine.block():
-        guide_trace = poutine.trace(guide).get_trace(*call_args(x, y))
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*call_args(x, y))
+        guide_trace, model_trace = objective.program.trace(x, y, scale=scale)
     for where, trace in (("guide", guide_trace), ("model", model_trace)):
         for site in sample_sites(trace):
             if not torch.isfinite(site["value"]).all():
@@ -483,14 +521,12 @@ def _refuse_minibatched_local_guide(program: Program, x, y) -> None:
     minibatches would pair those parameters with different rows at every step."""
     if not isinstance(program.guide_module, AutoGuide) or program.data_plate is None:
         return
-    with torch.no_grad(), poutine.block():
-        trace = poutine.trace(program.guide).get_trace(*call_args(x, y))
-    for site in sample_sites(trace):
-        if any(f.name == program.data_plate and f.size == f.full_size for f in site["cond_indep_stack"]):
-            raise ValueError(
-                f"the autoguide has a local latent {site['name']!r} per row, which minibatches cannot "
-                "train: use batch_size >= the number of rows, an amortised guide (a GenerativeModel), or "
-                f"pyro.plate({program.data_plate!r}, N, subsample=...) in the model")
+    local = program.rowwise_guide_sites(x, y)
+    if local:
+        raise ValueError(
+            f"the autoguide has a local latent {local[0]!r} per row, which minibatches cannot "
+            "train: use batch_size >= the number of rows, an amortised guide (a GenerativeModel), or "
+            f"pyro.plate({program.data_plate!r}, N, subsample=...) in the model")
 
 
 def _global_batches(order: torch.Tensor, batch_size: int, world_size: int) -> list[torch.Tensor]:

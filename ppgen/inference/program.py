@@ -8,9 +8,11 @@ A :class:`Program` wraps what a user writes, and is the one place that traces it
 
 It vectorises particles, computes log importance weights per example, keeps a ppgen model's
 parameters local to it, finds the plate that ranges over the data rows (whatever its name)
-and scales it under minibatching. :meth:`Program.validate` checks a story on its first batch
-and refuses, naming the site, what the core could not fit correctly; :func:`check_model` is the
-same check as a public function.
+and scales it under minibatching. :meth:`Program.inspect` traces a story once on a batch and
+returns what it is made of (an :class:`Inspection`: the data plate, the observed, latent and
+enumerated sites); each ``Program.check_*`` method refuses one thing the core could not fit
+correctly, naming the site; :meth:`Program.validate` runs them all on a first batch, and
+:func:`check_model` is the same check as a public function.
 
 Conventions (named once here, checked by :meth:`Program.validate`):
 
@@ -41,12 +43,21 @@ from pyro.poutine.util import site_is_subsample
 from ppgen.data import NpyRows
 from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, check_data, local_params
 
-__all__ = ["Program", "ModelCheck", "ModelCheckError", "check_model", "AUTOGUIDES", "DATA_PLATE",
-           "OBSERVED_SITE", "PARTICLE_PLATE", "ESTIMATORS", "sample_sites", "site_log_prob", "logmeanexp",
-           "resolve_device", "batch_rows", "call_args"]
+__all__ = ["Program", "Inspection", "ModelCheck", "ModelCheckError", "check_model", "AUTOGUIDES", "DATA_PLATE",
+           "OBSERVED_SITE", "PARTICLE_PLATE", "ESTIMATORS", "ELBO_ESTIMATORS", "sample_sites", "site_log_prob",
+           "logmeanexp", "resolve_device", "batch_rows", "call_args"]
 
 PARTICLE_PLATE = "particles"  # the plate ppgen adds to draw several samples per example at once
-ESTIMATORS = ("auto", "trace", "meanfield", "enum", "graph", "iwae", "mle")
+# The estimators of fit(elbo=...), named once: the ELBO's (ppgen.inference.objectives.ELBO), then "auto"
+# (picked from the story: "enum", "mle" or "trace") and "mle" (exact -log p(x), MaximumLikelihood).
+ELBO_ESTIMATORS = {
+    "trace": "Trace_ELBO: the ELBO from samples of the guide",
+    "meanfield": "TraceMeanField_ELBO: analytic KL terms where Pyro knows them",
+    "enum": "TraceEnum_ELBO: discrete latents marked for enumeration summed out",
+    "graph": "TraceGraph_ELBO: score-function terms with Rao-Blackwellisation",
+    "iwae": "the importance-weighted bound per example (Burda et al. 2016)",
+}
+ESTIMATORS = ("auto", *ELBO_ESTIMATORS, "mle")
 NORMALISATION_MAX_DIM = 12   # check that log_prob sums to 1 over all 2^D binary vectors up to this D
 
 AUTOGUIDES = {
@@ -106,6 +117,44 @@ def _names(sites: list[str], limit: int = 8) -> str:
     """``[a, b, ...]`` with at most ``limit`` names, and how many more (short reprs for big networks)."""
     more = f", ... {len(sites) - limit} more" if len(sites) > limit else ""
     return "[" + ", ".join(sites[:limit]) + more + "]"
+
+
+@dataclasses.dataclass(frozen=True)
+class Inspection:
+    """What one trace of a model and its guide on a batch is made of (:meth:`Program.inspect`).
+
+    Attributes
+    ----------
+    rows : int
+        Rows of the batch traced.
+    data_plate : str or None
+        The plate over the data rows (None when no plate ranges over them).
+    nesting : int
+        Batch dimensions the model and guide use (the most plates any site sits in, by ``dim``).
+    observed : tuple of str
+        Observed sites of the model.
+    latent : tuple of str
+        Latent sites of the model that the guide samples (auxiliary guide sites, AutoNormal's, left out).
+    enumerated : tuple of str
+        Latent sites of the model that the guide does not sample and that are marked for enumeration.
+    unguided : tuple of str
+        Latent sites of the model that the guide does not sample and that are not marked for
+        enumeration: an ELBO would draw them from the prior and miss their term.
+    observed_outside : tuple of str
+        Observed sites outside the data plate (all of them when there is none).
+    guide_outside : tuple of str
+        Sites the guide samples outside the data plate (auxiliary ones too): one value for all rows.
+    """
+
+    rows: int
+    data_plate: str | None
+    nesting: int
+    observed: tuple[str, ...]
+    latent: tuple[str, ...]
+    enumerated: tuple[str, ...]
+    unguided: tuple[str, ...]
+    observed_outside: tuple[str, ...]
+    guide_outside: tuple[str, ...]
 
 
 class Program:
@@ -244,10 +293,7 @@ class Program:
         ``(x, y)``; traced once, then cached)."""
         if self._nesting is None:
             with poutine.block():
-                guide_trace, model_trace = self._trace_pair(self.model, self.guide, _strip(args))
-            dims = [-f.dim for tr in (guide_trace, model_trace) for site in tr.nodes.values()
-                    if site["type"] == "sample" for f in site["cond_indep_stack"] if f.vectorized]
-            self._nesting = max(dims, default=0)
+                self._nesting = _nesting(*self._trace_pair(self.model, self.guide, _strip(args)))
         return self._nesting
 
     def scaled(self, fn: Callable, factor: float) -> Callable:
@@ -256,15 +302,25 @@ class Program:
             return fn
         return ScaleDataPlate(self.data_plate or DATA_PLATE, factor)(fn)
 
-    def trace(self, *args, num_particles: int | None = None):
+    def trace(self, *args, num_particles: int | None = None, scale: float = 1.0):
         """(guide trace, model trace replayed on it) for the arguments ``args`` (``x`` or
         ``(x, y)``; a trailing None is dropped), with ``num_particles`` draws per example
-        vectorised in an outer :data:`PARTICLE_PLATE` (none when None)."""
+        vectorised in an outer :data:`PARTICLE_PLATE` (none when None), and the data plate's
+        log-densities scaled by ``scale`` (see :meth:`scaled`)."""
         args = _strip(args)
+        model, guide = self.scaled(self.model, scale), self.scaled(self.guide, scale)
         if num_particles is None:
-            return self._trace_pair(self.model, self.guide, args)
+            return self._trace_pair(model, guide, args)
         with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(self.nesting(*args) + 1)):
-            return self._trace_pair(self.model, self.guide, args)
+            return self._trace_pair(model, guide, args)
+
+    def rowwise_guide_sites(self, x, y=None) -> list[str]:
+        """The sites the guide samples once per row: inside the data plate, where it does not
+        subsample (the guide traced once on ``x``, without gradients)."""
+        with torch.no_grad(), poutine.block():
+            trace = poutine.trace(self.guide).get_trace(*_strip((x, y)))
+        return [site["name"] for site in sample_sites(trace) if any(
+            f.name == self.data_plate and f.size == f.full_size for f in site["cond_indep_stack"])]
 
     @staticmethod
     def _trace_pair(model, guide, args):
@@ -307,20 +363,62 @@ class Program:
                 total = total - self.per_example(site_log_prob(site), site).flatten(2).sum(-1)
         return total
 
-    # --- checks -------------------------------------------------------------------------------
+    # --- inspection and checks ----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _quietly(self, x):
+        """Run the model and guide for a look only: parameters scoped, no gradients, outside any
+        enclosing trace, and the random state left as it was."""
+        with self.param_scope(), torch.no_grad(), poutine.block(), torch.random.fork_rng(_cuda(x)):
+            yield
+
+    def inspect(self, x, y=None) -> Inspection:
+        """Trace the model and guide once on a batch of rows and say what the story is made of.
+
+        Changes nothing, the random state included, and checks nothing but that the data plate can
+        be told: it is :attr:`data_plate` when that is set, else the plate whose size follows the
+        number of rows (traced again on one row fewer when several plates have that size; among
+        several that still do, :data:`DATA_PLATE`). Raises :class:`ModelCheckError` when
+        ``data_plate=`` names no plate of the model, or several plates range over the rows and none
+        is :data:`DATA_PLATE`.
+
+        Examples
+        --------
+        >>> import pyro.distributions as dist
+        >>> def coin(x):
+        ...     p = pyro.sample("p", dist.Beta(1.0, 1.0))
+        ...     with pyro.plate("flips", len(x)):
+        ...         pyro.sample("obs", dist.Bernoulli(p), obs=x)
+        >>> story = Program(coin, "auto_normal").inspect(torch.ones(10))
+        >>> story.data_plate, story.observed, story.latent, story.observed_outside
+        ('flips', ('obs',), ('p',), ())
+        """
+        with self._quietly(x):
+            guide_trace, model_trace = self.trace(x, y)
+            plate = self._find_data_plate(x, y, model_trace)
+        model_sites, guide_sites = sample_sites(model_trace), sample_sites(guide_trace)
+        prior = [s for s in model_sites if not s["is_observed"] and s["name"] not in guide_trace.nodes]
+        return Inspection(
+            rows=x.shape[0], data_plate=plate, nesting=_nesting(guide_trace, model_trace),
+            observed=tuple(s["name"] for s in model_sites if s["is_observed"]),
+            latent=tuple(s["name"] for s in guide_sites if not s["is_observed"] and s["name"] in model_trace.nodes),
+            enumerated=tuple(s["name"] for s in prior if s["infer"].get("enumerate")),
+            unguided=tuple(s["name"] for s in prior if not s["infer"].get("enumerate")),
+            observed_outside=tuple(s["name"] for s in model_sites if s["is_observed"] and not _in_plate(s, plate)),
+            guide_outside=tuple(s["name"] for s in guide_sites if not s["is_observed"] and not _in_plate(s, plate)))
 
     def validate(self, x, y=None, *, num_rows: int | None = None, estimator: str = "auto",
                  num_particles: int = 1, thorough: bool = True) -> ModelCheck:
-        """Check the story on a batch of rows; refuse what the core cannot fit correctly.
+        """Check the story on a batch of rows (as ``fit`` does on its first batch); refuse what the
+        core cannot fit correctly.
 
-        Finds the data plate and sets :attr:`data_plate`. Raises :class:`ModelCheckError`,
-        naming the site, for: an observed site outside the data plate under minibatching
-        (``num_rows`` > rows given); a latent that ``estimator="iwae"`` needs per example outside
-        it; a model or guide that does not broadcast over a particle dimension when
-        ``num_particles > 1``; a latent of the model that the guide does not sample and that is
-        not enumerated. For a ``GenerativeModel`` it also checks that ``sample`` has the data's
-        shape (``thorough`` only), that the trace's log density of x equals ``log_prob(x)`` for
-        exact models, and that ``log_prob`` sums to 1 over all 2^D binary vectors for D <= 12.
+        :meth:`inspect`, then the checks in this order, each raising :class:`ModelCheckError` that
+        names the site: :meth:`check_observes`, :meth:`check_normalised`, :meth:`check_minibatch`
+        (``num_rows`` > rows given), :meth:`check_guided`, :meth:`check_enumerated`,
+        :meth:`check_per_example`, :meth:`check_particles` (``num_particles > 1`` with an ELBO), and
+        for a ``GenerativeModel`` :meth:`check_sample_shape` (``thorough`` only),
+        :meth:`check_sums_to_one` and :meth:`check_log_prob`. Sets :attr:`data_plate` to the plate
+        found (and caches the nesting that :meth:`trace` vectorises particles beside).
 
         Returns
         -------
@@ -328,64 +426,28 @@ class Program:
         """
         if estimator not in ESTIMATORS and estimator != "custom":
             raise ValueError(f"elbo must be one of {ESTIMATORS}, got {estimator!r}")
-        batch = x.shape[0]
-        num_rows = batch if num_rows is None else num_rows
-        minibatch = num_rows > batch
-        passed: list[str] = []
-        with self.param_scope(), torch.no_grad(), poutine.block(), torch.random.fork_rng(_cuda(x)):
-            guide_trace, model_trace = self.trace(x, y)
-            observed = [s["name"] for s in sample_sites(model_trace) if s["is_observed"]]
-            latent = [s["name"] for s in sample_sites(guide_trace) if not s["is_observed"]
-                      and s["name"] in model_trace.nodes]  # auxiliary guide sites (AutoNormal's) left out
-            enumerated = [s["name"] for s in sample_sites(model_trace) if not s["is_observed"]
-                          and s["name"] not in guide_trace.nodes and s["infer"].get("enumerate")]
-            estimator = self._resolve_estimator(estimator, latent, enumerated)
-            if not observed and estimator != "custom":  # an implicit model (a GAN) observes nothing, by design
-                raise ModelCheckError(f"{self.name} observes nothing: no sample site has obs= set on the data")
-            if self.generative_model is not None and not getattr(self.generative_model, "is_normalised", True) \
-                    and estimator in ESTIMATORS:
-                raise ModelCheckError(
-                    f"{self.name}'s density is unnormalised (its factor lacks -log Z): elbo={estimator!r} would "
-                    "lower its energy everywhere without bound. Train it with its own objective (elbo='auto')")
-            self.data_plate = self._find_data_plate(x, y, model_trace, batch)
-            plate = self.data_plate
-            passed.append(f"data plate {plate!r} ranges over the {batch} rows" if plate
-                          else "no data plate (full batch)")
-            outside = [s["name"] for s in sample_sites(model_trace) if s["is_observed"]
-                       and not _in_plate(s, plate)]
-            if outside and minibatch:
-                where = f"the data plate {plate!r}" if plate else "a plate over the data rows"
-                raise ModelCheckError(
-                    f"observed site {outside[0]!r} is outside {where}: a minibatch of {batch} of {num_rows} rows "
-                    f"cannot be scaled to the full data. Observe it inside pyro.plate(name, len(x)), or use "
-                    f"batch_size >= {num_rows}")
-            missing = [s["name"] for s in sample_sites(model_trace) if not s["is_observed"]
-                       and s["name"] not in guide_trace.nodes and not s["infer"].get("enumerate")]
-            if missing and estimator not in ("mle", "custom"):
-                raise ModelCheckError(
-                    f"latent site {missing[0]!r} of the model is not sampled by the guide and not enumerated: "
-                    "its term would be missing from the ELBO. Sample it in the guide, or mark a discrete site "
-                    "with infer={'enumerate': 'parallel'} (and use elbo='auto' or 'enum')")
-            if enumerated and estimator not in ("enum", "mle", "custom"):
-                raise ModelCheckError(
-                    f"site {enumerated[0]!r} is marked for enumeration, which only elbo='enum' (or 'auto') "
-                    f"sums out; elbo={estimator!r} would sample it from the prior")
-            passed.append("every latent of the model is sampled by the guide or enumerated")
-            if estimator == "iwae" or (estimator == "mle" and plate is None and minibatch):
-                local = [s["name"] for s in sample_sites(guide_trace) if not s["is_observed"]
-                         and not _in_plate(s, plate)]
-                if local:
-                    raise ModelCheckError(
-                        f"latent site {local[0]!r} is outside the data plate {plate!r}: the importance-weighted "
-                        "bound (iwae) weighs each example with its own latents, so every latent must sit in it")
-            if num_particles > 1 and estimator in ("trace", "meanfield", "graph", "enum", "iwae"):
-                self._check_particles(x, y, latent)
-                passed.append(f"model and guide broadcast over a particle dimension ({PARTICLE_PLATE!r})")
-            if self.generative_model is not None:
-                passed += self._check_generative_model(x, y, estimator, latent, enumerated, thorough)
-        return ModelCheck(estimator, self.data_plate, observed, latent, enumerated, passed)
+        story = self.inspect(x, y)
+        num_rows = story.rows if num_rows is None else num_rows
+        estimator = self._resolve_estimator(estimator, story)
+        self.check_observes(story, estimator)
+        self.check_normalised(estimator)
+        self.data_plate, self._nesting = story.data_plate, story.nesting
+        passed = [f"data plate {story.data_plate!r} ranges over the {story.rows} rows" if story.data_plate
+                  else "no data plate (full batch)"]
+        self.check_minibatch(story, num_rows)
+        self.check_guided(story, estimator)
+        self.check_enumerated(story, estimator)
+        passed.append("every latent of the model is sampled by the guide or enumerated")
+        self.check_per_example(story, estimator, num_rows)
+        if num_particles > 1 and estimator in ELBO_ESTIMATORS:
+            passed.append(self.check_particles(x, y, story))
+        found = (self.check_sample_shape(x, y) if thorough else None, self.check_sums_to_one(x, y),
+                 self.check_log_prob(x, y, story))
+        passed += [line for line in found if line is not None]
+        return ModelCheck(estimator, story.data_plate, list(story.observed), list(story.latent),
+                          list(story.enumerated), passed)
 
-    def _resolve_estimator(self, estimator: str, latent: list[str], enumerated: list[str]) -> str:
+    def _resolve_estimator(self, estimator: str, story: Inspection) -> str:
         if estimator == "custom":  # an Objective of its own: only the story's structure is checked
             return estimator
         if estimator != "auto":
@@ -393,15 +455,16 @@ class Program:
                 raise ValueError(f"elbo='mle' needs a model with an exact log_prob and its own guide; "
                                  f"{self.name} has none (use an ELBO)")
             return estimator
-        if enumerated:
+        if story.enumerated:
             return "enum"
-        if self.exact and not latent:
+        if self.exact and not story.latent:
             return "mle"
         return "trace"
 
-    def _find_data_plate(self, x, y, model_trace, batch: int) -> str | None:
-        """The plate whose size follows the number of rows: traced on ``batch`` rows, and on
+    def _find_data_plate(self, x, y, model_trace) -> str | None:
+        """The plate whose size follows the number of rows: traced on ``len(x)`` rows, and on
         one row fewer to tell it from another plate of the same size."""
+        batch = x.shape[0]
         plates = {f.name: f for s in sample_sites(model_trace) for f in s["cond_indep_stack"]}
         if self.data_plate is not None:
             if self.data_plate not in plates:
@@ -421,70 +484,139 @@ class Program:
                                   "with data_plate=")
         return candidates[0] if candidates else None
 
-    def _check_particles(self, x, y, latent: list[str]) -> None:
-        k = 2
-        self._nesting = None
+    def check_observes(self, story: Inspection, estimator: str) -> None:
+        """Refuse a story that observes nothing, unless it is trained with an objective of its own
+        (``estimator="custom"``: an implicit model, a GAN, observes nothing by design)."""
+        if not story.observed and estimator != "custom":
+            raise ModelCheckError(f"{self.name} observes nothing: no sample site has obs= set on the data")
+
+    def check_normalised(self, estimator: str) -> None:
+        """Refuse a built-in estimator for a model whose factor lacks -log Z
+        (:attr:`~ppgen.models.base.GenerativeModel.is_normalised` False): it would lower the energy
+        everywhere without bound."""
+        if self.generative_model is not None and not self.generative_model.is_normalised \
+                and estimator in ESTIMATORS:
+            raise ModelCheckError(
+                f"{self.name}'s density is unnormalised (its factor lacks -log Z): elbo={estimator!r} would "
+                "lower its energy everywhere without bound. Train it with its own objective (elbo='auto')")
+
+    def check_minibatch(self, story: Inspection, num_rows: int) -> None:
+        """Refuse an observed site outside the data plate when the batch is a minibatch of
+        ``num_rows`` rows: its log-density could not be scaled to the full data."""
+        if story.observed_outside and num_rows > story.rows:
+            plate = story.data_plate
+            where = f"the data plate {plate!r}" if plate else "a plate over the data rows"
+            raise ModelCheckError(
+                f"observed site {story.observed_outside[0]!r} is outside {where}: a minibatch of {story.rows} of "
+                f"{num_rows} rows cannot be scaled to the full data. Observe it inside pyro.plate(name, len(x)), "
+                f"or use batch_size >= {num_rows}")
+
+    def check_guided(self, story: Inspection, estimator: str) -> None:
+        """Refuse, for an ELBO, a latent site of the model that the guide does not sample and that
+        is not enumerated: its term would be missing from the ELBO."""
+        if story.unguided and estimator in ELBO_ESTIMATORS:
+            raise ModelCheckError(
+                f"latent site {story.unguided[0]!r} of the model is not sampled by the guide and not enumerated: "
+                "its term would be missing from the ELBO. Sample it in the guide, or mark a discrete site "
+                "with infer={'enumerate': 'parallel'} (and use elbo='auto' or 'enum')")
+
+    def check_enumerated(self, story: Inspection, estimator: str) -> None:
+        """Refuse a site marked for enumeration under an ELBO that does not sum it out (all but "enum")."""
+        if story.enumerated and estimator in ELBO_ESTIMATORS and estimator != "enum":
+            raise ModelCheckError(
+                f"site {story.enumerated[0]!r} is marked for enumeration, which only elbo='enum' (or 'auto') "
+                f"sums out; elbo={estimator!r} would sample it from the prior")
+
+    def check_per_example(self, story: Inspection, estimator: str, num_rows: int) -> None:
+        """Refuse a guide latent outside the data plate where each example needs its own latents:
+        for the importance-weighted bound, and for exact maximum likelihood on minibatches of a
+        story without a data plate."""
+        if estimator == "iwae" or (estimator == "mle" and story.data_plate is None and num_rows > story.rows):
+            if story.guide_outside:
+                raise ModelCheckError(
+                    f"latent site {story.guide_outside[0]!r} is outside the data plate {story.data_plate!r}: the "
+                    "importance-weighted bound (iwae) weighs each example with its own latents, so every latent "
+                    "must sit in it")
+
+    def check_particles(self, x, y, story: Inspection) -> str:
+        """Refuse a model or guide that does not broadcast over a particle dimension (traced with
+        2 particles in a plate left of the story's plates), or a model whose observations do not vary
+        over it (it drops the particle dimension of its latents)."""
+        k, dim = 2, -(story.nesting + 1)
         try:
-            guide_trace, model_trace = self.trace(x, y, num_particles=k)
-            for site in sample_sites(model_trace):
-                site_log_prob(site)
+            with self._quietly(x):
+                _, model_trace = self.trace(x, y, num_particles=k)
+                log_densities = [(site, site_log_prob(site)) for site in sample_sites(model_trace)]
         except (RuntimeError, ValueError, IndexError) as err:
             raise ModelCheckError(
                 f"{self.name} does not broadcast over a particle dimension (num_particles > 1 draws the "
-                f"samples of all particles at once, in a plate at dim {-(self.nesting(x, y) + 1)}): "
+                f"samples of all particles at once, in a plate at dim {dim}): "
                 f"{str(err).splitlines()[0]}. Keep the leading batch dimensions of z (e.g. z.shape[:-1], "
                 "not len(x)), or use num_particles=1") from None
-        if not latent:
-            return
-        dim = -(self.nesting(x, y) + 1)
-        for site in sample_sites(model_trace):
-            if site["is_observed"]:
-                shape = site_log_prob(site).shape
-                if len(shape) < -dim or shape[dim] != k:
-                    raise ModelCheckError(
-                        f"observed site {site['name']!r} does not vary over the particle dimension (its "
-                        f"log-density has shape {tuple(shape)} with {k} particles): the model drops the "
-                        "particle dimension of its latents. Keep the leading batch dimensions of z, or use "
-                        "num_particles=1")
+        for site, log_p in log_densities:
+            if story.latent and site["is_observed"] and (log_p.dim() < -dim or log_p.shape[dim] != k):
+                raise ModelCheckError(
+                    f"observed site {site['name']!r} does not vary over the particle dimension (its "
+                    f"log-density has shape {tuple(log_p.shape)} with {k} particles): the model drops the "
+                    "particle dimension of its latents. Keep the leading batch dimensions of z, or use "
+                    "num_particles=1")
+        return f"model and guide broadcast over a particle dimension ({PARTICLE_PLATE!r})"
 
-    def _check_generative_model(self, x, y, estimator, latent, enumerated, thorough: bool) -> list[str]:
-        gm, passed = self.generative_model, []
-        if thorough:
-            n = min(2, x.shape[0])
-            cheap = getattr(gm, "check_sample_kwargs", {})  # e.g. a diffusion model's 2-step DDIM
+    def check_sample_shape(self, x, y=None) -> str | None:
+        """Refuse a ppgen model whose ``sample(n)`` rows do not have the shape of the data rows (two
+        rows drawn with the model's ``check_sample_kwargs``). None for a plain Pyro program."""
+        gm = self.generative_model
+        if gm is None:
+            return None
+        n = min(2, x.shape[0])
+        with self._quietly(x):
+            cheap = gm.check_sample_kwargs  # e.g. a diffusion model's 2-step DDIM
             drawn = gm.sample(n, y[:n], **cheap) if y is not None else gm.sample(n, **cheap)
-            if tuple(drawn.shape) != (n, *x.shape[1:]):
-                raise ModelCheckError(f"{self.name}.sample({n}) returned shape {tuple(drawn.shape)}; the data rows "
-                                      f"have shape {tuple(x.shape[1:])}, so it should be {(n, *x.shape[1:])}")
-            passed.append(f"sample(n) has shape (n, {', '.join(map(str, x.shape[1:]))})")
-        if not self.exact:
-            return passed
-        if gm.data_support == "binary" and x.dim() == 2 and x.shape[1] <= NORMALISATION_MAX_DIM and y is None:
-            d = x.shape[1]
-            grid = ((torch.arange(2**d, device=x.device).unsqueeze(-1) >> torch.arange(d, device=x.device)) & 1)
+        if tuple(drawn.shape) != (n, *x.shape[1:]):
+            raise ModelCheckError(f"{self.name}.sample({n}) returned shape {tuple(drawn.shape)}; the data rows "
+                                  f"have shape {tuple(x.shape[1:])}, so it should be {(n, *x.shape[1:])}")
+        return f"sample(n) has shape (n, {', '.join(map(str, x.shape[1:]))})"
+
+    def check_sums_to_one(self, x, y=None) -> str | None:
+        """Refuse an exact model of binary rows (D <= :data:`NORMALISATION_MAX_DIM` columns, no
+        labels) whose exp(log_prob) does not sum to 1 over all 2^D binary vectors (within 1e-3).
+        None where this does not apply."""
+        gm = self.generative_model
+        if not (self.exact and gm.data_support == "binary" and x.dim() == 2 and x.shape[1] <= NORMALISATION_MAX_DIM
+                and y is None):
+            return None
+        d = x.shape[1]
+        grid = ((torch.arange(2**d, device=x.device).unsqueeze(-1) >> torch.arange(d, device=x.device)) & 1)
+        with self._quietly(x):
             total = torch.logsumexp(gm.log_prob(grid.to(x.dtype)).double(), 0).exp().item()
-            if abs(total - 1) > 1e-3:
-                raise ModelCheckError(f"{self.name}.log_prob does not normalise: exp(log_prob) sums to {total:.6g} "
-                                      f"over all 2^{d} binary vectors, not 1")
-            passed.append(f"log_prob sums to 1 over all 2^{d} binary vectors")
-        if latent:
-            return passed
+        if abs(total - 1) > 1e-3:
+            raise ModelCheckError(f"{self.name}.log_prob does not normalise: exp(log_prob) sums to {total:.6g} "
+                                  f"over all 2^{d} binary vectors, not 1")
+        return f"log_prob sums to 1 over all 2^{d} binary vectors"
+
+    def check_log_prob(self, x, y, story: Inspection) -> str | None:
+        """Refuse an exact model without guide latents whose ``log_prob`` disagrees with its Pyro
+        model on up to 16 rows: the traced log density of x (enumerated sites summed out by
+        ``TraceEnum_ELBO``) against ``log_prob(x)``, within rtol 1e-4 and 1e-3 nats a row. None where
+        this does not apply."""
+        if not self.exact or story.latent:
+            return None
         rows = x[:16]
         labels = y[:16] if y is not None else None
         args = call_args(rows, labels)
-        if enumerated:
-            elbo = pyro.infer.TraceEnum_ELBO(max_plate_nesting=max(1, self.nesting(x, y)))
-            traced = -torch.tensor(elbo.loss(self.model, self.guide, *args), dtype=torch.float64)
-        else:
-            _, model_trace = self.trace(rows, labels)
-            traced = sum(site_log_prob(s).double().sum() for s in sample_sites(model_trace))
-        exact = gm.log_prob(*args).double().sum()
+        with self._quietly(x):
+            if story.enumerated:
+                elbo = pyro.infer.TraceEnum_ELBO(max_plate_nesting=max(1, story.nesting))
+                traced = -torch.tensor(elbo.loss(self.model, self.guide, *args), dtype=torch.float64)
+            else:
+                _, model_trace = self.trace(rows, labels)
+                traced = sum(site_log_prob(s).double().sum() for s in sample_sites(model_trace))
+            exact = self.generative_model.log_prob(*args).double().sum()
         if not torch.isclose(torch.as_tensor(traced), exact, rtol=1e-4, atol=1e-3 * len(rows)):
             raise ModelCheckError(f"{self.name}.log_prob disagrees with its Pyro model: on {len(rows)} rows the "
                                   f"model's trace gives log p(x) = {float(traced):.6g}, log_prob gives "
                                   f"{exact.item():.6g}")
-        passed.append("the model's trace and log_prob agree on log p(x)")
-        return passed
+        return "the model's trace and log_prob agree on log p(x)"
 
 
 def check_model(model, x, *, guide=None, data_plate: str | None = None, elbo: str = "auto",
@@ -538,6 +670,12 @@ def _strip(args: tuple) -> tuple:
     while args and args[-1] is None:
         args = args[:-1]
     return args
+
+
+def _nesting(*traces) -> int:
+    """The most batch dimensions any sample site of ``traces`` uses (its plates' ``-dim``)."""
+    return max((-f.dim for trace in traces for site in trace.nodes.values() if site["type"] == "sample"
+                for f in site["cond_indep_stack"] if f.vectorized), default=0)
 
 
 def _in_plate(site, plate: str | None) -> bool:

@@ -17,6 +17,8 @@ For 28x28 digits the feature network is :class:`DigitClassifier`, a small CNN wh
 with ppgen (``ppgen/data/digit_classifier.pt``, re-derived by ``scripts/train_digit_classifier.py``):
 :func:`digit_features` gives its 64-unit feature layer, and :func:`label_spread` the histogram of
 its predicted labels over samples (a collapsed model puts most samples in few classes).
+:func:`sample_quality` scores a model's samples of digits with all of them (what ``ppgen evaluate``
+reports).
 
 References: M. Heusel et al., NeurIPS 2017; M. Bińkowski et al., "Demystifying MMD GANs", ICLR
 2018; T. Kynkäänniemi et al., "Improved precision and recall metric for assessing generative
@@ -34,7 +36,8 @@ import torch
 from torch import nn
 
 __all__ = ["frechet_distance", "frechet_distance_of_moments", "kernel_distance", "KernelDistance",
-           "precision_recall", "DigitClassifier", "digit_classifier", "digit_features", "label_spread"]
+           "precision_recall", "DigitClassifier", "digit_classifier", "digit_features", "label_spread",
+           "sample_quality", "draw"]
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "data" / "digit_classifier.pt"
 
@@ -157,3 +160,38 @@ def precision_recall(real, fake, *, k: int = 3) -> tuple[float, float]:
         return (torch.cdist(query, support) <= radii).any(1).double().mean().item()
 
     return inside(real, fake), inside(fake, real)
+
+
+def draw(model, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """``n`` samples of ``model``; a conditional model (``y_dim`` set, a CVAE) draws them for
+    ``labels`` (cycled), or for its classes in turn when None."""
+    if model.y_dim is None:
+        return model.sample(n)
+    labels = torch.arange(model.y_dim) if labels is None else labels
+    return model.sample(n, labels[torch.arange(n) % len(labels)])
+
+
+def sample_quality(model, real, n: int, *, grey: bool = False, seed: int = 0, labels=None) -> dict:
+    """Scores of ``n`` samples of a model of 28x28 digits against the real rows ``real`` (N, 784),
+    in the shipped digit classifier's feature space: FID, KID (with its standard error, over
+    subsets of half the samples), precision and recall, and ``largest_class_share``, the share
+    of samples in the classifier's most frequent class (near 0.1 for all ten digits).
+
+    ``grey`` says the pixels are 8-bit levels 0..255 (divided by 255 here); samples are clamped
+    to [0, 1]. A conditional model samples for the real rows' ``labels``, so that both sets hold
+    the classes in the same shares. Drawn with ``seed``; the global random state is left as it was.
+    """
+    scale = 255.0 if grey else 1.0
+    with torch.random.fork_rng(devices=[model.device.index or 0] if model.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        samples = (draw(model, n, labels).detach().cpu().float() / scale).clamp(0, 1)
+        real = real[:max(n, 2)].float() / scale
+        fake_features, real_features = digit_features(samples), digit_features(real)  # the first builds the net
+    # subsets of half the samples: subsets as large as the sample set would all be the same set (s.e. 0)
+    kid = kernel_distance(real_features, fake_features, subsets=10, subset_size=max(2, min(len(real), n, 1000) // 2),
+                          seed=seed)
+    precision, recall = precision_recall(real_features, fake_features)
+    spread = label_spread(samples)
+    return {"samples": n, "fid": frechet_distance(real_features, fake_features), "kid": kid.mean,
+            "kid_stderr": kid.stderr, "precision": precision, "recall": recall,
+            "largest_class_share": spread.max().item()}

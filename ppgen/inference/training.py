@@ -230,9 +230,10 @@ class FitResult:
 class TrainState:
     """The trainer's counters and history: everything a checkpoint needs besides tensors.
 
-    It changes only through :meth:`commit_step` and :meth:`commit_epoch`, each of which also
-    records the random-number state to resume from, so an interrupt anywhere else leaves it
-    consistent with the parameters.
+    :meth:`~ppgen.inference.fit.Trainer.init` returns it and
+    :meth:`~ppgen.inference.fit.Trainer.update` records each step in it. It changes only through
+    :meth:`commit_step` and :meth:`commit_epoch`, each of which also records the random-number
+    state to resume from, so an interrupt anywhere else leaves it consistent with the parameters.
     """
 
     epoch: int = 0          # epochs completed

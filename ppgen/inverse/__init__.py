@@ -15,7 +15,7 @@ A(project(x, y)) = y.
 :func:`restore` draws samples of x from p(x | y) with whatever the model can do:
 
 - a model with its own ``restore(y, operator, num_samples, **kwargs)`` method (the diffusion
-  models; :class:`ColourRegression`; :class:`ppgen.data.colour.PaletteColouriser`) is called;
+  models; :class:`ColourRegression`; :class:`PaletteColouriser`) is called;
 - PPCA and factor analysis restore exactly for every operator (a Gaussian posterior); a fully
   factorised model or a Bernoulli mixture inpaints exactly;
 - an autoregressive model inpaints with its exact conditionals (when the observed pixels come
@@ -47,9 +47,10 @@ from ppgen.inverse.colourise import ColourRegression, fit_colour_regression
 from ppgen.inverse.figures import restore_grid
 from ppgen.inverse.operators import (MASKS, TASKS, Downsample, GaussianNoise, Greyscale, Inpaint, Operator,
                                      image_shape, inpaint_mask, make_operator)
+from ppgen.inverse.palette import PaletteColouriser
 from ppgen.inverse.restoration import RestoreResult, restore, restore_summary, sample_diversity
 from ppgen.inverse.vae import vae_inpaint
 
 __all__ = ["Operator", "Inpaint", "Greyscale", "Downsample", "GaussianNoise", "make_operator", "inpaint_mask",
            "image_shape", "TASKS", "MASKS", "RestoreResult", "restore", "restore_summary", "sample_diversity",
-           "vae_inpaint", "ColourRegression", "fit_colour_regression", "restore_grid"]
+           "vae_inpaint", "ColourRegression", "fit_colour_regression", "PaletteColouriser", "restore_grid"]
