@@ -30,8 +30,8 @@ import torch
 
 import ppgen
 from ppgen import load_dataset, log_likelihood
-from ppgen.cli import sample_quality
 from ppgen.inference.checkpoint import write_json_atomic
+from ppgen.inference.sample_quality import sample_quality
 from ppgen.models.energy import RBM, ContrastiveDivergence
 from ppgen.models.energy.ais import ais_log_partition, base_visible_bias
 from ppgen.models.implicit import GAN
@@ -105,11 +105,11 @@ def long_rbm(args, train, valid, test) -> dict:
         return {**row, **json.loads(result_path.read_text())}
     rbm.ais_temperatures = cfg["ais_temperatures"]
     t0 = time.perf_counter()
-    values, stderr, bracket = rbm.estimate_log_likelihood(test.x, num_samples=cfg["ais_chains"], seed=0,
-                                                          raise_rows=cfg["raise_rows"],
-                                                          raise_chains=cfg["raise_chains"])
-    evaluation = {"test_rows": len(test.x), "log_likelihood": values.mean().item(), "log_z_stderr": stderr,
-                  "rows_stderr": (values.std() / len(values) ** 0.5).item(), "raise_ais_bracket": bracket,
+    estimate = rbm.estimate_log_likelihood(test.x, num_samples=cfg["ais_chains"], seed=0,
+                                           raise_rows=cfg["raise_rows"], raise_chains=cfg["raise_chains"])
+    values = estimate.values
+    evaluation = {"test_rows": len(test.x), "log_likelihood": values.mean().item(), "log_z_stderr": estimate.stderr,
+                  "rows_stderr": (values.std() / len(values) ** 0.5).item(), "raise_ais_bracket": estimate.bracket,
                   "ais_chains": cfg["ais_chains"], "ais_temperatures": cfg["ais_temperatures"],
                   "evaluation_seconds": round(time.perf_counter() - t0, 1),
                   "sample_quality": sample_quality(rbm, test.x, 1000)}
