@@ -70,11 +70,26 @@ def base_visible_bias(x: torch.Tensor | None, dim: int) -> torch.Tensor:
     return torch.logit((x.sum(0) + 1.0) / (x.shape[0] + 2.0))
 
 
+# Salakhutdinov & Murray's (2008) spacing of 14,500 temperatures: 500 on [0, 0.5], 4,000 on [0.5, 0.9] and
+# 10,000 on [0.9, 1]; the log-ratios of successive temperatures are largest near the model (beta = 1).
+ANNEALING_PIECES = ((0.5, 500 / 14_500), (0.9, 4_000 / 14_500), (1.0, 10_000 / 14_500))
+
+
 def _betas(num_temperatures) -> torch.Tensor:
+    """The annealing schedule 0 = beta_0 < ... < beta_K = 1, spaced as Salakhutdinov & Murray's (linear
+    for K < 3): each piece of :data:`ANNEALING_PIECES` gets its share of the K steps, at least one."""
     if isinstance(num_temperatures, bool) or not isinstance(num_temperatures, int) or num_temperatures < 1:
         raise ValueError(f"num_temperatures must be a positive int (the annealing needs at least one step from the "
                          f"base to the model), got {num_temperatures!r}")
-    return torch.linspace(0.0, 1.0, num_temperatures + 1, dtype=torch.float64)
+    if num_temperatures < len(ANNEALING_PIECES):
+        return torch.linspace(0.0, 1.0, num_temperatures + 1, dtype=torch.float64)
+    steps = [max(1, round(num_temperatures * share)) for _, share in ANNEALING_PIECES[:-1]]
+    steps.append(num_temperatures - sum(steps))
+    pieces, start = [], 0.0
+    for (end, _), count in zip(ANNEALING_PIECES, steps):
+        pieces.append(torch.linspace(start, end, count + 1, dtype=torch.float64)[:-1])
+        start = end
+    return torch.cat([*pieces, torch.ones(1, dtype=torch.float64)])
 
 
 def _params(rbm: RBMParameters) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
