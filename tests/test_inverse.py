@@ -19,7 +19,7 @@ from scipy import stats
 from ppgen.data import load_dataset
 from ppgen.data.colour import PALETTE, coloured_digits, draw_colours, paint
 from ppgen.inverse import (ColourRegression, Downsample, GaussianNoise, Greyscale, Inpaint, PaletteColouriser,
-                           RestoreResult, fit_colour_regression, image_shape, inpaint_mask, make_operator, restore,
+                           RestoreResult, fit_colour_regression, image_shape_of, inpaint_mask, make_operator, restore,
                            restore_grid, restore_summary, sample_diversity)
 from ppgen.models import FVSBN, PPCA, VAE, BernoulliMixture, FactorAnalysis, FullJointTable, IndependentBernoulli
 
@@ -476,9 +476,9 @@ def test_masks_operators_and_shapes():
         assert isinstance(op, kind) and op.task == task and op.in_dim == 3 * 784
     with pytest.raises(ValueError, match="task must be one of"):
         make_operator("deblur")
-    assert image_shape(784) == (1, 28, 28) and image_shape(2352) == (3, 28, 28)
+    assert image_shape_of(784) == (1, 28, 28) and image_shape_of(2352) == (3, 28, 28)
     with pytest.raises(ValueError, match="not square"):
-        image_shape(100 * 3 + 1)
+        image_shape_of(100 * 3 + 1)
 
 
 def test_restore_summary_numbers():

@@ -49,8 +49,8 @@ def test_every_hook_the_core_uses_is_declared_and_documented():
 
 # --------------------------------------------------------------------------- b. import graph
 
-LAYERS = {"data": 0, "models": 1, "inference": 2, "inverse": 3, "compression": 3, "plots": 4, "demo": 4, "cli": 4,
-          "__main__": 4}
+LAYERS = {"checks": 0, "data": 1, "models": 2, "inference": 3, "inverse": 4, "compression": 4, "plots": 5, "demo": 5,
+          "cli": 5, "__main__": 5}
 EXEMPT = {"ppgen", "ppgen._lazy"}  # the lazy front door and its helper import nothing at import time
 
 

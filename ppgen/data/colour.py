@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from ppgen.checks import non_negative_int
 from ppgen.data.digits import Dataset, load_digits
 
 __all__ = ["PALETTE", "PALETTE_NAMES", "SHAPE", "coloured_digits", "draw_colours", "grey_levels", "paint"]
@@ -81,8 +82,7 @@ def coloured_digits(split: str = "train", seed: int = 0) -> Dataset:
     """
     if split not in _SPLIT_OFFSET:
         raise ValueError(f"split must be one of {tuple(_SPLIT_OFFSET)}, got {split!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    non_negative_int(seed, "seed")
     grey, labels = load_digits(split, grey=True)
     g = (255 * grey / grey.amax(1, keepdim=True)).round() / 255  # every digit spans [0, 1] exactly
     fg, bg = draw_colours(len(g), seed=3 * seed + _SPLIT_OFFSET[split])

@@ -34,6 +34,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ppgen.checks import positive_int
+
 __all__ = ["Vocabulary", "TextDataset", "as_text", "load_shakespeare", "SHAKESPEARE_SPLITS", "SHAKESPEARE_SHA256"]
 
 SHAKESPEARE_FILE = "shakespeare.json.xz"
@@ -197,8 +199,7 @@ class TextDataset(_Rows):
 
 def _windows(ids: torch.Tensor, length: int, stride: int) -> torch.Tensor:
     for value, name in ((length, "length"), (stride, "stride")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        positive_int(value, name)
     if length > len(ids):
         raise ValueError(f"length ({length}) is longer than the text ({len(ids)} characters)")
     return ids.unfold(0, length, stride).contiguous()

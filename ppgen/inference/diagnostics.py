@@ -34,6 +34,7 @@ import torch
 from pyro import poutine
 from torch.distributions import Independent, kl_divergence
 
+from ppgen.checks import positive_int
 from ppgen.inference.likelihood import log_likelihood
 
 if TYPE_CHECKING:
@@ -130,8 +131,7 @@ def elbo_terms(model, data, *, guide=None, num_samples: int = 100, kl: str = "au
     >>> terms.kl_method, tuple(terms.kl_per_dim["z"].shape)
     ({'z': 'analytic'}, (3, 2))
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    positive_int(num_samples, "num_samples")
     if kl not in KL_METHODS:
         raise ValueError(f"kl must be one of {KL_METHODS}, got {kl!r}")
     program = Program(model, guide)
@@ -277,8 +277,7 @@ def gradient_stats(model, data, *, guide=None, estimators: Sequence[str] = ("tra
     the log, ``trace`` and ``meanfield`` average ELBOs); each repeat uses seed ``seed + r``.
     """
     for value, name in ((num_particles, "num_particles"), (repeats, "repeats"), (batch_size, "batch_size")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        positive_int(value, name)
     if repeats < 2:
         raise ValueError(f"repeats must be at least 2 to measure a variance, got {repeats}")
     unknown = [e for e in estimators if e not in ELBO.ESTIMATORS]

@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from ppgen.checks import positive_int
 from ppgen.inference.program import ModelCheckError, Program, batch_rows, logmeanexp, resolve_device
 from ppgen.models.base import LikelihoodEstimate, bits_per_dim
 from ppgen.models.decoder_ais import decoder_log_likelihood
@@ -141,8 +142,7 @@ def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_si
     -2.772588...
     """
     for value, name in ((num_samples, "num_samples"), (batch_size, "batch_size")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        positive_int(value, name)
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
     program = model if isinstance(model, Program) else Program(model, guide)

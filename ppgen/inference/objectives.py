@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 
+from ppgen.checks import positive_int
 from ppgen.inference.program import ELBO_ESTIMATORS, Program, call_args, logmeanexp
 from ppgen.models.objective import PRECISIONS, Objective
 
@@ -47,8 +48,7 @@ class ELBO(Objective):
         super().__init__(program, precision=precision)
         if estimator not in self.ESTIMATORS:
             raise ValueError(f"estimator must be one of {self.ESTIMATORS}, got {estimator!r}")
-        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-            raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
+        positive_int(num_particles, "num_particles")
         self.estimator = estimator
         self.num_particles = num_particles
         vectorize = num_particles > 1 and estimator != "iwae"

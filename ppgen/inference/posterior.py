@@ -38,6 +38,7 @@ import xarray as xr
 from pyro import poutine
 from pyro.infer import MCMC, NUTS, Predictive
 
+from ppgen.checks import non_negative_int, positive_int
 from ppgen.inference.fit import FitResult
 from ppgen.inference.program import Program, sample_sites
 
@@ -102,7 +103,7 @@ def to_arviz(source, model=None, data=None, *, num_samples: int = 1000, seed: in
         elif callable(source):
             program = Program(model, source)
             with program.param_scope():
-                draws, log_p, log_q = _guide_draws(program, args, _check_positive(num_samples, "num_samples"), seed)
+                draws, log_p, log_q = _guide_draws(program, args, positive_int(num_samples, "num_samples"), seed)
             draws = {k: v.unsqueeze(0) for k, v in draws.items()}
             stats.update(log_joint=log_p.unsqueeze(0).numpy(), log_guide=log_q.unsqueeze(0).numpy())
         else:
@@ -140,9 +141,8 @@ def run_nuts(model, data, *, num_chains: int = 2, num_samples: int = 500, warmup
         As :func:`to_arviz`; ``sample_stats`` holds ``diverging`` and ``step_size`` per draw.
     """
     for value, name in ((num_chains, "num_chains"), (num_samples, "num_samples")):
-        _check_positive(value, name)
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
+        positive_int(value, name)
+    non_negative_int(warmup, "warmup")
     args = _as_args(data)
     chains, diverging, step_sizes = [], [], []
     program = Program(model, _no_guide)
@@ -205,7 +205,7 @@ def pareto_khat(model, guide, data, num_samples: int = 1000, seed: int = 0) -> P
     ParetoKhat
     """
     args = _as_args(data)
-    num_samples = _check_positive(num_samples, "num_samples")
+    num_samples = positive_int(num_samples, "num_samples")
     program = Program(model, guide)
     with program.param_scope():
         _, log_p, log_q = _guide_draws(program, args, num_samples, seed)
@@ -385,7 +385,3 @@ def _no_guide(*args, **kwargs) -> None:
     """The guide of a model whose draws come from elsewhere (MCMC, a dict)."""
 
 
-def _check_positive(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value

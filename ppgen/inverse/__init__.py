@@ -45,12 +45,13 @@ Examples
 
 from ppgen.inverse.colourise import ColourRegression, fit_colour_regression
 from ppgen.inverse.figures import restore_grid
+from ppgen.checks import image_shape_of
 from ppgen.inverse.operators import (MASKS, TASKS, Downsample, GaussianNoise, Greyscale, Inpaint, Operator,
-                                     image_shape, inpaint_mask, make_operator)
+                                     inpaint_mask, make_operator)
 from ppgen.inverse.palette import PaletteColouriser
 from ppgen.inverse.restoration import RestoreResult, restore, restore_summary, sample_diversity
 from ppgen.inverse.vae import vae_inpaint
 
 __all__ = ["Operator", "Inpaint", "Greyscale", "Downsample", "GaussianNoise", "make_operator", "inpaint_mask",
-           "image_shape", "TASKS", "MASKS", "RestoreResult", "restore", "restore_summary", "sample_diversity",
+           "image_shape_of", "TASKS", "MASKS", "RestoreResult", "restore", "restore_summary", "sample_diversity",
            "vae_inpaint", "ColourRegression", "fit_colour_regression", "PaletteColouriser", "restore_grid"]

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ppgen.inverse.operators import Greyscale, Operator, check_image_shape
+from ppgen.checks import image_shape, positive_int
+from ppgen.inverse.operators import Greyscale, Operator
 
 __all__ = ["ColourRegression", "fit_colour_regression"]
 
@@ -24,9 +25,8 @@ class ColourRegression(nn.Module):
 
     def __init__(self, shape: Sequence[int] = (3, 28, 28), hidden: int = 16):
         super().__init__()
-        self.shape = check_image_shape(shape, min_channels=2)
-        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-            raise ValueError(f"hidden must be a positive int, got {hidden!r}")
+        self.shape = image_shape(shape, min_channels=2)
+        positive_int(hidden, "hidden")
         self.net = nn.Sequential(nn.Conv2d(1, hidden, 3, padding=1), nn.ReLU(),
                                  nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(),
                                  nn.Conv2d(hidden, self.shape[0], 1), nn.Sigmoid())
@@ -54,8 +54,7 @@ def fit_colour_regression(x_colour: torch.Tensor, *, shape: Sequence[int] = (3, 
     operator = Greyscale(shape)
     x_colour = operator.check_rows(x_colour, operator.in_dim, "x_colour")
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        positive_int(value, name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = ColourRegression(shape, hidden).to(x_colour.device, x_colour.dtype)

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ppgen.inverse.operators import Inpaint, check_image_shape
+from ppgen.checks import image_shape
+from ppgen.inverse.operators import Inpaint
 from ppgen.inverse.restoration import RestoreResult
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ def restore_grid(y: torch.Tensor | None, result: RestoreResult, truth: torch.Ten
     """
     from matplotlib.figure import Figure  # imported here: drawing is optional
 
-    shape = check_image_shape(shape)
+    shape = image_shape(shape)
     if shape[0] not in (1, 3):
         raise ValueError(f"shape must have 1 (grey) or 3 (colour) channels, got {shape}")
     operator = result.operator

@@ -13,8 +13,10 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from ppgen.checks import image_shape
+
 __all__ = ["Operator", "Inpaint", "Greyscale", "Downsample", "GaussianNoise", "make_operator", "inpaint_mask",
-           "image_shape", "check_image_shape", "TASKS", "MASKS"]
+           "TASKS", "MASKS"]
 
 TASKS = ("inpaint", "colourise", "upsample", "denoise")
 MASKS = ("bottom", "top", "right", "centre", "random")
@@ -109,16 +111,6 @@ def _check_sigma(sigma, *, positive: bool) -> float:
     return float(sigma)
 
 
-def check_image_shape(shape, *, min_channels: int = 1) -> tuple[int, int, int]:
-    """``shape`` as a tuple (C, H, W) of positive ints with C >= ``min_channels``, or a ValueError."""
-    if not isinstance(shape, (tuple, list)) or len(shape) != 3 \
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
-        raise ValueError(f"shape must be (channels, height, width), three positive ints, got {shape!r}")
-    if shape[0] < min_channels:
-        raise ValueError(f"shape must have at least {min_channels} channels, got {tuple(shape)}")
-    return tuple(shape)
-
-
 class Inpaint(Operator):
     """Observe the pixels where ``mask`` is True: y = mask * x (A diagonal 0/1, A^+ = A).
 
@@ -195,7 +187,7 @@ class Greyscale(Operator):
     task = "colourise"
 
     def __init__(self, shape: Sequence[int] = (3, 28, 28), *, sigma: float = 0.0):
-        self.shape = check_image_shape(shape, min_channels=2)
+        self.shape = image_shape(shape, min_channels=2)
         self.sigma = _check_sigma(sigma, positive=False)
         channels, height, width = self.shape
         self.in_dim, self.out_dim = channels * height * width, height * width
@@ -227,7 +219,7 @@ class Downsample(Operator):
     task = "upsample"
 
     def __init__(self, shape: Sequence[int] = (1, 28, 28), factor: int = 2, *, sigma: float = 0.0):
-        self.shape = check_image_shape(shape)
+        self.shape = image_shape(shape)
         if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
             raise ValueError(f"factor must be an int >= 2, got {factor!r}")
         channels, height, width = self.shape
@@ -286,21 +278,6 @@ class GaussianNoise(Operator):
         return f"GaussianNoise(sigma={self.sigma:g}{'' if self.in_dim is None else f', dim={self.in_dim}'})"
 
 
-def image_shape(dim: int) -> tuple[int, int, int]:
-    """(C, H, W) of square images flattened into rows of width ``dim``: C = 1 (grey) or 3 (colour).
-
-    Examples
-    --------
-    >>> image_shape(784), image_shape(3 * 784)
-    ((1, 28, 28), (3, 28, 28))
-    """
-    for channels in (1, 3):
-        side = math.isqrt(dim // channels)
-        if dim % channels == 0 and side * side * channels == dim:
-            return channels, side, side
-    raise ValueError(f"rows of width {dim} are not square grey or colour images (C * H * H with C = 1 or 3)")
-
-
 def inpaint_mask(name: str, shape: Sequence[int] = (1, 28, 28), *, seed: int = 0) -> torch.Tensor:
     """A bool mask (C*H*W,), True = observed, hiding the same pixels in every channel.
 
@@ -313,7 +290,7 @@ def inpaint_mask(name: str, shape: Sequence[int] = (1, 28, 28), *, seed: int = 0
     >>> inpaint_mask("bottom", (1, 2, 2)).tolist()
     [True, True, False, False]
     """
-    channels, height, width = check_image_shape(shape)
+    channels, height, width = image_shape(shape)
     observed = torch.ones(height, width, dtype=torch.bool)
     if name == "bottom":
         observed[height // 2:] = False
@@ -343,7 +320,7 @@ def make_operator(task: str, shape: Sequence[int] = (1, 28, 28), *, mask: str = 
     >>> make_operator("upsample", (1, 28, 28), factor=4)
     Downsample(shape=(1, 28, 28), factor=4)
     """
-    shape = check_image_shape(shape)
+    shape = image_shape(shape)
     if task == "inpaint":
         return Inpaint(inpaint_mask(mask, shape, seed=seed))
     if task == "colourise":

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ppgen.checks import positive_int
+from ppgen.checks import seed as check_seed
 from ppgen.inverse.operators import Inpaint, Operator
 from ppgen.inverse.vae import vae_inpaint
 
@@ -123,10 +125,8 @@ def restore(model, y: torch.Tensor, operator: Operator, num_samples: int = 16, *
     if not isinstance(operator, Operator):
         raise TypeError(f"operator must be a ppgen.inverse.Operator (Inpaint, Greyscale, Downsample, "
                         f"GaussianNoise), got {type(operator).__name__}")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {seed!r}")
+    positive_int(num_samples, "num_samples")
+    check_seed(seed)
     y = operator.check_y(y).to(_device_of(model, y.device))  # run where the model is
     if isinstance(operator, Inpaint):
         operator.mask_for(y)

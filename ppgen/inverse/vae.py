@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ppgen.checks import positive_int
 from ppgen.inverse.operators import Inpaint
 
 __all__ = ["vae_inpaint"]
@@ -72,8 +73,7 @@ def vae_inpaint(model, y: torch.Tensor, operator: Inpaint, num_samples: int, *, 
         raise ValueError(f"proposal must be 'encoder' or 'prior', got {proposal!r}")
     num_particles = (1000 if sampler == "importance" else 256) if num_particles is None else num_particles
     for name, value in (("num_particles", num_particles), ("num_moves", num_moves)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        positive_int(value, name)
     if isinstance(defensive, bool) or not isinstance(defensive, (int, float)) or not 0 <= defensive <= 1:
         raise ValueError(f"defensive must be a float in [0, 1], got {defensive!r}")
     operator.require_noiseless(type(model).__name__)

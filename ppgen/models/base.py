@@ -26,6 +26,9 @@ import torch
 from pyro import poutine
 from pyro.nn import PyroModule, pyro_method
 
+from ppgen.checks import positive_int
+from ppgen.checks import seed as check_seed
+
 # The conventions of ppgen's own models, named once (ppgen.inference.program re-exports them):
 DATA_PLATE = "data"   # the plate over data rows
 OBSERVED_SITE = "x"   # the observed site
@@ -150,9 +153,7 @@ class GenerativeModel(PyroModule):
 
     def __init__(self, x_dim: int):
         super().__init__()
-        if not isinstance(x_dim, int) or isinstance(x_dim, bool) or x_dim < 1:
-            raise ValueError(f"x_dim must be a positive int, got {x_dim!r}")
-        self.x_dim = x_dim
+        self.x_dim = positive_int(x_dim, "x_dim")
 
     def model(self, x=None, y=None, *, size=None):
         raise NotImplementedError
@@ -207,7 +208,7 @@ class GenerativeModel(PyroModule):
     @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
         """``n`` new observations drawn from the generative story, shape (n, x_dim)."""
-        n = _check_count(n, "n")
+        n = positive_int(n, "n")
         with local_params(self):
             trace = poutine.trace(self.model).get_trace(None, y, size=n)
         if OBSERVED_SITE not in trace.nodes:
@@ -317,12 +318,6 @@ def at_least_float32(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
-def _check_count(n, name: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"{name} must be a positive int, got {n!r}")
-    return n
-
-
 _building = threading.local()
 
 
@@ -338,8 +333,7 @@ def _seeded_init(init):
             kwargs["seed"] = seed
         if getattr(_building, "depth", 0):
             return init(self, *args, **kwargs)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {seed!r}")
+        check_seed(seed)
         _building.depth = 1
         try:
             with torch.random.fork_rng(devices=[]):

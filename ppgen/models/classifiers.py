@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from pyro.ops.indexing import Vindex
 
+from ppgen.checks import positive_int
 from ppgen.data import load_dataset
-from ppgen.models.base import GenerativeModel, check_data, num_rows
+from ppgen.models.base import DATA_PLATE, GenerativeModel, check_data, num_rows
 
 __all__ = ["NaiveBayes", "BayesianLogisticRegression", "digit_pair"]
 
@@ -75,7 +76,7 @@ class NaiveBayes(GenerativeModel):
         pi = pyro.sample("pi", dist.Dirichlet(self.post_alpha.new_full((self.num_classes,), alpha)))
         prior = dist.Beta(torch.full_like(self.post_a, a), torch.full_like(self.post_b, b))  # on the model's device
         theta = pyro.sample("theta", prior.to_event(2))
-        with pyro.plate("data", num_rows(x, y, size)):
+        with pyro.plate(DATA_PLATE, num_rows(x, y, size)):
             y = pyro.sample("y", dist.Categorical(pi), obs=y)
             return pyro.sample("x", dist.Bernoulli(Vindex(theta)[..., y, :]).to_event(1), obs=x)  # (..., N, D)
 
@@ -160,8 +161,7 @@ class BayesianLogisticRegression:
     """
 
     def __init__(self, x_dim: int, prior_scale: float = 1.0):
-        if isinstance(x_dim, bool) or not isinstance(x_dim, int) or x_dim < 1:
-            raise ValueError(f"x_dim must be a positive int, got {x_dim!r}")
+        positive_int(x_dim, "x_dim")
         if isinstance(prior_scale, bool) or not isinstance(prior_scale, (int, float)) or not prior_scale > 0:
             raise ValueError(f"prior_scale must be a positive number, got {prior_scale!r}")
         self.x_dim, self.prior_scale = x_dim, float(prior_scale)
@@ -169,7 +169,7 @@ class BayesianLogisticRegression:
     def model(self, x, y=None):
         w = pyro.sample("w", dist.Normal(x.new_zeros(self.x_dim), self.prior_scale).to_event(1))
         b = pyro.sample("b", dist.Normal(x.new_zeros(()), self.prior_scale))
-        with pyro.plate("data", x.shape[0]):
+        with pyro.plate(DATA_PLATE, x.shape[0]):
             logits = (x * w).sum(-1) + b  # w (..., 1, D) under an outer plate: logits (..., N)
             return pyro.sample("y", dist.Bernoulli(logits=logits), obs=None if y is None else y.to(x.dtype))
 

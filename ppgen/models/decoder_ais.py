@@ -19,6 +19,8 @@ from typing import Callable
 
 import torch
 
+from ppgen.checks import positive_int
+
 __all__ = ["decoder_log_likelihood"]
 
 
@@ -31,8 +33,7 @@ def decoder_log_likelihood(log_likelihood: Callable[[torch.Tensor, torch.Tensor]
     against them, shape (...,). Returns (estimates (N,), standard errors (N,)).
     """
     for value, name in ((num_chains, "num_chains"), (num_temperatures, "num_temperatures"), (leapfrog, "leapfrog")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        positive_int(value, name)
     n = x.shape[0]
     rows = x.repeat_interleave(num_chains, 0)  # (N M, D)
     generator = torch.Generator(device=x.device).manual_seed(seed)

@@ -7,7 +7,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ppgen.models.base import GenerativeModel, check_data, num_rows
+from ppgen.models.base import DATA_PLATE, GenerativeModel, check_data, num_rows
 
 __all__ = ["IndependentBernoulli"]
 
@@ -68,7 +68,7 @@ class IndependentBernoulli(GenerativeModel):
         return torch.sigmoid(self.logits).detach()
 
     def model(self, x=None, y=None, *, size=None):
-        with pyro.plate("data", num_rows(x, y, size)):
+        with pyro.plate(DATA_PLATE, num_rows(x, y, size)):
             return pyro.sample("x", dist.Bernoulli(logits=self.logits).to_event(1), obs=x)
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

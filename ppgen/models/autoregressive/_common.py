@@ -22,7 +22,8 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 
-from ppgen.models.base import GenerativeModel, _check_count, at_least_float32, num_rows
+from ppgen.checks import positive_int
+from ppgen.models.base import DATA_PLATE, GenerativeModel, at_least_float32, num_rows
 
 __all__ = ["AutoregressiveModel", "InpaintResult", "resolve_order", "observed_first", "order_observed_first"]
 
@@ -168,7 +169,7 @@ class AutoregressiveModel(GenerativeModel):
 
     def model(self, x=None, y=None, *, size=None):
         k = self._choose_ordering()
-        with pyro.plate("data", num_rows(x, y, size)) as rows:
+        with pyro.plate(DATA_PLATE, num_rows(x, y, size)) as rows:
             if x is not None:
                 fn = dist.Bernoulli(logits=at_least_float32(self.conditional_logits(x, k))).to_event(1)
                 return pyro.sample("x", fn, obs=x)
@@ -198,7 +199,7 @@ class AutoregressiveModel(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
         """``n`` rows drawn pixel by pixel (each row from an ordering drawn uniformly), (n, D)."""
-        n = _check_count(n, "n")
+        n = positive_int(n, "n")
         ks = torch.randint(self.num_orderings, (n,))
         return torch.cat([self._sequential(k, int((ks == k).sum()))[0] for k in ks.unique().tolist()])
 
@@ -258,8 +259,8 @@ class AutoregressiveModel(GenerativeModel):
             ensemble then draws its mask from the posterior p(k | x_obs) first.
         """
         x = self.check_data(x)
-        n = _check_count(n, "n")
-        num_particles = _check_count(num_particles, "num_particles")
+        n = positive_int(n, "n")
+        num_particles = positive_int(num_particles, "num_particles")
         observed = _check_mask(observed_mask, x.shape).to(x.device)
         num_rows_, dim = x.shape
         if all(observed_first(self.orders[k], observed).all() for k in range(self.num_orderings)):

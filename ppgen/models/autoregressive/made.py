@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ppgen.checks import positive_int
 from ppgen.models.autoregressive._common import AutoregressiveModel, Stepper, ranks, resolve_order
 
 __all__ = ["MADE"]
@@ -78,8 +79,7 @@ class MADE(AutoregressiveModel):
         hidden_sizes = tuple(hidden_sizes)
         if not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden_sizes):
             raise ValueError(f"hidden_sizes must be positive ints, got {hidden_sizes!r}")
-        if isinstance(num_masks, bool) or not isinstance(num_masks, int) or num_masks < 1:
-            raise ValueError(f"num_masks must be a positive int, got {num_masks!r}")
+        positive_int(num_masks, "num_masks")
         if not isinstance(direct, bool):
             raise ValueError(f"direct must be True or False, got {direct!r}")
         generator = torch.Generator().manual_seed(seed)

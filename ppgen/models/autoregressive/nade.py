@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ppgen.checks import positive_int
 from ppgen.models.autoregressive._common import AutoregressiveModel, Stepper, describe_order, ranks, resolve_order
 
 __all__ = ["NADE"]
@@ -54,8 +55,7 @@ class NADE(AutoregressiveModel):
 
     def __init__(self, x_dim: int, hidden: int = 500, order: str | Sequence[int] = "natural", seed: int = 0):
         super().__init__(x_dim)
-        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-            raise ValueError(f"hidden must be a positive int, got {hidden!r}")
+        positive_int(hidden, "hidden")
         generator = torch.Generator().manual_seed(seed)
         self.hidden = hidden
         self.register_buffer("orders", resolve_order(order, x_dim, generator)[None])  # (1, D)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ppgen.checks import positive_int
 from ppgen.models.autoregressive._common import AutoregressiveModel, Stepper
 
 __all__ = ["PixelCNN", "MaskedConv2d"]
@@ -122,8 +123,7 @@ class PixelCNN(AutoregressiveModel):
     def __init__(self, channels: int = 32, layers: int = 5, kernel: int = 5, height: int = 28, width: int = 28,
                  gated: bool = True, seed: int = 0):
         for value, name in ((channels, "channels"), (layers, "layers"), (height, "height"), (width, "width")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            positive_int(value, name)
         if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
             raise ValueError(f"kernel must be a positive odd int, got {kernel!r}")
         if gated and layers < 2:

@@ -7,7 +7,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ppgen.models.base import GenerativeModel, _check_count, num_rows
+from ppgen.checks import positive_int
+from ppgen.models.base import DATA_PLATE, GenerativeModel, num_rows
 from ppgen.models.bayesnet.structure import check_rows
 
 __all__ = ["FullJointTable"]
@@ -78,7 +79,7 @@ class FullJointTable(GenerativeModel):
         return (self.check_data(x).long().to(self.place.device) * self.place).sum(-1)
 
     def model(self, x=None, y=None, *, size=None):
-        with pyro.plate("data", num_rows(x, y, size)):
+        with pyro.plate(DATA_PLATE, num_rows(x, y, size)):
             return pyro.sample("x", dist.Categorical(logits=self.logits), obs=None if x is None else self.encode(x))
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -87,6 +88,6 @@ class FullJointTable(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
         """``n`` rows of state indices (floats), shape (n, dim)."""
-        n = _check_count(n, "n")
+        n = positive_int(n, "n")
         index = dist.Categorical(logits=self.logits).sample((n,))
         return (index[:, None] // self.place % self.cardinality).to(self.logits.dtype)

@@ -19,7 +19,7 @@ import warnings
 import torch
 from torch import nn
 
-from ppgen.models.base import _check_count
+from ppgen.checks import positive_int
 from ppgen.models.bayesnet.queries import ExactQueries
 from ppgen.models.bayesnet.structure import Structure
 
@@ -34,7 +34,7 @@ def check_fit_options(pseudo_count, max_iter, tol) -> int:
     if not isinstance(pseudo_count, (int, float)) or isinstance(pseudo_count, bool) or \
             not math.isfinite(pseudo_count) or pseudo_count < 0:
         raise ValueError(f"pseudo_count must be a number >= 0, got {pseudo_count!r}")
-    max_iter = _check_count(max_iter, "max_iter")
+    max_iter = positive_int(max_iter, "max_iter")
     if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol > 0:
         raise ValueError(f"tol must be a number > 0, got {tol!r}")
     return max_iter

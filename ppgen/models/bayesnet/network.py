@@ -18,7 +18,8 @@ from pyro import poutine
 from pyro.infer import infer_discrete
 from pyro.ops.indexing import Vindex
 
-from ppgen.models.base import GenerativeModel, _check_count, local_params, num_rows
+from ppgen.checks import positive_int
+from ppgen.models.base import DATA_PLATE, GenerativeModel, local_params, num_rows
 from ppgen.models.bayesnet import learning
 from ppgen.models.bayesnet.bif import read_bif, write_bif
 from ppgen.models.bayesnet.queries import ExactQueries
@@ -267,7 +268,7 @@ class BayesNet(GenerativeModel):
         ``infer_discrete`` at temperature 1 (forward filtering, backward sampling); observed
         columns hold the evidence.
         """
-        n = _check_count(n, "n")
+        n = positive_int(n, "n")
         if evidence is None:
             return self._forward_sample(n).to(torch.get_default_dtype())
         if not isinstance(evidence, Mapping):
@@ -387,7 +388,7 @@ class BayesNet(GenerativeModel):
 def bayesnet_program(structure: Structure, cpts: list[torch.Tensor], x, n: int) -> dict[str, torch.Tensor]:
     """The generative story of a network with CPT tensors ``cpts`` (fixed, or sampled by a prior)."""
     values: dict[int, torch.Tensor] = {}
-    with pyro.plate("data", n):
+    with pyro.plate(DATA_PLATE, n):
         for i in structure.order:
             parent_values = (values[p] for p in structure.parent_columns[i])
             probs = Vindex(cpts[i])[(..., *parent_values, slice(None))]  # (..., n, card)

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from ppgen.models.base import DATA_PLATE
+
 __all__ = ["Structure", "check_rows"]
 
 
@@ -115,8 +117,8 @@ def _check_states(states) -> tuple[list[str], dict[str, list[str]]]:
         raise TypeError(f"states must be a non-empty dict {{variable: [state names]}}, got {states!r}")
     out = {}
     for v, names in states.items():
-        if not isinstance(v, str) or v in ("", "data"):
-            raise ValueError(f"variable names must be non-empty strings other than 'data' (the plate), got {v!r}")
+        if not isinstance(v, str) or v in ("", DATA_PLATE):
+            raise ValueError(f"variable names must be non-empty strings other than {DATA_PLATE!r} (the plate), got {v!r}")
         if isinstance(names, str) or not isinstance(names, Sequence) or not names or \
                 not all(isinstance(s, str) for s in names):
             raise TypeError(f"states[{v!r}] must be a non-empty list of state names (str), got {names!r}")

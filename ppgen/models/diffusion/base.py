@@ -38,9 +38,8 @@ import torch
 from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import ExpandedDistribution
 
-from ppgen.models.base import (DATA_PLATE, OBSERVED_SITE, GenerativeModel, LikelihoodEstimate, _check_count,
-                               num_rows)
-from ppgen.models.diffusion.schedules import check_steps
+from ppgen.checks import positive_int
+from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, LikelihoodEstimate, num_rows
 from ppgen.models.objective import Objective
 
 __all__ = ["DiffusionModel", "DiffusionELBO", "Lazy", "progress_bar"]
@@ -74,7 +73,7 @@ class DiffusionModel(GenerativeModel):
 
     def __init__(self, x_dim: int, num_steps: int):
         super().__init__(x_dim)
-        self.num_steps = check_steps(num_steps, "num_steps")
+        self.num_steps = positive_int(num_steps, "num_steps")
 
     def register_schedule(self, name: str, values: torch.Tensor) -> None:
         """Register a schedule (computed in float64) as a buffer in the default dtype: it follows
@@ -186,8 +185,8 @@ class DiffusionModel(GenerativeModel):
         (default 1000), which has no role in this bound; ``repeats`` sets the draws (each costs T
         network passes per row).
         """
-        repeats = _check_count(repeats, "repeats")
-        batch_size = _check_count(batch_size, "batch_size")
+        repeats = positive_int(repeats, "repeats")
+        batch_size = positive_int(batch_size, "batch_size")
         x = self.check_data(x)
         values = torch.zeros(len(x), dtype=torch.float64)
         for k in range(repeats):
@@ -210,7 +209,7 @@ class DiffusionModel(GenerativeModel):
         """``n`` rows by the reverse chain (ancestral sampling: T network passes), x_T ~ p(x_T)
         then x_{t-1} ~ p_theta(x_{t-1} | x_t). ``seed`` fixes the draws (default: the global RNG,
         which is left as it was when a seed is given); ``progress`` shows a bar."""
-        n = _check_count(n, "n")
+        n = positive_int(n, "n")
         with self._seeded(seed):
             return self.reverse_chain(self.prior(n).sample(), progress=progress)
 

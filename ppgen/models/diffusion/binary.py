@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from pyro.distributions import constraints
 from torch import nn
 
-from ppgen.models.base import _check_count, at_least_float32
+from ppgen.checks import positive_int
+from ppgen.models.base import at_least_float32
 from ppgen.models.diffusion.base import DiffusionModel
 from ppgen.models.diffusion.schedules import binary_betas
 from ppgen.models.diffusion.unet import TimeMLP
@@ -195,7 +196,7 @@ class BinaryDiffusion(DiffusionModel):
             raise ValueError("inpainting needs both known= (rows) and mask= (True where a bit is known)")
         if known is None:
             return super().sample(n, seed=seed, progress=progress)
-        n = _check_count(n, "n")
+        n = positive_int(n, "n")
         known = self.check_data(known, "known")
         if len(known) != n:
             raise ValueError(f"known has {len(known)} rows, but n is {n}")
@@ -214,7 +215,7 @@ class BinaryDiffusion(DiffusionModel):
         The draws follow the reverse chain with the known bits forced to their forward-process
         marginals; they are not exact draws of p(x_missing | x_observed) (Lugmayr et al. 2022 resample
         to get closer)."""
-        num_samples = _check_count(num_samples, "num_samples")
+        num_samples = positive_int(num_samples, "num_samples")
         if operator.task != "inpaint" or operator.sigma:
             return None
         y = operator.check_y(y).to(self.betas)

@@ -11,7 +11,8 @@ import torch
 from pyro.distributions import constraints
 from torch import nn
 
-from ppgen.models.base import _check_count, at_least_float32
+from ppgen.checks import image_shape_of, positive_int
+from ppgen.models.base import at_least_float32
 from ppgen.models.diffusion.base import DiffusionELBO, DiffusionModel, progress_bar
 from ppgen.models.diffusion.discretised import DiscretisedGaussian, quantise
 from ppgen.models.diffusion.schedules import gaussian_betas
@@ -22,19 +23,6 @@ __all__ = ["GaussianDiffusion", "SimpleLoss", "LOSSES", "VARIANCES"]
 
 LOSSES = ("elbo", "simple")
 VARIANCES = ("beta", "posterior")
-
-
-def _image_shape(x_dim: int, shape) -> tuple[int, int, int]:
-    if shape is None:
-        if x_dim not in (784, 3 * 784):
-            raise ValueError(f"give shape=(C, H, W) for x_dim={x_dim} (the defaults are 28x28 greyscale, x_dim=784, "
-                             "and 28x28 colour, x_dim=2352)")
-        return (x_dim // 784, 28, 28)
-    shape = tuple(shape)
-    if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape) \
-            or shape[0] * shape[1] * shape[2] != x_dim:
-        raise ValueError(f"shape must be three positive ints (C, H, W) with C*H*W = x_dim = {x_dim}, got {shape!r}")
-    return shape
 
 
 def _gaussian_kl(mean_q, var_q, mean_p, var_p) -> torch.Tensor:
@@ -132,7 +120,7 @@ class GaussianDiffusion(DiffusionModel):
                  schedule: str | Sequence[float] = "linear", variance: str = "beta", loss: str = "elbo",
                  num_levels: int = 256, network: nn.Module | None = None, **unet):
         super().__init__(x_dim, num_steps)
-        self.shape = _image_shape(x_dim, shape)
+        self.shape = image_shape_of(x_dim, shape)
         if network is not None and unet:
             raise ValueError(f"give either network= or the default U-Net's keywords, not both; got network= and "
                              f"{', '.join(sorted(unet))}")
@@ -290,7 +278,7 @@ class GaussianDiffusion(DiffusionModel):
         ``eta=0`` is deterministic given :math:`x_T`. ``start`` gives :math:`x_T` (n, D); ``seed``
         fixes the noise (default: the global RNG); ``progress`` shows a bar.
         """
-        n = _check_count(n, "n")
+        n = positive_int(n, "n")
         if method not in ("ancestral", "ddim"):
             raise ValueError(f"method must be 'ancestral' or 'ddim', got {method!r}")
         if method == "ancestral" and (steps not in (None, self.num_steps) or eta != 0.0):
@@ -374,7 +362,7 @@ class GaussianDiffusion(DiffusionModel):
         Other noisy operators have no method here (None). Randomness comes from the global RNG
         (``ppgen.inverse.restore`` seeds it).
         """
-        num_samples = _check_count(num_samples, "num_samples")
+        num_samples = positive_int(num_samples, "num_samples")
         if method not in ("ancestral", "ddim"):
             raise ValueError(f"method must be 'ancestral' or 'ddim', got {method!r}")
         sigma = float(operator.sigma)

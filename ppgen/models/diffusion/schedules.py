@@ -16,19 +16,12 @@ import math
 
 import torch
 
-__all__ = ["SCHEDULES", "check_steps", "check_betas", "linear_betas", "cosine_betas", "gaussian_betas",
+from ppgen.checks import positive_int
+
+__all__ = ["SCHEDULES", "check_betas", "linear_betas", "cosine_betas", "gaussian_betas",
            "binary_betas"]
 
 SCHEDULES = ("linear", "cosine")
-
-
-def check_steps(value, name: str = "num_steps") -> int:
-    """``value`` if it is a positive int, else a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be a positive int (a number of steps), got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
-    return value
 
 
 def check_betas(betas, upper: float = 1.0, name: str = "betas", closed: bool = False) -> torch.Tensor:
@@ -55,7 +48,7 @@ def linear_betas(num_steps: int, start: float = 1e-4, end: float = 0.02) -> torc
     >>> linear_betas(1000)[[0, -1]].tolist()
     [0.0001, 0.02]
     """
-    num_steps = check_steps(num_steps)
+    num_steps = positive_int(num_steps, "num_steps")
     scale = 1000 / num_steps
     return check_betas(torch.linspace(start * scale, min(end * scale, 0.999), num_steps, dtype=torch.float64))
 
@@ -70,7 +63,7 @@ def cosine_betas(num_steps: int, offset: float = 0.008, max_beta: float = 0.999)
     r"""Nichol & Dhariwal's cosine schedule: :math:`\bar\alpha_t = f(t)/f(0)`,
     :math:`f(t) = \cos^2\left(\frac{t/T + s}{1 + s}\frac{\pi}{2}\right)`, s = 0.008, and
     :math:`\beta_t = 1 - \bar\alpha_t / \bar\alpha_{t-1}` clipped at 0.999."""
-    alpha_bar = _cosine_alpha_bar(check_steps(num_steps), offset)
+    alpha_bar = _cosine_alpha_bar(positive_int(num_steps, "num_steps"), offset)
     return check_betas((1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta))
 
 
@@ -96,7 +89,7 @@ def binary_betas(schedule, num_steps: int) -> torch.Tensor:
     >>> binary_betas("linear", 4).tolist()
     [0.125, 0.16666666666666666, 0.25, 0.5]
     """
-    num_steps = check_steps(num_steps)
+    num_steps = positive_int(num_steps, "num_steps")
     if isinstance(schedule, str):
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES} or a sequence of flip probabilities, "

@@ -34,6 +34,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from ppgen.checks import positive_int
 from ppgen.models.base import check_data
 
 __all__ = ["PartitionEstimate", "RBMParameters", "ais_log_partition", "raise_log_likelihood", "base_visible_bias"]
@@ -78,9 +79,7 @@ ANNEALING_PIECES = ((0.5, 500 / 14_500), (0.9, 4_000 / 14_500), (1.0, 10_000 / 1
 def _betas(num_temperatures) -> torch.Tensor:
     """The annealing schedule 0 = beta_0 < ... < beta_K = 1, spaced as Salakhutdinov & Murray's (linear
     for K < 3): each piece of :data:`ANNEALING_PIECES` gets its share of the K steps, at least one."""
-    if isinstance(num_temperatures, bool) or not isinstance(num_temperatures, int) or num_temperatures < 1:
-        raise ValueError(f"num_temperatures must be a positive int (the annealing needs at least one step from the "
-                         f"base to the model), got {num_temperatures!r}")
+    positive_int(num_temperatures, "num_temperatures")  # at least one step from the base to the model
     if num_temperatures < len(ANNEALING_PIECES):
         return torch.linspace(0.0, 1.0, num_temperatures + 1, dtype=torch.float64)
     steps = [max(1, round(num_temperatures * share)) for _, share in ANNEALING_PIECES[:-1]]

@@ -22,7 +22,8 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
-from ppgen.models.base import GenerativeModel, _check_count, check_data, num_rows
+from ppgen.checks import positive_int
+from ppgen.models.base import DATA_PLATE, GenerativeModel, check_data, num_rows
 from ppgen.models.flows.dequantization import Dequantized, LogitPixels, check_pixels, dequantize
 
 __all__ = ["Flow", "FlowDistribution", "prepare_data"]
@@ -109,7 +110,7 @@ class Flow(GenerativeModel):
         return -0.5 * (z.pow(2).sum(-1) + self.x_dim * LOG_2PI) + logdet
 
     def model(self, x=None, y=None, *, size=None, temperature: float = 1.0):
-        with pyro.plate("data", num_rows(x, y, size)):
+        with pyro.plate(DATA_PLATE, num_rows(x, y, size)):
             return pyro.sample("x", FlowDistribution(self, temperature=temperature), obs=x)
 
     @torch.no_grad()
@@ -131,7 +132,7 @@ class Flow(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, y=None, *, temperature: float = 1.0) -> torch.Tensor:
         """``n`` rows x = f^{-1}(T z), z ~ N(0, I): temperature T < 1 trades diversity for quality."""
-        n = _check_count(n, "n")
+        n = positive_int(n, "n")
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
                 or not math.isfinite(temperature) or temperature <= 0:
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
@@ -141,7 +142,7 @@ class Flow(GenerativeModel):
     def interpolate(self, x0: torch.Tensor, x1: torch.Tensor, steps: int = 8) -> torch.Tensor:
         """Decode the straight line between f(x0) and f(x1) (rows (D,)): ``steps`` rows (steps, D)."""
         z = self.encode(torch.stack([x0, x1]))
-        t = torch.linspace(0, 1, _check_count(steps, "steps"), dtype=z.dtype, device=z.device)[:, None]
+        t = torch.linspace(0, 1, positive_int(steps, "steps"), dtype=z.dtype, device=z.device)[:, None]
         return self.decode((1 - t) * z[0] + t * z[1])
 
     def extra_repr(self) -> str:

@@ -7,28 +7,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ppgen.checks import image_shape_of, positive_int
 from ppgen.models.flows.base import Flow
 from ppgen.models.flows.layers import ActNorm, Bijection, Coupling, InvertibleConv1x1, Squeeze
 
 __all__ = ["MultiScaleFlow", "RealNVP", "Glow"]
-
-
-def _image_shape(x_dim: int, shape) -> tuple[int, int, int]:
-    if shape is None:
-        if x_dim != 784:
-            raise ValueError(f"give shape=(C, H, W) for x_dim={x_dim} (the default is 28x28 greyscale, x_dim=784)")
-        return (1, 28, 28)
-    shape = tuple(shape)
-    if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape) \
-            or shape[0] * shape[1] * shape[2] != x_dim:
-        raise ValueError(f"shape must be three positive ints (C, H, W) with C*H*W = x_dim = {x_dim}, got {shape!r}")
-    return shape
-
-
-def _positive(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class MultiScaleFlow(Flow):
@@ -38,7 +21,7 @@ class MultiScaleFlow(Flow):
 
     def __init__(self, x_dim: int, shape=None, num_levels: int | None = 256, alpha: float = 1e-6):
         super().__init__(x_dim, num_levels, alpha)
-        self.shape = _image_shape(x_dim, shape)
+        self.shape = image_shape_of(x_dim, shape)
         self.levels = nn.ModuleList()
         self._latent_shapes: list[tuple[int, int, int]] = []  # factored-out parts, then the last level's output
 
@@ -113,7 +96,7 @@ class RealNVP(MultiScaleFlow):
     def __init__(self, x_dim: int = 784, shape: Sequence[int] | None = None, num_scales: int = 2,
                  hidden: int = 64, blocks: int = 2, num_levels: int | None = 256, alpha: float = 0.05):
         super().__init__(x_dim, shape, num_levels, alpha)
-        _positive(num_scales, "num_scales"), _positive(hidden, "hidden"), _positive(blocks, "blocks")
+        positive_int(num_scales, "num_scales"), positive_int(hidden, "hidden"), positive_int(blocks, "blocks")
         self.num_scales, self.hidden, self.blocks = num_scales, hidden, blocks
         c, h, w = self.shape
         boards = ("checkerboard", "checkerboard_flipped")
@@ -159,7 +142,7 @@ class Glow(MultiScaleFlow):
                  alpha: float = 0.05):
         super().__init__(x_dim, shape, num_levels, alpha)
         for value, name in ((levels, "levels"), (steps, "steps"), (hidden, "hidden"), (blocks, "blocks")):
-            _positive(value, name)
+            positive_int(value, name)
         self.num_flow_levels, self.steps, self.hidden, self.blocks, self.affine = levels, steps, hidden, blocks, affine
         c, h, w = self.shape
         for level in range(levels):

@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ppgen.checks import positive_int
 from ppgen.models.objective import Objective
-from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, LikelihoodEstimate, _check_count, num_rows
+from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, LikelihoodEstimate, num_rows
 from ppgen.models.latent.networks import hidden_widths
 
 __all__ = ["GAN", "AdversarialObjective", "LOSSES"]
@@ -92,7 +93,7 @@ class GAN(GenerativeModel):
     def __init__(self, x_dim: int, z_dim: int = 64, hidden=256, output: str = "sigmoid", architecture: str = "mlp",
                  channels: int = 32):
         super().__init__(x_dim)
-        self.z_dim = _check_count(z_dim, "z_dim")
+        self.z_dim = positive_int(z_dim, "z_dim")
         widths = hidden_widths(hidden)
         if output not in ("sigmoid", "identity"):
             raise ValueError(f"output must be 'sigmoid' or 'identity', got {output!r}")
@@ -105,7 +106,7 @@ class GAN(GenerativeModel):
             self.generator = _mlp([z_dim, *widths, x_dim], nn.ReLU)
             self.discriminator = _mlp([x_dim, *reversed(widths), 1], lambda: nn.LeakyReLU(0.2))
         else:
-            generator, discriminator = _dcgan(z_dim, _check_count(channels, "channels"))
+            generator, discriminator = _dcgan(z_dim, positive_int(channels, "channels"))
             self.generator, self.discriminator = _Batched(generator, z_dim), _Batched(discriminator, x_dim)
         self.register_buffer("prior_loc", torch.zeros(z_dim), persistent=False)
 
@@ -125,7 +126,7 @@ class GAN(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, n: int, y=None) -> torch.Tensor:
-        return self.generate(self.latents(_check_count(n, "n")))
+        return self.generate(self.latents(positive_int(n, "n")))
 
     def log_prob(self, x, y=None):
         raise NotImplementedError("a GAN has no density: x = G(z) is only a sampler. Use its samples "

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ppgen.models.base import GenerativeModel, _check_count, at_least_float32
+from ppgen.checks import positive_int
+from ppgen.models.base import DATA_PLATE, GenerativeModel, at_least_float32
 from ppgen.models.latent.networks import hidden_widths, mlp
 from ppgen.models.latent.vae import LIKELIHOODS
 
@@ -62,8 +63,7 @@ class ConditionalVAE(GenerativeModel):
         super().__init__(x_dim)
         hidden = hidden_widths(hidden)
         for value, name in ((y_dim, "y_dim"), (z_dim, "z_dim")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            positive_int(value, name)
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         self.y_dim, self.z_dim, self.hidden, self.likelihood = y_dim, z_dim, tuple(hidden), likelihood
@@ -77,14 +77,14 @@ class ConditionalVAE(GenerativeModel):
 
     def model(self, x=None, y=None, *, size=None):
         y = self._one_hot(y)
-        with pyro.plate("data", y.shape[0]):
+        with pyro.plate(DATA_PLATE, y.shape[0]):
             z = pyro.sample("z", dist.Normal(self.prior_loc, self.prior_scale).to_event(1))
             return pyro.sample("x", self.likelihood_dist(z, y), obs=x)
 
     def guide(self, x=None, y=None, *, size=None):
         if x is None:
             raise ValueError("the guide q(z | x, y) needs x")
-        with pyro.plate("data", x.shape[0]):
+        with pyro.plate(DATA_PLATE, x.shape[0]):
             loc, scale = self._posterior_params(x, self._one_hot(y))
             return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
@@ -112,7 +112,7 @@ class ConditionalVAE(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, y=None) -> torch.Tensor:
         """``n`` observations of class ``y`` (an int, or a tensor of ``n`` labels), shape (n, x_dim)."""
-        return super().sample(_check_count(n, "n"), self._labels(n, y))
+        return super().sample(positive_int(n, "n"), self._labels(n, y))
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, y) -> torch.Tensor:

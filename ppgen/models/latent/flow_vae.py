@@ -16,7 +16,8 @@ from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
-from ppgen.models.base import at_least_float32, num_rows
+from ppgen.checks import positive_int
+from ppgen.models.base import DATA_PLATE, at_least_float32, num_rows
 from ppgen.models.flows.base import FlowDistribution
 from ppgen.models.flows.vector import MAF, _widths
 from ppgen.models.latent.vae import VAE
@@ -66,7 +67,7 @@ class FlowPriorVAE(VAE):
         self.prior = MAF(z_dim, transforms=prior_transforms, hidden=_widths(prior_hidden), num_levels=None)
 
     def model(self, x=None, y=None, *, size=None):
-        with pyro.plate("data", num_rows(x, y, size)):
+        with pyro.plate(DATA_PLATE, num_rows(x, y, size)):
             z = pyro.sample("z", FlowDistribution(self.prior))  # batch shape broadcast by the plate(s)
             return pyro.sample("x", self.likelihood_dist(z), obs=x)
 
@@ -127,8 +128,7 @@ class IAFVAE(VAE):
         widths = _widths(iaf_hidden)
         if min(widths) < z_dim:
             raise ValueError(f"iaf_hidden widths must be at least z_dim={z_dim}, got {widths}")
-        if isinstance(iaf_steps, bool) or not isinstance(iaf_steps, int) or iaf_steps < 1:
-            raise ValueError(f"iaf_steps must be a positive int, got {iaf_steps!r}")
+        positive_int(iaf_steps, "iaf_steps")
         self.iaf_steps, self.iaf_hidden, self.context_dim = iaf_steps, widths, context_dim
         self.context = nn.Sequential(nn.ReLU(), nn.Linear(2 * z_dim, context_dim))  # h(x) from the encoder's output
         order = torch.arange(z_dim)
@@ -152,7 +152,7 @@ class IAFVAE(VAE):
     def guide(self, x=None, y=None, *, size=None):
         if x is None:
             raise ValueError("the guide q(z | x) needs x")
-        with pyro.plate("data", x.shape[0]):
+        with pyro.plate(DATA_PLATE, x.shape[0]):
             return pyro.sample("z", self.posterior(x))
 
     @torch.no_grad()

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ppgen.models.base import GenerativeModel, _check_count, num_rows
+from ppgen.checks import positive_int
+from ppgen.models.base import DATA_PLATE, GenerativeModel, num_rows
 
 __all__ = ["PPCA", "FactorAnalysis"]
 
@@ -32,7 +33,7 @@ class _LinearGaussian(GenerativeModel):
 
     def __init__(self, dim: int, latent_dim: int):
         super().__init__(dim)
-        self.latent_dim = _check_count(latent_dim, "latent_dim")
+        self.latent_dim = positive_int(latent_dim, "latent_dim")
         if latent_dim > dim:
             raise ValueError(f"latent_dim must be at most dim={dim}, got {latent_dim}")
         self.weight = nn.Parameter(torch.randn(dim, latent_dim) / dim**0.5)  # W (dim, q)
@@ -50,7 +51,7 @@ class _LinearGaussian(GenerativeModel):
         raise NotImplementedError
 
     def model(self, x=None, y=None, *, size=None):
-        with pyro.plate("data", num_rows(x, y, size)):
+        with pyro.plate(DATA_PLATE, num_rows(x, y, size)):
             z = pyro.sample("z", dist.Normal(self.prior_loc, 1.0).to_event(1))
             mean = z @ self.weight.T + self.loc  # (..., N, dim)
             return pyro.sample("x", dist.Normal(mean, self.noise_variance().sqrt()).to_event(1), obs=x)
@@ -58,7 +59,7 @@ class _LinearGaussian(GenerativeModel):
     def guide(self, x=None, y=None, *, size=None):
         if x is None:
             raise ValueError("the guide q(z | x) needs x")
-        with pyro.plate("data", x.shape[0]):
+        with pyro.plate(DATA_PLATE, x.shape[0]):
             loc = x @ self.guide_weight.T + self.guide_bias  # (N, q)
             return pyro.sample("z", dist.MultivariateNormal(loc, scale_tril=self.guide_scale_tril()))
 

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ppgen.models.base import GenerativeModel, _check_count, check_data, num_rows
+from ppgen.checks import positive_int
+from ppgen.models.base import DATA_PLATE, GenerativeModel, check_data, num_rows
 
 __all__ = ["BernoulliMixture", "GaussianMixture", "kmeans_plus_plus"]
 
@@ -30,11 +31,11 @@ class _Mixture(GenerativeModel):
 
     def __init__(self, dim: int, k: int):
         super().__init__(dim)
-        self.k = _check_count(k, "k")
+        self.k = positive_int(k, "k")
         self.weight_logits = nn.Parameter(torch.zeros(k))
 
     def model(self, x=None, y=None, *, size=None):
-        with pyro.plate("data", num_rows(x, y, size)):
+        with pyro.plate(DATA_PLATE, num_rows(x, y, size)):
             c = pyro.sample("c", dist.Categorical(logits=self.weight_logits), infer={"enumerate": "parallel"})
             return pyro.sample("x", self.component(c), obs=x)
 

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ppgen.models.base import GenerativeModel, at_least_float32, num_rows
+from ppgen.checks import positive_int
+from ppgen.models.base import DATA_PLATE, GenerativeModel, at_least_float32, num_rows
 from ppgen.models.latent.networks import IMAGE_SIDE, ConvDecoder, ConvEncoder, hidden_widths, mlp
 
 __all__ = ["VAE", "mlp"]
@@ -76,8 +77,7 @@ class VAE(GenerativeModel):
                  channels: Sequence[int] = (32, 64), activation: str = "relu"):
         super().__init__(x_dim)
         hidden = hidden_widths(hidden)
-        if isinstance(z_dim, bool) or not isinstance(z_dim, int) or z_dim < 1:
-            raise ValueError(f"z_dim must be a positive int, got {z_dim!r}")
+        positive_int(z_dim, "z_dim")
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         if architecture not in ARCHITECTURES:
@@ -107,14 +107,14 @@ class VAE(GenerativeModel):
         self.register_buffer("prior_scale", torch.ones(z_dim), persistent=False)
 
     def model(self, x=None, y=None, *, size=None):
-        with pyro.plate("data", num_rows(x, y, size)):
+        with pyro.plate(DATA_PLATE, num_rows(x, y, size)):
             z = pyro.sample("z", dist.Normal(self.prior_loc, self.prior_scale).to_event(1))
             return pyro.sample("x", self.likelihood_dist(z), obs=x)
 
     def guide(self, x=None, y=None, *, size=None):
         if x is None:
             raise ValueError("the guide q(z | x) needs x")
-        with pyro.plate("data", x.shape[0]):
+        with pyro.plate(DATA_PLATE, x.shape[0]):
             loc, scale = self.posterior_params(x)
             return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 

@@ -21,8 +21,9 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 
+from ppgen.checks import positive_int
 from ppgen.data.text import Vocabulary
-from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, _check_count, at_least_float32, num_rows
+from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, at_least_float32, num_rows
 
 __all__ = ["SequenceModel", "shift_right"]
 
@@ -83,7 +84,7 @@ class SequenceModel(GenerativeModel):
         else:
             raise ValueError(f"vocabulary must be a Vocabulary or a number of symbols >= 2, got {vocabulary!r}")
         if context is not None:
-            self.context = _check_count(context, "context")
+            self.context = positive_int(context, "context")
             if length > context:
                 raise ValueError(f"length ({length}) must be at most the context ({context})")
 
@@ -152,8 +153,8 @@ class SequenceModel(GenerativeModel):
             Ids (n, length), or (n, P + length) after a prompt, int64; ``model.vocabulary.decode(rows)``
             gives the texts.
         """
-        n = _check_count(n, "n")
-        length = self.x_dim if length is None else _check_count(length, "length")
+        n = positive_int(n, "n")
+        length = self.x_dim if length is None else positive_int(length, "length")
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
                 or not 0 < temperature < math.inf:
             raise ValueError(f"temperature must be a positive number, got {temperature!r}")

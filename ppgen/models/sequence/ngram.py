@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ppgen.checks import positive_int
 from ppgen.data.text import Vocabulary, as_text
 from ppgen.models.sequence.base import SequenceModel, Stepper
 
@@ -129,6 +130,15 @@ class CharNGram(SequenceModel):
         model.logits = nn.Parameter(torch.cat(rows)[sort].log().to(model.logits.dtype))
         return model
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a counted table keeps the contexts it saw: a saved one brings its size (of a model of this order)
+        keys = state_dict.get(prefix + "keys")
+        if isinstance(keys, torch.Tensor) and keys.dim() == 1 and keys.shape != self.keys.shape:
+            self.keys = torch.empty_like(keys, device=self.keys.device)
+            self.logits = nn.Parameter(self.logits.new_empty(len(keys), self.vocab_size),
+                                       requires_grad=self.logits.requires_grad)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def conditional_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits[self.rows(x)]  # (N, L, V)
 
@@ -159,8 +169,7 @@ class CharNGram(SequenceModel):
 
 
 def _check_order(order, base: int) -> int:
-    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
-        raise ValueError(f"order must be a positive int, got {order!r}")
+    positive_int(order, "order")
     if base ** (order - 1) * order >= 2**62:
         raise ValueError(f"order {order} is too high for {base - 1} symbols: its contexts do not fit in int64")
     return order
