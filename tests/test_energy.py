@@ -7,7 +7,10 @@ import torch
 
 from ppgen import fit, log_likelihood
 from ppgen.inference import ModelCheckError
-from ppgen.models.energy import EBM, RBM, ContrastiveDivergence, EnergyModel, ais_log_partition, raise_log_likelihood
+from ppgen.models.energy import (
+    EBM, RBM, ContrastiveDivergence, EnergyModel, LangevinContrastiveDivergence, ais_log_partition,
+    raise_log_likelihood,
+)
 from ppgen.models.energy.ais import base_visible_bias
 from ppgen.models.energy.base import STARTS
 from ppgen.inference import Program
@@ -207,3 +210,94 @@ def test_energy_models_score_and_sample_in_float64():
     assert loss.dtype == torch.float64 and ebm.sample(2).dtype == torch.float64
     assert loss.item() == pytest.approx((ebm.energy(rows) - ebm.energy(negatives)).sum().item(), abs=1e-12)
 
+
+
+# --------------------------------------------------------------------------- continuous AIS (MALA), the deep EBM
+
+def _gaussian_mixture_energy(x):
+    """E = -log(3 (0.3 N(x; (-2, 0), 0.3^2 I) + 0.7 N(x; (2, 1), 0.5^2 I))): two separated modes, Z = 3."""
+    m1, m2 = x.new_tensor([-2.0, 0.0]), x.new_tensor([2.0, 1.0])
+    l1 = math.log(0.3) - (x - m1).pow(2).sum(-1) / (2 * 0.3**2) - math.log(2 * math.pi * 0.3**2)
+    l2 = math.log(0.7) - (x - m2).pow(2).sum(-1) / (2 * 0.5**2) - math.log(2 * math.pi * 0.5**2)
+    return -(math.log(3.0) + torch.logaddexp(l1, l2))
+
+
+_MU = torch.tensor([0.2, 0.5, 0.9, 0.6], dtype=torch.float64)
+AIS_CASES = {  # energy, dimension, AIS keywords, exact log Z
+    # a Gaussian N(m, 0.5^2 I) on R^3 from the N(0, I) base: log Z = (D / 2) log(2 pi s^2)
+    "gaussian": (lambda x: (x - x.new_tensor([1.0, -2.0, 0.5])).pow(2).sum(-1) / (2 * 0.5**2), 3, {},
+                 1.5 * math.log(2 * math.pi * 0.25)),
+    # the two-Gaussian mixture from a broad N(0, 2^2 I) base: log Z = log 3
+    "mixture": (_gaussian_mixture_energy, 2, {"base": (0.0, 2.0)}, math.log(3.0)),
+    # a Gaussian truncated to [0, 1]^4 from the uniform base: sum_d log(sqrt(2 pi) s (Phi((1 - m)/s) - Phi(-m/s)))
+    "truncated": (lambda x: (x - _MU).pow(2).sum(-1) / (2 * 0.15**2), 4, {"bounds": (0.0, 1.0)},
+                  (4 * math.log(math.sqrt(2 * math.pi) * 0.15)
+                   + torch.log(torch.special.ndtr((1 - _MU) / 0.15) - torch.special.ndtr(-_MU / 0.15)).sum()).item()),
+}
+
+
+@pytest.mark.parametrize("case", AIS_CASES)
+def test_ais_with_mala_recovers_the_exact_log_z_within_its_error(case):
+    from ppgen.models.energy.continuous_ais import ais_log_partition_continuous
+
+    energy, dim, options, exact = AIS_CASES[case]
+    estimate = ais_log_partition_continuous(energy, dim, num_chains=200, num_temperatures=500, seed=0, **options)
+    # 4 standard errors (delta method), plus 0.02 nats of AIS's own downward bias; over 20 seeds of the mixture
+    # (200 temperatures) the errors over their standard errors had mean -0.3 and s.d. 0.96
+    assert abs(estimate.log_z - exact) < 4 * estimate.stderr + 0.02, (estimate, exact)
+    assert estimate.stderr < 0.05  # and the estimate is informative
+
+
+class _BoxGaussian(EBM):
+    """E(x) = |x - mu|^2 / (2 s^2) on [0, 1]^4: a truncated Gaussian, log Z by the normal CDF."""
+
+    def energy(self, x):
+        return (x - _MU.to(x.dtype)).pow(2).sum(-1) / (2 * 0.15**2)
+
+
+def test_the_ebm_log_likelihood_is_minus_the_energy_minus_log_z_by_ais():
+    ebm = _BoxGaussian(4, hidden=2).double()
+    x = (_MU + 0.1 * torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    exact = -ebm.energy(x) - AIS_CASES["truncated"][3]
+    result = log_likelihood(ebm, x, num_samples=200, num_temperatures=500)
+    assert result.method == "ais" and result.kind == "estimate" and result.errs == "high" and not result.exact
+    assert abs(result.mean - exact.mean().item()) < 4 * result.stderr + 0.02
+    # the same log Z for every row: the rows differ by their energies only
+    torch.testing.assert_close(result.values.double() - exact, (result.values.double() - exact)[:1].expand(6),
+                               rtol=0, atol=1e-5)
+
+
+def test_the_ebm_defaults_are_short_run_mcmc_from_noise_as_nijkamp_et_al():
+    ebm = EBM(3, hidden=4)
+    assert (ebm.steps, ebm.step_size, ebm.noise_scale, ebm.bounds) == (100, 0.25, 0.005, (0.0, 1.0))
+    objective = ebm.default_objective(Program(ebm))
+    assert (objective.start, objective.k, objective.alpha, objective.data_noise) == ("noise", 100, 0.0, 0.015)
+    replay = LangevinContrastiveDivergence(Program(ebm), persistent=True)  # Du & Mordatch's recipe
+    assert (replay.start, replay.alpha, replay.data_noise) == ("buffer", 1.0, 0.0)
+    # each update: the data plus N(0, 0.015^2) noise against K Langevin steps from fresh uniform noise
+    short = EBM(3, hidden=4, steps=3).double()
+    objective = LangevinContrastiveDivergence(Program(short))
+    rows = torch.rand(5, 3, dtype=torch.float64)
+    torch.manual_seed(0)
+    loss = objective(rows, scale=1.0)
+    torch.manual_seed(0)  # the same draws, by hand: the data's noise, the chains' uniform start, 3 steps
+    noisy = rows + 0.015 * torch.randn_like(rows)
+    negatives = short.run_chains(torch.rand(5, 3, dtype=torch.float64), 3)
+    assert loss.item() == pytest.approx((short.energy(noisy) - short.energy(negatives)).sum().item(), abs=1e-12)
+
+
+def test_the_convolutional_energy_scores_samples_and_trains_on_grey_digits():
+    from ppgen import load_dataset
+
+    ebm = EBM(784, architecture="conv", channels=4, steps=3)
+    samples = ebm.sample(4)
+    assert samples.shape == (4, 784) and 0 <= samples.min() and samples.max() <= 1
+    assert ebm.double().energy(torch.rand(2, 5, 784, dtype=torch.float64)).shape == (2, 5)  # any leading shape
+    grey = load_dataset("digits_grey", "train").x[:32] / 255
+    result = fit(EBM(784, architecture="conv", channels=4, steps=3), grey, epochs=1, batch_size=16, lr=1e-4,
+                 progress=False)
+    assert result.estimator == "langevin-cd" and result.steps == 2 and all(math.isfinite(v) for v in result.losses)
+    with pytest.raises(ValueError, match="side is divisible by 4"):
+        EBM(100, architecture="conv")
+    with pytest.raises(ValueError, match="architecture must be one of"):
+        EBM(784, architecture="resnet")

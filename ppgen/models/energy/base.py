@@ -45,7 +45,8 @@ from __future__ import annotations
 import pyro
 import torch
 
-from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, _check_count, num_rows
+from ppgen.checks import positive_int
+from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, num_rows
 from ppgen.models.objective import Objective
 
 __all__ = ["EnergyModel", "ContrastiveDivergence", "STARTS"]
@@ -77,7 +78,7 @@ class EnergyModel(GenerativeModel):
     def __init__(self, x_dim: int, *, steps: int = 100, step_size: float = 0.01, noise: float | None = None,
                  bounds: tuple[float, float] | None = None):
         super().__init__(x_dim)
-        self.steps, self.step_size, self.bounds = _check_count(steps, "steps"), float(step_size), bounds
+        self.steps, self.step_size, self.bounds = positive_int(steps, "steps"), float(step_size), bounds
         if not self.step_size > 0:
             raise ValueError(f"step_size must be positive, got {step_size!r}")
         self.noise_scale = (2 * self.step_size) ** 0.5 if noise is None else float(noise)
@@ -156,8 +157,8 @@ class EnergyModel(GenerativeModel):
     def sample(self, n: int, y=None, *, steps: int | None = None, progress: bool = False) -> torch.Tensor:
         """``n`` rows after ``steps`` MCMC steps (default :attr:`steps`) from :meth:`noise`; a longer
         chain mixes better (``progress`` shows a bar)."""
-        n = _check_count(n, "n")
-        steps = self.steps if steps is None else _check_count(steps, "steps")
+        n = positive_int(n, "n")
+        steps = self.steps if steps is None else positive_int(steps, "steps")
         return self.run_chains(self.noise(n), steps, progress)
 
     def default_objective(self, program, num_particles: int = 1, precision: str = "fp32") -> Objective | None:
@@ -181,8 +182,10 @@ class ContrastiveDivergence(Objective):
         s \Big[\sum_n \big(E(x_n) - E(\tilde x_n)\big) + \alpha \sum_n \big(E(x_n)^2 + E(\tilde x_n)^2\big)\Big]
 
     with the negatives held fixed, so its gradient is that estimate (plus Du & Mordatch's penalty
-    that keeps energies bounded, for ``alpha`` > 0). It is not a log-likelihood; :meth:`score`
-    (for validation) is -E(x), the unnormalised log-density.
+    that keeps energies bounded, for ``alpha`` > 0). It is not a log-likelihood, and neither is
+    -E(x), which any shift of the energy changes: :meth:`score` (what ``fit`` validates and picks its
+    best epoch by) is the exact log p(x) where log Z is exact (an RBM of up to 20 hidden units), and
+    None otherwise (no best epoch, no early stopping).
 
     Parameters
     ----------
@@ -219,8 +222,8 @@ class ContrastiveDivergence(Objective):
             raise ValueError(f"start must be one of {tuple(STARTS)}, got {start!r}")
         if not 0 <= reinit <= 1:
             raise ValueError(f"reinit must be a probability in [0, 1], got {reinit!r}")
-        self.k = model.steps if k is None else _check_count(k, "k")
-        self.start, self.buffer_size = start, _check_count(buffer_size, "buffer_size")
+        self.k = model.steps if k is None else positive_int(k, "k")
+        self.start, self.buffer_size = start, positive_int(buffer_size, "buffer_size")
         self.reinit, self.alpha = reinit, alpha
         self.chains: torch.Tensor | None = None  # start="chains": the last negatives
         self.buffer: torch.Tensor | None = None  # start="buffer": (buffer_size, D) past negatives
@@ -258,5 +261,7 @@ class ContrastiveDivergence(Objective):
         return scale * value
 
     @torch.no_grad()
-    def score(self, x, y=None) -> torch.Tensor:
-        return -self.program.generative_model.energy(x).sum()
+    def score(self, x, y=None) -> torch.Tensor | None:
+        """Sum over the rows of the exact log p(x), where log Z is exact; else None."""
+        model = self.program.generative_model
+        return model.log_prob(x).sum() if model.has_exact_likelihood else None

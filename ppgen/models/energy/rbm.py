@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ppgen.models.base import LikelihoodEstimate, _check_count
+from ppgen.checks import positive_int
+from ppgen.models.base import LikelihoodEstimate
 from ppgen.models.energy.ais import ais_log_partition, base_visible_bias, raise_log_likelihood
 from ppgen.models.energy.base import ContrastiveDivergence, EnergyModel
 from ppgen.models.objective import Objective
@@ -64,7 +65,7 @@ class RBM(EnergyModel):
 
     def __init__(self, x_dim: int, hidden: int = 500):
         super().__init__(x_dim, steps=1000)
-        self.hidden = _check_count(hidden, "hidden")
+        self.hidden = positive_int(hidden, "hidden")
         self.weight = nn.Parameter(0.01 * torch.randn(x_dim, hidden))  # W (D, H), as Hinton's guide advises
         self.visible_bias = nn.Parameter(torch.zeros(x_dim))  # b
         self.hidden_bias = nn.Parameter(torch.zeros(hidden))  # c
@@ -129,7 +130,7 @@ class RBM(EnergyModel):
                                         num_temperatures=num_temperatures, base_bias=base, seed=seed + 1)
         return LikelihoodEstimate(values, log_z.stderr, method="ais",
                                   bracket=(lower.mean().item(), values[:raise_rows].mean().item()),
-                                  num_samples=num_samples)
+                                  num_samples=num_samples, kind="estimate", errs="high")  # log Z errs low
 
     def default_objective(self, program, num_particles: int = 1, precision: str = "fp32") -> Objective | None:
         """What ``fit(elbo="auto")`` trains with: the exact likelihood when Z is enumerable,
