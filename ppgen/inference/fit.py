@@ -6,9 +6,12 @@ optimisers, restores a checkpoint and returns the :class:`TrainState`;
 ``state, loss = trainer.update(state, batch)`` takes one minibatch;
 :meth:`Trainer.evaluate` scores held-out rows; :meth:`Trainer.run` loops over epochs with early
 stopping (:class:`EarlyStopping`), atomic checkpoints (:class:`~ppgen.inference.checkpoint.Checkpointer`),
-data-parallel ranks (:mod:`ppgen.inference.distributed`) and a convergence check
-(:func:`convergence_message`). :func:`fit` is the one-call front end, configured by a
-:class:`FitConfig`.
+data-parallel ranks (:mod:`ppgen.inference.distributed`), a TensorBoard log
+(:mod:`ppgen.inference.watch`), and at the end the checks that the result is an answer: the
+slope (:func:`convergence_message`), stationarity and the uniform model
+(:mod:`ppgen.inference.stationarity`). The optimiser is Adam, Adagrad, or L-BFGS for a classical
+full-batch fit (:mod:`ppgen.inference.optimizers`). :func:`fit` is the one-call front end,
+configured by a :class:`FitConfig`.
 
 Longer than 500 lines: the loop with its interrupt and checkpoint handling, which must be read
 together to see that every state change is committed atomically.
@@ -39,10 +42,15 @@ from ppgen.inference.training import (
     convergence_message,
 )
 from ppgen.inference.objectives import Objective, make_objective
+from ppgen.inference.optimizers import make_optimizer
 from ppgen.inference.program import ESTIMATORS, ModelCheck, Program, batch_rows, resolve_device, sample_sites
+from ppgen.inference.stationarity import stationarity, uniform_baseline_message
+from ppgen.inference.watch import IMAGE_EVERY, TrainingLog, epoch_line
 
 __all__ = ["fit", "FitConfig", "FitResult", "Trainer", "TrainState", "EarlyStopping", "ConvergenceWarning",
            "NonFiniteLossError", "DivergenceError", "convergence_message"]
+
+CLASSICAL_SIZE = 10**8  # rows x parameters of the largest fit that optimizer="auto" gives to L-BFGS
 
 
 class Trainer:
@@ -72,6 +80,11 @@ class Trainer:
         :meth:`Program.validate` found, the rows of the data, the parameters, one optimiser per
         parameter group, the objective as the ranks run it, the checkpoints, and the step a
         resumed run continued from.
+    optimizer_name, classical : str, bool
+        Also set by :meth:`init`: the optimiser (``config.optimizer`` with ``"auto"`` resolved), and
+        whether the fit is a classical one (see :class:`FitConfig`'s ``optimizer``).
+    log : TrainingLog or None
+        The TensorBoard log while :meth:`run` trains with ``config.log_dir`` set (rank 0).
     """
 
     def __init__(self, program: Program, config: FitConfig, objective=None):
@@ -92,6 +105,10 @@ class Trainer:
         self.module: torch.nn.Module | None = None
         self.checkpoints: Checkpointer | None = None
         self.resumed_from_step: int | None = None
+        self.optimizer_name = config.optimizer
+        self.classical = False
+        self.log: TrainingLog | None = None
+        self._whole_numbers = False  # a dequantized density fitted on whole-number rows (checked on the first batch)
         self._stepped = False  # whether a step ran (Pyro's argument checks run on the first only)
         self._pending: tuple[float, int] | None = None  # the record of a step whose update may be applied
         self._clock_zero: float | None = None  # perf_counter() at which this run's training time would be zero
@@ -130,6 +147,9 @@ class Trainer:
                                       self.num_rows // cluster.world_size + 1,
                                       estimator=estimator,
                                       num_particles=config.num_particles)
+        self.classical = objective is None and self._is_classical(x)
+        if self.classical and config.elbo == "auto" and self.check.estimator == "trace":
+            self.check = dataclasses.replace(self.check, estimator="mle")  # PPCA, FA: the exact marginal itself
         self.objective = objective or make_objective(program, self.check.estimator, config.num_particles,
                                                      precision=config.precision)
         if config.batch_size < self.num_rows:
@@ -137,13 +157,19 @@ class Trainer:
         groups = self.objective.collect_parameters(*first)
         if not any(groups.values()):
             raise ValueError(f"{program.name} and its guide have no parameters to fit")
+        self.optimizer_name = self._resolve_optimizer(len(groups))
+        gm = program.generative_model
+        self._whole_numbers = bool(program.exact and gm.num_levels is not None
+                                   and torch.equal(first[0], first[0].round()))
         if cluster.parallel and sum(map(len, groups.values())) != len([p for p in self.objective.parameters()
                                                                        if p.requires_grad]):
             raise ValueError("strategy='ddp' synchronises module parameters only; this model has plain "
                              "pyro.param sites: write it as a GenerativeModel or a PyroModule")
         self.params = [p for group in groups.values() for p in group]
         self.module = cluster.wrap(self.objective, self.device, find_unused=len(groups) > 1)
-        self.optimizers = {name: _optimizer(config, group, self.objective.adam_betas) for name, group in groups.items()}
+        self.optimizers = {name: make_optimizer(self.optimizer_name, group, lr=config.lr,
+                                                weight_decay=config.weight_decay, adam_betas=self.objective.adam_betas)
+                           for name, group in groups.items()}
         path = Path(config.checkpoint_dir) / CHECKPOINT_NAME if config.checkpoint_dir is not None else None
         if path is not None and path.exists() and not config.resume:
             raise ValueError(f"{path} already exists; pass resume=True to continue that run, "
@@ -152,9 +178,9 @@ class Trainer:
         fingerprint = {"model": program.name, "parameters": sorted((n, tuple(p.shape)) for n, p in named.items()),
                        "data": _data_fingerprint(x), "num_rows": self.num_rows, "batch_size": config.batch_size,
                        "seed": config.seed, "estimator": self.estimator_name, "num_particles": config.num_particles,
-                       "world_size": cluster.world_size, "optimizer": config.optimizer}
-        settings = {"lr": config.lr, "weight_decay": config.weight_decay, "epochs": config.epochs,
-                    "patience": config.patience}
+                       "world_size": cluster.world_size, "optimizer": self.optimizer_name}
+        settings = {"lr": 1.0 if self.optimizer_name == "lbfgs" else config.lr, "weight_decay": config.weight_decay,
+                    "epochs": config.epochs, "patience": config.patience}
         self.checkpoints = Checkpointer(path if cluster.is_main else None, named, self.optimizers, fingerprint,
                                         cluster, settings)
         self.resumed_from_step, self._stepped, self._pending, self._clock_zero = None, False, None, None
@@ -170,6 +196,34 @@ class Trainer:
         if config.resume:
             self._say(f"no checkpoint in {config.checkpoint_dir}: starting a new run there")
         return TrainState(rng=torch.get_rng_state())
+
+    def _is_classical(self, x) -> bool:
+        """A full-batch fit, by one process, of an in-memory tensor, of a small model whose exact
+        ``log_prob`` is the marginal likelihood over latents its guide samples or the story enumerates
+        (PPCA, factor analysis, the mixtures): what scikit-learn fits with a quasi-Newton solver."""
+        program, check = self.program, self.check
+        return (program.exact and bool(check.latent or check.enumerated) and isinstance(x, torch.Tensor)
+                and self.config.batch_size >= self.num_rows and self.cluster.world_size == 1
+                and self.num_rows * sum(p.numel() for p in program.generative_model.parameters()) <= CLASSICAL_SIZE)
+
+    def _deterministic(self) -> bool:
+        """Whether the objective has no Monte Carlo noise: exact maximum likelihood, or an ELBO with
+        every latent enumerated."""
+        return self.objective.estimator == "mle" or (self.objective.estimator == "enum" and not self.check.latent)
+
+    def _resolve_optimizer(self, num_groups: int) -> str:
+        """``config.optimizer`` with "auto" resolved: L-BFGS for a classical fit whose objective is
+        deterministic (exact maximum likelihood, or every latent enumerated), else Adam."""
+        deterministic = self._deterministic()
+        if self.config.optimizer == "auto":
+            return "lbfgs" if self.classical and deterministic else "adam"
+        if self.config.optimizer == "lbfgs" and not (deterministic and num_groups == 1 and self.cluster.world_size == 1
+                                                     and self.config.batch_size >= self.num_rows):
+            raise ValueError(
+                "optimizer='lbfgs' needs a deterministic objective (elbo='mle', or 'enum' with every latent "
+                f"enumerated; this fit's is {self.estimator_name!r}) of one parameter group over a full batch "
+                f"(batch_size >= the {self.num_rows} rows; got {self.config.batch_size}) in one process")
+        return self.config.optimizer
 
     @property
     def estimator_name(self) -> str:
@@ -217,6 +271,7 @@ class Trainer:
         # this batch's shape by validate(), and per-step checks cost a few percent of a step
         check_args = not self._stepped
         self._stepped = True
+        norms = {}
         for group in self.objective.groups:
             with contextlib.nullcontext() if check_args else pyro.validation_enabled(False):
                 loss = self.module(x, y, scale=scale, group=group)
@@ -230,11 +285,44 @@ class Trainer:
             if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
                 self._non_finite(state, rng, x, y, scale, loss_value, norm_value, group)
             first_value = loss_value if first_value is None else first_value
+            norms[group] = norm_value
             self._pending = (first_value / self.num_rows, state.batch + 1)
-            optimizer.step()
+            if isinstance(optimizer, torch.optim.LBFGS):
+                self._lbfgs_step(optimizer, state, x, y, scale, group)
+            else:
+                optimizer.step()
         state.commit_step(*self._pending, seconds=self._seconds(state))
+        if self.log is not None:
+            self.log.step(state.step, state.losses[-1], norms)
         self._check_divergence(state)
         return first_value
+
+    def _lbfgs_step(self, optimizer: torch.optim.LBFGS, state: TrainState, x, y, scale: float, group: str) -> None:
+        """One L-BFGS step (up to 20 iterations, each with a strong-Wolfe line search) on the loss
+        per example of the full data plus the L2 penalty ``weight_decay / 2 |theta|^2`` (whose
+        gradient Adam adds); parameters its line search left non-finite are put back and refused."""
+        params = optimizer.param_groups[0]["params"]
+        before = [p.detach().clone() for p in params]
+        decay = self.config.weight_decay
+
+        def closure():
+            optimizer.zero_grad(set_to_none=True)
+            loss = self.module(x, y, scale=scale, group=group)
+            if decay:
+                loss = loss + decay / 2 * sum(p.pow(2).sum() for p in params)
+            (loss / self.num_rows).backward()
+            return loss.detach() / self.num_rows
+
+        with pyro.validation_enabled(False):  # the story was checked on this batch by the step's first pass
+            optimizer.step(closure)
+        if not all(torch.isfinite(p).all() for p in params):
+            with torch.no_grad():
+                for p, value in zip(params, before):
+                    p.copy_(value)
+            raise NonFiniteLossError(
+                f"L-BFGS's line search reached non-finite parameters at step {state.step + 1}; the parameters are "
+                f"kept as they were after step {state.step}. Try optimizer='adam' with a small lr, or start from "
+                "better parameters", step=state.step + 1, site=None)
 
     def _check_divergence(self, state: TrainState) -> None:
         factor = self.config.divergence_factor
@@ -264,9 +352,10 @@ class Trainer:
             step=state.step + 1, site=site)
 
     @torch.no_grad()
-    def evaluate(self, x, y=None, *, seed: int = 0) -> float:
+    def evaluate(self, x, y=None, *, seed: int = 0) -> float | None:
         """The objective's score per example on held-out rows (with a fixed seed, so that it does
-        not disturb training); each rank scores its share of every batch and the totals are summed."""
+        not disturb training); each rank scores its share of every batch and the totals are summed.
+        None when the objective has no normalised score (:meth:`Objective.score` returns None)."""
         cluster, device = self.cluster, self.device
         total = torch.zeros((), dtype=torch.float64, device=device)
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
@@ -275,7 +364,10 @@ class Trainer:
                 self.signals.check()
                 idx = cluster.shard(idx)
                 if len(idx):
-                    total += self.objective.score(*batch_rows(x, y, idx, device)).double()
+                    score = self.objective.score(*batch_rows(x, y, idx, device))
+                    if score is None:
+                        return None
+                    total += score.double()
         return cluster.sum(total).item() / x.shape[0]
 
     # --- run ----------------------------------------------------------------------------------
@@ -296,6 +388,8 @@ class Trainer:
             torch.manual_seed(config.seed + cluster.rank)  # each rank its own (reproducible) sampling noise
             state = self.init(x, y)
             self._clock_zero = start - state.seconds  # earlier calls' time counts too
+            if config.log_dir is not None and cluster.is_main:
+                self.log = TrainingLog(config.log_dir, state.step)
             n_rows, batch_size = self.num_rows, config.batch_size
             batches_per_epoch = len(_global_batches(torch.arange(n_rows), batch_size, cluster.world_size))
             bar = _progress_bar(config.progress and cluster.is_main, config.epochs * batches_per_epoch, state.step,
@@ -324,6 +418,10 @@ class Trainer:
                             if state.step % 25 == 0:
                                 bar.set_postfix(objective=f"{-state.losses[-1]:.3f}", refresh=False)
                     self._finish_epoch(state, valid)
+                    if bar is not None:  # a terminal: a line per epoch above the bar
+                        bar.write(epoch_line(state.epoch, config.epochs, state.train_elbo[-1],
+                                             state.valid_elbo[-1] if valid is not None and state.valid_elbo else None,
+                                             state.best_epoch, self._seconds(state)), file=sys.stderr)
                     signals.check()
                     if state.stopped_early:
                         break
@@ -335,17 +433,21 @@ class Trainer:
             finally:
                 if bar is not None:
                     bar.close()
+                if self.log is not None:
+                    self.log.close()
+                    self.log = None
                 self.lock.release()
                 self._clock_zero = None
             if config.patience is not None and state.best_state is not None:
                 self.checkpoints.load_params(state.best_state, "best epoch")
-        if config.convergence_tol is not None and not state.stopped_early and cluster.is_main \
-                and self.objective.monotone:
-            message = convergence_message(state.train_elbo, config.convergence_tol)
-            if message:
-                # attributed to the caller's line, past ppgen's own frames (lazy wrappers, the CLI)
-                warnings.warn(f"fit {program.name}: {message}", ConvergenceWarning,
-                              skip_file_prefixes=(str(Path(__file__).resolve().parents[1]),))
+            if self.classical and self.objective.estimator == "mle" and self.check.latent \
+                    and not program.generative_model.set_guide_to_exact_posterior():
+                self._say("the exact marginal likelihood trained the model, not its guide: the guide is as it was")
+            messages = self._verdicts(state, x, y) if cluster.is_main else []
+        for message in messages:
+            # attributed to the caller's line, past ppgen's own frames (lazy wrappers, the CLI)
+            warnings.warn(f"fit {program.name}: {message}", ConvergenceWarning,
+                          skip_file_prefixes=(str(Path(__file__).resolve().parents[1]),))
         return FitResult(
             model=program.source,
             guide=program.guide_module if program.guide_module is not None else program.guide,
@@ -354,7 +456,58 @@ class Trainer:
             examples_per_second=cluster.world_size * rows_seen / step_seconds if step_seconds > 0 else float("nan"),
             stopped_early=state.stopped_early, best_epoch=state.best_epoch, device=str(self.device),
             estimator=self.estimator_name, check=self.check, resumed_from_step=self.resumed_from_step,
+            optimizer=self.optimizer_name,
         )
+
+    def _verdicts(self, state: TrainState, x, y) -> list[str]:
+        """What the end of a run warns about, in words: the objective still rising over the last
+        epochs (:func:`convergence_message`) or, failing that, parameters far from a stationary point
+        (:func:`~ppgen.inference.stationarity.stationarity`, for a built-in estimator in one process);
+        and a figure worse than the uniform model's (:func:`uniform_baseline_message`)."""
+        config, objective, gm = self.config, self.objective, self.program.generative_model
+        messages = []
+        if config.convergence_tol is not None and not state.stopped_early and objective.monotone:
+            message = convergence_message(state.train_elbo, config.convergence_tol)
+            if message is None and objective.estimator in ESTIMATORS and self.cluster.world_size == 1:
+                # the rows it looks at, so that it costs at most about a tenth of the training: a sixteenth of
+                # the rows the run trained on (at least 128), up to 2048
+                found = self._stationarity(x, y, min(2048, max(128, state.step * config.batch_size // 16)))
+                message = found.message(config.convergence_tol, self._advice()) if found is not None else None
+            messages += [message] if message else []
+        if gm is not None and state.train_elbo and (self._whole_numbers or objective.estimator in ESTIMATORS):
+            levels = gm.num_levels or (2 if gm.data_support == "binary" else None)
+            message = uniform_baseline_message(state.train_elbo[-1], gm.x_dim, levels,
+                                               whole_numbers=self._whole_numbers, bound=objective.estimator != "mle")
+            messages += [message] if message else []
+        return messages
+
+    def _stationarity(self, x, y, sample: int):
+        """:func:`~ppgen.inference.stationarity.stationarity` at the parameters, quietly (a chunk of
+        rows may lack a site that the minibatches had, and Pyro would say so), leaving the buffers
+        (running statistics) as they were."""
+        objective = self.objective
+        buffers = [(b, b.clone()) for b in objective.buffers()]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return stationarity(lambda xb, yb, scale: objective(xb, yb, scale=scale), self.params,
+                                    lambda idx: batch_rows(x, y, idx, self.device), self.num_rows, sample=sample,
+                                    weight_decay=self.config.weight_decay, exact=self._deterministic(),
+                                    seed=self.config.seed)
+        finally:
+            with torch.no_grad():
+                for buffer, value in buffers:
+                    buffer.copy_(value)
+
+    def _advice(self) -> str:
+        """What to do about a fit far from a stationary point."""
+        if self.optimizer_name == "lbfgs":
+            return ("L-BFGS stopped where its line search found no progress, as on badly scaled data in float32: "
+                    "standardise the data's columns, or fit in float64 (model.double() and float64 rows)")
+        if self.program.exact and (self.check.latent or self.check.enumerated):
+            return (f"Raise epochs or lr, or fit a full batch (batch_size >= {self.num_rows}), where optimizer='auto' "
+                    "runs L-BFGS, which reaches the maximum likelihood in a few epochs")
+        return "Raise epochs or lr"
 
     def _finish_epoch(self, state: TrainState, valid) -> None:
         """Score the epoch, decide on early stopping, and commit all of it at once, then checkpoint.
@@ -362,9 +515,17 @@ class Trainer:
         seeded, so it gives the same figures)."""
         train = -sum(state.epoch_losses) / len(state.epoch_losses)
         score = self.evaluate(*valid, seed=self.config.seed + state.epoch + 1) if valid is not None else None
+        if score is None and valid is not None and state.epoch == 0:
+            self._say(f"{self.estimator_name} has no normalised validation score: no best epoch, no early stopping")
         best = EarlyStopping(self.config.patience).decide(state, score, self.checkpoints.snapshot)
         state.commit_epoch(train, score, best, seconds=self._seconds(state))
         self.checkpoints.save(state.to_dict())
+        if self.log is not None:
+            self.log.epoch(state.step, train, score, {g: o.param_groups[0]["lr"] for g, o in self.optimizers.items()})
+            gm = self.program.generative_model
+            if gm is not None and (state.epoch % IMAGE_EVERY == 0 or state.epoch == self.config.epochs
+                                   or state.stopped_early):
+                self.log.samples(state.step, gm, seed=self.config.seed)
 
     def _record_applied_step(self, state: TrainState) -> None:
         """After an interrupt between a step's parameter update and its record, record it: the
@@ -427,7 +588,10 @@ def fit(model, data, config: FitConfig | None = None, *, guide=None, valid=None,
     Warns
     -----
     ConvergenceWarning
-        When the objective was still improving faster than ``convergence_tol`` at the end.
+        When the objective was still improving faster than ``convergence_tol`` at the end; when
+        the parameters are far from a stationary point of a built-in estimator's objective (one
+        more step would still gain, or the gradient is far from zero: :mod:`ppgen.inference.stationarity`);
+        and when the fit scores worse than the uniform distribution over discrete data's levels.
 
     Examples
     --------
@@ -462,13 +626,6 @@ def fit(model, data, config: FitConfig | None = None, *, guide=None, valid=None,
     result = trainer.run(x, y, valid_xy)
     trainer.cluster.close()  # on success only: see Cluster.close
     return result
-
-
-def _optimizer(config: FitConfig, params: list[torch.Tensor], adam_betas: tuple[float, float]
-               ) -> torch.optim.Optimizer:
-    if config.optimizer == "adagrad":
-        return torch.optim.Adagrad(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.Adam(params, lr=config.lr, betas=adam_betas, weight_decay=config.weight_decay)
 
 
 def _data_fingerprint(x) -> str:

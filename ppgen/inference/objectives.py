@@ -76,6 +76,14 @@ class ELBO(Objective):
             return surrogate - surrogate.detach() - torch.as_tensor(elbo).detach()
         return self._pyro_elbo.differentiable_loss(model, guide, *call_args(x, y))
 
+    def score(self, x, y=None) -> torch.Tensor:
+        """Minus the loss summed over the rows, for validation: Pyro's ``TraceEnum_ELBO`` runs only
+        where gradients are recorded, so ``"enum"`` scores in grad mode (and detaches)."""
+        if self.estimator != "enum":
+            return super().score(x, y)
+        with torch.enable_grad():
+            return -self(x, y, scale=1.0).detach()
+
 
 class MaximumLikelihood(Objective):
     """Exact negative log-likelihood, -sum_n log p(x_n) scaled to the full data, through the

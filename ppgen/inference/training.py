@@ -18,8 +18,10 @@ import torch
 from ppgen.inference.distributed import STRATEGIES
 from ppgen.inference.objectives import PRECISIONS
 from ppgen.inference.program import ESTIMATORS, ModelCheck
+from ppgen.inference.watch import check_log_dir
 
-OPTIMIZERS = ("adam", "adagrad")
+GRADIENT_OPTIMIZERS = ("adam", "adagrad")  # first-order: any objective, minibatches
+OPTIMIZERS = ("auto", *GRADIENT_OPTIMIZERS, "lbfgs")
 
 __all__ = ["FitConfig", "FitResult", "TrainState", "EarlyStopping", "ConvergenceWarning", "NonFiniteLossError",
            "DivergenceError", "convergence_message"]
@@ -39,7 +41,9 @@ class DivergenceError(FloatingPointError):
 
 
 class ConvergenceWarning(UserWarning):
-    """``fit`` ended while its objective was still improving faster than the tolerance."""
+    """``fit`` ended away from an answer: its objective was still improving faster than the tolerance,
+    its parameters were far from a stationary point (:mod:`ppgen.inference.stationarity`), or it
+    scores worse than the uniform distribution over the data's levels."""
 
 
 def _positive_int(value, name: str, minimum: int = 1) -> None:
@@ -62,10 +66,19 @@ class FitConfig:
     ----------
     epochs, batch_size, lr
         Passes over the data, rows per minibatch (a batch of all rows keeps their order, as
-        local guides need), the optimiser's learning rate.
-    optimizer : {"adam", "adagrad"}
-        ``torch.optim.Adam`` with the objective's betas (0.9, 0.999; a GAN's are (0.5, 0.9)), or
-        ``torch.optim.Adagrad``, which Germain et al. trained MADE with (their lr: 0.01).
+        local guides need), the optimiser's learning rate (Adam's and Adagrad's; L-BFGS takes
+        the quasi-Newton step, lr 1, scaled by its line search).
+    optimizer : {"auto", "adam", "adagrad", "lbfgs"}
+        ``torch.optim.Adam`` with the objective's betas (0.9, 0.999; a GAN's are (0.5, 0.9)),
+        ``torch.optim.Adagrad``, which Germain et al. trained MADE with (their lr: 0.01), or
+        ``torch.optim.LBFGS`` with a strong-Wolfe line search (up to 20 iterations per epoch), for a
+        deterministic objective (``"mle"``, or ``"enum"`` with every latent enumerated) over a full
+        batch, in one process. ``"auto"`` (the default) picks L-BFGS, as scikit-learn's solvers do,
+        for a *classical* fit with a deterministic objective: a model whose exact ``log_prob`` is the
+        marginal likelihood over latents its guide samples or the story enumerates (PPCA, factor
+        analysis, the mixtures), fitted by one process on a full batch (``batch_size`` >= the rows)
+        of an in-memory tensor with rows x parameters <= 10^8; Adam for everything else (every
+        minibatch fit included).
     weight_decay : float
         The optimiser's L2 penalty (``weight_decay=`` of torch's optimisers), 0 by default, on every
         parameter (the guide's too). The losses are for the whole data set, so for an exact model
@@ -75,7 +88,10 @@ class FitConfig:
     elbo : {"auto", "trace", "meanfield", "enum", "graph", "iwae", "mle"}
         The estimator. ``"auto"``: ``"enum"`` when the model marks sites for enumeration,
         ``"mle"`` (exact maximum likelihood through ``log_prob``, no sampling) for an exact
-        model without guide latents, else ``"trace"`` (``Trace_ELBO``).
+        model without guide latents and for a classical fit (see ``optimizer``) of an exact model
+        with guide latents (PPCA, factor analysis: the marginal likelihood maximised directly, after
+        which the guide is set to the exact posterior where the model has one,
+        ``set_guide_to_exact_posterior``), else ``"trace"`` (``Trace_ELBO``).
     num_particles : int
         Samples per example, vectorised (the K of ``"iwae"``).
     device : "auto", "cpu", "cuda", "cuda:N"
@@ -101,16 +117,25 @@ class FitConfig:
         ``"bf16"`` runs the networks under bfloat16 autocast; densities and losses stay float32.
     convergence_tol : float or None
         Warn (:class:`ConvergenceWarning`) when the training objective still improved by more
-        than this fraction per epoch over the last epochs; None turns the check off.
+        than this fraction per epoch over the last epochs, or when one preconditioned gradient
+        step from the returned parameters still raises it by more than this fraction
+        (:func:`~ppgen.inference.stationarity.stationarity`); None turns both checks off.
+        (Scoring worse than the uniform distribution warns whatever this is.)
     divergence_factor : float or None
         Stop with :class:`DivergenceError` when the loss per example grows past this many times
         its first value (at least 1 nat); None turns the check off.
+    log_dir : path, optional
+        Write TensorBoard event files there (needs the ``tensorboard`` package: ``pip install
+        'ppgen[tensorboard]'``): per step the loss and each parameter group's gradient norm, per
+        epoch the training and validation figures and the learning rates, and every few epochs a
+        grid of samples from a model of images (:mod:`ppgen.inference.watch`). A resumed run
+        continues the same log. ``tensorboard --logdir DIR`` shows it.
     """
 
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
-    optimizer: str = "adam"
+    optimizer: str = "auto"
     weight_decay: float = 0.0
     elbo: str = "auto"
     num_particles: int = 1
@@ -125,6 +150,7 @@ class FitConfig:
     precision: str = "fp32"
     convergence_tol: float | None = 1e-3
     divergence_factor: float | None = 1e3
+    log_dir: str | Path | None = None
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "num_particles"):
@@ -137,7 +163,9 @@ class FitConfig:
         if self.patience is not None:
             _positive_int(self.patience, "patience")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+            raise ValueError(f"optimizer must be one of {GRADIENT_OPTIMIZERS}, got {self.optimizer!r} (or 'lbfgs', "
+                             "quasi-Newton on a full batch, or 'auto', the default: L-BFGS for a classical "
+                             "full-batch fit, else Adam)")
         if self.elbo not in ESTIMATORS:
             raise ValueError(f"elbo must be one of {ESTIMATORS}, got {self.elbo!r}")
         if self.precision not in PRECISIONS:
@@ -151,6 +179,9 @@ class FitConfig:
         for name in ("resume", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.log_dir is not None and not isinstance(self.log_dir, (str, Path)):
+            raise ValueError(f"log_dir must be a folder path (str or Path) or None, got {self.log_dir!r}")
+        check_log_dir(self.log_dir)
 
 
 @dataclasses.dataclass(repr=False)
@@ -182,6 +213,8 @@ class FitResult:
     device : str
     estimator : str
         The estimator that ran (``"auto"`` resolved), or the custom objective's class name.
+    optimizer : str
+        The optimiser that ran (``"auto"`` resolved).
     check : ModelCheck
         What :meth:`Program.validate` found on the first batch.
     resumed_from_step : int or None
@@ -204,22 +237,23 @@ class FitResult:
     estimator: str = "trace"
     check: ModelCheck | None = None
     resumed_from_step: int | None = None
+    optimizer: str = "adam"
 
     def __repr__(self) -> str:
         valid = f", valid {self.valid_elbo[-1]:.3f}" if self.valid_elbo else ""
         train = f"train {self.train_elbo[-1]:.3f}" if self.train_elbo else "no epoch"
         name = type(self.model).__name__ if isinstance(self.model, torch.nn.Module) else \
             getattr(self.model, "__name__", "model")
-        return (f"FitResult({name}, "
-                f"{self.estimator}, {self.epochs} epochs / {self.steps} steps, {train}{valid} nats/example, "
+        return (f"FitResult({name}, {self.estimator}, {self.optimizer}, "
+                f"{self.epochs} epochs / {self.steps} steps, {train}{valid} nats/example, "
                 f"best epoch {self.best_epoch}, {self.seconds:.1f} s on {self.device})")
 
     def to_dict(self) -> dict:
         """The figures as plain numbers and lists (for ``json.dumps``): per-epoch objectives in nats per
         example; the per-step ``losses`` stay an attribute (``final_loss`` is the last)."""
         return {"model": repr(self).split("(", 1)[1].split(",", 1)[0], "estimator": self.estimator,
-                "epochs": self.epochs, "steps": self.steps, "train_elbo": list(self.train_elbo),
-                "valid_elbo": list(self.valid_elbo), "final_loss": self.losses[-1] if self.losses else None,
+                "optimizer": self.optimizer, "epochs": self.epochs, "steps": self.steps,
+                "train_elbo": list(self.train_elbo), "valid_elbo": list(self.valid_elbo), "final_loss": self.losses[-1] if self.losses else None,
                 "best_epoch": self.best_epoch, "stopped_early": self.stopped_early, "seconds": self.seconds,
                 "total_seconds": self.total_seconds, "examples_per_second": self.examples_per_second,
                 "device": self.device, "resumed_from_step": self.resumed_from_step,

@@ -45,17 +45,24 @@ class LikelihoodEstimate:
     Attributes
     ----------
     values : Tensor
-        log p(x) per row in nats, shape (N,): an estimate or a bound, as ``method`` says.
+        log p(x) per row in nats, shape (N,): an estimate or a bound, as ``kind`` says.
     stderr : float
         The Monte Carlo standard error of the mean of ``values`` (0 where it is exact).
     method : str
-        How the figure was made: ``"ais"`` (annealed importance sampling, a stochastic lower
-        bound in expectation), ``"elbo"`` (a variational lower bound), ...
+        How the figure was made: ``"ais"`` (annealed importance sampling), ``"elbo"`` (a
+        variational bound), ...
     bracket : (float, float), optional
         A (lower, upper) bracket on the mean log-likelihood of some rows, where the estimator has
         one (an RBM's RAISE and AIS figures).
     num_samples : int
         The chains or draws behind each row's figure.
+    kind : str, default "bound"
+        What the figure is (``ppgen.inference.likelihood.KINDS``): ``"bound"``, a lower bound on
+        log p(x) or one in expectation (an ELBO; AIS over a decoder's latents, whose estimate of
+        p(x) is unbiased), or ``"estimate"``, whose error has a sign only on average (AIS of log Z).
+    errs : str, default "low"
+        On which side of log p(x) the figure falls (on average): ``"low"`` for a bound; an energy
+        model's AIS of log Z errs low, so its log-likelihood says ``"high"``.
     """
 
     values: torch.Tensor
@@ -63,6 +70,8 @@ class LikelihoodEstimate:
     method: str
     bracket: tuple[float, float] | None = None
     num_samples: int = 1
+    kind: str = "bound"
+    errs: str = "low"
 
 
 class GenerativeModel(PyroModule):
@@ -126,6 +135,8 @@ class GenerativeModel(PyroModule):
         log p(x | z) of a decoder model (with ``z_dim``).
     ``restore(y, operator, num_samples, **options) -> (Tensor, str) or None``
         The model's own answer to an inverse problem, or None for ``ppgen.inverse``'s generic routes.
+    ``set_guide_to_exact_posterior() -> bool``
+        Set the guide to p(z | x) where it has a closed form (True), or do nothing (False).
     """
 
     has_exact_likelihood: ClassVar[bool] = False
@@ -197,6 +208,13 @@ class GenerativeModel(PyroModule):
         then uses its generic routes (exact Gaussian posteriors, autoregressive conditionals, SMC
         over a VAE's code). ``options`` are the method's keywords; ``restore`` seeds the call."""
         return None
+
+    def set_guide_to_exact_posterior(self) -> bool:
+        """Set the guide's parameters to the exact posterior p(z | x) of the model's, where it has a
+        closed form, and return True; the default does nothing and returns False. ``fit`` calls it
+        after maximising an exact marginal likelihood directly (``"auto"`` on a classical full-batch
+        fit: PPCA, factor analysis), which leaves the guide untrained."""
+        return False
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Exact log p(x) per row, shape (N,). Raises where it is intractable."""

@@ -40,7 +40,8 @@ class Objective(nn.Module):
 
     Subclasses implement :meth:`loss`, and :meth:`group_parameters` when they have more than
     one group. :meth:`score` (per-example figure of merit, higher is better, used for
-    validation) defaults to minus the loss of the first group.
+    validation and the best epoch) defaults to minus the loss of the first group; an objective
+    whose loss is no normalised figure returns None (``fit`` then selects no epoch).
 
     Attributes
     ----------
@@ -90,8 +91,9 @@ class Objective(nn.Module):
         return {self.groups[0]: [p for p in self.parameters() if p.requires_grad]}
 
     @torch.no_grad()
-    def score(self, x, y=None) -> torch.Tensor:
-        """Sum over the rows of the per-example objective (higher is better), for validation."""
+    def score(self, x, y=None) -> torch.Tensor | None:
+        """Sum over the rows of the per-example objective (higher is better), for validation, or
+        None when the objective has none worth selecting an epoch by."""
         return -self(x, y, scale=1.0)
 
     def collect_parameters(self, x, y=None) -> dict[str, list[torch.Tensor]]:

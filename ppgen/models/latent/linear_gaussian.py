@@ -91,8 +91,9 @@ class _LinearGaussian(GenerativeModel):
         return (x - self.loc) @ scaled @ cov, cov
 
     @torch.no_grad()
-    def set_guide_to_exact_posterior(self) -> None:
-        """Set the guide's A, b and L to the exact posterior's: then the ELBO equals log p(x)."""
+    def set_guide_to_exact_posterior(self) -> bool:
+        """Set the guide's A, b and L to the exact posterior's: then the ELBO equals log p(x).
+        Returns True (the hook of :class:`~ppgen.models.base.GenerativeModel`)."""
         scaled = self.weight / self.noise_variance().unsqueeze(-1)
         cov = torch.linalg.inv(torch.eye(self.latent_dim, dtype=scaled.dtype, device=scaled.device)
                                + self.weight.T @ scaled)
@@ -103,6 +104,7 @@ class _LinearGaussian(GenerativeModel):
         self.guide_bias.copy_(-gain @ self.loc)
         self.guide_log_diag.copy_(torch.diagonal(tril).log())
         self.guide_off_diag.copy_(tril[rows, cols])
+        return True
 
     def fit_mle(self, x: torch.Tensor, **options) -> "_LinearGaussian":
         """Set the parameters to their maximum-likelihood values on ``x`` (closed form or EM),
