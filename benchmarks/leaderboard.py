@@ -12,14 +12,20 @@ and writes the table between ``<!-- leaderboard -->`` markers in ``benchmarks/RE
 MNIST test rows) into ``benchmarks/results/leaderboard_runs.json``, so that the row survives without the
 folder, which is not committed.
 
-Each row says what kind of figure it is, since they are not interchangeable:
+Each row says what kind of figure it is, since they are not interchangeable, in the label its
+``LikelihoodResult`` wrote (``to_dict()["label"]``, from ``ppgen.inference.likelihood.KINDS``); files
+written before results carried labels get the same words from ``describe``:
 
 - **exact**: log p(x) in closed form (autoregressive models, the factorised model, Bayesian networks);
-- **lower bound** on log p(x), so the NLL errs high: the IWAE estimate (stochastic, its bias shrinks
-  with K), a dequantized flow's E_u log p(x + u), a diffusion model's ELBO;
-- **AIS**: an RBM's log Z by annealed importance sampling makes its log p(x) err *high* on average
-  (the RAISE bracket bounds it from the other side); AIS over a decoder's latents (GAN, Wu et al. 2017)
-  is a stochastic lower bound.
+- **a lower bound** on log p(x), so the NLL errs *high*: the IWAE estimate (stochastic, its bias shrinks
+  with K), a dequantized flow's E_u log p(x + u), a diffusion model's ELBO, AIS over a decoder's latents
+  (GAN, Wu et al. 2017: its estimate of p(x) is unbiased, so its log errs low);
+- **an estimate that errs high** in log-likelihood on average, so its NLL errs *low*: an RBM's log Z by
+  annealed importance sampling errs low; the RAISE figure bounds the NLL from above.
+
+The ± column is the Monte Carlo standard error of the mean wherever the figure is random; where each
+row has one random draw (a dequantized flow's noise, a diffusion bound's x_t) it is the spread over
+rows / sqrt(rows), which over-states it.
 
 A family with no figure on these rows yet is listed as missing, with the command that makes one.
 """
@@ -84,12 +90,18 @@ MISSING = {  # model key -> the command that produces its row
 EBM_GAN_PARAMETERS = {"rbm": 784 * 500 + 784 + 500, "gan": (64 * 256 + 256) + (256 * 256 + 256) + (256 * 784 + 784)}
 
 
-# what a figure is, by the method that gave it (a run folder's AIS figure errs high or low with the model: not taken)
-RUN_KINDS = {"exact": "exact", "iwae": "lower bound (IWAE, K={k})", "elbo": "lower bound (ELBO)"}
-
-
 def load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def figure_label(figures: dict, method: str, kind: str, num_samples: int | None = 0) -> str:
+    """What a figure is: the label its ``LikelihoodResult`` wrote, else (a file written before results
+    carried one) the same words from ``method`` and ``kind`` as that file's writer knew them."""
+    if figures.get("label"):
+        return figures["label"]
+    from ppgen.inference.likelihood import describe  # torch: only for such files
+
+    return describe(method, kind, {"exact": None, "bound": "low", "estimate": "high"}[kind], num_samples or 0)
 
 
 def benchmark_rows(report: dict | None, source: str) -> dict:
@@ -99,13 +111,27 @@ def benchmark_rows(report: dict | None, source: str) -> dict:
         exact = m.get("test_nll_exact", True)
         rows[key] = {
             "model": m["model"], "nll": m["test_nll_nats"], "stderr": m.get("test_nll_stderr") or 0.0,
-            "kind": RUN_KINDS["exact" if exact else "iwae"].format(k=m.get("test_num_samples")),
+            "kind": figure_label(m, "exact" if exact else "iwae", "exact" if exact else "bound",
+                                 m.get("test_num_samples")),
             "rows": m.get("test_rows") or report.get("test_rows", 10000), "parameters": m["parameters"],
             "train": f"{m['train_seconds'] / 60:.0f} min, {m['epochs']} epochs"
                      + (f" ({m['status']})" if "status" in m and m["status"] != "complete" else ""),
             "device": m.get("device") or report.get("machine", "?"), "source": source,
         }
     return rows
+
+
+def run_label(metrics: dict, run: str = "a run") -> str:
+    """The label of a ``ppgen train`` run's ``metrics.json`` figure. Folders written before figures carried their
+    kind said ``method`` and ``exact`` only: an AIS figure of theirs errs high or low with the model, so it is refused
+    (its benchmark adds it)."""
+    method = metrics.get("method", "exact")
+    if metrics.get("kind"):
+        return figure_label(metrics, method, metrics["kind"], metrics["num_samples"])
+    if method == "ais":
+        raise SystemExit(f"{run}'s metrics.json has an AIS figure without its kind "
+                         "(written before ppgen labelled figures): evaluate the run again, or let its benchmark add it")
+    return figure_label(metrics, method, "exact" if metrics.get("exact", True) else "bound", metrics["num_samples"])
 
 
 def collect() -> dict[str, dict]:
@@ -121,8 +147,7 @@ def collect() -> dict[str, dict]:
     for key, entry in (load(RUNS) or {}).items():
         config, m = entry["config"], entry["metrics"]
         rows[key] = {"model": f"{entry['model']}, by `ppgen train`", "nll": -m["log_likelihood"],
-                     "stderr": m["stderr"] or 0.0,
-                     "kind": RUN_KINDS[m.get("method", "exact")].format(k=m["num_samples"]),
+                     "stderr": m["stderr"] or 0.0, "kind": run_label(m, entry["run"]),
                      "rows": entry["rows"], "parameters": m["num_parameters"],
                      "train": f"{config['train_seconds'] / 60:.0f} min, {entry['epochs']} epochs",
                      "device": config["device"], "source": entry["run"]}
@@ -140,11 +165,12 @@ def collect() -> dict[str, dict]:
         for key, label in (("rbm", "RBM(784, hidden=500), PCD-1"), ("gan", "GAN(784, z_dim=64, hidden=[256, 256])")):
             m = ebm_gan[key]
             ll = m["log_likelihood"]
-            if key == "rbm":
+            if key == "rbm":  # AIS of log Z: its log-likelihood errs high, the NLL low; RAISE's NLL errs high
                 lo, hi = ll["bracket"]
-                kind = f"AIS log Z (errs high on average); RAISE {-lo:.1f} .. AIS {-hi:.1f} on 100 rows"
-            else:
-                kind = f"stochastic lower bound (AIS over z, {ll['num_samples']} chains)"
+                kind = (f"{figure_label(ll, 'ais', 'estimate', ll['num_samples'])}; on 100 rows the NLL lies between "
+                        f"AIS {-hi:.1f} and RAISE {-lo:.1f}")
+            else:  # AIS over z: an unbiased estimate of p(x), so its log is a lower bound in expectation
+                kind = f"{figure_label(ll, 'ais', 'bound', ll['num_samples'])}, annealed over z"
             rows[key] = {"model": label, "nll": -ll["log_likelihood"], "stderr": ll["stderr"], "kind": kind,
                          "rows": ll["num_examples"], "parameters": m.get("num_parameters") or EBM_GAN_PARAMETERS[key],
                          "train": f"{m['train_seconds'] / 60:.0f} min, {m['epochs']} epochs", "device": device,
@@ -154,15 +180,16 @@ def collect() -> dict[str, dict]:
     if binary and binary.get("data") == "binarized_mnist":
         bound = binary["test_elbo_nats"]
         rows["diffusion"] = {"model": f"BinaryDiffusion(784, num_steps={binary['num_steps']})", "nll": -bound["mean"],
-                             "stderr": None, "kind": "lower bound (ELBO, all T terms summed)", "rows": bound["rows"],
+                             "stderr": bound.get("stderr"), "rows": bound["rows"],
+                             "kind": f"{figure_label(bound, 'elbo', 'bound')}, all T terms summed",
                              "parameters": binary["num_parameters"],
                              "train": f"{binary['train_seconds'] / 60:.0f} min, {binary['epochs']} epochs",
                              "device": diffusion["settings"].get("device", "cpu"), "source": "diffusion.py"}
     flows = load(RESULTS / "flow_binary_mnist.json")
     for name, m in ((flows or {}).get("models") or {}).items():
         if "dequantized" in name:
-            rows["flow"] = {"model": name, "nll": -m["log_likelihood"], "stderr": None,  # its stderr is over rows
-                            "kind": f"lower bound (E_u log p(x + u), {m['noise_draws']} noise draws)",
+            rows["flow"] = {"model": name, "nll": -m["log_likelihood"], "stderr": m.get("stderr"),
+                            "kind": f"{figure_label(m, 'exact', 'bound')}, mean of {m['noise_draws']} noise draws",
                             "rows": int(flows["settings"]["test_rows"]), "parameters": m["num_parameters"],
                             "train": f"{m['train_seconds'] / 60:.0f} min, {m['epochs']} epochs", "device": "cpu",
                             "source": "flow_binary.py"}
@@ -180,9 +207,7 @@ def add_run(run: Path, key: str) -> None:
                          f"split {metrics.get('split')!r}), so its figure does not belong in this table")
     if key not in PUBLISHED:
         raise SystemExit(f"--as {key!r} is not a row of the table; choose from {list(PUBLISHED)}")
-    if metrics.get("method", "exact") not in RUN_KINDS:
-        raise SystemExit(f"{run}'s figure comes by {metrics['method']!r}; the table takes {list(RUN_KINDS)} from run "
-                         "folders (an AIS figure errs high or low with the model: its benchmark adds it)")
+    run_label(metrics, str(run))  # what the figure is, or refuse
     from ppgen.cli import MODELS
     from ppgen.data import load_dataset  # the number of test rows, for folders that predate metrics["rows"]
     from ppgen.inference.checkpoint import write_json_atomic

@@ -7,7 +7,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from ppgen import log_likelihood
+from ppgen import LikelihoodResult, log_likelihood
 from ppgen.inference import fit
 from ppgen.models import IndependentBernoulli
 
@@ -110,3 +110,103 @@ def test_likelihood_is_computed_without_tf32_and_leaves_the_settings_as_they_wer
         assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == (conv, "tf32")
     finally:
         torch.backends.cuda.matmul.fp32_precision = matmul
+
+
+# --- what each figure is: kind, errs, stderr ---------------------------------------------------------------------
+
+
+def test_a_dequantized_flow_is_a_lower_bound_whose_noise_is_its_monte_carlo_error():
+    """A MAF on 2 pixels of 4 levels: quadrature over each level's unit square gives both the discrete log P(x)
+    (log of the mean density) and the bound E_u log p(x + u) (mean of the log density), a second algorithm."""
+    from ppgen.models.flows import MAF, dequantize
+
+    flow = MAF(2, transforms=2, hidden=8, num_levels=4, seed=0)
+    with torch.no_grad():  # off its near-identity start, so the density bends inside each square
+        g = torch.Generator().manual_seed(0)
+        for p in flow.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    levels = torch.cartesian_prod(torch.arange(4.0), torch.arange(4.0))  # the 16 discrete rows
+    mid = (torch.arange(200) + 0.5) / 200
+    with torch.no_grad():
+        log_p = torch.stack([flow.log_prob(row + torch.cartesian_prod(mid, mid)) for row in levels])  # (16, 40000)
+    log_mass = torch.logsumexp(log_p, 1) - math.log(log_p.shape[1])  # log P(x)
+    assert log_mass.exp().sum().item() == pytest.approx(1.0, abs=0.01)  # the quadrature holds the whole mass
+    bound = log_p.mean(1).mean().item()  # E_u log p(x + u), averaged over the 16 rows
+
+    result = log_likelihood(flow, dequantize(levels.repeat(1000, 1), 4, seed=1))  # 16,000 rows, u drawn once each
+    assert (result.exact, result.kind, result.errs, result.method) == (False, "bound", "low", "exact")
+    assert result.label.startswith("dequantized density") and "lower bound" in str(result)
+    # one draw of u per row: the draws' noise and the rows' spread are one, stderr = row_std / sqrt(N)
+    assert result.row_std == pytest.approx(result.values.double().std().item(), rel=1e-6)
+    assert result.stderr == pytest.approx(result.row_std / math.sqrt(16_000), rel=1e-9)
+    assert abs(result.mean - bound) < 4 * result.stderr  # it estimates the bound within its standard error ...
+    assert log_mass.mean().item() - result.mean > 4 * result.stderr  # ... which is clearly below log P(x) (0.9 nats)
+    # scored by "iwae" (no latents: K is irrelevant) it is the same bound, labelled the same way
+    iwae = log_likelihood(flow, dequantize(levels.repeat(1000, 1), 4, seed=1), method="iwae")
+    assert torch.equal(iwae.values, result.values) and (iwae.kind, iwae.errs, iwae.method) == ("bound", "low", "iwae")
+    assert iwae.label.startswith("dequantized density") and iwae.num_samples == 0
+
+
+def test_a_latent_free_plain_model_scored_by_iwae_is_exact_whatever_k():
+    """No latent sites: every importance weight is p(x) itself, so the figure is the closed form, K is irrelevant
+    (one particle is drawn), and the result says exact (not "IWAE K=1000")."""
+    def gaussian(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.MultivariateNormal(B, torch.outer(W, W) + SIGMA**2 * torch.eye(3)), obs=x)
+
+    def no_guide(x):
+        pass
+
+    x = dist.MultivariateNormal(B, torch.outer(W, W) + SIGMA**2 * torch.eye(3)).sample((50,))
+    result = log_likelihood(gaussian, x, guide=no_guide, num_samples=1000)
+    assert torch.allclose(result.values.double(), exact_log_marginal(x).double(), atol=1e-5)
+    assert result.exact and (result.kind, result.errs, result.stderr, result.num_samples) == ("exact", None, 0.0, 0)
+    assert result.method == "iwae" and "no latent variables" in str(result) and "K=" not in str(result)
+
+
+def test_iwae_stderr_is_the_spread_of_repeated_estimates_not_of_the_rows(data):
+    """The delta-method standard error against the spread of 20 independent estimates (seeds) on the same rows;
+    the standard deviation of 20 draws is itself uncertain by about 1 / sqrt(2 * 19) = 16%, the delta method by a
+    little more at K = 20: a factor 1.6 either way."""
+    guide = make_guide(0.5, 1.8)
+    runs = [log_likelihood(linear_gaussian, data, guide=guide, num_samples=20, seed=seed) for seed in range(20)]
+    spread = torch.tensor([r.mean for r in runs]).std().item()
+    stderr = sum(r.stderr for r in runs) / len(runs)
+    assert spread / 1.6 < stderr < 1.6 * spread
+    first = runs[0]
+    assert (first.kind, first.errs, first.label) == ("bound", "low", "IWAE K=20: a lower bound on log p(x)")
+    assert first.row_std == pytest.approx(first.values.double().std().item(), rel=1e-6)
+    # the rows differ more than the draws: row_std / sqrt(N) (0.11 here) would over-state this error (0.016)
+    assert first.stderr < 0.5 * first.row_std / math.sqrt(len(data))
+
+
+def test_ais_of_log_z_is_an_estimate_that_errs_high():
+    """An RBM small enough for its exact log Z: AIS with 2 chains and 10 temperatures under-estimates log Z on
+    average (Jensen: its Z is unbiased), so its log-likelihood errs high. Over 40 seeds the mean excess is several
+    of its standard errors above 0."""
+    from ppgen.models import RBM
+
+    rbm = RBM(10, hidden=8, seed=0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        rbm.weight.copy_(torch.randn(10, 8, generator=g))
+        rbm.visible_bias.copy_(0.5 * torch.randn(10, generator=g))
+        rbm.hidden_bias.copy_(0.5 * torch.randn(8, generator=g))
+    x = torch.bernoulli(torch.full((20, 10), 0.5), generator=g)
+    exact = log_likelihood(rbm, x, method="exact")
+    assert exact.exact and exact.kind == "exact" and exact.label == "exact"
+    runs = [log_likelihood(rbm, x, method="ais", num_samples=2, seed=seed, num_temperatures=10, raise_rows=2,
+                           raise_chains=1) for seed in range(40)]
+    excess = torch.tensor([r.mean - exact.mean for r in runs])
+    assert excess.mean() > 3 * excess.std() / math.sqrt(len(runs))
+    ais = runs[0]
+    assert (ais.exact, ais.kind, ais.errs, ais.method) == (False, "estimate", "high", "ais")
+    assert "errs high on average (the NLL low)" in str(ais) and ais.to_dict()["errs"] == "high"
+
+
+def test_a_result_says_what_it_is_consistently():
+    values = torch.zeros(3)
+    with pytest.raises(ValueError, match="exact=True, kind='bound'"):
+        LikelihoodResult(values, 0.0, 0.0, 0.0, True, 0, kind="bound", errs="low")
+    with pytest.raises(ValueError, match="errs=None"):
+        LikelihoodResult(values, 0.0, 0.1, 0.0, False, 10, method="iwae", kind="bound")

@@ -102,3 +102,36 @@ def test_autoguide_auxiliary_sites_count_in_the_kl():
     # the same guide initialisation (seed 0) scored by log_likelihood's mean log weight: a second algorithm
     reference = log_likelihood(many_sites, x, guide="auto_normal", num_samples=50).elbo
     assert abs(terms.elbo.mean().item() - reference) < 0.2
+
+
+def test_likelihood_labels_reach_the_dict_the_command_table_and_the_leaderboard(vae_and_rows, tmp_path):
+    """to_dict carries what the figure is; ppgen's table and benchmarks/leaderboard.py print that label, and the
+    leaderboard still reads run folders written before figures carried it (their words from the same describe)."""
+    import importlib.util
+    from pathlib import Path
+
+    from ppgen.cli import format_table
+    from ppgen.inference.likelihood import describe
+
+    model, _, x = vae_and_rows
+    result = log_likelihood(model, x[:20], num_samples=5)
+    figures = as_json(result)
+    assert (figures["kind"], figures["errs"], figures["method"], figures["exact"]) == ("bound", "low", "iwae", False)
+    assert figures["label"] == "IWAE K=5: a lower bound on log p(x)"
+    assert figures["row_std"] == pytest.approx(result.values.double().std().item(), rel=1e-6)
+    floor = {"fid": 0.5, "kid": 0.001, "precision": 0.9, "recall": 0.88, "rows": 40}
+    quality = {"fid": 12.0, "kid": 0.02, "precision": 0.7, "recall": 0.1, "real_vs_real": floor}
+    table = format_table({"vae": {**figures, "num_parameters": 10, "sample_quality": quality}})
+    assert f"| {result.label} |" in table and "| 12.00 (0.50) |" in table and "| 0.70 / 0.10 (0.90 / 0.88) |" in table
+
+    spec = importlib.util.spec_from_file_location(
+        "leaderboard", Path(__file__).resolve().parents[1] / "benchmarks" / "leaderboard.py")
+    leaderboard = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(leaderboard)
+    assert leaderboard.run_label(figures) == result.label
+    old = {"log_likelihood": -90.0, "stderr": 0.0, "exact": True, "num_samples": 0, "method": "exact"}
+    assert leaderboard.run_label(old) == "exact" == describe("exact", "exact")
+    old_iwae = {**old, "exact": False, "num_samples": 1000, "method": "iwae"}
+    assert leaderboard.run_label(old_iwae) == "IWAE K=1000: a lower bound on log p(x)"
+    with pytest.raises(SystemExit, match="AIS figure without its kind"):  # errs high or low with the model
+        leaderboard.run_label({**old_iwae, "method": "ais"})

@@ -65,3 +65,64 @@ def test_the_shipped_digit_classifier_is_accurate_and_gives_features(digits):
     fid_same = frechet_distance(digit_features(test.x[:1000]), digit_features(digits["valid"].x))
     noise = torch.bernoulli(torch.full((1000, 784), 0.13), generator=torch.Generator().manual_seed(0))
     assert fid_same < 0.1 * frechet_distance(digit_features(test.x[:1000]), digit_features(noise))
+
+
+def test_digit_precision_and_recall_see_realism_and_coverage(digits):
+    """Kynkäänniemi et al.'s k = 3 manifolds on 500 digits a set, in manifold_features.
+
+    Held-out real digits against real digits: both near 1 (0.88 / 0.87 here; k-NN balls leave the rarest
+    ~10% of held-out rows outside, whatever the model: that is the floor, hence > 0.8). Noise is not a digit:
+    precision near 0 (0.00 here for fair coins, for salt noise as dense as a digit's ink and for uniform grey
+    pixels, 0.02 for independent pixels at the digits' frequencies; in the 64 ReLU features the last three
+    scored 0.64, 0.79 and 0.97), hence < 0.05 and < 0.1. A collapsed set covers nothing: 500 copies of one
+    digit have balls of radius 0, so recall is exactly 0; samples of one class cover about that class's share
+    of the real rows (0.1) plus the odd neighbour (0.09..0.43 over the ten classes, mean 0.17 here), far below
+    the real rows' 0.87, hence each < 0.5 and their mean < 0.3.
+    """
+    from ppgen.inference.sample_quality import digit_precision_recall
+    from ppgen.models import IndependentBernoulli
+
+    g = torch.Generator().manual_seed(0)
+    n, train = 500, digits["train"]
+    real = digits["test"].x[:n]
+    precision, recall = digit_precision_recall(real, train.x[:n])
+    assert precision > 0.8 and recall > 0.8
+    for noise in (torch.bernoulli(torch.full((n, 784), 0.5), generator=g),
+                  torch.bernoulli(torch.full((n, 784), 0.13), generator=g),  # the digits' ink density
+                  torch.rand(n, 784, generator=g)):
+        precision, recall = digit_precision_recall(real, noise)
+        assert precision < 0.05 and recall < 0.05
+    blobs = IndependentBernoulli.from_frequencies(train.x).sample(n).float()  # each pixel as often as in digits
+    assert digit_precision_recall(real, blobs)[0] < 0.1
+    assert digit_precision_recall(real, train.x[:1].repeat(n, 1))[1] == 0.0  # a copy of one typical digit
+    one_class = [digit_precision_recall(real, train.x[train.y == c][:n]) for c in range(10)]
+    assert all(p > 0.6 and r < 0.5 for p, r in one_class)  # realistic (0.78..0.97), but covers one class's share
+    assert sum(r for _, r in one_class) / 10 < 0.3
+
+
+def test_sample_quality_reports_the_real_vs_real_floor_beside_the_model(digits):
+    """The floor: 200 train digits scored against the same 200 test digits as the samples, in the same features.
+    Real digits score as real digits do (0.91 / 0.89 > 0.8, FID 47 against the independent-pixel model's 708,
+    whose blobs cover none of the data: recall 0.00 < 0.1); a model that replays real rows of another split scores
+    the floor itself, exactly."""
+    from ppgen.inference.sample_quality import sample_quality
+    from ppgen.models import IndependentBernoulli
+
+    real, train = digits["test"].x, digits["train"].x
+    blobs = sample_quality(IndependentBernoulli.from_frequencies(train), real, 200, reference=train)
+    floor = blobs["real_vs_real"]
+    assert floor["rows"] == 200 and floor["precision"] > 0.8 and floor["recall"] > 0.8
+    assert floor["fid"] < 0.1 * blobs["fid"] and blobs["recall"] < 0.1
+    assert floor["largest_class_share"] < 0.2  # ten classes
+
+    class Replay:  # "samples" that are the train rows the floor uses
+        y_dim, device = None, torch.device("cpu")
+
+        def sample(self, n):
+            return train[:n]
+
+    replay = sample_quality(Replay(), real, 200, reference=train)
+    assert {k: v for k, v in replay.items() if k not in ("samples", "real_vs_real")} == \
+        {k: v for k, v in replay["real_vs_real"].items() if k != "rows"}
+    with pytest.raises(ValueError, match="reference must hold at least 2 real rows"):
+        sample_quality(Replay(), real[:200], 200)  # no rows beyond the first n for the floor

@@ -350,6 +350,8 @@ class ELBOReport:
     log_likelihood_stderr : float
     exact : bool
     iwae_samples : int
+    log_likelihood_label : str
+        What ``log_likelihood`` is, as :attr:`ppgen.LikelihoodResult.label` says.
     gap : float
         ``log_likelihood - elbo`` >= 0: the KL from the guide to the exact posterior
         (exact), or a lower bound on it (IWAE).
@@ -375,6 +377,7 @@ class ELBOReport:
     gradients: dict[str, GradientStats]
     warning: str | None
     threshold: float = ACTIVITY_THRESHOLD
+    log_likelihood_label: str = ""
 
     @property
     def kl_total(self) -> float:
@@ -394,7 +397,8 @@ class ELBOReport:
             "elbo": self.elbo, "reconstruction": self.reconstruction, "kl": dict(self.kl), "kl_total": self.kl_total,
             "kl_method": dict(self.kl_method), "log_likelihood": self.log_likelihood,
             "log_likelihood_stderr": self.log_likelihood_stderr, "exact": self.exact,
-            "iwae_samples": self.iwae_samples, "gap": self.gap, "active_units": dict(self.active_units),
+            "iwae_samples": self.iwae_samples, "log_likelihood_label": self.log_likelihood_label,
+            "gap": self.gap, "active_units": dict(self.active_units),
             "latent_dims": dict(self.latent_dims), "threshold": self.threshold,
             "kl_per_dim": {s: v.tolist() for s, v in self.kl_per_dim.items()},
             "activity": {s: v.tolist() for s, v in self.activity.items()},
@@ -442,6 +446,7 @@ def elbo_report(model, data, *, guide=None, num_samples: int = 100, iwae_samples
         activity=activity, active_units=active, latent_dims=dims,
         log_likelihood=ll.mean, log_likelihood_stderr=ll.stderr, exact=ll.exact, iwae_samples=ll.num_samples,
         gap=ll.mean - elbo, gradients=gradients, warning=_collapse_warning(kl, active, dims), threshold=threshold,
+        log_likelihood_label=ll.label,
     )
 
 
@@ -458,7 +463,8 @@ def _collapse_warning(kl: dict[str, float], active: dict[str, int], dims: dict[s
 
 def format_report(report: ELBOReport) -> str:
     """The report as plain text, one quantity per line (nats per example)."""
-    how = "exact" if report.exact else f"IWAE K={report.iwae_samples} ± {report.log_likelihood_stderr:.3f}"
+    how = report.log_likelihood_label or ("exact" if report.exact else f"IWAE K={report.iwae_samples}")
+    how += "" if report.exact else f" ± {report.log_likelihood_stderr:.3f}"
     lines = [
         f"ELBO                   {report.elbo:10.3f}   ({report.terms.num_samples} samples per example, "
         f"{len(report.terms.elbo)} examples)",

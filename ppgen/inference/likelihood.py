@@ -3,6 +3,12 @@
 The methods are named once, in :data:`METHODS`; ``log_likelihood``'s docstring, its errors and the
 CLI read them there. Each one either scores a model or is refused in one line that names the
 model, the method and the methods that work for it.
+
+Every result says what its figure is (:data:`KINDS`, named once): ``"exact"``, a lower
+``"bound"`` (errs low) or an ``"estimate"`` that errs high on average, with one label
+(:func:`describe`) that ``__str__``, ``to_dict``, ``metrics.json`` and the tables print, and a
+``stderr`` that is always the Monte Carlo standard error of the mean (the spread over rows is
+``row_std``).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from ppgen.inference.program import ModelCheckError, Program, batch_rows, logmea
 from ppgen.models.base import LikelihoodEstimate, bits_per_dim
 from ppgen.models.decoder_ais import decoder_log_likelihood
 
-__all__ = ["log_likelihood", "LikelihoodResult", "METHODS"]
+__all__ = ["log_likelihood", "LikelihoodResult", "METHODS", "KINDS", "describe"]
 
 #: The methods of ``log_likelihood(method=...)``, named once (log_likelihood's docstring lists them from here):
 #: a result's ``method`` is one of them, never "auto".
@@ -28,7 +34,8 @@ METHODS = {
     "exact": "log p(x) in closed form, the model's log_prob (has_exact_likelihood)",
     "iwae": "the guide is the proposal of an importance sampler with K = num_samples particles per example (Burda "
             "et al. 2016): a stochastic lower bound on log p(x) whose bias shrinks as K grows (on an exact model, "
-            "it measures how far the bound is from the exact value)",
+            "it measures how far the bound is from the exact value). A model without latent variables has every weight "
+            "equal to p(x): its figure is exact (or, for a dequantized density, its bound) and K is irrelevant",
     "ais": "annealed importance sampling with K = num_samples chains per row: the model's own (an RBM's log Z, a "
            "GAN's), or over the latents with HMC (Wu et al. 2017) for a decoder-based model with z_dim and "
            "observation_log_prob(z, x) (a VAE): it needs no guide, so a VAE and a GAN are measured the same way",
@@ -36,36 +43,88 @@ METHODS = {
 }
 
 
+#: What a figure is (a result's ``kind``), named once; ``errs`` says on which side of log p(x) it falls.
+KINDS = {
+    "exact": "log p(x) of the data as given, up to floating point (errs: None)",
+    "bound": "a lower bound on log p(x), or one in expectation over its randomness: the log-likelihood errs low and "
+             "the NLL high (an ELBO, IWAE, AIS over a decoder's latents, RAISE, a dequantized density of discrete "
+             "data: E_u log p(x + u) <= log P(x) by Jensen)",
+    "estimate": "an estimate whose error has a sign only on average: AIS of an energy model's log Z errs low on "
+                "average, so its log-likelihood errs high and its NLL low (errs: 'high')",
+}
+
+
+def describe(method: str, kind: str, errs: str | None = None, num_samples: int = 0) -> str:
+    """A figure's label, as results, ``metrics.json`` and the tables print it: how it was made
+    (``method``, one of :data:`METHODS`, with ``num_samples`` draws per row) and what it is
+    (``kind``, one of :data:`KINDS`). A bound that ``log_likelihood`` drew nothing for is a
+    dequantized density's (its noise u was drawn by the caller).
+
+    Examples
+    --------
+    >>> describe("iwae", "bound", "low", 1000)
+    'IWAE K=1000: a lower bound on log p(x)'
+    >>> describe("ais", "estimate", "high", 100)
+    'AIS, 100 chains: an estimate of log p(x) that errs high on average (the NLL low)'
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
+    if kind == "exact":
+        return "exact" if method == "exact" else "exact, no latent variables: every importance weight is p(x)"
+    if num_samples == 0 and method in ("exact", "iwae"):  # a bound with nothing drawn: the caller drew u
+        how = "dequantized density E_u log p(x + u)" + ("" if method == "exact" else ", no latent variables")
+    else:
+        how = {"iwae": f"IWAE K={num_samples}", "ais": f"AIS, {num_samples} chains", "elbo": "ELBO"}.get(method, method)
+    if kind == "bound":
+        return f"{how}: a lower bound on log p(x)"
+    return f"{how}: an estimate of log p(x) that errs {errs} on average (the NLL {'low' if errs == 'high' else 'high'})"
+
+
 @dataclasses.dataclass
 class LikelihoodResult:
-    """Log-likelihood of a data set, in nats per example (higher is better).
+    """Log-likelihood of a data set, in nats per example (higher is better), labelled for what it is.
 
     Attributes
     ----------
     values : Tensor (N,)
-        log p(x_n), or its importance-sampled estimate, per example.
+        log p(x_n), or its bound or estimate, per example.
     mean : float
         Mean of ``values``.
     stderr : float
-        Monte Carlo standard error of ``mean`` (0 when exact), from the spread of the
-        normalised importance weights (delta method).
+        The Monte Carlo standard error of ``mean`` as a figure of its ``kind`` for these rows: 0 when
+        nothing random enters it (``kind == "exact"``); from the spread of the draws where each row
+        has several (IWAE's K particles, by the delta method; AIS chains; log Z's chains for an energy
+        model). Where each row has one draw (a dequantized density's noise u, a diffusion bound's
+        x_t), the draws' noise and the rows' spread cannot be told apart, and it is
+        ``row_std / sqrt(N)``, which over-states it (inf for one row).
+    row_std : float
+        The standard deviation of ``values`` over the rows (0 for one row): how much the examples
+        differ, not an error of ``mean``.
     bits_per_dim : float
         Negative log-likelihood in bits per dimension (lower is better).
     exact : bool
-        True when computed in closed form; False for the importance-sampled estimate
-        :math:`\\log \\frac1K \\sum_k p(x, z_k) / q(z_k \\mid x)`, the IWAE bound with K samples.
+        True only when ``kind == "exact"``: the figure is log p(x) of the data as given.
     num_samples : int
-        K (0 when exact).
+        The draws ``log_likelihood`` made behind each value: K particles (``"iwae"``), chains
+        (``"ais"``), repeats (a diffusion ELBO); 0 when it drew nothing (an exact figure, or a
+        dequantized density, whose noise u the caller drew).
     elbo : float or None
         The ELBO per example from the same samples (mean of the log weights), for latent models.
     method : str
-        The method of :data:`METHODS` that made the figure (``"auto"`` resolved): ``"exact"``,
-        ``"iwae"``, ``"ais"``: annealed importance sampling, of log Z for an energy model (RBM) or
-        over the latents for a decoder-based model (GAN, VAE; Wu et al. 2017), or ``"elbo"``: a
-        diffusion model's bound with all T terms summed.
+        The method of :data:`METHODS` that made the figure (``"auto"`` resolved): ``"exact"`` (the
+        model's log_prob), ``"iwae"``, ``"ais"``: annealed importance sampling, of log Z for an
+        energy model (RBM) or over the latents for a decoder-based model (GAN, VAE; Wu et al. 2017),
+        or ``"elbo"``: a diffusion model's bound with all T terms summed.
     bracket : (float, float) or None
-        For ``"ais"``: a conservative (RAISE, errs low) and an optimistic (AIS, errs high) mean
-        log-likelihood, between which the true value lies up to Monte Carlo error.
+        For an energy model's ``"ais"``: a conservative (RAISE, errs low) and an optimistic (AIS,
+        errs high) mean log-likelihood, between which the true value lies up to Monte Carlo error.
+    kind : str
+        What the figure is, one of :data:`KINDS`: ``"exact"``, ``"bound"`` (a lower bound, or one in
+        expectation: ELBO, IWAE, AIS over a decoder's latents, a dequantized density on discrete data)
+        or ``"estimate"`` (AIS of log Z: errs high on average).
+    errs : str or None
+        On which side of the true log p(x) the figure falls (on average): ``"low"`` for a bound,
+        ``"high"`` for AIS of log Z, None when exact.
     """
 
     values: torch.Tensor
@@ -75,30 +134,63 @@ class LikelihoodResult:
     exact: bool
     num_samples: int
     elbo: float | None = None
-    method: str = ""
+    method: str = "exact"
     bracket: tuple[float, float] | None = None
+    kind: str = "exact"
+    errs: str | None = None
+    row_std: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in KINDS or self.exact != (self.kind == "exact") or (self.errs is None) != self.exact \
+                or self.errs not in (None, "low", "high"):
+            raise ValueError(f"a LikelihoodResult is exact (kind 'exact', errs None) or not (kind 'bound' or "
+                             f"'estimate', errs 'low' or 'high'), got exact={self.exact}, kind={self.kind!r}, "
+                             f"errs={self.errs!r}")
+
+    @property
+    def label(self) -> str:
+        """What the figure is, in words (:func:`describe`)."""
+        return describe(self.method, self.kind, self.errs, self.num_samples)
 
     def __str__(self) -> str:
-        how = "exact" if self.exact else f"IWAE K={self.num_samples}, ± {self.stderr:.3f}"
-        if self.method == "elbo":
-            how = f"ELBO with all diffusion steps summed: a lower bound, ± {self.stderr:.3f} over rows"
-        if self.method == "ais":
-            how = f"AIS, {self.num_samples} chains, ± {self.stderr:.3f}"
-            if self.bracket is not None:
-                how += f"; bracket [{self.bracket[0]:.3f}, {self.bracket[1]:.3f}]"
+        how = self.label if self.exact else f"{self.label}; Monte Carlo s.e. {self.stderr:.3f}"
+        if self.bracket is not None:
+            how += f"; bracket [{self.bracket[0]:.3f}, {self.bracket[1]:.3f}]"
         elbo = f", ELBO {self.elbo:.3f}" if self.elbo is not None else ""
         return (f"log-likelihood {self.mean:.3f} nats/example ({how}); "
-                f"{self.bits_per_dim:.4f} bits/dim{elbo}")
+                f"{self.bits_per_dim:.4f} bits/dim{elbo}; s.d. over rows {self.row_std:.3f}")
 
     def __repr__(self) -> str:
         return f"LikelihoodResult({self}; {len(self.values)} examples)"
 
     def to_dict(self) -> dict:
         """The figures as plain numbers (for ``json.dumps``); per-example values stay on ``values``."""
-        return {"log_likelihood": self.mean, "stderr": self.stderr, "bits_per_dim": self.bits_per_dim,
-                "exact": self.exact, "num_samples": self.num_samples, "elbo": self.elbo,
-                "num_examples": len(self.values), "method": self.method or ("exact" if self.exact else "iwae"),
+        return {"log_likelihood": self.mean, "stderr": self.stderr, "row_std": self.row_std,
+                "bits_per_dim": self.bits_per_dim, "exact": self.exact, "kind": self.kind, "errs": self.errs,
+                "label": self.label, "num_samples": self.num_samples, "elbo": self.elbo,
+                "num_examples": len(self.values), "method": self.method,
                 "bracket": list(self.bracket) if self.bracket is not None else None}
+
+
+def _result(values: torch.Tensor, dim: int, method: str, kind: str, errs: str | None, stderr: float | None,
+            num_samples: int, **more) -> LikelihoodResult:
+    """A labelled result from per-row ``values``; ``stderr=None``: one draw per row, ``row_std / sqrt(N)``."""
+    n, mean = len(values), values.mean().item()
+    row_std = values.double().std().item() if n > 1 else 0.0
+    values = values.float().cpu()
+    if stderr is None:
+        stderr = row_std / math.sqrt(n) if n > 1 else math.inf
+    return LikelihoodResult(values, mean, stderr, bits_per_dim(mean, dim), kind == "exact", num_samples,
+                            method=method, kind=kind, errs=errs, row_std=row_std, **more)
+
+
+def _density(gm, values: torch.Tensor, dim: int, method: str) -> LikelihoodResult:
+    """log p(x) per row, computed with nothing drawn: exact, unless the model is a dequantized density of
+    discrete data (``num_levels`` set): then the rows are x + u and E_u log p(x + u) <= log P(x) (Jensen;
+    Theis et al. 2016), a lower bound of which each row is one draw (of u, by the caller)."""
+    if gm is not None and gm.num_levels is not None:
+        return _result(values, dim, method, "bound", "low", None, 0)
+    return _result(values, dim, method, "exact", None, 0.0, 0)
 
 
 @torch.no_grad()
@@ -202,25 +294,25 @@ def _log_likelihood(program: Program, x, y, num_samples, batch_size, device, see
                         f"{', '.join(sorted(options))}")
     gm = program.generative_model
     if resolved == "exact":
-        values = torch.cat([gm.log_prob(*batch_rows(x, y, idx, device)).float().cpu() for idx in rows])
-        mean = values.mean().item()
-        return LikelihoodResult(values, mean, 0.0, bits_per_dim(mean, dim), True, 0, method="exact")
+        return _density(gm, torch.cat([gm.log_prob(*batch_rows(x, y, idx, device)).float().cpu() for idx in rows]),
+                        dim, "exact")
     if resolved != "iwae" and resolved == gm.likelihood_method:  # its own: an RBM's AIS, a diffusion bound
         estimate = gm.estimate_log_likelihood(x.to(device), num_samples=num_samples, seed=seed, **options)
         if not isinstance(estimate, LikelihoodEstimate):
             raise TypeError(f"{program.name}.estimate_log_likelihood must return a "
                             f"ppgen.models.base.LikelihoodEstimate, got {type(estimate).__name__}")
-        mean = estimate.values.mean().item()
-        return LikelihoodResult(estimate.values.float().cpu(), mean, estimate.stderr, bits_per_dim(mean, dim), False,
-                                estimate.num_samples, method=estimate.method, bracket=estimate.bracket,
-                                elbo=mean if estimate.method == "elbo" else None)
-    if resolved == "ais":  # over the latents of a decoder-based model
+        return _result(estimate.values, dim, estimate.method, estimate.kind, estimate.errs, estimate.stderr,
+                       estimate.num_samples, bracket=estimate.bracket,
+                       elbo=estimate.values.mean().item() if estimate.method == "elbo" else None)
+    if resolved == "ais":  # over the latents of a decoder-based model: p(x)'s estimate is unbiased, its log errs low
         values, stderr = decoder_log_likelihood(gm.observation_log_prob, gm.check_data(x.to(device)), gm.z_dim,
                                                 num_chains=num_samples, seed=seed, **options)
-        mean = values.mean().item()
-        return LikelihoodResult(values.float().cpu(), mean, (stderr.pow(2).sum().sqrt() / len(values)).item(),
-                                bits_per_dim(mean, dim), False, num_samples, method="ais")
+        return _result(values, dim, "ais", "bound", "low", (stderr.pow(2).sum().sqrt() / len(values)).item(),
+                       num_samples)
 
+    story = program.inspect(*first)
+    drawn = bool(story.latent or story.enumerated or story.unguided)
+    particles = num_samples if drawn else 1  # without latents every weight is p(x) itself: K is irrelevant
     estimates, variances, elbos = [], [], []
     chunk = max(1, 10_000 // min(batch_size, x.shape[0]))  # particles per pass: ~10k samples live
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
@@ -229,20 +321,20 @@ def _log_likelihood(program: Program, x, y, num_samples, batch_size, device, see
         program.nesting(*first)
         for idx in rows:
             xb, yb = batch_rows(x, y, idx, device)
-            log_w = torch.cat([program.log_weights(xb, yb, min(chunk, num_samples - k))
-                               for k in range(0, num_samples, chunk)]).double()  # (K, B)
+            log_w = torch.cat([program.log_weights(xb, yb, min(chunk, particles - k))
+                               for k in range(0, particles, chunk)]).double()  # (K, B)
             estimate = logmeanexp(log_w)
             ratio = torch.exp(log_w - estimate)  # w_k / mean(w): mean 1
             estimates.append(estimate.cpu())
             # delta method: Var[log mean w] ~ Var[w / E w] / K
-            variances.append((ratio.var(0, unbiased=True) / num_samples).cpu()
-                             if num_samples > 1 else torch.full_like(estimate.cpu(), float("inf")))
+            variances.append((ratio.var(0, unbiased=True) / particles).cpu()
+                             if particles > 1 else torch.full_like(estimate.cpu(), float("inf")))
             elbos.append(log_w.mean(0).cpu())
-    values = torch.cat(estimates)
-    mean = values.mean().item()
-    stderr = math.sqrt(torch.cat(variances).sum().item()) / len(values)
-    return LikelihoodResult(values.float(), mean, stderr, bits_per_dim(mean, dim), False, num_samples,
-                            elbo=torch.cat(elbos).mean().item(), method="iwae")
+    if not drawn:
+        return _density(gm, torch.cat(estimates), dim, "iwae")
+    stderr = math.sqrt(torch.cat(variances).sum().item()) / x.shape[0]
+    return _result(torch.cat(estimates), dim, "iwae", "bound", "low", stderr, num_samples,
+                   elbo=torch.cat(elbos).mean().item())
 
 
 def _resolve(program: Program, method: str) -> str:
