@@ -23,7 +23,7 @@ from ppgen._lazy import LazyObject
 
 # `ppgen --help` answers without importing torch: these names import their module on first use.
 torch = LazyObject("torch")
-load_dataset = LazyObject("ppgen.data", "load_dataset")
+load_dataset, Dataset = (LazyObject("ppgen.data", n) for n in ("load_dataset", "Dataset"))
 FitConfig, fit, log_likelihood = (LazyObject("ppgen.inference", n) for n in ("FitConfig", "fit", "log_likelihood"))
 save_atomic, write_json_atomic = (LazyObject("ppgen.inference.checkpoint", n)
                                    for n in ("save_atomic", "write_json_atomic"))
@@ -36,8 +36,12 @@ check_out, demo_figures, figure_path = (LazyObject("ppgen.demo", n)
 draw, sample_quality = (LazyObject("ppgen.inference.sample_quality", n) for n in ("draw", "sample_quality"))
 RealNVP, Glow, MAF, prepare_data = (LazyObject("ppgen.models.flows", n) for n in ("RealNVP", "Glow", "MAF", "prepare_data"))
 DATASETS = ("digits", "digits_grey", "digits_colour", "binarized_mnist", "mnist")  # ppgen.data.DATASETS (tests/test_startup.py checks)
-restore, restore_grid, restore_summary, make_operator, image_shape = (LazyObject("ppgen.inverse", n) for n in (
-    "restore", "restore_grid", "restore_summary", "make_operator", "image_shape"))
+TEXT_DATASETS = ("shakespeare",)  # ppgen.data.TEXT_DATASETS
+CharLSTM, CharNGram, CharTransformer = (LazyObject("ppgen.models.sequence", n)
+                                        for n in ("CharLSTM", "CharNGram", "CharTransformer"))
+Vocabulary, as_text = (LazyObject("ppgen.data.text", n) for n in ("Vocabulary", "as_text"))
+restore, restore_grid, restore_summary, make_operator, image_shape_of = (LazyObject("ppgen.inverse", n) for n in (
+    "restore", "restore_grid", "restore_summary", "make_operator", "image_shape_of"))
 RESTORE_TASKS = ("inpaint", "colourise", "upsample", "denoise")  # ppgen.inverse.TASKS (kept literal: --help imports no torch)
 MASKS = ("bottom", "top", "right", "centre", "random")  # ppgen.inverse.MASKS
 ESTIMATORS = ("auto", "trace", "meanfield", "enum", "graph", "iwae", "mle")  # ppgen.inference.program.ESTIMATORS
@@ -49,7 +53,16 @@ def _pixelcnn(x_dim: int, **kwargs) -> PixelCNN:
     return model
 
 
-# name -> (constructor taking x_dim first, default keyword arguments); -o KEY=VALUE overrides them.
+def _ngram(vocabulary, *, order: int, length: int, discount: float | None = None, counts=None, seed: int = 0):
+    """The Kneser-Ney n-gram counted on the ids ``counts`` (T,) (``train_run`` passes the training text);
+    without them, one of that order whose table ``load_run`` fills from model.pt. ``seed``: unused (counting
+    draws nothing)."""
+    ids = torch.zeros(1, 1, dtype=torch.long) if counts is None else counts[None]
+    return CharNGram.fit_counts(ids, vocabulary, order, discount=discount, length=length)
+
+
+# name -> (constructor taking x_dim first, or a text data set's Vocabulary, default keyword arguments);
+# -o KEY=VALUE overrides them.
 MODELS: dict[str, tuple[Callable, dict]] = {
     "independent": (IndependentBernoulli, {}),
     "vae": (VAE, {"z_dim": 50, "hidden": 400}),  # -o architecture=conv for the convolutional one
@@ -70,7 +83,13 @@ MODELS: dict[str, tuple[Callable, dict]] = {
     "diffusion": (LazyObject("ppgen.models.diffusion", "GaussianDiffusion"), {"num_steps": 1000, "channels": 32}),
     "binary-diffusion": (LazyObject("ppgen.models.diffusion", "BinaryDiffusion"),
                          {"num_steps": 1000, "hidden": [512, 512]}),
+    # text: --data shakespeare, in rows of the model's length (the Transformer's: its context); char-rnn's LSTM,
+    # nanoGPT's shakespeare_char Transformer, and an n-gram counted (not fitted: seconds, --epochs unused)
+    "char-lstm": (CharLSTM, {"length": 100, "hidden_size": 512, "num_layers": 3}),
+    "char-transformer": (CharTransformer, {"context": 256, "num_layers": 6, "num_heads": 6, "width": 384}),
+    "ngram": (_ngram, {"order": 5, "length": 256}),
 }
+TEXT_MODELS = ("char-lstm", "char-transformer", "ngram")
 NO_DENSITY = ("ebm", "gan")  # an unnormalised energy without an estimate of Z, and a sampler
 
 
@@ -79,8 +98,9 @@ RECORDED = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "elbo", "
             "precision")
 
 
-def build_model(name: str, x_dim: int, **overrides) -> torch.nn.Module:
-    """A model from the registry, with its defaults updated by ``overrides``."""
+def build_model(name: str, x_dim, **overrides) -> torch.nn.Module:
+    """A model from the registry, with its defaults updated by ``overrides``; ``x_dim`` is what the data
+    fix: the values per row, or for a text model the data's Vocabulary."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choices: {', '.join(MODELS)}")
     make, defaults = MODELS[name]
@@ -97,31 +117,55 @@ MAX_SAMPLES = 10_000  # `ppgen sample` draws one grid image; more belongs in a s
 
 def train_run(model_name: str, data: str, out: Path, *, root=None, options=None, fit_config: FitConfig | None = None
               ) -> dict:
-    """Train one model into the run folder ``out`` (checkpoints in ``out/checkpoints``); return its config."""
+    """Train one model into the run folder ``out`` (checkpoints in ``out/checkpoints``); return its config.
+    A text model trains on rows of its length cut from the text; the n-gram is counted on the whole text."""
     fit_config = dataclasses.replace(fit_config or FitConfig(), checkpoint_dir=str(out / "checkpoints"))
     check_out(out)
+    text = is_text(model_name, data)
     train = unit_interval(model_name, load_dataset(data, "train", root=root))
     # a .npy file has no splits: validating on its own rows would be training data called "valid"
     valid = unit_interval(model_name, load_dataset(data, "valid", root=root)) if has_splits(data) else None
     if valid is None:
         fit_config = dataclasses.replace(fit_config, patience=None)  # nothing to stop early on
-    model = build_model(model_name, train.x.shape[1], seed=fit_config.seed, **(options or {}))
+    start = time.perf_counter()
+    counts = {"counts": train.ids} if model_name == "ngram" else {}
+    model = build_model(model_name, train.vocabulary if text else train.x.shape[1], seed=fit_config.seed,
+                        **(options or {}), **counts)
     out.mkdir(parents=True, exist_ok=True)
     config = {"model": model_name, "options": options or {}, "data": str(data), "root": str(root) if root else None,
               "x_dim": model.x_dim, **{k: v for k, v in dataclasses.asdict(fit_config).items() if k in RECORDED}}
-    train, valid = prepare_data(model, train, fresh=True), valid and prepare_data(model, valid, seed=fit_config.seed)
-    result = fit(model, train, fit_config, valid=valid)
-    config["train_seconds"] = result.total_seconds  # a resumed run: all its calls
-    config["device"] = result.device
+    if text:
+        config["vocabulary"] = train.vocabulary.characters
+        train, valid = (Dataset(data.windows(model.x_dim), None) for data in (train, valid))
+    if counts:  # counted as it was built: nothing to fit
+        config.update(train_seconds=time.perf_counter() - start, device="cpu")
+        history = {"counted_characters": len(counts["counts"])}
+    else:
+        train = prepare_data(model, train, fresh=True)
+        valid = valid and prepare_data(model, valid, seed=fit_config.seed)
+        result = fit(model, train, fit_config, valid=valid)
+        config["train_seconds"] = result.total_seconds  # a resumed run: all its calls
+        config["device"] = result.device
+        history = {"losses": result.losses, "train_elbo": result.train_elbo, "valid_elbo": result.valid_elbo,
+                   "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
+                   "examples_per_second": result.examples_per_second}
     if not is_main_process():
         return config  # under torchrun every rank trains; rank 0 writes the run folder
     save_atomic(model.state_dict(), out / "model.pt")
     write_json_atomic(config, out / "config.json")
-    history = {"losses": result.losses, "train_elbo": result.train_elbo, "valid_elbo": result.valid_elbo,
-               "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
-               "examples_per_second": result.examples_per_second}
     write_json_atomic(history, out / "history.json")
     return config
+
+
+def is_text(model_name: str, data) -> bool:
+    """Whether a run models text (a text model on a text data set); a text model on images, or an image
+    model on text, is refused."""
+    text = model_name in TEXT_MODELS
+    if text != (str(data) in TEXT_DATASETS):
+        hint = f"use --data {' or '.join(TEXT_DATASETS)}" if text else f"its models: {', '.join(TEXT_MODELS)}"
+        raise ValueError(f"model {model_name!r} models {'text' if text else 'images'}, but --data {data} is "
+                         f"{'not text' if text else 'text'}: {hint}")
+    return text
 
 
 def unit_interval(model_name: str, dataset):
@@ -152,11 +196,14 @@ def load_run(run: Path, device="cpu") -> tuple[torch.nn.Module, dict]:
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{config_path} is not valid JSON ({err})") from None
-    missing = [key for key in ("model", "options", "data", "root") if key not in config]
+    text = config.get("model") in TEXT_MODELS
+    missing = [key for key in ("model", "options", "data", "root") + ("vocabulary",) * text if key not in config]
     if missing:
         raise ValueError(f"{config_path} lacks {', '.join(map(repr, missing))}: it was not written by `ppgen train`")
-    # run folders record x_dim; older ones are sized from their data set
-    x_dim = config.get("x_dim") or load_dataset(config["data"], "valid", root=config["root"]).x.shape[1]
+    if text:  # a text model is built on the characters it was trained on
+        x_dim = Vocabulary(config["vocabulary"])
+    else:  # run folders record x_dim; older ones are sized from their data set
+        x_dim = config.get("x_dim") or load_dataset(config["data"], "valid", root=config["root"]).x.shape[1]
     model = build_model(config["model"], x_dim, **config["options"])
     try:
         state = torch.load(weights, map_location=device, weights_only=True)
@@ -168,29 +215,37 @@ def load_run(run: Path, device="cpu") -> tuple[torch.nn.Module, dict]:
 
 
 def evaluate_run(run: Path, split="test", num_samples=1000, device="auto", seed=0, quality_samples=500) -> dict:
-    """Test metrics of a run, in nats per example, and sample quality for 28x28 digits; also
-    written to ``metrics.json``."""
+    """Test metrics of a run, in nats per example (a text model: per row of its length, and bits per
+    character), and sample quality for 28x28 digits; also written to ``metrics.json``."""
     model, config = load_run(run)
+    text = config["model"] in TEXT_MODELS
     if not has_splits(config["data"]) and split != "train":
         split = "train"  # the only rows there are; metrics.json says so
     raw = unit_interval(config["model"], load_dataset(config["data"], split, root=config["root"]))
+    if text:  # the rows the model was trained on, cut from the text
+        raw = Dataset(raw.windows(model.x_dim), None)
     metrics = {"log_likelihood": None, "stderr": None, "elbo": None, "bits_per_dim": None, "exact": False,
-               "num_samples": 0}
+               "num_samples": 0, "kind": None, "label": None}
     if config["model"] not in NO_DENSITY:
         data = prepare_data(model, raw, seed=seed)
         result = log_likelihood(model, data, num_samples=num_samples, device=device, seed=seed)
-        metrics.update({"log_likelihood": result.mean, "stderr": result.stderr, "elbo": result.elbo,
-                        "bits_per_dim": result.bits_per_dim, "exact": result.exact,
-                        "num_samples": result.num_samples, "method": result.method})
+        metrics.update(result.to_dict())  # the figures and what they are: kind, errs, label
+    if text:
+        metrics.update({"bits_per_character": result.bits_per_dim, "characters": raw.x.numel()})
     metrics.update({
         "num_parameters": model.num_parameters,
         "rows": len(raw.x),
         "train_seconds": config.get("train_seconds"),
         "split": split if has_splits(config["data"]) else "train (the data file has no test split)",
     })
-    if quality_samples and model.x_dim == 784:
+    if quality_samples and model.x_dim == 784 and not text:
+        # the floor: real rows of another split against the same rows (without splits: the rows after the first n)
+        reference = None
+        if has_splits(config["data"]):
+            other = load_dataset(config["data"], "test" if split == "train" else "train", root=config["root"])
+            reference = unit_interval(config["model"], other).x
         metrics["sample_quality"] = sample_quality(model, raw.x, quality_samples, grey=raw.x.max() > 1,
-                                                   seed=seed, labels=raw.y)
+                                                   seed=seed, labels=raw.y, reference=reference)
     write_json_atomic(metrics, run / "metrics.json")
     return metrics
 
@@ -212,21 +267,33 @@ def demo(out: Path, *, epochs=30, num_samples=1000, device="auto", seed=0, progr
 
 
 def format_table(metrics: dict) -> str:
-    rows = ["| model | test log-lik (nats) | ± | ELBO | bits/dim | exact | parameters | train s | FID | KID | P / R |",
+    """One row per run; sample quality beside its real-vs-real floor (test rows against train rows) in brackets."""
+    rows = ["| model | test log-lik (nats) | ± (MC s.e.) | ELBO | bits/dim | figure | parameters | train s | "
+            "FID (real) | KID (real) | P / R (real) |",
             "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
 
     def number(value, spec):
         return "—" if value is None else format(value, spec)
 
+    def quality(q, spec, *keys):
+        if not q:
+            return "—"
+        floor = q.get("real_vs_real") or {}
+        shown = " / ".join(format(q[k], spec) for k in keys)
+        return shown + (f" ({' / '.join(format(floor[k], spec) for k in keys)})" if floor else "")
+
     for name, m in metrics.items():
         elbo = f"{m['elbo']:.2f}" if m.get("elbo") is not None else ("=" if m.get("exact") else "—")
         q = m.get("sample_quality") or {}
-        pr = f"{q['precision']:.2f} / {q['recall']:.2f}" if q else "—"
         rows.append(f"| {name} | {number(m['log_likelihood'], '.2f')} | {number(m['stderr'], '.2f')} | {elbo} | "
-                    f"{number(m['bits_per_dim'], '.4f')} | {m['exact']} | {m['num_parameters']:,} | "
-                    f"{number(m.get('train_seconds'), '.1f')} | {number(q.get('fid'), '.2f')} | "
-                    f"{number(q.get('kid'), '.4f')} | {pr} |")
-    return "\n".join(rows)
+                    f"{number(m['bits_per_dim'], '.4f')} | {m.get('label') or '—'} | {m['num_parameters']:,} | "
+                    f"{number(m.get('train_seconds'), '.1f')} | {quality(q, '.2f', 'fid')} | "
+                    f"{quality(q, '.4f', 'kid')} | {quality(q, '.2f', 'precision', 'recall')} |")
+    notes = [f"{name}: {m['bits_per_character']:.4f} bits per character ({m['characters']:,} characters of the "
+             f"{m['split']} split)" for name, m in metrics.items() if m.get("bits_per_character") is not None]
+    if any((m.get("sample_quality") or {}).get("real_vs_real") for m in metrics.values()):
+        notes.append("(real): the same scores for real rows against real rows of another split, as many: the floor")
+    return "\n".join(rows + [""] * bool(notes) + notes)
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -247,7 +314,7 @@ def restore_run(run: Path, task: str, *, mask: str = "bottom", factor: int = 2, 
         raise ValueError(f"--rows and -n must be between 1 and 64 (one grid image), got {rows} and {num_samples}")
     out = figure_path(out, run / f"restore_{task}.png")
     model, config = load_run(run)
-    shape = image_shape(model.x_dim)
+    shape = image_shape_of(model.x_dim)
     if task == "colourise" and shape[0] != 3:
         raise ValueError(f"colourise needs a model of colour images (3 x H x W rows); {run} models "
                          f"{model.x_dim} grey pixels (train one with --data digits_colour)")
@@ -265,30 +332,45 @@ def restore_run(run: Path, task: str, *, mask: str = "bottom", factor: int = 2, 
     return summary, out
 
 
+def sample_text(model, n: int, prompt: str | None = None, *, temperature: float = 1.0, seed: int = 0) -> str:
+    """``n`` characters drawn from a text model after ``prompt`` (which leads the text returned)."""
+    torch.manual_seed(seed)
+    return model.eval().vocabulary.decode(model.sample(1, n, prompt=prompt, temperature=temperature)[0])
+
+
 def compress_run(run: Path, source: Path, target: Path, *, decompress: bool = False) -> str:
     """Compress the images of the ``.npy`` file ``source`` with a run's model into ``target`` (``.ppz``), or
-    decompress ``source`` (``.ppz``) into ``target`` (``.npy``); a line comparing bits/dim with the model's bound."""
+    decompress ``source`` (``.ppz``) into ``target`` (``.npy``); with a text model, a UTF-8 text file (read and
+    written byte for byte). Returns a line comparing bits/dim (bits/char) with the model's bound."""
     import numpy as np
 
     from ppgen.compression import compress, decompress as decode, model_nll_bits
 
-    model, _ = load_run(run)
+    model, config = load_run(run)
     if not source.is_file():
         raise FileNotFoundError(f"no such file: {source}")
     if decompress:
         data = source.read_bytes()
-        x = decode(model, data).numpy()
-        np.save(target, x)
+        x = decode(model, data)
+        if isinstance(x, str):
+            target.write_bytes(x.encode("utf-8"))
+        else:
+            x = x.numpy()
+            np.save(target, x)
     else:
-        x = np.load(source, allow_pickle=False)
+        x = as_text(source.read_bytes(), str(source)) if config["model"] in TEXT_MODELS else \
+            np.load(source, allow_pickle=False)
         data = compress(model, x)
         target.write_bytes(data)
-    dims = max(x.size, 1)
-    line = (f"{'decompressed' if decompress else 'compressed'} {len(x):,} images ({x.size:,} values) "
-            f"{'from' if decompress else 'into'} {len(data):,} bytes: {8 * len(data) / dims:.4f} bits/dim")
+    if isinstance(x, str):
+        what, units, per = f"{len(x):,} characters", len(x), "bits/char"
+    else:
+        what, units, per = f"{len(x):,} images ({x.size:,} values)", max(x.size, 1), "bits/dim"
+    line = (f"{'decompressed' if decompress else 'compressed'} {what} {'from' if decompress else 'into'} "
+            f"{len(data):,} bytes: {8 * len(data) / units:.4f} {per}")
     if len(x):
         bits, kind = model_nll_bits(model, x)
-        line += f"; model {kind} {bits / dims:.4f} bits/dim"
+        line += f"; model {kind} {bits / units:.4f} {per}"
     return line + f"; wrote {target}"
 
 
@@ -309,13 +391,16 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on a data set into a run folder")
     p.add_argument("model", help=f"one of: {', '.join(MODELS)}")
-    p.add_argument("--data", default="digits", help=f"one of: {', '.join(DATASETS)} (default: %(default)s)")
+    p.add_argument("--data", default="digits", help=f"one of: {', '.join(DATASETS + TEXT_DATASETS)} "
+                                                    f"(text: {', '.join(TEXT_MODELS)}) (default: %(default)s)")
     p.add_argument("--root", type=Path, help="folder of the data files (or set PPGEN_DATA)")
     common(p, "runs/train")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", default="adam", help="adam (the objective's betas) or adagrad")
+    p.add_argument("--optimizer", default="auto",
+                   help="auto (L-BFGS for a classical full-batch fit, else Adam), adam (the objective's betas), "
+                        "adagrad or lbfgs")
     p.add_argument("--weight-decay", type=float, default=0.0,
                    help="the optimiser's L2 penalty on the loss of all rows: a N(0, 1/weight_decay) prior on each "
                         "parameter")
@@ -327,6 +412,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="model argument, e.g. -o z_dim=20 -o hidden=[400,400]")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     p.add_argument("--precision", default="fp32", help="fp32, or bf16 for the networks' matrix products")
+    p.add_argument("--log-dir", type=Path, help="write TensorBoard event files there (pip install "
+                                                 "'ppgen[tensorboard]'; view: tensorboard --logdir DIR)")
     p.add_argument("--num-samples", type=int, default=1000, help="importance samples for the test log-likelihood")
     p.add_argument("--quality-samples", type=int, default=500,
                    help="samples for FID/KID/precision/recall in the digit classifier's features (0: skip)")
@@ -340,11 +427,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--report-rows", type=int, default=1000, help="rows for a latent model's ELBO report")
     common(p)
 
-    p = sub.add_parser("sample", help="draw samples from a run's model into a PNG grid")
+    p = sub.add_parser("sample", help="draw samples from a run's model into a PNG grid (a text model's: printed)")
     p.add_argument("run", type=Path)
-    p.add_argument("-n", type=int, default=64, help="number of samples")
+    p.add_argument("-n", type=int, help="number of samples (default 64), or of characters for a text model (500)")
     p.add_argument("--out", type=Path, help="PNG path (default: RUN/samples.png)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt", help="text models: the text to continue (it leads the output)")
+    p.add_argument("--temperature", type=float, default=1.0, help="text models: below 1 sharper, above 1 flatter")
     p = sub.add_parser("restore", help="inverse problems: restore measured test images with a run's model "
                                        "into a PNG grid (truth | measurement | samples | mean | variance)")
     p.add_argument("run", type=Path)
@@ -357,9 +446,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="PNG path (default: RUN/restore_TASK.png; its numbers beside it as .json)")
     p.add_argument("--seed", type=int, default=0)
 
-    for name, what, src, dst in (("compress", "losslessly compress a .npy of images with a run's model",
-                                  "in.npy", "out.ppz"),
-                                 ("decompress", "restore the .npy that `ppgen compress` coded", "in.ppz", "out.npy")):
+    for name, what, src, dst in (("compress", "losslessly compress a .npy of images (a text file, with a text "
+                                              "model) with a run's model", "in.npy|in.txt", "out.ppz"),
+                                 ("decompress", "restore the .npy (or text) that `ppgen compress` coded", "in.ppz",
+                                  "out.npy|out.txt")):
         p = sub.add_parser(name, help=what)
         p.add_argument("run", type=Path)
         p.add_argument("source", type=Path, metavar=src)
@@ -386,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
                                            optimizer=args.optimizer, weight_decay=args.weight_decay,
                                            elbo=args.elbo, num_particles=args.num_particles, patience=args.patience,
                                            device=args.device, seed=args.seed, resume=args.resume,
-                                           precision=args.precision))
+                                           precision=args.precision, log_dir=args.log_dir))
             if not is_main_process():
                 return 0
             metrics = evaluate_run(args.out, split="test", num_samples=args.num_samples, device=args.device,
@@ -405,16 +495,24 @@ def main(argv: list[str] | None = None) -> int:
                                      iwae_samples=min(args.num_samples, 1000), device=args.device, seed=args.seed)
                 print("\n" + format_report(report))
         elif args.command == "sample":
-            if not 1 <= args.n <= MAX_SAMPLES:
-                raise ValueError(f"-n must be between 1 and {MAX_SAMPLES:,} (one grid image); draw more with "
-                                 "model.sample in batches from Python")
-            out = figure_path(args.out, args.run / "samples.png")
-            model, _ = load_run(args.run)
-            torch.manual_seed(args.seed)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            classes = " of the classes in turn" if model.y_dim else ""
-            image_grid(draw(model, args.n), out, title=f"{args.run.name}: {args.n} samples{classes}")
-            print(f"wrote {out}")
+            model, config = load_run(args.run)
+            text = config["model"] in TEXT_MODELS
+            n = args.n if args.n is not None else 500 if text else 64
+            if not 1 <= n <= MAX_SAMPLES:
+                raise ValueError(f"-n must be between 1 and {MAX_SAMPLES:,} (one grid image, or text); draw more "
+                                 "with model.sample in batches from Python")
+            if text:
+                print(sample_text(model, n, args.prompt, temperature=args.temperature, seed=args.seed))
+            elif args.prompt is not None or args.temperature != 1.0:
+                raise ValueError(f"--prompt and --temperature are for text models; {args.run} holds a "
+                                 f"{config['model']!r} model of images")
+            else:
+                out = figure_path(args.out, args.run / "samples.png")
+                torch.manual_seed(args.seed)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                classes = " of the classes in turn" if model.y_dim else ""
+                image_grid(draw(model, n), out, title=f"{args.run.name}: {n} samples{classes}")
+                print(f"wrote {out}")
         elif args.command == "restore":
             summary, out = restore_run(args.run, args.task, mask=args.mask, factor=args.factor, sigma=args.sigma,
                                        rows=args.rows, num_samples=args.num_samples, seed=args.seed, out=args.out)

@@ -9,7 +9,11 @@ systems (ANS): a statistician's perspective", 2022):
   and :class:`~ppgen.BayesNet` -- by range coding every value with its conditional
   (:mod:`ppgen.compression.exact`);
 - VAEs with a Bernoulli likelihood by bits-back coding with ANS, BB-ANS
-  (:mod:`ppgen.compression.bitsback`), at about the negative ELBO.
+  (:mod:`ppgen.compression.bitsback`), at about the negative ELBO;
+- sequence models of text -- :class:`~ppgen.CharNGram`, :class:`~ppgen.CharLSTM`,
+  :class:`~ppgen.CharTransformer` and any :class:`~ppgen.models.sequence.SequenceModel` -- by range
+  coding every character with its conditional given those before it (:mod:`ppgen.compression.text`):
+  a ``str`` comes back as that ``str``, rows of ids as rows of ids.
 
 Not supported yet: normalizing flows (bits-back coding through the dequantization, as in
 Ho et al.'s local bits-back), diffusion models (bits-back over the chain of latents, as in Kingma et
@@ -20,7 +24,9 @@ The result is a ``.ppz`` stream (:mod:`ppgen.compression.container`): a header n
 by fingerprint, the image shape, count and dtype, then the coded words. Where the model's code
 would be longer than the array it codes (data unlike the model's training data), :func:`compress`
 stores the values plainly instead (:mod:`ppgen.compression.stored`: 1 bit per pixel), warns, and
-says so in what it returns; the stream is then never longer than the array plus the header.
+says so in what it returns; the stream is then never longer than the array plus the header. A text
+is stored likewise, each character's id in :math:`\lceil \log_2 V \rceil` bits, where its code
+would be longer than that.
 """
 
 from __future__ import annotations
@@ -33,21 +39,23 @@ import torch
 
 from ppgen.compression.bitsback import LATENT_BITS, Q_BITS, decode_bbans, encode_bbans, initial_word_count
 from ppgen.compression.bitsback import negative_elbo_bits
-from ppgen.compression.container import DTYPES, MAX_NDIM, MAX_VALUES, CompressedFormatError, Header, data_digest
+from ppgen.compression.container import DTYPES, MAX_NDIM, MAX_VALUES, TEXT, CompressedFormatError, Header, data_digest
 from ppgen.compression.container import header_error, model_fingerprint, pack, unpack
 from ppgen.compression.exact import decode_exact, encode_exact, float64_copy, min_bits_per_image
 from ppgen.compression.stored import load, store, stored_words, value_bits
+from ppgen.compression.text import check_text_header, decode_rows, encode_rows, ids_digest, text_ids, text_rows
 from ppgen.models.autoregressive._common import AutoregressiveModel
 from ppgen.models.bayesnet import BayesNet
 from ppgen.models.independent import IndependentBernoulli
 from ppgen.models.latent.vae import VAE
+from ppgen.models.sequence import SequenceModel
 
 __all__ = ["compress", "decompress", "model_nll_bits", "Compressed", "CompressedFormatError", "UnsupportedModelError",
            "PlainStorageWarning", "model_fingerprint", "PROB_BITS"]
 
 PROB_BITS = 16
-_CODED = ("FVSBN, NADE, MADE (one mask), PixelCNN, IndependentBernoulli, BayesNet (range coding) and VAE with a "
-          "Bernoulli likelihood (bits-back ANS)")
+_CODED = ("FVSBN, NADE, MADE (one mask), PixelCNN, IndependentBernoulli, BayesNet (range coding), VAE with a "
+          "Bernoulli likelihood (bits-back ANS) and sequence models of text (CharNGram, CharLSTM, CharTransformer)")
 
 
 class UnsupportedModelError(ValueError, TypeError):
@@ -64,7 +72,7 @@ class Compressed(bytes):
 
     Attributes
     ----------
-    method : {"range", "bbans", "stored"}
+    method : {"range", "bbans", "text", "stored"}
         "stored" when the model's code would have been longer than the values written out.
     model_bytes : int
         The length of the stream the model's code gives (this one's, unless stored).
@@ -80,10 +88,12 @@ class Compressed(bytes):
 
 
 def _method(model) -> str:
-    """How ``model`` codes, "range" or "bbans"; an :class:`UnsupportedModelError` naming it otherwise."""
+    """How ``model`` codes, "range", "bbans" or "text"; an :class:`UnsupportedModelError` naming it otherwise."""
     name = type(model).__name__
     if isinstance(model, (AutoregressiveModel, IndependentBernoulli, BayesNet)):
         return "range"
+    if isinstance(model, SequenceModel):
+        return "text"
     if isinstance(model, VAE):
         if type(model).model is not VAE.model or type(model).guide is not VAE.guide:
             raise UnsupportedModelError(f"compress supports {_CODED}; got {name}, whose prior or guide is not the "
@@ -140,16 +150,23 @@ def _check_positive(value, name: str) -> int:
 
 
 def compress(model, x, *, batch_size: int = 500, seed: int = 0) -> Compressed:
-    r"""Losslessly compress images ``x`` with ``model``; :func:`decompress` inverts it exactly.
+    r"""Losslessly compress images ``x`` with ``model``, or a text with a sequence model; :func:`decompress`
+    inverts it exactly.
 
     Parameters
     ----------
-    model : FVSBN, NADE, MADE (one mask), PixelCNN, IndependentBernoulli, BayesNet or VAE (Bernoulli)
-    x : Tensor or ndarray (N, ...)
+    model : FVSBN, NADE, MADE (one mask), PixelCNN, IndependentBernoulli, BayesNet, VAE (Bernoulli),
+            or a sequence model (CharNGram, CharLSTM, CharTransformer)
+    x : Tensor or ndarray (N, ...), or str
         N images of ``model.x_dim`` values each, in any shape and dtype (bool, int, float): 0/1
         pixels, or state indices for a Bayesian network. ``N = 0`` gives a valid empty stream.
+        For a sequence model: a text (``str``, or ``bytes`` of UTF-8) in the model's vocabulary (a
+        character outside it is refused: it would come back as U+FFFD), coded as the rows the model
+        is scored on (consecutive pieces of its length; :func:`~ppgen.compression.text.text_rows`);
+        or rows of ids (N, L) (L at most the model's context), coded as they are.
     batch_size : int
-        Rows per network call. It changes the speed, never the bytes.
+        Rows per network call. It changes the speed, never the bytes. (A sequence model steps 32
+        rows at a time whatever it is: the format fixes it, so that both sides compute alike.)
     seed : int
         Bits-back only: seeds the initial random words the first latent is drawn from.
 
@@ -178,6 +195,8 @@ def compress(model, x, *, batch_size: int = 500, seed: int = 0) -> Compressed:
     """
     method = _method(model)
     batch_size = _check_positive(batch_size, "batch_size")
+    if method == "text":
+        return _compress_text(model, x)
     raw, rows = _rows(model, x)
     n, model64 = len(rows), float64_copy(model)
     init_words = initial_word_count(model.z_dim, Q_BITS) if method == "bbans" and n else 0
@@ -204,9 +223,10 @@ def compress(model, x, *, batch_size: int = 500, seed: int = 0) -> Compressed:
     return Compressed(plain, "stored", len(coded))
 
 
-def decompress(model, data: bytes, *, batch_size: int = 500) -> torch.Tensor:
+def decompress(model, data: bytes, *, batch_size: int = 500) -> torch.Tensor | str:
     """The images that :func:`compress` coded or stored into ``data``, exactly: shape (N, ...) and dtype
-    as given (in native byte order).
+    as given (in native byte order). With a sequence model: the text as a ``str``, or the rows of ids
+    (N, L) as int64.
 
     Raises
     ------
@@ -221,6 +241,8 @@ def decompress(model, data: bytes, *, batch_size: int = 500) -> torch.Tensor:
     method = _method(model)
     batch_size = _check_positive(batch_size, "batch_size")
     header, words = unpack(data, model_fingerprint(model))
+    if method == "text":
+        return _decompress_text(model, header, words)
     _check_header(model, method, header, len(words))
     n = header.count
     if n == 0:
@@ -254,6 +276,8 @@ def _check_header(model, method: str, header: Header, num_words: int) -> None:
     name, n = type(model).__name__, header.count
     if header.method not in (method, "stored"):
         raise CompressedFormatError(f"the stream was coded by {header.method!r}, but {name} decodes {method!r}")
+    if header.dtype == TEXT:
+        raise header_error("dtype", header.dtype, f"a NumPy dtype: {name} decodes images, not text")
     if math.prod(header.shape) != model.x_dim:
         raise header_error("shape", header.shape, f"{model.x_dim} values per image ({name}'s x_dim)")
     if header.method == "stored":
@@ -285,11 +309,60 @@ def _stored_rows(model, words: np.ndarray, n: int) -> torch.Tensor:
     return torch.from_numpy(values.astype(np.float64))
 
 
+def _compress_text(model: SequenceModel, x) -> Compressed:
+    """:func:`compress` with a sequence model: a text (its rows, :func:`text_rows`) or rows of ids, range coded;
+    stored plainly, each id in ceil(log2 V) bits, where that is shorter."""
+    ids, dtype = text_ids(model, x)
+    count = 1 if dtype == TEXT else len(ids)
+    header = Header("text", model_fingerprint(model), tuple(ids.shape[-1:]), count, dtype, PROB_BITS,
+                    data_digest=ids_digest(ids))
+    words = encode_rows(float64_copy(model), text_rows(ids, model.x_dim), PROB_BITS)
+    coded = pack(header, words)
+    bits = value_bits([model.vocab_size])
+    plain = store(ids.view(count, -1).numpy(), bits)
+    if len(words) <= len(plain):
+        return Compressed(coded, "text", len(coded))
+    what = f"{ids.numel():,} characters" if dtype == TEXT else f"{count:,} rows of {ids.shape[1]:,} ids"
+    stored = pack(Header("stored", header.fingerprint, header.shape, count, dtype, 0, data_digest=header.data_digest),
+                  plain)
+    warnings.warn(f"compress stored {what} plainly, {bits} bit(s) per character, in {len(stored):,} bytes: "
+                  f"{type(model).__name__}'s code would take {len(coded):,} (text unlike its training text)",
+                  PlainStorageWarning, stacklevel=3)
+    return Compressed(stored, "stored", len(coded))
+
+
+def _decompress_text(model: SequenceModel, header: Header, words: np.ndarray) -> torch.Tensor | str:
+    """:func:`decompress` with a sequence model: the text (str) or rows of ids (N, L) int64 of ``header``."""
+    check_text_header(model, header, len(words))
+    if header.method == "stored":
+        ids = torch.from_numpy(load(words, header.count, header.shape[0], value_bits([model.vocab_size])))
+        if ids.max() >= model.vocab_size:
+            raise CompressedFormatError(f"corrupt stream: stored id {int(ids.max())} is not one of the "
+                                        f"{model.vocab_size} symbols of {type(model).__name__}")
+    else:
+        ids = torch.zeros(header.count, header.shape[0], dtype=torch.long)
+        try:
+            decode_rows(float64_copy(model), text_rows(ids[0] if header.dtype == TEXT else ids, model.x_dim), words,
+                        header.prob_bits)
+        except AssertionError as err:  # constriction: words that no encoder of these probabilities writes
+            raise CompressedFormatError(f"corrupt stream: the coded data do not decode under this model ({err})") \
+                from None
+    if ids_digest(ids) != header.data_digest:
+        raise CompressedFormatError("the decoded data fail the stream's digest: the decoder's probabilities "
+                                    "drifted from the encoder's, or the stream is damaged")
+    return model.vocabulary.decode(ids[0]) if header.dtype == TEXT else ids
+
+
 @torch.no_grad()
 def model_nll_bits(model, x) -> tuple[float, str]:
-    """What the model promises for ``x``, in total bits: -log2 p(x) for exact models, the negative
-    ELBO (100 Monte Carlo samples per image) for VAEs. Returns (bits, "NLL" or "-ELBO")."""
+    """What the model promises for ``x``, in total bits: -log2 p(x) for exact models (a sequence model: of
+    the rows :func:`compress` codes), the negative ELBO (100 Monte Carlo samples per image) for VAEs.
+    Returns (bits, "NLL" or "-ELBO")."""
     method = _method(model)
+    if method == "text":  # the rows compress codes, each scored in one teacher-forced pass
+        model64, groups = float64_copy(model), text_rows(text_ids(model, x)[0], model.x_dim)
+        nats = sum(-model64.log_prob(rows).sum().item() for group in groups for rows in group.split(64))
+        return nats / math.log(2), "NLL"
     _, rows = _rows(model, x)
     model64 = float64_copy(model)
     if method == "range":

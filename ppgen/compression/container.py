@@ -5,17 +5,19 @@ Layout (all integers little-endian)::
     magic        4 bytes   b"PPGZ"
     version      u8        FORMAT_VERSION
     method       u8        1 = range coding (exact models), 2 = bits-back ANS (latent-variable models),
-                           3 = stored: the values plainly, when the model would code them in more bits
-    fingerprint  32 bytes  SHA-256 of the model (:func:`model_fingerprint`)
-    ndim         u8        then ndim x u32: the shape of one image
-    count        u64       number of images
-    dtype        u8 length, then the NumPy dtype string of the data (e.g. "<f4", "|u1")
+                           3 = stored: the values plainly, when the model would code them in more bits,
+                           4 = text: range coding of characters under a sequence model
+    fingerprint  32 bytes  SHA-256 of the model and its vocabulary (:func:`model_fingerprint`)
+    ndim         u8        then ndim x u32: the shape of one image (a text: (T,), its T characters)
+    count        u64       number of images (rows of ids; 1 for a text)
+    dtype        u8 length, then the NumPy dtype string of the data (e.g. "<f4", "|u1"), or "str" for a text
     prob_bits    u8        probabilities are quantised to multiples of 2**-prob_bits
     latent_bits  u8        bits-back: 2**latent_bits prior buckets per latent dimension (0 otherwise)
                            (q(z | x) is coded with integer masses summing to 2**20 in version 1)
     seed         u64       bits-back: seed of the initial random words (0 otherwise)
     init_words   u32       bits-back: number of initial random words (0 otherwise)
-    data_digest  8 bytes   first 8 bytes of SHA-256 of the data's values as uint8
+    data_digest  8 bytes   first 8 bytes of SHA-256 of the data's values as uint8 (of a text's or rows'
+                           ids, the bytes of their little-endian uint32)
     stream_words u64       number of 32-bit words that follow
     stream_crc   u32       CRC-32 of the stream bytes
     header_crc   u32       CRC-32 of everything above
@@ -29,10 +31,11 @@ notes in :mod:`ppgen.compression`) is reported, never silently returned.
 A CRC guards against damage, not against a header crafted with its CRC recomputed, so every field
 is also checked against what this version writes before anything is allocated: ``ndim`` in
 1..MAX_NDIM and every axis at least 1, ``count`` times the image size at most MAX_VALUES, ``dtype``
-one of DTYPES, ``prob_bits`` in 1..16 and ``latent_bits`` in 1..16 where the method uses them
-and 0 where it does not (so are ``seed`` and ``init_words``), no stream for zero images. What
-only the model knows (the image size, the initial words, the stream length an image count needs)
-is checked by :func:`ppgen.compression.decompress` before it decodes.
+one of DTYPES or "str" ("str" for one text, of shape (T,), or "<i8" for method ``text``),
+``prob_bits`` in 1..16 and ``latent_bits`` in 1..16 where the method uses them and 0 where it does
+not (so are ``seed`` and ``init_words``), no stream for zero images. What only the model knows (the
+image size, the initial words, the stream length an image count needs) is checked by
+:func:`ppgen.compression.decompress` before it decodes.
 """
 
 from __future__ import annotations
@@ -46,15 +49,19 @@ import zlib
 import numpy as np
 import torch
 
-__all__ = ["FORMAT_VERSION", "MAGIC", "METHODS", "MAX_NDIM", "MAX_VALUES", "DTYPES", "Header", "CompressedFormatError",
-           "model_fingerprint", "data_digest", "pack", "unpack", "check_fields", "header_error"]
+from ppgen.models.sequence import SequenceModel
+
+__all__ = ["FORMAT_VERSION", "MAGIC", "METHODS", "MAX_NDIM", "MAX_VALUES", "DTYPES", "TEXT", "Header",
+           "CompressedFormatError", "model_fingerprint", "data_digest", "pack", "unpack", "check_fields",
+           "header_error"]
 
 MAGIC = b"PPGZ"
 FORMAT_VERSION = 1
-METHODS = {"range": 1, "bbans": 2, "stored": 3}
+METHODS = {"range": 1, "bbans": 2, "stored": 3, "text": 4}
 MAX_NDIM = 31  # axes of one image: with the leading count, NumPy 1's limit of 32
 MAX_VALUES = 2**28  # values in one stream (2 GiB as the decoder's float64 rows)
 DTYPES = frozenset(np.dtype(code).newbyteorder("<").str for code in "?bhilqBHILQefd")  # "|b1", "<i8", "<f4", ...
+TEXT = "str"  # the dtype field of a text, which decompress gives back as a str
 _FIXED = struct.Struct("<4sBB32s")
 
 
@@ -77,13 +84,16 @@ class Header:
 
 
 def model_fingerprint(model: torch.nn.Module) -> bytes:
-    """SHA-256 of a model's class, configuration (``extra_repr``) and ``state_dict``.
+    """SHA-256 of a model's class, configuration (``extra_repr``) and ``state_dict``, and of a sequence
+    model's vocabulary (the characters its ids stand for).
 
     Two models that code differently get different fingerprints; a model reloaded from its run
     folder gets the same one as the model that was saved.
     """
     h = hashlib.sha256()
     h.update(f"{type(model).__module__}.{type(model).__qualname__}\n{model.extra_repr()}\n".encode())
+    if isinstance(model, SequenceModel) and model.vocabulary is not None:
+        h.update(f"vocabulary:{model.vocabulary.characters}\n".encode())
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
@@ -187,9 +197,13 @@ def check_fields(header: Header, num_words: int) -> None:
     if header.count > MAX_VALUES // size:
         raise header_error("count", header.count, f"at most {MAX_VALUES // size:,} images of shape "
                                                   f"{header.shape} (MAX_VALUES = {MAX_VALUES:,} values in one stream)")
-    if header.dtype not in DTYPES:
-        raise header_error("dtype", header.dtype, f"one of {sorted(DTYPES)}")
-    ranges = {"range": {"prob_bits": (1, 16)},
+    if header.dtype not in DTYPES | {TEXT}:
+        raise header_error("dtype", header.dtype, f"one of {sorted(DTYPES | {TEXT})}")
+    if header.method == "text" and header.dtype not in (TEXT, "<i8"):
+        raise header_error("dtype", header.dtype, f"{TEXT!r} (a text) or '<i8' (rows of ids) for method 'text'")
+    if header.dtype == TEXT and (header.count, len(header.shape)) != (1, 1):
+        raise header_error("(count, shape)", (header.count, header.shape), "(1, (T,)): one text of T characters")
+    ranges = {"range": {"prob_bits": (1, 16)}, "text": {"prob_bits": (1, 16)},
               "bbans": {"prob_bits": (1, 16), "latent_bits": (1, 16), "seed": (0, 2**64 - 1),
                         "init_words": (1, 2**32 - 1) if header.count else (0, 0)},  # checked against the model later
               "stored": {}}[header.method]
