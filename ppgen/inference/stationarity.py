@@ -169,8 +169,12 @@ def stationarity(loss: Callable[..., torch.Tensor], params: Sequence[torch.Tenso
         fisher = variance * (len(order) / count) + mean.pow(2)  # per row: m rows per chunk
         seen = fisher > 0
         direction = torch.where(seen, mean / fisher.sqrt().clamp_min(1e-30), torch.zeros_like(mean))
-        snr = (mean[seen].pow(2) / (variance[seen] / len(fit_parts)).clamp_min(1e-300)).mean().sqrt().item() \
-            if seen.any() else 0.0
+        # S only over gradients that vary between chunks beyond rounding: one that is the same for every
+        # chunk is a deterministic push toward a boundary (an MLE at infinity: a pixel never on in the data),
+        # whose t-ratio is meaningless; the gain test speaks for it
+        varies = seen & (variance > 1e-10 * mean.pow(2))
+        snr = (mean[varies].pow(2) / (variance[varies] / len(fit_parts))).mean().sqrt().item() \
+            if varies.any() else 0.0
         offset = 0 if in_sample else len(fit_parts)
 
         def scores() -> torch.Tensor:
