@@ -66,6 +66,17 @@ def rbm_lr(epoch: int, epochs: int, lr: float) -> float:
     return lr if epoch <= third else lr * (epochs - epoch + 1) / (epochs - third)
 
 
+def budgeted_epochs(done: int, total: int, max_minutes: float):
+    """The epochs done + 1 .. total of this call: it stops before an epoch that would end past
+    ``max_minutes`` at the pace so far (at least one epoch runs, none when ``max_minutes <= 0``)."""
+    start = time.perf_counter()
+    for epoch in range(done + 1, total + 1):
+        elapsed = time.perf_counter() - start
+        if max_minutes <= 0 or (epoch > done + 1 and elapsed * (epoch - done) / (epoch - done - 1) > max_minutes * 60):
+            return
+        yield epoch
+
+
 def long_rbm(args, train, valid, test) -> dict:
     """Train the long RBM in ``args.runs / "rbm"`` for at most ``args.max_minutes`` this call; evaluate
     once its schedule is done. Returns the row for the report (``status`` says partial or complete)."""
@@ -80,11 +91,7 @@ def long_rbm(args, train, valid, test) -> dict:
                     objective=lambda program: ContrastiveDivergence(program, k=cfg["k"], persistent=cfg["persistent"]))
     start, done = time.perf_counter(), len(curve["epochs"])
     seconds_before = curve["epochs"][-1]["seconds"] if done else 0.0
-    for epoch in range(done + 1, cfg["epochs"] + 1):
-        elapsed = time.perf_counter() - start
-        if args.max_minutes <= 0 or (epoch > done + 1 and elapsed * (epoch - done) / (epoch - done - 1)
-                                     > args.max_minutes * 60):
-            break
+    for epoch in budgeted_epochs(done, cfg["epochs"], args.max_minutes):
         lr = rbm_lr(epoch, cfg["epochs"], cfg["lr"])
         result = ppgen.fit(rbm, train.x, epochs=epoch, lr=lr, resume=epoch > 1, **settings)
         row = {"epoch": epoch, "lr": lr, "train_free_energy": -result.train_elbo[-1],
@@ -122,7 +129,7 @@ def long_rbm(args, train, valid, test) -> dict:
                   "rows_stderr": (values.std() / len(values) ** 0.5).item(), "raise_ais_bracket": estimate.bracket,
                   "ais_chains": cfg["ais_chains"], "ais_temperatures": cfg["ais_temperatures"],
                   "evaluation_seconds": round(time.perf_counter() - t0, 1),
-                  "sample_quality": sample_quality(rbm, test.x, 1000)}
+                  "sample_quality": sample_quality(rbm, test.x, 1000, reference=valid.x)}
     write_json_atomic(evaluation, result_path)
     return {**row, **evaluation}
 
@@ -191,11 +198,7 @@ def long_model(args, name: str, train: torch.Tensor, valid: torch.Tensor, test: 
                     checkpoint_dir=run / "checkpoint", progress=False, convergence_tol=None, objective=objective)
     start, done = time.perf_counter(), len(curve["epochs"])
     seconds_before = curve["epochs"][-1]["seconds"] if done else 0.0
-    for epoch in range(done + 1, cfg["epochs"] + 1):
-        elapsed = time.perf_counter() - start
-        if args.max_minutes <= 0 or (epoch > done + 1 and elapsed * (epoch - done) / (epoch - done - 1)
-                                     > args.max_minutes * 60):
-            break
+    for epoch in budgeted_epochs(done, cfg["epochs"], args.max_minutes):
         result = ppgen.fit(model, rows, epochs=epoch, resume=epoch > 1, **settings)
         row = {"epoch": epoch, "steps": result.steps, "train_objective": result.train_elbo[-1],  # minus the loss
                "seconds": round(seconds_before + time.perf_counter() - start, 1)}
