@@ -14,6 +14,16 @@ def _fresh_pyro_state():
     pyro.clear_param_store()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module whose coders make one small network call per pixel or character:
+    on a shared CPU, thread hand-offs dominate such calls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def digits():
     from ppgen.data import load_dataset

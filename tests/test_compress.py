@@ -26,13 +26,7 @@ AUTOREGRESSIVE = ("fvsbn", "nade", "made", "made_direct", "pixelcnn", "pixelcnn_
 EXACT = ("independent", "fvsbn", "nade", "made", "made_direct", "pixelcnn", "pixelcnn_ungated", "bayesnet")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Decoding makes one small network call per pixel; on a shared CPU, thread hand-offs dominate them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _perturbed(model, scale=0.7, seed=1):

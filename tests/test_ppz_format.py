@@ -26,12 +26,7 @@ from ppgen.compression import container, stored
 from ppgen.models import FVSBN, VAE, BayesNet, FlowPriorVAE, IAFVAE, IndependentBernoulli
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- the layout, read and written a second time (from the table in container's docstring) ----------------------

@@ -28,12 +28,7 @@ KINDS = ("ngram", "lstm", "transformer")
 LETTERS = Vocabulary("abcdefghijklmnopqrstuvwxyz .,;:!?'ABCDEFGHIJ")  # 44 characters, 45 symbols: 6 bits stored
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _peaked(model, scale: float, seed: int = 1):
