@@ -24,6 +24,7 @@ from ppgen.compression import (CompressedFormatError, PlainStorageWarning, Unsup
                                decompress)
 from ppgen.compression import container, stored
 from ppgen.models import FVSBN, VAE, BayesNet, FlowPriorVAE, IAFVAE, IndependentBernoulli
+from test_compress import _perturbed  # random weights: conditionals far from 1/2
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -103,14 +104,6 @@ def cases(data: bytes, seed: int = 0):
 
 
 # --- the streams attacked ----------------------------------------------------------------------------------------
-
-
-def _perturbed(model, scale=0.7, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=generator))
-    return model
 
 
 def _bayesnet() -> BayesNet:
