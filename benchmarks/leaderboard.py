@@ -135,7 +135,8 @@ def run_label(metrics: dict, run: str = "a run") -> str:
 
 
 def collect() -> dict[str, dict]:
-    """The best-informed row per model: paper-preset runs (GPU, then CPU) first, then the CPU-budget benchmarks."""
+    """The best-informed row per model: paper-preset runs (GPU, then CPU) first, then the CPU-budget benchmarks;
+    a run folder added with ``--add-run`` replaces them all."""
     rows: dict[str, dict] = {}
     for report, source in ((load(RESULTS / "binarized_mnist.json"), "binarized_mnist.py --preset cpu"),
                            (load(RESULTS / "binarized_mnist_latent.json"), "binarized_mnist.py --preset cpu"),
@@ -144,13 +145,6 @@ def collect() -> dict[str, dict]:
                            (load(RESULTS / "binarized_mnist_gpu.json"), "benchmarks/gpu.sh (the paper preset)")):
         for key, row in benchmark_rows(report, source).items():
             rows[key] = row  # later sources (the paper preset) replace the budget runs
-    for key, entry in (load(RUNS) or {}).items():
-        config, m = entry["config"], entry["metrics"]
-        rows[key] = {"model": f"{entry['model']}, by `ppgen train`", "nll": -m["log_likelihood"],
-                     "stderr": m["stderr"] or 0.0, "kind": run_label(m, entry["run"]),
-                     "rows": entry["rows"], "parameters": m["num_parameters"],
-                     "train": f"{config['train_seconds'] / 60:.0f} min, {entry['epochs']} epochs",
-                     "device": config["device"], "source": entry["run"]}
     compression = load(RESULTS / "compression.json")
     for key in ("independent", "bayesnet"):
         m = ((compression or {}).get("models") or {}).get(key)
@@ -194,16 +188,35 @@ def collect() -> dict[str, dict]:
                             "train": f"{m['train_seconds'] / 60:.0f} min, {m['epochs']} epochs", "device": "cpu",
                             "source": "flow_binary.py"}
             break
+    for key, entry in (load(RUNS) or {}).items():  # last: a row added by hand replaces the benchmarks' figure
+        config, m = entry["config"], entry["metrics"]
+        rows[key] = {"model": f"{entry['model']}, by `ppgen train`", "nll": -m["log_likelihood"],
+                     "stderr": m["stderr"] or 0.0, "kind": run_label(m, entry["run"]),
+                     "rows": entry["rows"], "parameters": m["num_parameters"],
+                     "train": f"{config['train_seconds'] / 60:.0f} min, {entry['epochs']} epochs",
+                     "device": config["device"], "source": entry["run"]}
     return rows
+
+
+def run_file(path: Path) -> dict:
+    """A JSON object of a finished ``ppgen train`` run folder, or SystemExit naming the file."""
+    try:
+        content = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"{path.parent} has no {path.name}: not a finished, evaluated `ppgen train` run") from None
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"{path} is not readable JSON ({err})") from None
+    if not isinstance(content, dict):
+        raise SystemExit(f"{path} holds {json.dumps(content)[:40]}, not what `ppgen train` writes")
+    return content
 
 
 def add_run(run: Path, key: str) -> None:
     """Copy a finished ``ppgen train`` run folder's figures into RUNS as the row ``key``."""
-    config, metrics, history = (load(run / name) for name in ("config.json", "metrics.json", "history.json"))
-    if config is None or metrics is None or history is None:
-        raise SystemExit(f"{run} has no config.json, metrics.json and history.json: not a finished `ppgen train` run")
-    if config["data"] != "binarized_mnist" or metrics.get("split") != "test" or metrics["log_likelihood"] is None:
-        raise SystemExit(f"{run} was not evaluated on the binarized MNIST test rows (data {config['data']!r}, "
+    config, metrics, history = (run_file(run / name) for name in ("config.json", "metrics.json", "history.json"))
+    evaluated = (config.get("data"), metrics.get("split")) == ("binarized_mnist", "test")
+    if not evaluated or metrics.get("log_likelihood") is None:
+        raise SystemExit(f"{run} was not evaluated on the binarized MNIST test rows (data {config.get('data')!r}, "
                          f"split {metrics.get('split')!r}), so its figure does not belong in this table")
     if key not in PUBLISHED:
         raise SystemExit(f"--as {key!r} is not a row of the table; choose from {list(PUBLISHED)}")

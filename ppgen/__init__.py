@@ -12,7 +12,7 @@ _EXPORTS = {
     "load_dataset": "ppgen.data",
     "compress": "ppgen.compression", "decompress": "ppgen.compression",
     "restore": "ppgen.inverse", "RestoreResult": "ppgen.inverse",
-    **dict.fromkeys(["ConvergenceWarning", "FitConfig", "FitResult", "LikelihoodResult", "ModelCheckError",
+    **dict.fromkeys(["ConvergenceWarning", "DivergenceError", "NonFiniteLossError", "FitConfig", "FitResult", "LikelihoodResult", "ModelCheckError",
                      "Objective", "Program", "check_model", "fit", "log_likelihood", "elbo_report"],
                     "ppgen.inference"),
     **dict.fromkeys(["FVSBN", "MADE", "NADE", "PPCA", "VAE", "BayesianCPTs", "BayesNet", "BernoulliMixture",
@@ -25,7 +25,7 @@ _EXPORTS = {
 __all__ = [
     "load_dataset", "compress", "decompress", "restore", "RestoreResult",
     "Program", "check_model", "ModelCheckError", "Objective",
-    "fit", "FitConfig", "FitResult", "ConvergenceWarning", "log_likelihood", "LikelihoodResult", "elbo_report",
+    "fit", "FitConfig", "FitResult", "ConvergenceWarning", "DivergenceError", "NonFiniteLossError", "log_likelihood", "LikelihoodResult", "elbo_report",
     "GenerativeModel", "IndependentBernoulli", "FullJointTable", "BayesNet", "BayesianCPTs",
     "FVSBN", "NADE", "MADE", "PixelCNN",
     "VAE", "ConditionalVAE", "BernoulliMixture", "GaussianMixture", "PPCA", "FactorAnalysis",

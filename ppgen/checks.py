@@ -22,7 +22,7 @@ import math
 from collections.abc import Sequence
 
 __all__ = ["integer", "positive_int", "non_negative_int", "positive_number", "non_negative_number", "seed",
-           "image_shape", "image_shape_of"]
+           "image_shape", "image_shape_of", "describe"]
 
 
 def _is_int(value) -> bool:
@@ -74,6 +74,18 @@ def seed(value, name: str = "seed") -> int:
     if not _is_int(value):
         raise TypeError(f"{name} must be an int, got {value!r}")
     return value
+
+
+def describe(value) -> str:
+    """What ``value`` is, for the "got ..." of an error: its type, with the dtype of an array or tensor.
+
+    >>> import numpy as np
+    >>> describe(True), describe(np.zeros(2, dtype=bool))
+    ('a bool', 'a numpy.ndarray of bool')
+    """
+    kind = type(value)
+    name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__.split('.')[0]}.{kind.__name__}"
+    return f"a {name}" + (f" of {value.dtype}" if hasattr(value, "dtype") else "")
 
 
 def image_shape(shape, name: str = "shape", *, x_dim: int | None = None, min_channels: int = 1) -> tuple[int, int, int]:

@@ -11,15 +11,19 @@ it computes is the library's: ``fit``, ``log_likelihood``, ``sample_quality``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from ppgen._lazy import LazyObject
+from ppgen.checks import non_negative_int, positive_int
 
 # `ppgen --help` answers without importing torch: these names import their module on first use.
 torch = LazyObject("torch")
@@ -34,7 +38,8 @@ image_grid = LazyObject("ppgen.plots", "image_grid")
 check_out, demo_figures, figure_path = (LazyObject("ppgen.demo", n)
                                        for n in ("check_out", "demo_figures", "figure_path"))
 draw, sample_quality = (LazyObject("ppgen.inference.sample_quality", n) for n in ("draw", "sample_quality"))
-RealNVP, Glow, MAF, prepare_data = (LazyObject("ppgen.models.flows", n) for n in ("RealNVP", "Glow", "MAF", "prepare_data"))
+RealNVP, Glow, MAF, NSF, Flow, prepare_data = (LazyObject("ppgen.models.flows", n)
+                                           for n in ("RealNVP", "Glow", "MAF", "NSF", "Flow", "prepare_data"))
 DATASETS = ("digits", "digits_grey", "digits_colour", "binarized_mnist", "mnist")  # ppgen.data.DATASETS (tests/test_startup.py checks)
 TEXT_DATASETS = ("shakespeare",)  # ppgen.data.TEXT_DATASETS
 CharLSTM, CharNGram, CharTransformer = (LazyObject("ppgen.models.sequence", n)
@@ -75,6 +80,7 @@ MODELS: dict[str, tuple[Callable, dict]] = {
     "realnvp": (RealNVP, {"num_scales": 2, "hidden": 32, "blocks": 1}),
     "glow": (Glow, {"levels": 2, "steps": 4, "hidden": 32, "blocks": 1}),
     "maf": (MAF, {"transforms": 5, "hidden": [512, 512]}),
+    "nsf": (NSF, {"transforms": 5, "hidden": [512, 512]}),
     # energy-based and implicit: log-likelihood by AIS (rbm) or none (ebm, gan); all get sample quality
     "rbm": (LazyObject("ppgen.models.energy", "RBM"), {"hidden": 500}),
     "ebm": (LazyObject("ppgen.models.energy", "EBM"), {"hidden": [256, 256]}),
@@ -92,45 +98,147 @@ MODELS: dict[str, tuple[Callable, dict]] = {
 TEXT_MODELS = ("char-lstm", "char-transformer", "ngram")
 NO_DENSITY = ("ebm", "gan")  # an unnormalised energy without an estimate of Z, and a sampler
 
+# What `evaluate` and `train` spend by default where the whole test split would take many minutes for the command's
+# default model on one CPU thread: the rows the log-likelihood scores (test_rows; default all), its draws per row
+# (num_samples: the RBM's AIS chains), its AIS's settings (the RBM's temperatures and RAISE's rows), and the
+# samples drawn for sample quality. Measured CPU time, one thread: the RBM's AIS (100 chains) and RAISE (20 rows, 5
+# chains each) cost 14 ms a temperature each; the diffusion bound and sampler about 10 s a row (1,000 U-Net passes),
+# the binary one's 0.25 s. Every other model scores all rows (with 1,000 importance samples where it has latents)
+# and draws 500 samples. --test-rows, --num-samples, --ais-temperatures and --quality-samples override them.
+BUDGETS: dict[str, dict] = {
+    "rbm": {"num_samples": 100, "ais": {"num_temperatures": 1000, "raise_rows": 20}},
+    "diffusion": {"test_rows": 10, "quality_samples": 0},
+    "binary-diffusion": {"test_rows": 200, "quality_samples": 200},
+}
+IMPORTANCE_SAMPLES = 1000  # K per row of IWAE when neither --num-samples nor a budget says otherwise
+QUALITY_SAMPLES = 500  # samples for sample quality when neither --quality-samples nor a budget says otherwise
+
 
 # the FitConfig fields a run folder records in config.json
 RECORDED = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "elbo", "num_particles", "patience", "seed",
             "precision")
 
 
-def build_model(name: str, x_dim, **overrides) -> torch.nn.Module:
-    """A model from the registry, with its defaults updated by ``overrides``; ``x_dim`` is what the data
-    fix: the values per row, or for a text model the data's Vocabulary."""
+def build_model(name: str, x_dim, *, seed: int = 0, counts=None, **options) -> torch.nn.Module:
+    """A model from the registry, with its defaults updated by the user's ``options`` (checked by
+    :func:`check_options`); ``x_dim`` is what the data fix: the values per row, or for a text model the
+    data's Vocabulary. ``seed`` (``--seed``) and ``counts`` (the n-gram's training text) are the command's."""
+    check_options(name, options)
+    make, defaults = MODELS[name]
+    return make(x_dim, **{**defaults, **options}, seed=seed, **({} if counts is None else {"counts": counts}))
+
+
+# the constructors' arguments that the command sets itself, never -o; and where a constructor's **keywords go
+SET_BY_COMMAND = {"x_dim": "the data (--data)", "vocabulary": "the data (--data)", "seed": "--seed",
+                  "counts": "the training text"}
+KEYWORDS_GO_TO = {"pixelcnn": PixelCNN, "diffusion": LazyObject("ppgen.models.diffusion", "UNet")}
+
+
+def model_options(name: str) -> dict:
+    """The options (-o) of a registry model, name -> type hint (``typing.Any`` where there is none): the keyword
+    arguments of its constructor and of what its ``**keywords`` build (:data:`KEYWORDS_GO_TO`), but not those
+    the command sets (:data:`SET_BY_COMMAND`) nor a positional one without a default (U-Net's shape)."""
+    import inspect
+    import typing
+
+    options = {}
+    for target in (MODELS[name][0], KEYWORDS_GO_TO.get(name)):
+        if target is None:
+            continue
+        target = target.resolve() if isinstance(target, LazyObject) else target
+        hints = typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
+        for p in inspect.signature(target).parameters.values():
+            if p.name not in SET_BY_COMMAND and (p.kind == p.KEYWORD_ONLY or (
+                    p.kind == p.POSITIONAL_OR_KEYWORD and p.default is not p.empty)):
+                options[p.name] = hints.get(p.name, typing.Any)
+    return options
+
+
+def check_options(name: str, options: dict) -> None:
+    """Refuse, in one line naming it, an option (-o KEY=VALUE, parsed as JSON) that a model does not take, that
+    the command sets itself, or whose value is not of the type the constructor declares; the values' ranges are
+    the constructor's to check."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choices: {', '.join(MODELS)}")
-    make, defaults = MODELS[name]
-    try:
-        return make(x_dim, **{**defaults, **overrides})
-    except TypeError as err:  # an option the constructor does not take: the user's -o, not a bug
-        if "unexpected keyword argument" not in str(err):
-            raise
-        raise ValueError(f"model {name!r} does not take that option ({err}); its defaults are {defaults}") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"the options of model {name!r} must be a mapping of names to values, got {options!r}")
+    known = model_options(name)
+    for key, value in options.items():
+        if key in SET_BY_COMMAND:
+            raise ValueError(f"option {key!r} is set by {SET_BY_COMMAND[key]}, not by -o")
+        if key not in known:
+            raise ValueError(f"model {name!r} does not take option {key!r}; its options: {', '.join(known)}")
+        if not _fits(value, known[key]):
+            raise ValueError(f"model {name!r}: option {key} must be {_words(known[key])}, got {value!r}")
+
+
+def _fits(value, hint) -> bool:
+    """Whether a JSON value is of the type ``hint`` (int, float, bool, str, None, their unions, sequences and
+    fixed-length tuples; anything for ``typing.Any``; no JSON value is of another class, a Module say)."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is tuple:
+        return isinstance(value, list) and len(value) == len(args) and all(map(_fits, value, args))
+    if origin is not None:  # Sequence[X], list[X]
+        return isinstance(value, list) and all(_fits(item, args[0]) for item in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(hint, type) and hint in (bool, str, type(None)) and isinstance(value, hint)
+
+
+def _words(hint) -> str:
+    """A type hint as :func:`_fits` reads it, in words: ``int | None`` -> "an int or null"."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    plural = {int: "ints", float: "numbers", str: "strings", bool: "booleans"}
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(map(_words, args))
+    if origin is tuple:
+        return f"a list of {len(args)} {plural.get(args[0], 'values')}"
+    if origin is not None:
+        return f"a list of {plural.get(args[0], 'values')}"
+    named = {int: "an int", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    return named.get(hint, f"a {getattr(hint, '__name__', hint)} (not settable by -o)")
 
 
 MAX_SAMPLES = 10_000  # `ppgen sample` draws one grid image; more belongs in a script, in batches
 
 
-def train_run(model_name: str, data: str, out: Path, *, root=None, options=None, fit_config: FitConfig | None = None
-              ) -> dict:
+def train_run(model_name: str, data: str, out: Path, *, root=None, options=None, fit_config: FitConfig | None = None,
+              budget: dict | None = None) -> dict:
     """Train one model into the run folder ``out`` (checkpoints in ``out/checkpoints``); return its config.
-    A text model trains on rows of its length cut from the text; the n-gram is counted on the whole text."""
+    A text model trains on rows of its length cut from the text; the n-gram is counted on the whole text.
+    ``budget``, the keyword arguments of :func:`evaluation_budget` that its evaluation will take, is
+    checked against the model before it trains."""
     fit_config = dataclasses.replace(fit_config or FitConfig(), checkpoint_dir=str(out / "checkpoints"))
     check_out(out)
     text = is_text(model_name, data)
-    train = unit_interval(model_name, load_dataset(data, "train", root=root))
+    check_options(model_name, options or {})  # before any data is read
+    unit = model_name in UNIT_INTERVAL
+    train = load_rows(data, "train", root, unit_interval=unit)
     # a .npy file has no splits: validating on its own rows would be training data called "valid"
-    valid = unit_interval(model_name, load_dataset(data, "valid", root=root)) if has_splits(data) else None
+    valid = load_rows(data, "valid", root, unit_interval=unit) if has_splits(data) else None
     if valid is None:
         fit_config = dataclasses.replace(fit_config, patience=None)  # nothing to stop early on
     start = time.perf_counter()
     counts = {"counts": train.ids} if model_name == "ngram" else {}
     model = build_model(model_name, train.vocabulary if text else train.x.shape[1], seed=fit_config.seed,
                         **(options or {}), **counts)
+    if model.y_dim is not None and train.y is None:
+        raise ValueError(f"model {model_name!r} draws rows for labels, but --data {data} has none: use digits, "
+                         "digits_grey or mnist")
+    check_estimator(model_name, model, fit_config)
+    evaluation_budget(model_name, model, **(budget or {}))  # refused now, not after training
     out.mkdir(parents=True, exist_ok=True)
     config = {"model": model_name, "options": options or {}, "data": str(data), "root": str(root) if root else None,
               "x_dim": model.x_dim, **{k: v for k, v in dataclasses.asdict(fit_config).items() if k in RECORDED}}
@@ -168,11 +276,37 @@ def is_text(model_name: str, data) -> bool:
     return text
 
 
-def unit_interval(model_name: str, dataset):
-    """A Gaussian diffusion model and a deep EBM take pixels in [0, 1]; digits_grey stores 0..255."""
-    if model_name in ("diffusion", "ebm") and dataset.x.max() > 1:
-        return dataset._replace(x=dataset.x / 255)
+UNIT_INTERVAL = ("diffusion", "ebm")  # a Gaussian diffusion model and a deep EBM take pixels in [0, 1]
+
+
+def load_rows(data, split: str, root=None, *, unit_interval: bool = False):
+    """A split of a data set as the command takes it: a ``.npy`` file's rows read into memory (evaluation,
+    figures and a flow's dequantization take a tensor; only ``ppgen.fit`` streams
+    :class:`~ppgen.data.NpyRows`), and with ``unit_interval`` 8-bit pixels (digits_grey's 0..255) divided by 255."""
+    dataset = load_dataset(data, split, root=root)
+    if hasattr(dataset.x, "check_rows"):  # NpyRows
+        dataset = dataset._replace(x=dataset.x[:])
+    if unit_interval and dataset.x.max() > 1:
+        dataset = dataset._replace(x=dataset.x / 255)
     return dataset
+
+
+def check_estimator(model_name: str, model, fit_config) -> None:
+    """Refuse ``--elbo`` and ``--num-particles`` for a model that trains with an objective of its own (a
+    diffusion model's bound, a GAN's game, contrastive divergence) or is counted (the n-gram): its family's
+    objective would be replaced by an estimator on its Pyro trace, or the flag ignored."""
+    if fit_config.elbo == "auto" and fit_config.num_particles == 1:
+        return
+    from ppgen.inference import Program
+
+    own = "counting" if model_name == "ngram" else model.default_objective(Program(model))
+    if own is not None:
+        given = " and ".join(flag for flag, default in ((f"--elbo {fit_config.elbo}", fit_config.elbo == "auto"),
+                                                        (f"--num-particles {fit_config.num_particles}",
+                                                         fit_config.num_particles == 1)) if not default)
+        own = own if isinstance(own, str) else type(own).__name__
+        raise ValueError(f"{given}: model {model_name!r} trains by {own}, its own objective, not by an estimator of "
+                         "fit's (leave --elbo at auto, --num-particles at 1)")
 
 
 def has_splits(data) -> bool:
@@ -185,6 +319,27 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+@contextlib.contextmanager
+def removed_on_failure(path: Path):
+    """Run the body; if it raises, remove the topmost of ``path`` and its parents that did not exist before,
+    with all under it: what the failed run created, and nothing else. An interrupt keeps it (its checkpoint
+    resumes); so does a resume (its folder existed)."""
+    created = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
+    try:
+        yield
+    except Exception:
+        if created is not None and created.exists() and is_main_process():
+            shutil.rmtree(created)
+        raise
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (Pyro appends the trace's shapes to an error raised inside a
+    model), or the name of its class where it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def load_run(run: Path, device="cpu") -> tuple[torch.nn.Module, dict]:
     """The trained model of a run folder and its config."""
     config_path, weights = run / "config.json", run / "model.pt"
@@ -194,12 +349,19 @@ def load_run(run: Path, device="cpu") -> tuple[torch.nn.Module, dict]:
                                     "(train one with `ppgen train MODEL --data NAME --out DIR`)")
     try:
         config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{config_path} is not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path} holds {json.dumps(config)[:40]}, not a run's settings: it was not written "
+                         "by `ppgen train`")
     text = config.get("model") in TEXT_MODELS
     missing = [key for key in ("model", "options", "data", "root") + ("vocabulary",) * text if key not in config]
     if missing:
         raise ValueError(f"{config_path} lacks {', '.join(map(repr, missing))}: it was not written by `ppgen train`")
+    try:
+        check_options(config["model"], config["options"])
+    except ValueError as err:
+        raise ValueError(f"{config_path}: {err}") from None
     if text:  # a text model is built on the characters it was trained on
         x_dim = Vocabulary(config["vocabulary"])
     else:  # run folders record x_dim; older ones are sized from their data set
@@ -209,29 +371,63 @@ def load_run(run: Path, device="cpu") -> tuple[torch.nn.Module, dict]:
         state = torch.load(weights, map_location=device, weights_only=True)
         model.load_state_dict(state)
     except Exception as err:  # torch raises several types for bad files
-        raise ValueError(f"{weights} could not be loaded into a {config['model']!r} model: "
-                         f"{str(err).splitlines()[0]}") from None
+        why = "the file is empty" if weights.stat().st_size == 0 else first_line(err)
+        raise ValueError(f"{weights} could not be loaded into a {config['model']!r} model: {why}") from None
     return model, config
 
 
-def evaluate_run(run: Path, split="test", num_samples=1000, device="auto", seed=0, quality_samples=500) -> dict:
+def evaluation_budget(model_name: str, model, *, test_rows: int | None = None, num_samples: int | None = None,
+                      ais_temperatures: int | None = None, quality_samples: int | None = None) -> dict:
+    """What a run's evaluation spends: the rows its log-likelihood scores (``test_rows``, None: all), its
+    draws per row (``num_samples``), its estimator's ``options`` (AIS's, where the model is scored by AIS)
+    and the samples for sample quality (``quality_samples``); those given, else the model's :data:`BUDGETS`.
+    ``ais_temperatures`` is refused for a model the command does not score by AIS."""
+    budget = BUDGETS.get(model_name, {})
+    by_ais = model_name not in NO_DENSITY and not model.has_exact_likelihood and model.likelihood_method == "ais"
+    options = dict(budget.get("ais", {})) if by_ais else {}  # an RBM small enough to be exact takes none
+    if ais_temperatures is not None:
+        if not by_ais:
+            how = ("gets no log-likelihood here" if model_name in NO_DENSITY else "is scored exactly"
+                   if model.has_exact_likelihood else
+                   f"is scored by {'its ELBO' if model.likelihood_method == 'elbo' else 'IWAE'}")
+            raise ValueError(f"--ais-temperatures is for a model scored by AIS (an rbm whose log Z is not "
+                             f"enumerable); this {model_name!r} model {how}")
+        options["num_temperatures"] = ais_temperatures
+    given = {"test_rows": test_rows, "num_samples": num_samples, "quality_samples": quality_samples}
+    defaults = {"test_rows": None, "num_samples": IMPORTANCE_SAMPLES, "quality_samples": QUALITY_SAMPLES}
+    return {name: budget.get(name, default) if given[name] is None else given[name]
+            for name, default in defaults.items()} | {"options": options}
+
+
+def evaluate_run(run: Path, split="test", num_samples=None, device="auto", seed=0, quality_samples=None, *,
+                 test_rows=None, ais_temperatures=None, progress=False) -> dict:
     """Test metrics of a run, in nats per example (a text model: per row of its length, and bits per
-    character), and sample quality for 28x28 digits; also written to ``metrics.json``."""
+    character), and sample quality for 28x28 digits; also written to ``metrics.json``. The log-likelihood
+    scores the first ``test_rows`` rows with ``num_samples`` draws per row, and ``quality_samples`` are
+    drawn (by default the model's :data:`BUDGETS`: :func:`evaluation_budget`); the log-likelihood prints
+    its ``progress`` to standard error."""
     model, config = load_run(run)
+    budget = evaluation_budget(config["model"], model, test_rows=test_rows, num_samples=num_samples,
+                               ais_temperatures=ais_temperatures, quality_samples=quality_samples)
+    test_rows, quality_samples, options = budget["test_rows"], budget["quality_samples"], budget["options"]
     text = config["model"] in TEXT_MODELS
     if not has_splits(config["data"]) and split != "train":
         split = "train"  # the only rows there are; metrics.json says so
-    raw = unit_interval(config["model"], load_dataset(config["data"], split, root=config["root"]))
+    raw = load_rows(config["data"], split, config["root"], unit_interval=config["model"] in UNIT_INTERVAL)
     if text:  # the rows the model was trained on, cut from the text
         raw = Dataset(raw.windows(model.x_dim), None)
     metrics = {"log_likelihood": None, "stderr": None, "elbo": None, "bits_per_dim": None, "exact": False,
                "num_samples": 0, "kind": None, "label": None}
+    scored = raw if test_rows is None else raw._replace(x=raw.x[:test_rows],
+                                                        y=None if raw.y is None else raw.y[:test_rows])
     if config["model"] not in NO_DENSITY:
-        data = prepare_data(model, raw, seed=seed)
-        result = log_likelihood(model, data, num_samples=num_samples, device=device, seed=seed)
+        data = prepare_data(model, scored, seed=seed)
+        result = log_likelihood(model, data, num_samples=budget["num_samples"], device=device, seed=seed,
+                                progress=progress, **options)
         metrics.update(result.to_dict())  # the figures and what they are: kind, errs, label
+        metrics["likelihood_options"] = options  # the estimator's settings beyond num_samples (AIS temperatures)
     if text:
-        metrics.update({"bits_per_character": result.bits_per_dim, "characters": raw.x.numel()})
+        metrics.update({"bits_per_character": result.bits_per_dim, "characters": scored.x.numel()})
     metrics.update({
         "num_parameters": model.num_parameters,
         "rows": len(raw.x),
@@ -242,8 +438,8 @@ def evaluate_run(run: Path, split="test", num_samples=1000, device="auto", seed=
         # the floor: real rows of another split against the same rows (without splits: the rows after the first n)
         reference = None
         if has_splits(config["data"]):
-            other = load_dataset(config["data"], "test" if split == "train" else "train", root=config["root"])
-            reference = unit_interval(config["model"], other).x
+            reference = load_rows(config["data"], "test" if split == "train" else "train", config["root"],
+                                  unit_interval=config["model"] in UNIT_INTERVAL).x
         metrics["sample_quality"] = sample_quality(model, raw.x, quality_samples, grey=raw.x.max() > 1,
                                                    seed=seed, labels=raw.y, reference=reference)
     write_json_atomic(metrics, run / "metrics.json")
@@ -258,7 +454,7 @@ def demo(out: Path, *, epochs=30, num_samples=1000, device="auto", seed=0, progr
         run = out / name
         train_run(name, "digits", run, fit_config=FitConfig(  # a second demo continues the first one's runs
             epochs=epochs, lr=lr, patience=5, device=device, seed=seed, progress=progress, resume=True))
-        metrics[name] = evaluate_run(run, num_samples=num_samples, device=device, seed=seed)
+        metrics[name] = evaluate_run(run, num_samples=num_samples, device=device, seed=seed, progress=progress)
         histories[name] = json.loads((run / "history.json").read_text())
         models[name], _ = load_run(run)
     demo_figures(models, histories, metrics, out, seed=seed)
@@ -282,11 +478,17 @@ def format_table(metrics: dict) -> str:
         shown = " / ".join(format(q[k], spec) for k in keys)
         return shown + (f" ({' / '.join(format(floor[k], spec) for k in keys)})" if floor else "")
 
+    def figure(m):  # what the figure is, its AIS temperatures, and its rows when not the whole split
+        temperatures = (m.get("likelihood_options") or {}).get("num_temperatures")
+        scored, split = m.get("num_examples"), m.get("rows")
+        return ((m.get("label") or "—") + (f", {temperatures:,} temperatures" if temperatures else "")
+                + (f", on {scored:,} of {split:,} rows" if scored and split and scored < split else ""))
+
     for name, m in metrics.items():
         elbo = f"{m['elbo']:.2f}" if m.get("elbo") is not None else ("=" if m.get("exact") else "—")
         q = m.get("sample_quality") or {}
         rows.append(f"| {name} | {number(m['log_likelihood'], '.2f')} | {number(m['stderr'], '.2f')} | {elbo} | "
-                    f"{number(m['bits_per_dim'], '.4f')} | {m.get('label') or '—'} | {m['num_parameters']:,} | "
+                    f"{number(m['bits_per_dim'], '.4f')} | {figure(m)} | {m['num_parameters']:,} | "
                     f"{number(m.get('train_seconds'), '.1f')} | {quality(q, '.2f', 'fid')} | "
                     f"{quality(q, '.4f', 'kid')} | {quality(q, '.2f', 'precision', 'recall')} |")
     notes = [f"{name}: {m['bits_per_character']:.4f} bits per character ({m['characters']:,} characters of the "
@@ -294,6 +496,20 @@ def format_table(metrics: dict) -> str:
     if any((m.get("sample_quality") or {}).get("real_vs_real") for m in metrics.values()):
         notes.append("(real): the same scores for real rows against real rows of another split, as many: the floor")
     return "\n".join(rows + [""] * bool(notes) + notes)
+
+
+def budget_arguments(args: argparse.Namespace) -> dict:
+    """``--test-rows``, ``--num-samples``, ``--ais-temperatures`` and ``--quality-samples`` as the keyword
+    arguments of :func:`evaluation_budget` (None where not given); a ValueError naming the option for
+    anything but a positive int (a non-negative one for ``--quality-samples``)."""
+    counts = {}
+    for name in ("test_rows", "num_samples", "ais_temperatures", "quality_samples"):
+        value = getattr(args, name)
+        with contextlib.suppress(TypeError, ValueError):
+            value = int(value)
+        check = non_negative_int if name == "quality_samples" else positive_int  # 0 samples: no sample quality
+        counts[name] = None if value is None else check(value, "--" + name.replace("_", "-"))
+    return counts
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -319,9 +535,7 @@ def restore_run(run: Path, task: str, *, mask: str = "bottom", factor: int = 2, 
         raise ValueError(f"colourise needs a model of colour images (3 x H x W rows); {run} models "
                          f"{model.x_dim} grey pixels (train one with --data digits_colour)")
     split = "test" if has_splits(config["data"]) else "train"
-    truth = load_dataset(config["data"], split, root=config["root"]).x[:rows]
-    if truth.max() > 1:  # 8-bit grey levels (digits_grey): restorations live on [0, 1]
-        truth = truth / 255
+    truth = load_rows(config["data"], split, config["root"], unit_interval=True).x[:rows]  # restorations: [0, 1]
     operator = make_operator(task, shape, mask=mask, factor=factor, sigma=sigma, seed=seed)
     y = operator(truth, generator=torch.Generator().manual_seed(seed))
     result = restore(model, y, operator, num_samples, seed=seed)
@@ -330,6 +544,34 @@ def restore_run(run: Path, task: str, *, mask: str = "bottom", factor: int = 2, 
     restore_grid(None, result, truth, shape, max_rows=rows, path=out)
     write_json_atomic(summary, out.with_suffix(".json"))
     return summary, out
+
+
+def sample_grid(run: Path, model, n: int, out: Path | None = None, *, temperature: float = 1.0, seed: int = 0
+                ) -> Path:
+    """Draw ``n`` samples of a run's image model into a PNG grid (``out``, default ``RUN/samples.png``) of its
+    rows' image shape (square, grey or colour: :func:`ppgen.checks.image_shape_of`; other rows are refused), a
+    flow's pixels on [0, num_levels] shown on [0, 1]; ``temperature`` for a model whose ``sample`` takes one (the
+    flows: z ~ N(0, T^2 I)). Returns the path written."""
+    import inspect
+
+    try:
+        shape = image_shape_of(model.x_dim)
+    except ValueError:
+        raise ValueError(f"{run} models rows of {model.x_dim} values, which are not square grey or colour images: no "
+                         "grid to draw (draw them with model.sample from Python)") from None
+    tempered = "temperature" in inspect.signature(model.sample).parameters
+    if temperature != 1.0 and not tempered:
+        raise ValueError(f"--temperature is for models whose sample takes one (flows and text models); "
+                         f"{type(model).__name__}.sample takes none")
+    out = figure_path(out, run / "samples.png")
+    torch.manual_seed(seed)
+    x = model.sample(n, temperature=temperature) if tempered else draw(model, n)
+    if isinstance(model, Flow.resolve()) and model.num_levels is not None:
+        x = x / model.num_levels
+    notes = " of the classes in turn" * (model.y_dim is not None) + f" at temperature {temperature:g}" * tempered
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(x, out, shape=shape, title=f"{run.name}: {n} samples{notes}")
+    return out
 
 
 def sample_text(model, n: int, prompt: str | None = None, *, temperature: float = 1.0, seed: int = 0) -> str:
@@ -349,6 +591,9 @@ def compress_run(run: Path, source: Path, target: Path, *, decompress: bool = Fa
     model, config = load_run(run)
     if not source.is_file():
         raise FileNotFoundError(f"no such file: {source}")
+    if target.is_dir():
+        raise IsADirectoryError(f"{target} is a folder: give the path of the file to write "
+                                f"({'out.npy or out.txt' if decompress else 'out.ppz'})")
     if decompress:
         data = source.read_bytes()
         x = decode(model, data)
@@ -356,10 +601,16 @@ def compress_run(run: Path, source: Path, target: Path, *, decompress: bool = Fa
             target.write_bytes(x.encode("utf-8"))
         else:
             x = x.numpy()
-            np.save(target, x)
+            with open(target, "wb") as file:  # at that path: np.save(path) would append .npy
+                np.save(file, x)
     else:
-        x = as_text(source.read_bytes(), str(source)) if config["model"] in TEXT_MODELS else \
-            np.load(source, allow_pickle=False)
+        if config["model"] in TEXT_MODELS:
+            x = as_text(source.read_bytes(), str(source))
+        else:
+            try:
+                x = np.load(source, allow_pickle=False)
+            except (ValueError, EOFError) as err:  # pickles are refused; what else is not a .npy fails to parse
+                raise ValueError(f"{source} is not a .npy array of images: {first_line(err)}") from None
         data = compress(model, x)
         target.write_bytes(data)
     if isinstance(x, str):
@@ -377,6 +628,23 @@ def compress_run(run: Path, source: Path, target: Path, *, decompress: bool = Fa
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ppgen", description="Deep generative models as Pyro programs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def budget(p):  # the evaluation's: read as text, checked by budget_arguments (one line per mistake)
+        def defaults(key):
+            return "; ".join(f"{name}: {b[key]:,}" for name, b in BUDGETS.items() if key in b)
+
+        p.add_argument("--test-rows", metavar="N",
+                       help=f"score the first N rows of the split (default: all; {defaults('test_rows')})")
+        p.add_argument("--num-samples", metavar="K", help=f"draws per row: importance samples of a latent model "
+                                                          f"(default {IMPORTANCE_SAMPLES:,}), AIS chains of an rbm "
+                                                          f"({BUDGETS['rbm']['num_samples']})")
+        p.add_argument("--ais-temperatures", metavar="K",
+                       help=f"AIS temperatures of an rbm whose log Z is not enumerable (default "
+                            f"{BUDGETS['rbm']['ais']['num_temperatures']:,}; Salakhutdinov & Murray used "
+                            "14,500: fewer err higher)")
+        p.add_argument("--quality-samples", metavar="N",
+                       help=f"samples for FID/KID/precision/recall in the digit classifier's features, 0: skip "
+                            f"(default {QUALITY_SAMPLES}; {defaults('quality_samples')})")
 
     def common(p, out_default=None):
         p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
@@ -414,16 +682,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", help="fp32, or bf16 for the networks' matrix products")
     p.add_argument("--log-dir", type=Path, help="write TensorBoard event files there (pip install "
                                                  "'ppgen[tensorboard]'; view: tensorboard --logdir DIR)")
-    p.add_argument("--num-samples", type=int, default=1000, help="importance samples for the test log-likelihood")
-    p.add_argument("--quality-samples", type=int, default=500,
-                   help="samples for FID/KID/precision/recall in the digit classifier's features (0: skip)")
+    budget(p)
 
     p = sub.add_parser("evaluate", help="test log-likelihood of a run (writes metrics.json)")
     p.add_argument("run", type=Path)
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    p.add_argument("--num-samples", type=int, default=1000, help="importance samples for latent models")
-    p.add_argument("--quality-samples", type=int, default=500,
-                   help="samples for FID/KID/precision/recall in the digit classifier's features (0: skip)")
+    budget(p)
     p.add_argument("--report-rows", type=int, default=1000, help="rows for a latent model's ELBO report")
     common(p)
 
@@ -433,7 +697,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="PNG path (default: RUN/samples.png)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt", help="text models: the text to continue (it leads the output)")
-    p.add_argument("--temperature", type=float, default=1.0, help="text models: below 1 sharper, above 1 flatter")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="flows and text models: below 1 sharper, above 1 more diverse")
     p = sub.add_parser("restore", help="inverse problems: restore measured test images with a run's model "
                                        "into a PNG grid (truth | measurement | samples | mean | variance)")
     p.add_argument("run", type=Path)
@@ -457,8 +722,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _plain_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as the command shows it: its kind and its message, no file path or source line (which
+    would point into ppgen, not at anything the user wrote)."""
+    return f"{category.__name__}: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    warnings.formatwarning = _plain_warning
     # after parsing: --help never imports torch
     from ppgen.inference import DivergenceError, ModelCheckError, NonFiniteLossError
 
@@ -471,28 +743,33 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nwrote {args.out}/: metrics.json, elbo_curves.png, samples_*.png, reconstructions_vae.png, "
                   f"and one run folder per model ({time.perf_counter() - start:.0f} s)")
         elif args.command == "train":
-            train_run(args.model, args.data, args.out, root=args.root, options=dict(args.option),
-                      fit_config=FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                           optimizer=args.optimizer, weight_decay=args.weight_decay,
-                                           elbo=args.elbo, num_particles=args.num_particles, patience=args.patience,
-                                           device=args.device, seed=args.seed, resume=args.resume,
-                                           precision=args.precision, log_dir=args.log_dir))
+            budget = budget_arguments(args)
+            with removed_on_failure(args.out / "checkpoints"):
+                train_run(args.model, args.data, args.out, root=args.root, options=dict(args.option), budget=budget,
+                          fit_config=FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                               optimizer=args.optimizer, weight_decay=args.weight_decay,
+                                               elbo=args.elbo, num_particles=args.num_particles,
+                                               patience=args.patience, device=args.device, seed=args.seed,
+                                               resume=args.resume, precision=args.precision, log_dir=args.log_dir))
             if not is_main_process():
                 return 0
-            metrics = evaluate_run(args.out, split="test", num_samples=args.num_samples, device=args.device,
-                                   seed=args.seed, quality_samples=args.quality_samples)
+            metrics = evaluate_run(args.out, split="test", device=args.device, seed=args.seed, progress=True,
+                                   **budget)
             print(format_table({args.model: metrics}))
             print(f"\nwrote {args.out}/")
         elif args.command == "evaluate":
-            metrics = evaluate_run(args.run, split=args.split, num_samples=args.num_samples,
-                                   device=args.device, seed=args.seed, quality_samples=args.quality_samples)
+            positive_int(args.report_rows, "--report-rows")
+            budget = budget_arguments(args)
+            metrics = evaluate_run(args.run, split=args.split, device=args.device, seed=args.seed, progress=True,
+                                   **budget)
             print(format_table({args.run.name: metrics}))
             if metrics.get("method") == "iwae":  # a latent model: where its ELBO goes, and whether to trust it
                 model, config = load_run(args.run)
-                data = load_dataset(config["data"], args.split, root=config["root"])
+                data = load_rows(config["data"], args.split, config["root"])
                 rows = slice(args.report_rows)
                 report = elbo_report(model, (data.x[rows], None if data.y is None else data.y[rows]),
-                                     iwae_samples=min(args.num_samples, 1000), device=args.device, seed=args.seed)
+                                     iwae_samples=min(budget["num_samples"] or IMPORTANCE_SAMPLES, 1000),
+                                     device=args.device, seed=args.seed)
                 print("\n" + format_report(report))
         elif args.command == "sample":
             model, config = load_run(args.run)
@@ -503,15 +780,11 @@ def main(argv: list[str] | None = None) -> int:
                                  "with model.sample in batches from Python")
             if text:
                 print(sample_text(model, n, args.prompt, temperature=args.temperature, seed=args.seed))
-            elif args.prompt is not None or args.temperature != 1.0:
-                raise ValueError(f"--prompt and --temperature are for text models; {args.run} holds a "
-                                 f"{config['model']!r} model of images")
+            elif args.prompt is not None:
+                raise ValueError(f"--prompt is for text models; {args.run} holds a {config['model']!r} model of "
+                                 "images")
             else:
-                out = figure_path(args.out, args.run / "samples.png")
-                torch.manual_seed(args.seed)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                classes = " of the classes in turn" if model.y_dim else ""
-                image_grid(draw(model, n), out, title=f"{args.run.name}: {n} samples{classes}")
+                out = sample_grid(args.run, model, n, args.out, temperature=args.temperature, seed=args.seed)
                 print(f"wrote {out}")
         elif args.command == "restore":
             summary, out = restore_run(args.run, args.task, mask=args.mask, factor=args.factor, sigma=args.sigma,
@@ -525,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ModelCheckError, FileNotFoundError, IsADirectoryError, NonFiniteLossError,
             DivergenceError) as err:
         # the user's input was refused, with a message that says why; anything else is a bug: a traceback
-        print(f"ppgen {args.command}: error: {err}", file=sys.stderr)
+        print(f"ppgen {args.command}: error: {first_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         resume = " (continue with the same command and --resume)" if args.command == "train" else ""

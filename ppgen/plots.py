@@ -19,19 +19,23 @@ __all__ = ["image_grid", "elbo_curves", "latent_map", "temperature_grid", "inter
 
 
 def image_grid(images: torch.Tensor, path: str | os.PathLike | None = None, *, ncols: int = 8,
-               shape: tuple[int, int] = (28, 28), title: str | None = None) -> Figure:
-    """Tile rows of ``images`` (N, H*W) with values in [0, 1] into one grey-level grid."""
-    images = torch.as_tensor(images).detach().cpu().float().reshape(-1, *shape).numpy()
-    n, (h, w) = len(images), shape
+               shape: Sequence[int] = (28, 28), title: str | None = None) -> Figure:
+    """Tile rows of ``images`` (N, C*H*W) with values in [0, 1] into one grid: grey levels for ``shape``
+    (H, W) or (1, H, W), colour for (3, H, W)."""
+    *channels, h, w = shape
+    colour = channels == [3]
+    images = torch.as_tensor(images).detach().cpu().float().reshape(-1, *shape)
+    images = (images.permute(0, 2, 3, 1).clamp(0, 1) if colour else images.reshape(-1, h, w)).numpy()
+    n = len(images)
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
-    canvas = np.ones((nrows * (h + 1) + 1, ncols * (w + 1) + 1))
+    canvas = np.ones((nrows * (h + 1) + 1, ncols * (w + 1) + 1, *images.shape[3:]))
     for i, image in enumerate(images):
         r, c = divmod(i, ncols)
         canvas[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = image
     fig = Figure(figsize=(ncols * 0.6, nrows * 0.6 + (0.3 if title else 0)))
     ax = fig.add_subplot()
-    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(canvas, cmap=None if colour else "gray_r", vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=9)

@@ -104,3 +104,114 @@ def test_checkpoints_load_weights_only(tmp_path):
     torch.save({"format": "ppgen-checkpoint-1", "payload": Evil()}, tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match="corrupt or unreadable"):
         fit(IndependentBernoulli(4), X, checkpoint_dir=tmp_path, resume=True, progress=False)
+
+
+# --- restore: options, sizes, scales and widths it cannot take (issue 32) ---------------------------------------
+
+def _restorers():
+    from ppgen import PPCA, BinaryDiffusion, GaussianDiffusion
+
+    return {"GaussianDiffusion": GaussianDiffusion(16, shape=(1, 4, 4), num_steps=3, channels=4, multipliers=(1,),
+                                                   attention=False),
+            "BinaryDiffusion": BinaryDiffusion(16, num_steps=3, hidden=(4,)), "PPCA": PPCA(16, 2),
+            "FVSBN": FVSBN(16), "VAE": VAE(16, z_dim=2, hidden=4), "IndependentBernoulli": IndependentBernoulli(16)}
+
+
+BOTTOM = torch.arange(16) < 8  # the top half observed
+ROWS = torch.bernoulli(torch.full((3, 16), 0.5), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("name, takes", [
+    ("GaussianDiffusion", "GaussianDiffusion.restore takes method, steps, eta, progress"),
+    ("BinaryDiffusion", "BinaryDiffusion.restore takes progress"),
+    ("VAE", "vae_inpaint takes sampler, num_particles, proposal, defensive, num_moves"),
+    ("PPCA", "the exact Gaussian posterior takes no options"),
+    ("FVSBN", "inpainting takes num_particles"),
+])
+def test_restore_names_an_unknown_option_and_the_accepted_ones(name, takes):
+    """The diffusion models and the VAE raised Python's own TypeError ("got an unexpected keyword argument")."""
+    from ppgen.inverse import Inpaint, restore
+
+    with pytest.raises(TypeError, match=rf"^restore got unknown option\(s\) 'bogus': {takes}$"):
+        restore(_restorers()[name], ROWS, Inpaint(BOTTOM), 2, bogus=1)
+
+
+@pytest.mark.parametrize("name", sorted(_restorers()))
+def test_restore_refuses_more_samples_than_memory_holds_before_allocating(name):
+    """num_samples=10**12 of 3 rows x 16 values is 384 TB in float64: the methods allocated it (MemoryError), or,
+    for the Gaussian diffusion, started drawing them one by one."""
+    import tracemalloc
+
+    from ppgen.inverse import Inpaint, restore
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"num_samples=1,000,000,000,000 restorations of 3 rows of 16 values take "
+                                             r"3.58e\+05 GiB in float64, more than half of the [\d.,e+]+ GiB free on "
+                                             r"cpu: at most [\d,]+ fit"):
+            restore(_restorers()[name], ROWS, Inpaint(BOTTOM), 10**12)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, peak
+
+
+def test_restore_refuses_8_bit_pixels_for_the_gaussian_diffusion():
+    """y on the 0..255 scale of digits_grey: DDNM returned 99% of the observed pixels as 1 (consistency error 254)
+    without a word. Noisy measurements may leave [0, 1] by up to 8 sigma."""
+    from ppgen.inverse import GaussianNoise, Inpaint, restore
+
+    model = _restorers()["GaussianDiffusion"]
+    row, col = (ROWS == 1).nonzero()[0].tolist()
+    with pytest.raises(ValueError, match=r"y must hold measurements on the model's pixel scale \[0, 1\] \(divide 8-bit "
+                                         rf"pixels by 255\); found 255 at row {row}, column {col}"):
+        restore(model, 255 * ROWS, Inpaint(BOTTOM), 1)
+    with pytest.raises(ValueError, match=r"scale \[0, 1\] up to the operator's noise \(\[-0.8, 1.8\] at sigma=0.1\); "
+                                         r"found -0.9 at row 0, column 0"):
+        restore(model, ROWS - 0.9, GaussianNoise(0.1, 16), 1)
+    assert restore(model, ROWS + 0.5, GaussianNoise(0.1, 16), 1).samples.shape == (1, 3, 16)  # 5 sigma: noise
+
+
+@pytest.mark.parametrize("name", sorted(_restorers()))
+def test_restore_names_y_and_the_width_the_model_needs(name):
+    """PPCA with a GaussianNoise operator of any width crashed in a matrix product; the diffusion models and the
+    autoregressive ones named an x or a `known` the caller never passed."""
+    from ppgen.inverse import GaussianNoise, Inpaint, restore
+
+    model = _restorers()[name]
+    with pytest.raises(ValueError, match=rf"GaussianNoise\(sigma=0.1\) measures rows of width 8, but {name}'s rows "
+                                         r"have x_dim=16 values"):
+        restore(model, ROWS[:, :8], GaussianNoise(0.1), 1)
+    if model.data_support == "binary":
+        with pytest.raises(ValueError, match=r"^y must hold only 0 and 1 for a Bernoulli likelihood; found 255"):
+            restore(model, 255 * ROWS, Inpaint(BOTTOM), 1)
+
+
+def test_the_pixel_checks_state_the_check_that_failed():
+    """Before: "(integers 0..0 plus dequantization noise)" for 2 levels and "(integers 0..254 ...)" for 256, where the
+    check was integer levels 0..1 and 0..255 before any noise."""
+    from ppgen.models.flows import RealNVP, dequantize
+
+    with pytest.raises(ValueError, match=r"^x must hold pixel values in \[0, 1\] \(integer levels, before "
+                                         r"dequantization\); found 2 at row 0, column 1$"):
+        dequantize(torch.tensor([[1.0, 2.0]]), num_levels=2)
+    with pytest.raises(ValueError, match=r"^x must hold pixel values in \[0, 255\] \(integer levels, before "
+                                         r"dequantization\); found 256"):
+        dequantize(torch.tensor([[256.0]]))
+    # a flow's rows are dequantized: levels 0..255 plus noise in [0, 1) lie in [0, 256]
+    with pytest.raises(ValueError, match=r"must hold dequantized pixel values in \[0, 256\] \(levels 0\.\.255 plus "
+                                         r"noise in \[0, 1\)\); found 257 at row 0, column 3"):
+        RealNVP(4, shape=(1, 2, 2), hidden=2).check_data(torch.tensor([[0.0, 1.0, 256.0, 257.0]]))
+
+
+def test_the_mask_checks_say_what_they_were_given():
+    """Before: "mask must be a bool tensor, got bool" for a NumPy array of bools (a bool dtype, but no tensor)."""
+    import numpy as np
+
+    from ppgen.inverse import Inpaint
+
+    with pytest.raises(TypeError, match=r"^mask must be a bool tensor \(True = observed\), got a numpy.ndarray of "
+                                        r"bool$"):
+        Inpaint(np.array([True, False]))
+    with pytest.raises(TypeError, match=r"^observed_mask must be a bool tensor, got a torch.Tensor of torch.int64$"):
+        FVSBN(2).inpaint(torch.zeros(1, 2), torch.tensor([1, 0]), 1)

@@ -1,6 +1,7 @@
 """The README's "Write your own model" runs as written (with fewer epochs), and its models learn; its
 model of every family, written on the family's base, passes a check against something independent:
-enumeration, autograd, quadrature, Pyro's own ELBO, counting."""
+enumeration, autograd, quadrature, Pyro's own ELBO, counting. The README's other examples (the coin,
+the elbo_report block) run and print what it shows."""
 
 import ast
 import io
@@ -14,6 +15,8 @@ import pyro
 import pytest
 import torch
 from pyro import poutine
+
+import ppgen
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -241,3 +244,37 @@ def test_the_readme_counts_the_lines_of_each_new_model():
     assert families == ["autoregressive", "flow", "diffusion", "energy-based", "GAN", "sequence"]
     for row in rows:
         assert code_lines(section_code(row[1].strip())) == int(row[5]), row
+
+
+@pytest.mark.slow
+def test_the_readme_coin_runs_as_written_and_finds_the_exact_posterior(capsys):
+    use = README.read_text().split("\n## Use\n", 1)[1].split("\n### ", 1)[0]
+    [coin] = [block for block in re.findall(r"```python\n(.*?)```", use, flags=re.S) if "def coin" in block]
+    namespace: dict = {"ppgen": ppgen}
+    exec(compile(coin, f"{README} (coin)", "exec"), namespace)
+    low, median, high = namespace["program"].guide.quantiles([0.05, 0.5, 0.95])["p"].tolist()
+    exact = namespace["posterior"]
+    # the Beta posterior is nearly normal at 1000 flips: the Gaussian guide's median within a third of
+    # the posterior sd of its mean, and its 90% interval within 15% of the exact width (1.645 sd each way)
+    assert abs(median - exact.mean.item()) < exact.variance.sqrt().item() / 3
+    assert abs((high - low) / (2 * 1.645 * exact.variance.sqrt().item()) - 1) < 0.15
+    printed = capsys.readouterr().out
+    assert "data plate 'flips' ranges over the 1000 rows" in printed
+    assert f"{median:.4f}" in use  # the figures the README quotes are the ones it prints
+
+
+@pytest.mark.slow
+def test_the_readme_elbo_report_block_is_what_elbo_report_prints(capsys):
+    text = README.read_text().split("Reading `elbo_report`", 1)[1]
+    code, shown = re.findall(r"```(?:python)?\n(.*?)```", text, flags=re.S)[:2]
+    namespace = {"ppgen": ppgen, "x": ppgen.load_dataset("digits", "train").x[:512],
+                 "test": ppgen.load_dataset("digits", "test").x}
+    exec(compile(code.replace("epochs=5", "epochs=1").replace("test[:500]", "test[:100]"), "README", "exec"),
+         namespace)
+    printed = capsys.readouterr().out
+
+    def labels(report: str) -> list[str]:  # each line's words before its first figure
+        return [re.split(r"\s+-?\d", line.strip(), maxsplit=1)[0] for line in report.strip().splitlines()]
+
+    assert labels(printed) == labels(shown)
+

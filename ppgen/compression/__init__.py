@@ -149,7 +149,7 @@ def _check_positive(value, name: str) -> int:
     return value
 
 
-def compress(model, x, *, batch_size: int = 500, seed: int = 0) -> Compressed:
+def compress(model, x, *, batch_size: int = 500, seed: int = 0, fallback: bool = True) -> Compressed:
     r"""Losslessly compress images ``x`` with ``model``, or a text with a sequence model; :func:`decompress`
     inverts it exactly.
 
@@ -169,6 +169,9 @@ def compress(model, x, *, batch_size: int = 500, seed: int = 0) -> Compressed:
         rows at a time whatever it is: the format fixes it, so that both sides compute alike.)
     seed : int
         Bits-back only: seeds the initial random words the first latent is drawn from.
+    fallback : bool
+        Store the values plainly where the model's code would be longer (the default). False
+        keeps the model's code whatever its length (to measure it, or to test the coder).
 
     Returns
     -------
@@ -176,7 +179,7 @@ def compress(model, x, *, batch_size: int = 500, seed: int = 0) -> Compressed:
         A ``.ppz`` stream: header (:mod:`ppgen.compression.container`), then the coded data.
         Its length is about :math:`-\log_2 p(x)` bits (exact models) or the negative ELBO plus
         the initial words (VAEs), plus ~70 bytes of header. Where the code would be longer than
-        the array itself (``x.nbytes``), the values are stored plainly instead, 1 bit per pixel:
+        the values written out plainly (1 bit per binary pixel), they are stored plainly instead:
         ``method`` is then "stored", ``model_bytes`` the longer length, and a
         :class:`PlainStorageWarning` says so.
 
@@ -196,7 +199,7 @@ def compress(model, x, *, batch_size: int = 500, seed: int = 0) -> Compressed:
     method = _method(model)
     batch_size = _check_positive(batch_size, "batch_size")
     if method == "text":
-        return _compress_text(model, x)
+        return _compress_text(model, x, fallback)
     raw, rows = _rows(model, x)
     n, model64 = len(rows), float64_copy(model)
     init_words = initial_word_count(model.z_dim, Q_BITS) if method == "bbans" and n else 0
@@ -211,15 +214,14 @@ def compress(model, x, *, batch_size: int = 500, seed: int = 0) -> Compressed:
         words = encode_bbans(model64, rows, batch_size=batch_size, prob_bits=PROB_BITS, latent_bits=LATENT_BITS,
                              q_bits=Q_BITS, seed=seed)
     coded = pack(header, words)
-    if 4 * len(words) <= raw.nbytes:
-        return Compressed(coded, method, len(coded))
     bits = value_bits(_cards(model))
     plain = pack(Header("stored", header.fingerprint, header.shape, n, header.dtype, 0,
                         data_digest=header.data_digest), store(rows.numpy(), bits))
+    if len(coded) <= len(plain) or not fallback:
+        return Compressed(coded, method, len(coded))
     warnings.warn(f"compress stored {n:,} images plainly, {bits} bit(s) per value, in {len(plain):,} bytes: "
-                  f"{type(model).__name__}'s code would take {len(coded):,}, more than the {raw.nbytes:,} bytes of "
-                  "the array itself (data unlike its training data, or too few images for the code's fixed cost)",
-                  PlainStorageWarning, stacklevel=2)
+                  f"{type(model).__name__}'s code would take {len(coded):,} (data unlike its training data, or too "
+                  "few images for the code's fixed cost)", PlainStorageWarning, stacklevel=2)
     return Compressed(plain, "stored", len(coded))
 
 
@@ -309,7 +311,7 @@ def _stored_rows(model, words: np.ndarray, n: int) -> torch.Tensor:
     return torch.from_numpy(values.astype(np.float64))
 
 
-def _compress_text(model: SequenceModel, x) -> Compressed:
+def _compress_text(model: SequenceModel, x, fallback: bool = True) -> Compressed:
     """:func:`compress` with a sequence model: a text (its rows, :func:`text_rows`) or rows of ids, range coded;
     stored plainly, each id in ceil(log2 V) bits, where that is shorter."""
     ids, dtype = text_ids(model, x)
@@ -320,7 +322,7 @@ def _compress_text(model: SequenceModel, x) -> Compressed:
     coded = pack(header, words)
     bits = value_bits([model.vocab_size])
     plain = store(ids.view(count, -1).numpy(), bits)
-    if len(words) <= len(plain):
+    if len(words) <= len(plain) or not fallback:
         return Compressed(coded, "text", len(coded))
     what = f"{ids.numel():,} characters" if dtype == TEXT else f"{count:,} rows of {ids.shape[1]:,} ids"
     stored = pack(Header("stored", header.fingerprint, header.shape, count, dtype, 0, data_digest=header.data_digest),

@@ -123,6 +123,9 @@ def decode_bbans(model, words: np.ndarray, n: int, *, seed: int, init_words: int
     (n, Z) the encoder drew, with ``return_buckets``)."""
     if not len(words) or words[-1] == 0:
         raise CompressedFormatError("corrupt stream: a bits-back stream ends in a nonzero word (a full ANS state)")
+    if not 0 < init_words <= len(words):  # checked before initial_words() allocates them
+        raise CompressedFormatError(f"corrupt header: init_words is {init_words:,}, but the stream's {len(words):,} "
+                                    "words must hold them (the coder ends on its initial words)")
     coder = constriction.stream.stack.AnsCoder(words)
     prior = constriction.stream.model.Uniform(2**latent_bits)
     edges, centres = prior_buckets(latent_bits)

@@ -51,8 +51,8 @@ class DynamicBinarization:
 class NpyRows:
     """The rows of a 2-D ``.npy`` file, read from disk when indexed: data larger than memory.
 
-    Indexing with a tensor of row indices reads just those rows (one ``pread`` each, so neither
-    the file nor a memory map of it becomes resident) and returns them as float32. Any numeric
+    Indexing with a tensor of row indices (or a slice) reads just those rows (one ``pread`` each, so
+    neither the file nor a memory map of it becomes resident) and returns them as float32. Any numeric
     dtype works; a binary data set is best stored as uint8 (1 byte per pixel).
 
     Examples
@@ -61,8 +61,8 @@ class NpyRows:
     >>> path = os.path.join(tempfile.mkdtemp(), "rows.npy")
     >>> np.save(path, np.eye(3, dtype=np.uint8))
     >>> rows = NpyRows(path)
-    >>> rows.shape, rows[torch.tensor([2, 0])].tolist()
-    (torch.Size([3, 3]), [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    >>> rows.shape, rows[torch.tensor([2, 0])].tolist(), rows[1:].tolist()
+    (torch.Size([3, 3]), [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -98,6 +98,8 @@ class NpyRows:
         return self.shape[0]
 
     def __getitem__(self, idx) -> torch.Tensor:
+        if isinstance(idx, slice):  # rows[:n], as a tensor's
+            idx = torch.arange(len(self))[idx]
         idx = torch.as_tensor(idx).reshape(-1)
         if self._fd is None:  # opened lazily, so that DataLoader workers each open their own
             self._fd = os.open(self.path, os.O_RDONLY)

@@ -23,6 +23,9 @@ __all__ = ["save_atomic", "write_json_atomic", "save_checkpoint", "load_checkpoi
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "ppgen-checkpoint-3"
+# the fingerprint's keys for the model's configuration, compared by name and skipped where a checkpoint
+# lacks them (one written before they were recorded)
+MODEL_KEYS = ("model_arguments", "model_buffers")
 
 
 def _replace_atomically(path: str | os.PathLike, write, mode: str) -> Path:
@@ -169,16 +172,37 @@ def check_folder(folder: Path) -> None:
 
 class Checkpointer:
     """Saves and restores a training run: named parameters, optimiser states, every rank's
-    random-number state and the trainer's counters and history (a plain dict).
+    random-number state, the trainer's counters and history (a plain dict), the modules' buffers
+    (running statistics, actnorm's flag) and the objective's own state
+    (:meth:`~ppgen.models.objective.Objective.checkpoint_state`: persistent chains, a replay buffer).
 
-    ``path`` None keeps nothing (the gathering of random states still runs on every rank, as it
-    is a collective). Only rank 0 is given a path.
+    Buffers and the objective's state change inside a step, before its update is applied, so what is
+    saved is the copy :meth:`commit` took at the last committed step or epoch. ``path`` None keeps
+    nothing (the gathering of random states still runs on every rank, as it is a collective). Only
+    rank 0 is given a path.
+
+    ``config`` is the run's fingerprint; a resume must match it. Its keys ``model_arguments`` (the
+    model's ``init_arguments``) and ``model_buffers`` (digests of the buffers that are configuration)
+    are compared by name; a checkpoint without them (written before they were recorded) is not
+    refused for their sake, and one without ``buffers`` or ``objective`` restores none.
     """
 
     def __init__(self, path: Path | None, params: dict[str, torch.Tensor], optimizers: dict, config: dict,
-                 cluster, settings: dict | None = None):
+                 cluster, settings: dict | None = None, buffers: dict[str, torch.Tensor] | None = None,
+                 objective=None):
         self.path, self.params, self.optimizers, self.config, self.cluster = path, params, optimizers, config, cluster
         self.settings = settings or {}  # what a resume may change and report (lr, weight_decay, epochs, patience)
+        self.buffers = buffers or {}
+        self.objective = objective
+        self.committed: dict[str, Any] = {}
+        self.commit()
+
+    def commit(self) -> None:
+        """Copy the buffers and the objective's state as they are now: what :meth:`save` writes, until
+        the next commit. The trainer calls it when it commits a step or an epoch."""
+        state = self.objective.checkpoint_state() if self.objective is not None else {}
+        self.committed = {"buffers": {name: b.detach().clone() for name, b in self.buffers.items()},
+                          "objective": _map_tensors(state, lambda t: t.detach().clone())}
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         """A copy of the parameters on the CPU."""
@@ -209,22 +233,27 @@ class Checkpointer:
             "rng": [cpu for cpu, _ in rngs],
             "cuda_rng": [cuda for _, cuda in rngs],
             "state": state,
+            "buffers": _map_tensors(self.committed["buffers"], torch.Tensor.cpu),
+            "objective": _map_tensors(self.committed["objective"], torch.Tensor.cpu),
         }
         save_checkpoint(payload, self.path)
 
     def restore(self) -> tuple[dict, list[str]]:
-        """Load the checkpoint at ``path`` into the parameters, optimisers and RNG. Returns the
-        trainer's state dict and the settings this call changed (lr, weight_decay, epochs, patience:
-        applied).
-        Refuses a checkpoint of another run (its fingerprint differs), an incomplete one, and one
-        holding non-finite parameters, each naming what is wrong."""
+        """Load the checkpoint at ``path`` into the parameters, optimisers, buffers, the objective's
+        state and the RNG. Returns the trainer's state dict and the settings this call changed (lr,
+        weight_decay, epochs, patience: applied).
+        Refuses a checkpoint of another run (its fingerprint differs: other data, settings, or a model
+        built with other arguments), an incomplete one, and one holding non-finite parameters, each
+        naming what is wrong."""
         payload = load_checkpoint(self.path)
         for key in ("config", "settings", "params", "optimizers", "rng", "cuda_rng", "state"):
             if key not in payload:
                 raise ValueError(f"checkpoint {self.path} lacks {key!r}: it is incomplete")
         written = {"optimizer": "adam", **payload["config"]}  # checkpoints older than the choice used Adam
+        if written.get("model") == self.config.get("model"):  # the same class: name the argument that differs
+            self._refuse_another_model(written)
         for key, value in self.config.items():
-            if written.get(key) != value:
+            if key not in MODEL_KEYS and written.get(key) != value:
                 raise ValueError(f"cannot resume from {self.path}: it was written with {key}="
                                  f"{written.get(key)!r}, this call has {key}={value!r}")
         for name, value in payload["params"].items():
@@ -232,6 +261,9 @@ class Checkpointer:
                 raise ValueError(f"checkpoint {self.path} holds non-finite values in parameter {name!r}; "
                                  "resume from an earlier checkpoint or start a new run")
         self.load_params(payload["params"], f"checkpoint {self.path}")
+        self._load_buffers(payload.get("buffers", {}))
+        if self.objective is not None and payload.get("objective"):
+            self.objective.load_checkpoint_state(payload["objective"])
         for name, opt in self.optimizers.items():
             opt.load_state_dict(copy.deepcopy(payload["optimizers"][name]))
         before = {"weight_decay": 0.0, **payload["settings"]}  # checkpoints older than weight_decay had none
@@ -243,4 +275,49 @@ class Checkpointer:
         torch.set_rng_state(payload["rng"][rank])
         if payload["cuda_rng"][rank]:
             torch.cuda.set_rng_state_all(payload["cuda_rng"][rank])
+        self.commit()
         return payload["state"], changed
+
+    def _refuse_another_model(self, written: dict) -> None:
+        """Refuse a checkpoint whose model was built with other arguments (``seed`` aside: the checkpoint
+        replaces what it sets) or holds other configuration buffers; absent on either side: unknown."""
+        before, now = written.get("model_arguments"), self.config.get("model_arguments")
+        if before is not None and now is not None:
+            for name, value in now.items():
+                if name != "seed" and name in before and before[name] != value:
+                    raise ValueError(f"cannot resume from {self.path}: it was written with {name}={before[name]!r}, "
+                                     f"this model has {name}={value!r}")
+        digests, ours = written.get("model_buffers"), self.config.get("model_buffers")
+        if digests is not None and ours is not None and digests != ours:
+            name = min(n for n in set(digests) | set(ours) if digests.get(n) != ours.get(n))
+            seeds = "" if before is None or now is None or before.get("seed") == now.get("seed") else \
+                f"; it was built with seed={before.get('seed')!r}, this model with seed={now.get('seed')!r}"
+            raise ValueError(f"cannot resume from {self.path}: it was written by a model whose buffer {name!r} was "
+                             f"{digests.get(name, 'absent')}, this model's is {ours.get(name, 'absent')} (another "
+                             f"configuration{seeds})")
+
+    def _load_buffers(self, saved: dict[str, torch.Tensor]) -> None:
+        """Copy the saved buffers into the model's (none saved: a checkpoint from before they were)."""
+        if not saved:
+            return
+        if set(saved) != set(self.buffers):
+            raise ValueError(f"checkpoint {self.path} buffers do not match the model: missing "
+                             f"{sorted(set(self.buffers) - set(saved))[:5]}, "
+                             f"unexpected {sorted(set(saved) - set(self.buffers))[:5]}")
+        with torch.no_grad():
+            for name, buffer in self.buffers.items():
+                if saved[name].shape != buffer.shape:
+                    raise ValueError(f"checkpoint {self.path} buffer {name!r} has shape {tuple(saved[name].shape)}, "
+                                     f"the model's has {tuple(buffer.shape)}")
+                buffer.copy_(saved[name])
+
+
+def _map_tensors(value, fn):
+    """``value`` (tensors and plain values, in dicts and lists) with ``fn`` applied to every tensor."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map_tensors(v, fn) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map_tensors(v, fn) for v in value)
+    return value

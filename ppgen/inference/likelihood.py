@@ -15,16 +15,25 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import inspect
 import math
+from collections import OrderedDict
 
+import pyro
 import torch
+from pyro import poutine
+from pyro.ops import packed
+from pyro.ops.contract import contract_to_tensor
 
 from ppgen.checks import positive_int
-from ppgen.inference.program import ModelCheckError, Program, batch_rows, logmeanexp, resolve_device
+from ppgen.inference.program import (PARTICLE_PLATE, ModelCheckError, Program, batch_rows, call_args, logmeanexp,
+                                     resolve_device, sample_sites, site_log_prob)
+from ppgen.inference.progress import Progress
 from ppgen.models.base import LikelihoodEstimate, bits_per_dim
 from ppgen.models.decoder_ais import decoder_log_likelihood
 
-__all__ = ["log_likelihood", "LikelihoodResult", "METHODS", "KINDS", "describe"]
+__all__ = ["log_likelihood", "LikelihoodResult", "METHODS", "KINDS", "PROGRESS", "describe"]
 
 #: The methods of ``log_likelihood(method=...)``, named once (log_likelihood's docstring lists them from here):
 #: a result's ``method`` is one of them, never "auto".
@@ -41,6 +50,10 @@ METHODS = {
            "observation_log_prob(z, x) (a VAE): it needs no guide, so a VAE and a GAN are measured the same way",
     "elbo": "the model's own variational bound (a diffusion model's, all T terms summed)",
 }
+
+#: What each method's progress line counts (``log_likelihood(progress=True)``): its label and unit.
+PROGRESS = {"exact": ("log p(x)", "rows"), "iwae": ("IWAE", "rows"), "ais": ("AIS", "temperatures"),
+            "elbo": ("ELBO", "steps")}
 
 
 #: What a figure is (a result's ``kind``), named once; ``errs`` says on which side of log p(x) it falls.
@@ -196,7 +209,7 @@ def _density(gm, values: torch.Tensor, dim: int, method: str) -> LikelihoodResul
 @torch.no_grad()
 def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_size: int = 100,
                    device: str | torch.device | None = None, seed: int = 0, method: str = "auto",
-                   **options) -> LikelihoodResult:
+                   progress: bool = False, **options) -> LikelihoodResult:
     """Log-likelihood per example: exact where the model has it, otherwise an estimate or a bound.
 
     Parameters
@@ -222,6 +235,12 @@ def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_si
 
         A method that cannot score the model raises a ValueError (a :class:`ModelCheckError` for
         ``"iwae"``) naming the methods that can.
+    progress : bool
+        Print the progress of a computation longer than a few seconds to standard error, with an
+        estimate of the time left (:class:`~ppgen.inference.progress.Progress`; units in
+        :data:`PROGRESS`): AIS's temperatures, a diffusion bound's steps, rows otherwise. A model's
+        own estimator reports it where its ``estimate_log_likelihood`` takes a ``progress`` callback,
+        ``progress(done, total)``.
     **options
         Settings of the model's own estimator (an RBM's or a GAN's ``num_temperatures``, a
         diffusion model's ``batch_size``), or of AIS over a decoder's latents (``num_temperatures``,
@@ -244,7 +263,7 @@ def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_si
     program.to(device)
     try:
         with ieee_float32():
-            return _log_likelihood(program, x, y, num_samples, batch_size, device, seed, method, options)
+            return _log_likelihood(program, x, y, num_samples, batch_size, device, seed, method, progress, options)
     finally:
         program.to(home)  # the caller's model stays where it was
 
@@ -279,7 +298,7 @@ def ieee_float32():
             setattr(owner, name, value)
 
 
-def _log_likelihood(program: Program, x, y, num_samples, batch_size, device, seed, method,
+def _log_likelihood(program: Program, x, y, num_samples, batch_size, device, seed, method, progress: bool,
                     options: dict) -> LikelihoodResult:
     dim = x[0].numel()
     rows = torch.arange(x.shape[0]).split(batch_size)
@@ -293,10 +312,17 @@ def _log_likelihood(program: Program, x, y, num_samples, batch_size, device, see
         raise TypeError(f"log_likelihood with {_asked(method, resolved)} takes no options, got "
                         f"{', '.join(sorted(options))}")
     gm = program.generative_model
-    if resolved == "exact":
-        return _density(gm, torch.cat([gm.log_prob(*batch_rows(x, y, idx, device)).float().cpu() for idx in rows]),
-                        dim, "exact")
-    if resolved != "iwae" and resolved == gm.likelihood_method:  # its own: an RBM's AIS, a diffusion bound
+    report = Progress(*PROGRESS[resolved]) if progress else None
+    if resolved == "exact" and gm is not None:  # a plain program's: by the weights below, every one p(x)
+        values = []
+        for idx in rows:
+            values.append(gm.log_prob(*batch_rows(x, y, idx, device)).float().cpu())
+            if report is not None:
+                report(int(idx[-1]) + 1, x.shape[0])
+        return _density(gm, torch.cat(values), dim, "exact")
+    if gm is not None and resolved != "iwae" and resolved == gm.likelihood_method:  # its own: an RBM's AIS, ...
+        if report is not None and "progress" in inspect.signature(gm.estimate_log_likelihood).parameters:
+            options = {**options, "progress": report}  # a model's own estimator may not report progress
         estimate = gm.estimate_log_likelihood(x.to(device), num_samples=num_samples, seed=seed, **options)
         if not isinstance(estimate, LikelihoodEstimate):
             raise TypeError(f"{program.name}.estimate_log_likelihood must return a "
@@ -306,12 +332,13 @@ def _log_likelihood(program: Program, x, y, num_samples, batch_size, device, see
                        elbo=estimate.values.mean().item() if estimate.method == "elbo" else None)
     if resolved == "ais":  # over the latents of a decoder-based model: p(x)'s estimate is unbiased, its log errs low
         values, stderr = decoder_log_likelihood(gm.observation_log_prob, gm.check_data(x.to(device)), gm.z_dim,
-                                                num_chains=num_samples, seed=seed, **options)
+                                                num_chains=num_samples, seed=seed, progress=report, **options)
         return _result(values, dim, "ais", "bound", "low", (stderr.pow(2).sum().sqrt() / len(values)).item(),
                        num_samples)
 
     story = program.inspect(*first)
-    drawn = bool(story.latent or story.enumerated or story.unguided)
+    drawn = bool(story.latent or story.unguided)  # enumerated sites are summed out exactly, not drawn
+    weigh = functools.partial(_enumerated_log_weights, program) if story.enumerated else program.log_weights
     particles = num_samples if drawn else 1  # without latents every weight is p(x) itself: K is irrelevant
     estimates, variances, elbos = [], [], []
     chunk = max(1, 10_000 // min(batch_size, x.shape[0]))  # particles per pass: ~10k samples live
@@ -321,7 +348,7 @@ def _log_likelihood(program: Program, x, y, num_samples, batch_size, device, see
         program.nesting(*first)
         for idx in rows:
             xb, yb = batch_rows(x, y, idx, device)
-            log_w = torch.cat([program.log_weights(xb, yb, min(chunk, particles - k))
+            log_w = torch.cat([weigh(xb, yb, min(chunk, particles - k))
                                for k in range(0, particles, chunk)]).double()  # (K, B)
             estimate = logmeanexp(log_w)
             ratio = torch.exp(log_w - estimate)  # w_k / mean(w): mean 1
@@ -330,8 +357,11 @@ def _log_likelihood(program: Program, x, y, num_samples, batch_size, device, see
             variances.append((ratio.var(0, unbiased=True) / particles).cpu()
                              if particles > 1 else torch.full_like(estimate.cpu(), float("inf")))
             elbos.append(log_w.mean(0).cpu())
+            if report is not None:
+                report(int(idx[-1]) + 1, x.shape[0])
     if not drawn:
-        return _density(gm, torch.cat(estimates), dim, "iwae")
+        exact = resolved == "exact" or (method == "auto" and story.enumerated)  # every latent summed out
+        return _density(gm, torch.cat(estimates), dim, "exact" if exact else "iwae")
     stderr = math.sqrt(torch.cat(variances).sum().item()) / x.shape[0]
     return _result(torch.cat(estimates), dim, "iwae", "bound", "low", stderr, num_samples,
                    elbo=torch.cat(elbos).mean().item())
@@ -351,20 +381,26 @@ def _refusal(program: Program, method: str, first, num_samples: int) -> str | No
     """Why ``method`` (resolved) cannot score the model, or None. For ``"iwae"`` the story is
     checked on the first batch ``first`` (once per Program: it sets the data plate)."""
     gm = program.generative_model
-    if method == "iwae":
+    if method == "iwae" or (gm is None and method == "exact"):
         if gm is not None and not gm.is_normalised:
             return "its density is unnormalised (its factor lacks -log Z), so importance weights do not estimate p(x)"
         if gm is not None and not gm.guide_is_proposal:
             return f"its guide is not an importance proposal for p(x) ({program.name}.guide_is_proposal is False)"
+        story = program.inspect(*first)
         if program.data_plate is None:
             with program.param_scope():
-                try:
-                    program.validate(*first, estimator="iwae", num_particles=min(num_samples, 2), thorough=False)
+                try:  # enumerated sites are summed out in each weight, as TraceEnum_ELBO sums them
+                    program.validate(*first, estimator="enum" if story.enumerated else "iwae",
+                                     num_particles=min(num_samples, 2), thorough=False)
                 except ModelCheckError as err:
                     return str(err)
+        if method == "exact" and (story.latent or story.unguided):
+            return (f"a plain Pyro program is scored exactly where every latent is enumerated; latent sites "
+                    f"{list(story.latent + story.unguided)} are not: score it with method='iwae'")
         return None
     if gm is None:
-        return "a plain Pyro program is scored with its guide as the proposal only (method='iwae')"
+        return ("a plain Pyro program is scored with its guide as the proposal (method='iwae'), or exactly where "
+                "its every latent is enumerated (method='exact')")
     if method == "exact":
         return None if gm.has_exact_likelihood else "it has no exact log_prob"
     if method == gm.likelihood_method:
@@ -397,3 +433,40 @@ def _refused(program: Program, method: str, resolved: str, reason: str, first, n
 
 def _asked(method: str, resolved: str) -> str:
     return f"method={method!r}" + (f" (here {resolved!r})" if resolved != method else "")
+
+
+def _enumerated_log_weights(program: Program, x, y=None, num_particles: int = 1) -> torch.Tensor:
+    r""":meth:`Program.log_weights` with the model's enumerated sites summed out exactly, shape (K, N):
+
+    .. math::
+        \log w_{kn} = \log \sum_{c} p(x_n, z_{kn}, c) - \log q(z_{kn} \mid x_n),
+
+    c ranging over every joint value of the enumerated sites. The model runs under ``poutine.enum``
+    (each enumerated site in a dimension of its own, left of the particle plate) and its log-densities
+    are contracted as ``TraceEnum_ELBO`` contracts them (``pyro.ops.contract``), down to one term per
+    particle and row. Every site must sit in the data plate, so that each row's sum is its own."""
+    nesting, args = program.nesting(x, y), call_args(x, y)
+    with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(nesting + 1)):
+        guide_trace = poutine.trace(program.guide).get_trace(*args)
+        enumerated = poutine.enum(poutine.replay(program.model, trace=guide_trace), first_available_dim=-(nesting + 2))
+        model_trace = poutine.trace(enumerated).get_trace(*args)
+    model_trace.compute_log_prob()
+    model_trace.pack_tensors()
+    symbols, terms, sum_dims = model_trace.plate_to_symbol, OrderedDict(), set()
+    for site in sample_sites(model_trace):
+        if not any(f.name == program.data_plate for f in site["cond_indep_stack"]):
+            raise ModelCheckError(f"site {site['name']!r} is outside the data plate {program.data_plate!r}: a "
+                                  "log-likelihood per row sums out enumerated sites row by row, so every site must "
+                                  "sit in it")
+        terms.setdefault(frozenset(symbols[f.name] for f in site["cond_indep_stack"] if f.vectorized), []).append(
+            site["packed"]["log_prob"])
+        if site["infer"].get("_enumerate_symbol") is not None:
+            sum_dims.add(site["infer"]["_enumerate_symbol"])
+    present = {d for ts in terms.values() for t in ts for d in t._pyro_dims}  # a plate of size 1 is packed away
+    per_row = frozenset({symbols[PARTICLE_PLATE], symbols[program.data_plate]} & present)
+    log_p = packed.unpack(contract_to_tensor(terms, sum_dims, target_ordinal=per_row), model_trace.symbol_to_dim)
+    total = program.per_example(log_p, site).flatten(2).sum(-1)  # any site of the story: each is in the data plate
+    for site in sample_sites(guide_trace):
+        if not site["is_observed"]:
+            total = total - program.per_example(site_log_prob(site), site).flatten(2).sum(-1)
+    return total

@@ -626,7 +626,7 @@ def check_model(model, x, *, guide=None, data_plate: str | None = None, elbo: st
     Parameters
     ----------
     model, guide, data_plate
-        As in :class:`Program`.
+        As in :class:`Program`; ``model`` may be a :class:`Program` itself (then without the other two).
     x : Tensor or (x, y)
         A batch of rows (the first dimension indexes rows).
     elbo, num_particles
@@ -645,7 +645,9 @@ def check_model(model, x, *, guide=None, data_plate: str | None = None, elbo: st
     >>> check_model(IndependentBernoulli(3), torch.ones(4, 3)).estimator
     'mle'
     """
-    program = Program(model, guide, data_plate=data_plate)
+    if isinstance(model, Program) and (guide is not None or data_plate is not None):
+        raise ValueError("guide= and data_plate= belong to the Program; it already has them")
+    program = model if isinstance(model, Program) else Program(model, guide, data_plate=data_plate)
     x, y = program.rows(x, "x")
     if hasattr(x, "check_rows"):
         x = x[torch.arange(min(len(x), 256))]
@@ -657,11 +659,16 @@ def _forget_stale_params(prefix: str) -> None:
 
     An autoguide of a plain model function keeps its parameters in Pyro's global store under
     ``"<ClassName>.<site>"``; a store entry left by an earlier guide of the same class would be
-    taken over by the new one, with the wrong shape or value.
+    taken over by the new one, with the wrong shape or value. The store is rebuilt without them
+    rather than emptied name by name: Pyro's ``AutoIAFNormal`` files one tensor under two names
+    (``_prototype_tensor`` and its first layer's weight), and ``del store[name]`` fails on the second.
     """
     store = pyro.get_param_store()
-    for name in [n for n in store.keys() if n.startswith(prefix + ".")]:
-        del store[name]
+    state = store.get_state()
+    keep = {name: value for name, value in state["params"].items() if not name.startswith(prefix + ".")}
+    if len(keep) < len(state["params"]):
+        store.clear()
+        store.set_state({"params": keep, "constraints": {n: c for n, c in state["constraints"].items() if n in keep}})
 
 
 def _strip(args: tuple) -> tuple:

@@ -27,17 +27,20 @@ __all__ = ["FitConfig", "FitResult", "TrainState", "EarlyStopping", "Convergence
            "DivergenceError", "convergence_message"]
 
 
-class NonFiniteLossError(FloatingPointError):
+class DivergenceError(FloatingPointError):
+    """Training diverged: the loss grew by orders of magnitude over its first value, or to several
+    times the uniform model's, or became non-finite (:class:`NonFiniteLossError`), or the samples of a
+    model trained without a loss to judge by (a game, contrastive divergence) became non-finite or
+    collapsed to one row (see :class:`FitConfig`'s ``divergence_factor``)."""
+
+
+class NonFiniteLossError(DivergenceError):
     """The loss or a gradient became NaN or infinite; ``step`` and ``site`` say where."""
 
     def __init__(self, message: str, step: int, site: str | None):
         super().__init__(message)
         self.step = step
         self.site = site
-
-
-class DivergenceError(FloatingPointError):
-    """The loss grew by orders of magnitude over its first value: training diverged."""
 
 
 class ConvergenceWarning(UserWarning):
@@ -123,7 +126,14 @@ class FitConfig:
         (Scoring worse than the uniform distribution warns whatever this is.)
     divergence_factor : float or None
         Stop with :class:`DivergenceError` when the loss per example grows past this many times
-        its first value (at least 1 nat); None turns the check off.
+        its first value (at least 1 nat), checked every step; and at the end of every epoch, before it
+        is committed, when a likelihood or bound of discrete data ends the epoch worse than
+        ``UNIFORM_FACTOR`` (3) times both its first value and the uniform model's loss, or when an
+        objective with no loss to judge by (``monotone`` False: a GAN's game, contrastive divergence)
+        leaves a model of real-valued data whose samples (64, seeded, drawn aside from training's
+        random state) are non-finite or all one row while the data's rows differ. None turns every
+        check off. (A non-finite loss or gradient stops the run whatever this is:
+        :class:`NonFiniteLossError`, a :class:`DivergenceError`.)
     log_dir : path, optional
         Write TensorBoard event files there (needs the ``tensorboard`` package: ``pip install
         'ppgen[tensorboard]'``): per step the loss and each parameter group's gradient norm, per

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ppgen.checks import image_shape
+from ppgen.checks import describe, image_shape
 
 __all__ = ["Operator", "Inpaint", "Greyscale", "Downsample", "GaussianNoise", "make_operator", "inpaint_mask",
            "TASKS", "MASKS"]
@@ -136,8 +136,7 @@ class Inpaint(Operator):
 
     def __init__(self, mask: torch.Tensor, *, sigma: float = 0.0):
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise TypeError(f"mask must be a bool tensor (True = observed), got "
-                            f"{getattr(mask, 'dtype', type(mask).__name__)}")
+            raise TypeError(f"mask must be a bool tensor (True = observed), got {describe(mask)}")
         if mask.dim() not in (1, 2) or mask.shape[-1] == 0 or (mask.dim() == 2 and mask.shape[0] == 0):
             raise ValueError(f"mask must have shape (D,) or (N, D), got shape {tuple(mask.shape)}")
         if mask.all():

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import itertools
+import os
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -111,7 +113,8 @@ def restore(model, y: torch.Tensor, operator: Operator, num_samples: int = 16, *
         so the same seed gives the same samples. The call runs on the model's device (``y`` is
         moved there), and so do the results.
     **kwargs
-        Options of the method (above); an option it does not take is a TypeError.
+        Options of the method (above); an option it does not take is a TypeError that names the
+        options it takes, raised before anything runs.
 
     Returns
     -------
@@ -120,16 +123,28 @@ def restore(model, y: torch.Tensor, operator: Operator, num_samples: int = 16, *
     Raises
     ------
     ValueError
-        When the model cannot restore for the operator's task, naming the models that can.
+        When the model cannot restore for the operator's task, naming the models that can; when
+        the operator measures rows of another width than the model's; when the S x N x D samples
+        (in float64, the widest any method keeps) would fill more than half of the memory free on
+        the model's device, naming the largest ``num_samples`` that fits.
     """
     if not isinstance(operator, Operator):
         raise TypeError(f"operator must be a ppgen.inverse.Operator (Inpaint, Greyscale, Downsample, "
                         f"GaussianNoise), got {type(operator).__name__}")
+    from ppgen.models.base import GenerativeModel
+
     positive_int(num_samples, "num_samples")
     check_seed(seed)
     y = operator.check_y(y).to(_device_of(model, y.device))  # run where the model is
     if isinstance(operator, Inpaint):
         operator.mask_for(y)
+    width = operator.in_dim or y.shape[1]
+    if isinstance(model, GenerativeModel) and width != model.x_dim:
+        raise ValueError(f"{operator!r} measures rows of width {width}, but {type(model).__name__}'s rows have "
+                         f"x_dim={model.x_dim} values")
+    _check_memory(num_samples, y.shape[0], width, y.device)
+    if isinstance(model, Restorer):
+        _check_options(kwargs, model.restore, f"{type(model).__name__}.restore")
     ess, info = None, {}
     with _seeded(seed, y.device):
         own = model.restore(y, operator, num_samples, **kwargs) if isinstance(model, Restorer) else None
@@ -144,17 +159,19 @@ def restore(model, y: torch.Tensor, operator: Operator, num_samples: int = 16, *
 
             if isinstance(model, AutoregressiveModel) and isinstance(operator, Inpaint):
                 operator.require_noiseless(type(model).__name__)
-                result = model.inpaint(operator.pseudo_inverse(y), operator.mask_for(y), num_samples,
-                                       **_only(kwargs, "num_particles"))
+                result = model.inpaint(model.check_data(operator.pseudo_inverse(y), "y"), operator.mask_for(y),
+                                       num_samples, **_only(kwargs, "num_particles", who="inpainting"))
                 samples, ess = result.samples, result.ess
                 method = "exact conditionals" if result.method == "exact" else "sequential importance resampling"
             elif isinstance(model, (IndependentBernoulli, BernoulliMixture)) and isinstance(operator, Inpaint):
-                samples = _mixture_inpaint(model, y, operator, num_samples, **_only(kwargs))
+                samples = _mixture_inpaint(model, y, operator, num_samples, **_only(kwargs, who="exact inpainting"))
                 method = "exact conditionals"
             elif isinstance(model, (PPCA, FactorAnalysis)):
-                samples = _gaussian_restore(model, y, operator, num_samples, **_only(kwargs))
+                samples = _gaussian_restore(model, y, operator, num_samples,
+                                            **_only(kwargs, who="the exact Gaussian posterior"))
                 method = "exact Gaussian posterior"
             elif isinstance(model, VAE) and isinstance(operator, Inpaint):
+                _check_options(kwargs, vae_inpaint, "vae_inpaint")
                 samples, ess, info = vae_inpaint(model, y, operator, num_samples, **kwargs)
                 method = ("importance resampling" if kwargs.get("sampler") == "importance"
                           else "sequential Monte Carlo (tempered)")
@@ -199,12 +216,50 @@ def _seeded(seed: int, device: torch.device):
         yield
 
 
-def _only(kwargs: dict, *allowed: str) -> dict:
+def _only(kwargs: dict, *allowed: str, who: str) -> dict:
+    """``kwargs``, or a TypeError naming the options ``who`` (a method) does not take and those it takes."""
     extra = sorted(set(kwargs) - set(allowed))
     if extra:
-        raise TypeError(f"unexpected keyword argument(s) {', '.join(map(repr, extra))}; this method takes "
-                        f"{', '.join(allowed) or 'none'}")
+        raise TypeError(f"restore got unknown option(s) {', '.join(map(repr, extra))}: {who} takes "
+                        f"{', '.join(allowed) or 'no options'}")
     return kwargs
+
+
+def _check_options(kwargs: dict, method, who: str) -> None:
+    """Refuse an option that ``method`` (a restoring function or method) does not take: its parameters
+    after (model,) y, operator, num_samples. One that takes ``**options`` takes any."""
+    params = list(inspect.signature(method).parameters.values())
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        _only(kwargs, *(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                        and p.name not in ("model", "y", "operator", "num_samples")), who=who)
+
+
+def _check_memory(num_samples: int, rows: int, width: int, device: torch.device) -> None:
+    """Refuse ``num_samples`` restorations of ``rows`` rows of ``width`` values whose float64 samples
+    would fill more than half of the memory free on ``device`` (:func:`_free_memory`)."""
+    free = _free_memory(device)
+    need = 8 * num_samples * rows * width
+    if free is not None and need > free / 2:
+        most = int(free / 2 // (8 * rows * width))
+        raise ValueError(f"num_samples={num_samples:,} restorations of {rows:,} rows of {width:,} values take "
+                         f"{need / 2**30:,.3g} GiB in float64, more than half of the {free / 2**30:,.3g} GiB free on "
+                         f"{device}: at most {most:,} fit")
+
+
+def _free_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device``: CUDA's free memory; the host's available memory (Linux's
+    MemAvailable, which counts the caches it can reclaim), else its physical memory; None where neither is known."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system that reports it
+        return None
 
 
 @torch.no_grad()
@@ -241,8 +296,6 @@ def _gaussian_restore(model, y: torch.Tensor, operator: Operator, num_samples: i
     w, mu = model.weight.double(), model.loc.double()
     cov = w @ w.T + torch.diag(model.noise_variance().double())  # (D, D)
     dim = cov.shape[0]
-    if operator.in_dim not in (None, dim):
-        raise ValueError(f"{operator!r} measures rows of width {operator.in_dim}; the model's are {dim}")
     y = y.double()
     out = y.new_empty(num_samples, y.shape[0], dim)
     if isinstance(operator, Inpaint):

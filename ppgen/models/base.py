@@ -127,6 +127,11 @@ class GenerativeModel(PyroModule):
     y_dim : int or None, default None
         The labels a conditional model takes (``model(x, y)``, ``sample(n, y)``): their number of
         classes; None for an unconditional model.
+    init_arguments : dict, set by the constructor
+        The arguments the model was built with, by name, defaults applied and ``seed`` included:
+        those with a JSON form (a network passed in is left out). ``fit`` refuses to resume a
+        checkpoint written by a model built with other arguments (``seed`` aside: it sets only the
+        initial parameters and seeded buffers, which the checkpoint replaces).
     ``default_objective(program, num_particles, precision)``
         The objective ``fit(elbo="auto")`` trains with, or None for the one the core picks.
     ``estimate_log_likelihood(x, *, num_samples, seed, **options) -> LikelihoodEstimate``
@@ -148,6 +153,7 @@ class GenerativeModel(PyroModule):
     z_dim: int | None = None
     num_levels: int | None = None
     y_dim: int | None = None
+    init_arguments: Mapping[str, Any] = types.MappingProxyType({})  # a model built by GenerativeModel.__init__ alone
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -342,8 +348,10 @@ _building = threading.local()
 def _seeded_init(init):
     """Run a model's constructor with the global RNG seeded by its ``seed=`` keyword and restored
     afterwards (only the outermost constructor of a ``super().__init__`` chain does this). A
-    constructor that takes ``seed`` itself (for orderings or masks) receives it too."""
-    takes_seed = "seed" in inspect.signature(init).parameters
+    constructor that takes ``seed`` itself (for orderings or masks) receives it too. The outermost
+    constructor records its arguments in ``init_arguments`` (see :class:`GenerativeModel`)."""
+    signature = inspect.signature(init)
+    takes_seed = "seed" in signature.parameters
 
     @functools.wraps(init)
     def wrapper(self, *args, seed: int = 0, **kwargs):
@@ -360,8 +368,43 @@ def _seeded_init(init):
         finally:
             _building.depth = 0
         self.seed = seed
+        self.init_arguments = _plain_arguments(signature, self, args, kwargs, seed)
 
     return wrapper
+
+
+def _plain_arguments(signature: inspect.Signature, self, args, kwargs, seed: int) -> dict[str, Any]:
+    """The constructor's arguments by name, defaults applied (``**kwargs`` by their own names) and
+    ``seed`` included: those with a JSON form (numbers, strings, None, and lists and dicts of them;
+    tuples as lists). Others (a network passed in) are left out."""
+    bound = signature.bind(self, *args, **kwargs)
+    bound.apply_defaults()
+    arguments = {"seed": seed}
+    for name, value in list(bound.arguments.items())[1:]:
+        kind = signature.parameters[name].kind
+        items = value.items() if kind is inspect.Parameter.VAR_KEYWORD else \
+            [] if kind is inspect.Parameter.VAR_POSITIONAL else [(name, value)]
+        for key, item in items:
+            plain = _plain(item)
+            if plain is not _NO_PLAIN_FORM:
+                arguments[key] = plain
+    return arguments
+
+
+_NO_PLAIN_FORM = object()
+
+
+def _plain(value):
+    """``value`` as JSON data, or ``_NO_PLAIN_FORM``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return _NO_PLAIN_FORM if any(v is _NO_PLAIN_FORM for v in items) else items
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        items = {k: _plain(v) for k, v in value.items()}
+        return _NO_PLAIN_FORM if any(v is _NO_PLAIN_FORM for v in items.values()) else items
+    return _NO_PLAIN_FORM
 
 
 @contextlib.contextmanager

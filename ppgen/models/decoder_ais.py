@@ -26,11 +26,13 @@ __all__ = ["decoder_log_likelihood"]
 
 def decoder_log_likelihood(log_likelihood: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
                            z_dim: int, *, num_chains: int = 16, num_temperatures: int = 500, leapfrog: int = 10,
-                           step_size: float = 0.05, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                           step_size: float = 0.05, seed: int = 0,
+                           progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(x) per row by AIS with HMC, and its standard error per row.
 
     ``log_likelihood(z, x)`` returns log p(x | z) for latents z (..., k) and rows x broadcast
-    against them, shape (...,). Returns (estimates (N,), standard errors (N,)).
+    against them, shape (...,). Returns (estimates (N,), standard errors (N,)). ``progress(k,
+    num_temperatures)`` is called after each temperature, when given.
     """
     for value, name in ((num_chains, "num_chains"), (num_temperatures, "num_temperatures"), (leapfrog, "leapfrog")):
         positive_int(value, name)
@@ -49,7 +51,7 @@ def decoder_log_likelihood(log_likelihood: Callable[[torch.Tensor, torch.Tensor]
             grad, = torch.autograd.grad(energy.sum(), z)
         return energy.detach(), grad
 
-    for previous, beta in zip(betas[:-1], betas[1:]):
+    for k, (previous, beta) in enumerate(zip(betas[:-1], betas[1:]), 1):
         with torch.no_grad():
             log_w += (beta - previous) * log_likelihood(z, rows).double()
         energy, grad = energy_and_grad(z, beta)
@@ -65,6 +67,8 @@ def decoder_log_likelihood(log_likelihood: Callable[[torch.Tensor, torch.Tensor]
         accept &= torch.isfinite(new_h)
         z = torch.where(accept.unsqueeze(-1), z_new.detach(), z)
         eps = eps * torch.where(accept, 1.02, 0.98).unsqueeze(-1).to(eps.dtype)  # toward ~65% acceptance
+        if progress is not None:
+            progress(k, num_temperatures)
     log_w = log_w.view(n, num_chains)
     estimate = torch.logsumexp(log_w, 1) - math.log(num_chains)
     ratio = torch.exp(log_w - estimate.unsqueeze(1))

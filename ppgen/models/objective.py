@@ -17,12 +17,15 @@ objective it runs. A new family plugs in by subclassing it:
         groups = ("generator", "critic")          # one optimiser each, stepped in this order
         def loss(self, x, y, scale, group): ...   # a scalar tensor to minimise
         def group_parameters(self): ...          # {"generator": [...], "critic": [...]}
+        def checkpoint_state(self): ...          # state kept between steps, if any (and load_checkpoint_state)
 
 Minibatch losses are scaled by N / B inside the data plate only, so they are unbiased
 estimates of the full-data objective even with global latent variables.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from pyro import poutine
@@ -41,7 +44,11 @@ class Objective(nn.Module):
     Subclasses implement :meth:`loss`, and :meth:`group_parameters` when they have more than
     one group. :meth:`score` (per-example figure of merit, higher is better, used for
     validation and the best epoch) defaults to minus the loss of the first group; an objective
-    whose loss is no normalised figure returns None (``fit`` then selects no epoch).
+    whose loss is no normalised figure returns None (``fit`` then selects no epoch). An objective
+    that keeps state of its own between steps (persistent chains, a replay buffer, a counter)
+    declares it with :meth:`checkpoint_state` and :meth:`load_checkpoint_state`, so that a resumed
+    run continues exactly; the parameters, the optimisers, the random state and the modules'
+    buffers (running statistics) are checkpointed without it.
 
     Attributes
     ----------
@@ -89,6 +96,20 @@ class Objective(nn.Module):
         Called after one forward pass, so parameters created lazily (``pyro.param``, autoguides)
         exist; :func:`fit` adds those of plain ``pyro.param`` sites to the first group."""
         return {self.groups[0]: [p for p in self.parameters() if p.requires_grad]}
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The state this objective keeps between steps beyond the parameters, as it is now:
+        tensors and plain values (numbers, strings, None, lists and dicts of them) by name. Default:
+        none (``{}``).
+
+        ``fit`` copies it after every step and epoch it commits and writes the copy into the
+        checkpoint, digested with the rest; an interrupted step leaves the copy of the step before."""
+        return {}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Continue from ``state``, what :meth:`checkpoint_state` returned when the checkpoint was
+        written (its tensors on the CPU: move them to the model's device). Raises ``ValueError``
+        when it does not fit this objective. Default: nothing to restore."""
 
     @torch.no_grad()
     def score(self, x, y=None) -> torch.Tensor | None:

@@ -22,7 +22,7 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 
-from ppgen.checks import positive_int
+from ppgen.checks import describe, positive_int
 from ppgen.models.base import DATA_PLATE, GenerativeModel, at_least_float32, num_rows
 
 __all__ = ["AutoregressiveModel", "InpaintResult", "resolve_order", "observed_first", "order_observed_first"]
@@ -288,7 +288,7 @@ def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def _check_mask(mask, shape: torch.Size) -> torch.Tensor:
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        raise TypeError(f"observed_mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
+        raise TypeError(f"observed_mask must be a bool tensor, got {describe(mask)}")
     if mask.shape not in (shape, shape[1:]):
         raise ValueError(f"observed_mask must have shape {tuple(shape[1:])} or {tuple(shape)}, "
                          f"got {tuple(mask.shape)}")

@@ -97,7 +97,7 @@ def check_rows(x, variables, cards, name: str, allow_missing: bool) -> torch.Ten
         raise ValueError(f"{name} must have shape (N, {len(variables)}) with N >= 1, got {tuple(x.shape)}")
     if x.shape[1] != len(variables):
         raise ValueError(f"{name} has {x.shape[1]} columns, expected {len(variables)} (one per variable)")
-    if not x.is_floating_point():
+    if not x.is_floating_point() or x.itemsize < 4:  # integers, and half floats (widened exactly)
         x = x.double()
     low = -1 if allow_missing else 0
     valid = (x == x.round()) & (x >= low) & (x < torch.as_tensor(cards, device=x.device))  # NaN fails too

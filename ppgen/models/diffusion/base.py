@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from typing import ClassVar
 
 import pyro
@@ -154,24 +155,26 @@ class DiffusionModel(GenerativeModel):
         return self.prior_term(x0) + self.num_steps * self.step_term(x0, t, self.step_draw(x0, t))
 
     @torch.no_grad()
-    def nll_bound(self, x: torch.Tensor, *, seed: int | None = 0, progress: bool = False) -> torch.Tensor:
+    def nll_bound(self, x: torch.Tensor, *, seed: int | None = 0,
+                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """The negative ELBO per row in nats with all T terms summed, L_T + L_{T-1} + ... + L_0
         (one draw of x_t for each, from a generator seeded with ``seed``): an upper bound on
-        -log p(x) in expectation, shape (N,), float64."""
+        -log p(x) in expectation, shape (N,), float64. ``progress(t, T)`` is called after each
+        step t, when given."""
         x0 = self.to_chain(self.check_data(x))
         generator = None if seed is None else torch.Generator(x0.device).manual_seed(seed)
         total = self.prior_term(x0).double()
-        bar = progress_bar(self.num_steps, progress, "bound")
         for t in range(1, self.num_steps + 1):
             steps = self._steps(t, len(x0), x0.device)
             total += self.step_term(x0, steps, self.step_draw(x0, steps, generator)).double()
-            bar.update()
-        bar.close()
+            if progress is not None:
+                progress(t, self.num_steps)
         return total
 
     @torch.no_grad()
     def estimate_log_likelihood(self, x: torch.Tensor, *, num_samples: int | None = None, seed: int = 0,
-                                batch_size: int = 500, repeats: int = 1, progress: bool = False) -> LikelihoodEstimate:
+                                batch_size: int = 500, repeats: int = 1,
+                                progress: Callable[[int, int], None] | None = None) -> LikelihoodEstimate:
         """The ELBO per row (a lower bound on log p(x), nats) with all T terms summed, each from one
         draw of x_t, averaged over ``repeats`` draws: what ``ppgen.log_likelihood`` reports
         (``method="elbo"``).
@@ -183,17 +186,21 @@ class DiffusionModel(GenerativeModel):
         (inf for one row).
         ``num_samples`` is not used: ``ppgen.log_likelihood`` passes its importance-sampling K
         (default 1000), which has no role in this bound; ``repeats`` sets the draws (each costs T
-        network passes per row).
+        network passes per row). ``progress(done, total)`` counts the T steps of each batch of
+        ``batch_size`` rows, each repeat: T * repeats * ceil(N / batch_size) in all.
         """
         repeats = positive_int(repeats, "repeats")
         batch_size = positive_int(batch_size, "batch_size")
         x = self.check_data(x)
         values = torch.zeros(len(x), dtype=torch.float64)
+        batches = x.split(batch_size)
+        total = self.num_steps * repeats * len(batches)
         for k in range(repeats):
-            for i, rows in enumerate(x.split(batch_size)):
+            for i, rows in enumerate(batches):
+                done = self.num_steps * (k * len(batches) + i)  # the steps before this batch's
+                step = None if progress is None else lambda t, _: progress(done + t, total)
                 start = i * batch_size
-                values[start:start + len(rows)] -= self.nll_bound(rows, seed=seed + 1000 * k + i,
-                                                                  progress=progress).cpu()
+                values[start:start + len(rows)] -= self.nll_bound(rows, seed=seed + 1000 * k + i, progress=step).cpu()
         values /= repeats
         stderr = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("inf")
         return LikelihoodEstimate(values, stderr, method="elbo", num_samples=repeats)

@@ -220,7 +220,7 @@ class BinaryDiffusion(DiffusionModel):
             return None
         y = operator.check_y(y).to(self.betas)
         mask = operator.mask_for(y)
-        known = torch.where(mask, y, torch.zeros_like(y)).repeat(num_samples, 1)
+        known = self.check_data(torch.where(mask, y, torch.zeros_like(y)), "y").repeat(num_samples, 1)
         drawn = self.sample(len(known), known=known, mask=mask.repeat(num_samples, 1), progress=progress)
         return drawn.reshape(num_samples, len(y), self.x_dim), "replacement"
 

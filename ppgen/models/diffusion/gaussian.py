@@ -359,7 +359,8 @@ class GaussianDiffusion(DiffusionModel):
           the reverse chain runs from the closest t* (:meth:`noise_level_step`) down to 0 (its last
           step without the decoder's noise).
 
-        Other noisy operators have no method here (None). Randomness comes from the global RNG
+        Other noisy operators have no method here (None). Measurements off the data's [0, 1] scale (8-bit
+        pixels not divided by 255) are refused (:meth:`_check_scale`). Randomness comes from the global RNG
         (``ppgen.inverse.restore`` seeds it).
         """
         num_samples = positive_int(num_samples, "num_samples")
@@ -372,6 +373,7 @@ class GaussianDiffusion(DiffusionModel):
         if not denoise and (steps is not None or eta != 0.0) and method != "ddim":
             raise ValueError("steps= and eta= are for method='ddim'")
         y = operator.check_y(y).to(self.betas)
+        self._check_scale(y, sigma)
         if denoise and y.shape[1] != self.x_dim:
             raise ValueError(f"y has {y.shape[1]} columns, but the model has x_dim={self.x_dim}")
         top = self.noise_level_step(sigma) if denoise else self.num_steps
@@ -391,6 +393,19 @@ class GaussianDiffusion(DiffusionModel):
                 out.append(self._ancestral(h, top, None, progress, project, final_noise=False)
                            if schedule is None else self._ddim(h, schedule, eta, None, progress, project))
         return torch.stack(out), "diffusion from the noise level" if denoise else "DDNM"  # (S, N, D)
+
+    @staticmethod
+    def _check_scale(y: torch.Tensor, sigma: float) -> None:
+        """Refuse measurements off the data's [0, 1] scale: an average of pixels in [0, 1] lies in it, and
+        with noise of std ``sigma`` within 8 sigma of it (outside with probability 1.2e-15 per value)."""
+        slack = 8 * sigma
+        off = (y < -slack) | (y > 1 + slack)
+        if off.any():
+            row, col = (int(i) for i in off.nonzero()[0])
+            noise = f" up to the operator's noise ([{-slack:g}, {1 + slack:g}] at sigma={sigma:g})" if sigma else ""
+            hint = " (divide 8-bit pixels by 255)" if y.max() > 1 + slack else ""
+            raise ValueError(f"y must hold measurements on the model's pixel scale [0, 1]{noise}{hint}; found "
+                             f"{y[row, col].item():g} at row {row}, column {col}")
 
     def extra_repr(self) -> str:
         return (f"x_dim={self.x_dim}, shape={self.shape}, num_steps={self.num_steps}, schedule={self.schedule!r}, "

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ppgen.checks import positive_int
+
 __all__ = ["timestep_embedding", "UNet", "TimeMLP"]
 
 
@@ -103,6 +105,11 @@ class UNet(nn.Module):
                  num_blocks: int = 1, attention: bool = True, dropout: float = 0.0, out_channels: int | None = None):
         super().__init__()
         c, h, w = shape
+        channels = positive_int(channels, "channels")
+        if not multipliers or not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in multipliers):
+            raise ValueError(f"multipliers must be a non-empty sequence of positive ints, got {multipliers!r}")
+        if out_channels is not None:
+            positive_int(out_channels, "out_channels")
         factor = 2 ** (len(multipliers) - 1)
         if h % factor or w % factor:
             raise ValueError(f"the U-Net halves the image {len(multipliers) - 1} times: H and W must be divisible by "

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -113,11 +114,13 @@ def _log_z0(params, base: torch.Tensor) -> float:
 
 @torch.no_grad()
 def ais_log_partition(rbm: RBMParameters, *, num_chains: int = 100, num_temperatures: int = 10_000,
-                      base_bias: torch.Tensor | None = None, seed: int = 0) -> PartitionEstimate:
+                      base_bias: torch.Tensor | None = None, seed: int = 0,
+                      progress: Callable[[int, int], None] | None = None) -> PartitionEstimate:
     """log Z of ``rbm`` by annealed importance sampling, with its standard error.
 
     ``num_temperatures`` equally spaced inverse temperatures (Salakhutdinov & Murray use 14,500,
-    denser near 1); ``base_bias`` the base model's visible logits (:func:`base_visible_bias`).
+    denser near 1); ``base_bias`` the base model's visible logits (:func:`base_visible_bias`);
+    ``progress(k, num_temperatures)`` is called after each temperature, when given.
     """
     betas = _betas(num_temperatures)
     params = _params(rbm)
@@ -125,9 +128,11 @@ def ais_log_partition(rbm: RBMParameters, *, num_chains: int = 100, num_temperat
     generator = torch.Generator().manual_seed(seed)
     v = torch.bernoulli(torch.sigmoid(base).expand(num_chains, -1), generator=generator)
     log_w = torch.zeros(num_chains, dtype=torch.float64)
-    for previous, beta in zip(betas[:-1].tolist(), betas[1:].tolist()):
+    for k, (previous, beta) in enumerate(zip(betas[:-1].tolist(), betas[1:].tolist()), 1):
         log_w += _log_f(params, base, v, beta) - _log_f(params, base, v, previous)
         v = _sweep(params, base, v, beta, generator)
+        if progress is not None:
+            progress(k, num_temperatures)
     log_mean = torch.logsumexp(log_w, 0) - math.log(num_chains)
     ratio = torch.exp(log_w - log_mean)
     stderr = (ratio.std() / math.sqrt(num_chains)).item() if num_chains > 1 else math.inf
@@ -136,9 +141,11 @@ def ais_log_partition(rbm: RBMParameters, *, num_chains: int = 100, num_temperat
 
 @torch.no_grad()
 def raise_log_likelihood(rbm: RBMParameters, x: torch.Tensor, *, num_chains: int = 10, num_temperatures: int = 10_000,
-                         base_bias: torch.Tensor | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                         base_bias: torch.Tensor | None = None, seed: int = 0,
+                         progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A conservative estimate of log p(x) per row by reverse annealing (RAISE), and its
-    standard error per row (delta method over ``num_chains`` chains per row)."""
+    standard error per row (delta method over ``num_chains`` chains per row); ``progress(k,
+    num_temperatures)`` is called after each of the K temperatures, when given."""
     params = _params(rbm)
     x = check_data(x, dim=params[0].shape[0], support="binary").detach().double().cpu()
     betas = _betas(num_temperatures).tolist()
@@ -149,6 +156,8 @@ def raise_log_likelihood(rbm: RBMParameters, x: torch.Tensor, *, num_chains: int
     for k in range(len(betas) - 1, 0, -1):  # v_{k-1} ~ T_k(. | v_k), then the terms of v_{k-1}
         v = _sweep(params, base, v, betas[k], generator)
         log_w += _log_f(params, base, v, betas[k - 1]) - _log_f(params, base, v, betas[k])
+        if progress is not None:
+            progress(num_temperatures - k + 1, num_temperatures)
     log_w = log_w.view(x.shape[0], num_chains)
     estimate = torch.logsumexp(log_w, 1) - math.log(num_chains)
     ratio = torch.exp(log_w - estimate.unsqueeze(1))

@@ -60,13 +60,14 @@ def ais_log_partition_continuous(energy: Callable[[torch.Tensor], torch.Tensor],
                                  bounds: tuple[float, float] | None = None,
                                  base: tuple[torch.Tensor, torch.Tensor] | None = None, num_chains: int = 100,
                                  num_temperatures: int = 1000, mala_steps: int = 1, seed: int = 0,
-                                 dtype: torch.dtype = torch.float64,
-                                 device: torch.device | str | None = None) -> PartitionEstimate:
+                                 dtype: torch.dtype = torch.float64, device: torch.device | str | None = None,
+                                 progress: Callable[[int, int], None] | None = None) -> PartitionEstimate:
     """log Z of ``energy`` (rows (M, dim) -> (M,)) by AIS with MALA, and its standard error.
 
     ``bounds`` (a, b): Z over the box, from the uniform base; None: Z over R^dim, from the Gaussian
     base ``base`` = (mean, standard deviation), each a number or a (dim,) tensor (default (0, 1)).
-    The chains run in ``dtype`` on ``device``; the weights are summed in float64.
+    The chains run in ``dtype`` on ``device``; the weights are summed in float64. ``progress(k,
+    num_temperatures)`` is called after each temperature, when given.
     """
     dim, num_chains, mala_steps = (positive_int(v, n) for v, n in ((dim, "dim"), (num_chains, "num_chains"),
                                                                    (mala_steps, "mala_steps")))
@@ -110,7 +111,7 @@ def ais_log_partition_continuous(energy: Callable[[torch.Tensor], torch.Tensor],
     h = 0.5 * spread ** 2 * dim ** (-1 / 3)
     e, g = _energy_and_grad(energy, x)
     log_w = torch.zeros(num_chains, dtype=torch.float64, device=x.device)
-    for previous, beta in zip(betas[:-1], betas[1:]):
+    for k, (previous, beta) in enumerate(zip(betas[:-1], betas[1:]), 1):
         log_w += (beta - previous) * (-e - log_p0(x)).double()
         for _ in range(mala_steps):
             grad = (1 - beta) * grad_log_p0(x) - beta * g
@@ -127,6 +128,8 @@ def ais_log_partition_continuous(energy: Callable[[torch.Tensor], torch.Tensor],
             x = torch.where(accept.unsqueeze(-1), proposal, x)
             e, g = torch.where(accept, e_new, e), torch.where(accept.unsqueeze(-1), g_new, g)
             h *= math.exp(accept.double().mean().item() - TARGET_ACCEPTANCE)
+        if progress is not None:
+            progress(k, num_temperatures)
     log_mean = torch.logsumexp(log_w, 0) - math.log(num_chains)
     ratio = torch.exp(log_w - log_mean)
     stderr = (ratio.std() / math.sqrt(num_chains)).item() if num_chains > 1 else math.inf

@@ -39,6 +39,8 @@ and modeling with energy-based models", NeurIPS 2019.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -101,12 +103,13 @@ class EBM(EnergyModel):
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
         self.architecture = architecture
+        channels = positive_int(channels, "channels")  # checked with the MLP too, which does not use it
         if architecture == "conv":
             shape = image_shape_of(x_dim)
             if shape[1] % 4:
                 raise ValueError(f"the convolutional energy needs images whose side is divisible by 4, got "
                                  f"x_dim={x_dim} ({shape[0]}x{shape[1]}x{shape[2]})")
-            self.net = _conv_energy(shape, positive_int(channels, "channels"))
+            self.net = _conv_energy(shape, channels)
             return
         layers, sizes = [], [x_dim, *hidden_widths(hidden)]
         for a, b in zip(sizes[:-1], sizes[1:]):
@@ -123,12 +126,13 @@ class EBM(EnergyModel):
 
     @torch.no_grad()
     def estimate_log_likelihood(self, x: torch.Tensor, *, num_samples: int = 100, seed: int = 0,
-                                num_temperatures: int = 1000, mala_steps: int = 1) -> LikelihoodEstimate:
+                                num_temperatures: int = 1000, mala_steps: int = 1,
+                                progress: Callable[[int, int], None] | None = None) -> LikelihoodEstimate:
         r"""log p(x) = -E(x) - log Z per row, with log Z by annealed importance sampling
         (:func:`~ppgen.models.energy.continuous_ais.ais_log_partition_continuous`: ``num_samples``
         chains from the uniform density on :attr:`bounds`, or without bounds from a Gaussian with the
         rows' mean and twice their standard deviation; ``num_temperatures`` steps along the geometric path,
-        ``mala_steps`` MALA steps at each). The
+        ``mala_steps`` MALA steps at each; ``progress(k, num_temperatures)`` after each). The
         standard error is log Z's. :math:`\log \hat Z` errs low, so these log-likelihoods err **high**.
 
         In nats for the density on the box. For pixels dequantized as (k + u) / 256 on [0, 1], the
@@ -141,7 +145,8 @@ class EBM(EnergyModel):
             base = (x.mean(0), 2 * x.std(0).clamp_min(0.05) if len(x) > 1 else torch.ones_like(x[0]))
         estimate = ais_log_partition_continuous(
             self.energy, self.x_dim, bounds=self.bounds, base=base, num_chains=num_samples,
-            num_temperatures=num_temperatures, mala_steps=mala_steps, seed=seed, dtype=self.dtype, device=self.device)
+            num_temperatures=num_temperatures, mala_steps=mala_steps, seed=seed, dtype=self.dtype, device=self.device,
+            progress=progress)
         values = -self.energy(x).double() - estimate.log_z
         return LikelihoodEstimate(values, estimate.stderr, method="ais", num_samples=num_samples, kind="estimate",
                                   errs="high")  # log Z errs low
@@ -162,8 +167,8 @@ class LangevinContrastiveDivergence(ContrastiveDivergence):
     (E(x_n + \epsilon_n)^2 + E(\tilde x_n)^2)` with :math:`\epsilon_n \sim \mathcal{N}(0, \sigma_d^2 I)`,
     ``data_noise`` :math:`\sigma_d` (None: 0.015 for short-run chains, Nijkamp et al.'s 0.03 on [-1, 1];
     0 with the buffer) and ``alpha`` (None: 0 for short-run chains, 1 with the buffer, Du & Mordatch's).
-    Its :meth:`score` is None (log Z is unknown: no best epoch, no early stopping). The replay buffer is not
-    in the checkpoint: a resumed run refills it.
+    Its :meth:`score` is None (log Z is unknown: no best epoch, no early stopping). The replay buffer is in
+    the checkpoint: a resumed run continues it.
     """
 
     def __init__(self, program, *, persistent: bool = False, buffer_size: int = 10_000, reinit: float = 0.05,

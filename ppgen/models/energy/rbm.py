@@ -20,6 +20,8 @@ I. Murray, "On the quantitative analysis of deep belief networks", ICML 2008.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -115,19 +117,29 @@ class RBM(EnergyModel):
     @torch.no_grad()
     def estimate_log_likelihood(self, x: torch.Tensor, *, num_samples: int = 100, seed: int = 0,
                                 num_temperatures: int | None = None, raise_chains: int = 5,
-                                raise_rows: int = 100) -> LikelihoodEstimate:
+                                raise_rows: int = 100, progress: Callable[[int, int], None] | None = None
+                                ) -> LikelihoodEstimate:
         """log p(x) per row with log Z by AIS (``num_samples`` chains, ``num_temperatures`` defaulting
         to :attr:`ais_temperatures`; the standard error is log Z's), and a bracket (RAISE mean, AIS
-        mean) on the first ``raise_rows`` rows (reverse annealing costs a chain per row); what
-        :func:`ppgen.log_likelihood` reports for an RBM."""
+        mean) on the first ``raise_rows`` rows (reverse annealing costs ``raise_chains`` chains per
+        row); what :func:`ppgen.log_likelihood` reports for an RBM. ``progress(k, 2 K)`` counts the
+        K temperatures of AIS, then those of RAISE."""
         num_temperatures = num_temperatures or self.ais_temperatures
+        forward = backward = None
+        if progress is not None:  # AIS's K temperatures, then RAISE's: 2 K in all
+            def forward(k, total):
+                progress(k, 2 * total)
+
+            def backward(k, total):
+                progress(total + k, 2 * total)
         x = self.check_data(x)
         base = base_visible_bias(x.cpu(), self.x_dim)
         log_z = ais_log_partition(self, num_chains=num_samples, num_temperatures=num_temperatures,
-                                  base_bias=base, seed=seed)
+                                  base_bias=base, seed=seed, progress=forward)
         values = -self.free_energy(x).double() - log_z.log_z
         lower, _ = raise_log_likelihood(self, x[:raise_rows], num_chains=raise_chains,
-                                        num_temperatures=num_temperatures, base_bias=base, seed=seed + 1)
+                                        num_temperatures=num_temperatures, base_bias=base, seed=seed + 1,
+                                        progress=backward)
         return LikelihoodEstimate(values, log_z.stderr, method="ais",
                                   bracket=(lower.mean().item(), values[:raise_rows].mean().item()),
                                   num_samples=num_samples, kind="estimate", errs="high")  # log Z errs low

@@ -23,7 +23,7 @@ import torch
 from torch.distributions import constraints
 
 from ppgen.checks import positive_int
-from ppgen.models.base import DATA_PLATE, GenerativeModel, check_data, num_rows
+from ppgen.models.base import DATA_PLATE, GenerativeModel, num_rows
 from ppgen.models.flows.dequantization import Dequantized, LogitPixels, check_pixels, dequantize
 
 __all__ = ["Flow", "FlowDistribution", "prepare_data"]
@@ -94,7 +94,7 @@ class Flow(GenerativeModel):
     # --- the protocol -------------------------------------------------------------------------
 
     def check_data(self, x, name: str = "x") -> torch.Tensor:
-        x = check_data(x, dim=self.x_dim, support="real", name=name)
+        x = super().check_data(x, name)  # checked and converted to the model's dtype, as every model's rows
         return check_pixels(x, self.num_levels, name) if self.num_levels is not None else x
 
     def encode_with_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,19 +30,22 @@ from torch import nn
 __all__ = ["LogitPixels", "dequantize", "Dequantized", "check_pixels", "pixel_bits_per_dim"]
 
 
-def check_pixels(x: torch.Tensor, num_levels: int, name: str = "x") -> torch.Tensor:
-    """Raise, naming the first offending row and column, unless every value of ``x`` is finite
-    and in [0, num_levels]."""
+def check_pixels(x: torch.Tensor, num_levels: int, name: str = "x", *, dequantized: bool = True) -> torch.Tensor:
+    """Raise, naming the first offending row and column, unless every value of ``x`` is finite and
+    in [0, num_levels] (``dequantized``: levels 0..num_levels-1 plus noise in [0, 1)), or in
+    [0, num_levels - 1] (the levels before dequantization)."""
     bad = ~torch.isfinite(x)
     if bad.any():
         row, col = (int(i) for i in bad.nonzero()[0][:2])
         raise ValueError(f"{name} contains NaN or inf (first at row {row}, column {col})")
-    off = (x < 0) | (x > num_levels)
+    top = num_levels if dequantized else num_levels - 1
+    off = (x < 0) | (x > top)
     if off.any():
         where = off.nonzero()[0]
         row, col = int(where[0]), int(where[1]) if len(where) > 1 else 0
-        raise ValueError(f"{name} must hold pixel values in [0, {num_levels}] (integers 0..{num_levels - 1} "
-                         f"plus dequantization noise); found {x[tuple(where)].item():g} at row {row}, column {col}")
+        what = (f"dequantized pixel values in [0, {top}] (levels 0..{top - 1} plus noise in [0, 1))" if dequantized
+                else f"pixel values in [0, {top}] (integer levels, before dequantization)")
+        raise ValueError(f"{name} must hold {what}; found {x[tuple(where)].item():g} at row {row}, column {col}")
     return x
 
 
@@ -61,7 +64,7 @@ def dequantize(x: torch.Tensor, num_levels: int = 256, *, seed: int | None = 0) 
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating tensor of pixel levels, got {type(x).__name__}"
                         f"{' of ' + str(x.dtype) if isinstance(x, torch.Tensor) else ''}")
-    check_pixels(x, num_levels - 1)
+    check_pixels(x, num_levels, dequantized=False)
     if not torch.equal(x, x.round()):
         raise ValueError("x must hold integer pixel levels before dequantization (it is dequantized already?)")
     generator = None if seed is None else torch.Generator(x.device).manual_seed(seed)
@@ -74,7 +77,7 @@ class Dequantized:
 
     def __init__(self, x: torch.Tensor, num_levels: int = 256):
         dequantize(x[:1], num_levels)  # checks type, range and integrality of one row cheaply
-        check_pixels(x, num_levels - 1)
+        check_pixels(x, num_levels, dequantized=False)
         if not torch.equal(x, x.round()):
             raise ValueError("x must hold integer pixel levels (0..num_levels-1)")
         self.x, self.num_levels, self.shape = x, num_levels, x.shape

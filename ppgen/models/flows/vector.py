@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import zuko
 
+from ppgen.checks import positive_int
 from ppgen.models.flows.base import Flow
 
 __all__ = ["MAF", "NSF"]
@@ -69,7 +70,7 @@ class MAF(_ZukoFlow):
     def __init__(self, x_dim: int, transforms: int = 5, hidden: int | Sequence[int] = (512, 512),
                  num_levels: int | None = 256, alpha: float = 1e-6):
         super().__init__(x_dim, num_levels, alpha)
-        self.hidden, self.transforms = _widths(hidden), transforms
+        self.hidden, self.transforms = _widths(hidden), positive_int(transforms, "transforms")
         self.net = zuko.flows.MAF(x_dim, transforms=transforms, hidden_features=self.hidden)
 
     def extra_repr(self) -> str:
@@ -102,7 +103,8 @@ class NSF(_ZukoFlow):
     def __init__(self, x_dim: int, transforms: int = 5, hidden: int | Sequence[int] = (512, 512), bins: int = 8,
                  num_levels: int | None = 256, alpha: float = 0.01):
         super().__init__(x_dim, num_levels, alpha)
-        self.hidden, self.transforms, self.bins = _widths(hidden), transforms, bins
+        self.hidden, self.transforms, self.bins = _widths(hidden), positive_int(transforms, "transforms"), \
+            positive_int(bins, "bins")
         self.net = zuko.flows.NSF(x_dim, bins=bins, transforms=transforms, hidden_features=self.hidden)
 
     def extra_repr(self) -> str:

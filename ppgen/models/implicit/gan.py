@@ -29,6 +29,8 @@ converge?", ICML 2018.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -145,6 +147,7 @@ class GAN(GenerativeModel):
                  channels: int = 32, discriminator_norm: str | None = None):
         super().__init__(x_dim)
         self.z_dim = positive_int(z_dim, "z_dim")
+        channels = positive_int(channels, "channels")  # checked with the MLP too, which does not use it
         widths = hidden_widths(hidden)
         if output not in ("sigmoid", "identity"):
             raise ValueError(f"output must be 'sigmoid' or 'identity', got {output!r}")
@@ -165,7 +168,7 @@ class GAN(GenerativeModel):
             self.generator = _mlp([z_dim, *widths, x_dim], nn.ReLU)
             discriminator = _mlp([x_dim, *reversed(widths), 1], lambda: nn.LeakyReLU(0.2))
         else:
-            generator, discriminator = _dcgan(z_dim, positive_int(channels, "channels"), discriminator_norm == "batch")
+            generator, discriminator = _dcgan(z_dim, channels, discriminator_norm == "batch")
             self.generator, discriminator = _Batched(generator, z_dim), _Batched(discriminator, x_dim)
         self.discriminator = _spectral_norm(discriminator) if discriminator_norm == "spectral" else discriminator
         self.register_buffer("prior_loc", torch.zeros(z_dim), persistent=False)
@@ -202,16 +205,18 @@ class GAN(GenerativeModel):
         return dist.Normal(mean, scale).log_prob(x).sum(-1)
 
     def estimate_log_likelihood(self, x: torch.Tensor, *, num_samples: int = 16, seed: int = 0,
-                                num_temperatures: int = 500, scale: float = 0.1) -> LikelihoodEstimate:
+                                num_temperatures: int = 500, scale: float = 0.1,
+                                progress: Callable[[int, int], None] | None = None) -> LikelihoodEstimate:
         """log p(x) under :meth:`observation_log_prob` by AIS over z with HMC (``num_samples``
-        chains per row; :func:`ppgen.models.decoder_ais.decoder_log_likelihood`): a stochastic
-        lower bound, what :func:`ppgen.log_likelihood` reports for a GAN."""
+        chains per row; :func:`ppgen.models.decoder_ais.decoder_log_likelihood`, ``progress(k,
+        num_temperatures)`` after each temperature): a stochastic lower bound, what
+        :func:`ppgen.log_likelihood` reports for a GAN."""
         from ppgen.models.decoder_ais import decoder_log_likelihood
 
         x = self.check_data(x)
         values, stderr = decoder_log_likelihood(lambda z, rows: self.observation_log_prob(z, rows, scale), x,
                                                 self.z_dim, num_chains=num_samples,
-                                                num_temperatures=num_temperatures, seed=seed)
+                                                num_temperatures=num_temperatures, seed=seed, progress=progress)
         return LikelihoodEstimate(values, (stderr.pow(2).sum().sqrt() / len(values)).item(), method="ais",
                                   num_samples=num_samples)
 
@@ -246,8 +251,7 @@ class AdversarialObjective(Objective):
         Critic steps per generator step (None: 5 for ``"wgan-gp"``, as Gulrajani et al.; 1 otherwise).
         ``fit`` steps every group on every batch: between its turns the generator's loss is a constant
         with no parameter in it, so Adam leaves the generator (and its moments) as they were. The count
-        is not in the checkpoint: a resumed run starts the cycle again (in step with the uninterrupted
-        run when it resumes at the end of an epoch whose number of batches n_critic divides).
+        is the objective's :meth:`checkpoint_state`: a resumed run continues the cycle where it was.
     betas : (float, float) or None
         Adam's :math:`(\beta_1, \beta_2)` for both players (None: (0.5, 0.9) for ``"nonsaturating"``,
         Radford et al.'s :math:`\beta_1`; (0, 0.9) for ``"wgan-gp"``, Gulrajani et al.'s).
@@ -313,6 +317,13 @@ class AdversarialObjective(Objective):
     def _penalty(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         mix = torch.rand(len(real), 1, device=real.device, dtype=real.dtype)
         return (self._input_gradient(mix * real + (1 - mix) * fake).norm(dim=-1) - 1).pow(2).mean()
+
+    def checkpoint_state(self) -> dict[str, int]:
+        """The generator's calls so far (``"generator_calls"``): where it is in the ``n_critic`` cycle."""
+        return {"generator_calls": self.generator_calls}
+
+    def load_checkpoint_state(self, state: dict[str, int]) -> None:
+        self.generator_calls = int(state.get("generator_calls", self.generator_calls))
 
     def group_parameters(self) -> dict[str, list[torch.Tensor]]:
         gan = self.program.generative_model

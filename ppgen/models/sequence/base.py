@@ -76,7 +76,7 @@ class SequenceModel(GenerativeModel):
     context: int | None = None
 
     def __init__(self, vocabulary: int | Vocabulary, length: int, context: int | None = None):
-        super().__init__(length)
+        super().__init__(positive_int(length, "length"))
         if isinstance(vocabulary, Vocabulary):
             self.vocabulary, self.vocab_size = vocabulary, len(vocabulary)
         elif isinstance(vocabulary, int) and not isinstance(vocabulary, bool) and vocabulary >= 2:

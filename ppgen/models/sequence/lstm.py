@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ppgen.checks import positive_int
 from ppgen.data.text import Vocabulary
 from ppgen.models.sequence.base import SequenceModel, Stepper, shift_right
 
@@ -54,6 +55,7 @@ class CharLSTM(SequenceModel):
     def __init__(self, vocabulary: int | Vocabulary, length: int = 100, hidden_size: int = 512,
                  num_layers: int = 3, dropout: float = 0.0):
         super().__init__(vocabulary, length)
+        hidden_size, num_layers = positive_int(hidden_size, "hidden_size"), positive_int(num_layers, "num_layers")
         self.embed = nn.Embedding(self.vocab_size + 1, hidden_size)
         self.lstm = nn.LSTM(hidden_size, hidden_size, num_layers, batch_first=True, dropout=dropout)
         self.head = nn.Linear(hidden_size, self.vocab_size)

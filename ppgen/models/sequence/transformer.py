@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ppgen.checks import positive_int
 from ppgen.data.text import Vocabulary
 from ppgen.models.sequence.base import SequenceModel, Stepper, shift_right
 
@@ -66,7 +67,10 @@ class CharTransformer(SequenceModel):
 
     def __init__(self, vocabulary: int | Vocabulary, context: int = 256, length: int | None = None,
                  num_layers: int = 6, num_heads: int = 6, width: int = 384, dropout: float = 0.0):
+        context = positive_int(context, "context")  # before the length it defaults
         super().__init__(vocabulary, context if length is None else length, context)
+        width, num_heads, num_layers = (positive_int(value, name) for value, name in (
+            (width, "width"), (num_heads, "num_heads"), (num_layers, "num_layers")))
         if width % num_heads:
             raise ValueError(f"width ({width}) must be a multiple of num_heads ({num_heads})")
         self.embed = nn.Embedding(self.vocab_size + 1, width)
