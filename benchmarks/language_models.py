@@ -1,11 +1,11 @@
 """Language models of Shakespeare as text compressors: ppgen's n-gram, LSTM and Transformer against gzip, bz2, xz, zstd.
 
 Counts Kneser-Ney n-grams on the 32 training plays (seconds), trains a character LSTM and a
-character Transformer with ``ppgen.fit`` for ``--minutes`` each (a short budget here; the long runs
-use ``--preset nanogpt`` on a GPU), then compresses the three test plays (Henry V, Macbeth, Much Ado
-About Nothing: one text of 373,160 characters) with :func:`ppgen.compress`. For each model: the
-stream's size in bytes and bits per character (header included), the model's own -log2 p of the
-same rows (``model_nll_bits``: the teacher-forced conditionals, not the coder's), and how far the
+character Transformer with ``ppgen.fit`` for ``--minutes`` each (a short budget here; the long runs:
+``--preset cpu-long`` below, or ``--preset nanogpt`` on a GPU), then compresses the three test plays
+(Henry V, Macbeth, Much Ado About Nothing: one text of 373,160 characters) with :func:`ppgen.compress`.
+For each model: the stream's size in bytes and bits per character (header included), the model's own
+-log2 p of the same rows (``model_nll_bits``: the teacher-forced conditionals, not the coder's), and how far the
 coded data are from it (target: within 0.5%). Every stream is decoded and checked: the n-grams'
 whole, the networks' first ``--decode-chars`` characters (their decoder steps one position at a time).
 
@@ -23,14 +23,29 @@ same: they took the same steps).
     python benchmarks/language_models.py --preset nanogpt --device cuda --minutes 60
 
 Writes ``benchmarks/results/language_models.json``, after every step (a partial run keeps what it measured).
+
+The ``cpu-long`` preset trains the LSTM and the Transformer for hours on one core, resumably, as
+``benchmarks/ebm_gan.py``'s does: a run folder per model (``--runs``) holds ``fit``'s checkpoint, a
+``curve.json`` written after every epoch (the validation bits/char every few epochs, with the seconds
+and CPU seconds so far) and, once the planned epochs are done, ``result.json``: the test bits/char and
+the compression row on all three test plays. Each call trains at most ``--max-minutes`` per model; the
+same command continues the run; ``--evaluate`` scores the checkpoint as it stands:
+
+    OMP_NUM_THREADS=1 python benchmarks/language_models.py --preset cpu-long --models lstm,transformer \
+        --runs ~/ppgen-runs/language_models-long --max-minutes 100    # run it again to continue
+    OMP_NUM_THREADS=1 python benchmarks/language_models.py --preset cpu-long --models lstm --runs /tmp/lm \
+        --max-minutes 0.5 --evaluate --test-chars 5000 --decode-chars 500 --out /tmp/lm.json   # a smoke run
+
+It writes ``benchmarks/results/language_models_long.json`` (``--out``): a row per model with its status
+(partial or complete), hours, epochs and validation curve, and the evaluation once there is one.
 """
 
 from __future__ import annotations
 
 import argparse
 import bz2
-import copy
 import gzip
+import json
 import lzma
 import math
 import platform
@@ -47,10 +62,14 @@ import torch.nn.functional as F
 import ppgen
 from ppgen.compression import model_nll_bits
 from ppgen.compression.container import unpack
+from ppgen.compression.text import text_rows
 from ppgen.data import load_dataset
 from ppgen.inference import ConvergenceWarning, fit
 from ppgen.inference.checkpoint import write_json_atomic
 from ppgen.models.sequence import CharLSTM, CharNGram, CharTransformer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ebm_gan import budgeted_epochs  # noqa: E402  (the epochs of one call within its time budget)
 
 # the networks: "small" trains a few CPU minutes; "nanogpt" is char-rnn's LSTM and nanoGPT's shakespeare_char
 PRESETS = {
@@ -60,6 +79,26 @@ PRESETS = {
     "nanogpt": {"lstm": {"length": 100, "hidden_size": 512, "num_layers": 3},
                 "transformer": {"context": 256, "num_layers": 6, "num_heads": 6, "width": 384},
                 "batch_size": 64, "lr": 1e-3},
+}
+
+# The long runs (--preset cpu-long), each on one core: rows of 256 characters for both networks (nanoGPT's context),
+# so that both are scored on the same rows. An epoch is rows_per_epoch windows at random offsets of the training
+# plays (RandomWindows): about 1.6 CPU minutes of the LSTM, 1.75 of the Transformer, so the LSTM's 150 epochs
+# take about 4 CPU hours and the Transformer's 270 about 8 (the issue's long run is the Transformer's). The
+# learning rate warms up linearly over warmup_epochs, then falls along a half cosine to a tenth at the last
+# epoch (scheduled_lr). Every eval_every epochs the curve gets the bits/char of the first valid_chars characters
+# of the validation plays. Sizes: a pilot on one thread of the loaded machine (200 CPU seconds each, batches of
+# 16 rows of 256) left the smallest ahead (LSTM 2x256 2.45 bits/char on validation, 2x384 2.62; Transformer
+# 4x128 3.34, 4x192 3.49), but a budget 70-140 times longer moves the best size up by about the square root of
+# that (compute-optimal scaling): these are the larger ones, 2.4 M and 2.7 M parameters, which see 64 M and
+# 90 M training characters, 15 and 21 passes over the 4.25 M: no dropout (fit's model check fails on it anyway,
+# since log_prob and the Pyro trace draw different masks in training mode); fit has no gradient clipping.
+LONG = {
+    "lstm": {"model": {"length": 256, "hidden_size": 384, "num_layers": 2}, "batch_size": 16, "lr": 2e-3,
+             "warmup_epochs": 3, "epochs": 150, "rows_per_epoch": 1600, "eval_every": 5, "valid_chars": 51_200},
+    "transformer": {"model": {"context": 256, "num_layers": 6, "num_heads": 6, "width": 192}, "batch_size": 16,
+                    "lr": 1.5e-3, "warmup_epochs": 3, "epochs": 270, "rows_per_epoch": 1280, "eval_every": 5,
+                    "valid_chars": 51_200},
 }
 
 
@@ -170,10 +209,148 @@ def throughput(make, rows: torch.Tensor, batch_size: int, lr: float, seed: int, 
             "max_parameter_difference": diff}
 
 
+class RandomWindows:
+    """``rows`` windows of ``length`` consecutive ids of the text ``ids`` (T,), as ``fit``'s training rows: each
+    indexed row is a window at a uniform random offset, drawn afresh from torch's global generator (as
+    :class:`ppgen.data.DynamicBinarization` draws its pixels). ``fit`` seeds that generator and keeps its
+    state in the checkpoint, so every epoch trains on new windows, and a resumed run on the ones an
+    unbroken run would have drawn."""
+
+    def __init__(self, ids: torch.Tensor, length: int, rows: int):
+        if len(ids) < length:
+            raise ValueError(f"ids holds {len(ids)} characters, fewer than a window's length ({length})")
+        self.ids, self.length, self.shape = ids, length, torch.Size((rows, length))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        starts = torch.randint(len(self.ids) - self.length + 1, (torch.as_tensor(idx).numel(),))
+        return self.ids[starts[:, None] + torch.arange(self.length)]
+
+    def check_rows(self, dim: int | None, name: str) -> None:
+        if dim is not None and dim != self.length:
+            raise ValueError(f"{name} has windows of {self.length} characters, but the model's rows have {dim}")
+
+
+def scheduled_lr(epoch: int, cfg: dict) -> float:
+    """The learning rate of ``epoch`` (1, 2, ...) of a long run planned for E = ``cfg["epochs"]`` epochs:
+    lr e / W for the first W = ``cfg["warmup_epochs"]``, then lr (0.1 + 0.45 (1 + cos(pi (e - W) / (E - W)))),
+    a half cosine from lr down to lr / 10 at the last epoch."""
+    lr, warmup, epochs = cfg["lr"], cfg["warmup_epochs"], cfg["epochs"]
+    if epoch <= warmup:
+        return lr * epoch / warmup
+    return lr * (0.1 + 0.45 * (1 + math.cos(math.pi * (epoch - warmup) / (epochs - warmup))))
+
+
+@torch.no_grad()
+def text_bits_per_char(model, ids: torch.Tensor) -> float:
+    """-log2 p of the text ``ids`` (T,) per character, its rows cut as ``compress`` codes them and
+    ``model_nll_bits`` scores them (consecutive rows of the model's length, each read from the start symbol),
+    with dropout off."""
+    training = model.training
+    model.eval()
+    nats = sum(-model.log_prob(rows).sum().item() for group in text_rows(ids, model.x_dim) for rows in group.split(64))
+    model.train(training)
+    return nats / (len(ids) * math.log(2))
+
+
+def long_lm(args, name: str, train, valid, test, cfg: dict | None = None) -> dict:
+    """Train the long ``name`` ("lstm" or "transformer", settings ``cfg``, by default :data:`LONG`'s) in
+    ``args.runs / name`` for at most ``args.max_minutes`` this call, resuming what earlier calls trained; evaluate
+    once the planned epochs are done (or, with ``args.evaluate``, the checkpoint as it stands): the test plays'
+    bits/char (their first ``args.test_chars`` characters where given) and their compression. Returns the row for
+    the report."""
+    cfg, run = cfg or LONG[name], args.runs / name
+    run.mkdir(parents=True, exist_ok=True)
+    curve_path = run / "curve.json"
+    curve = json.loads(curve_path.read_text()) if curve_path.exists() else {"config": cfg, "epochs": []}
+    if curve["config"] != json.loads(json.dumps(cfg)):
+        raise SystemExit(f"{curve_path} was written with the settings {curve['config']}, but this run's are {cfg}: "
+                         "continue with those settings, or start a new run in another --runs folder")
+    model = (CharLSTM if name == "lstm" else CharTransformer)(train.vocabulary, **cfg["model"], seed=args.seed)
+    rows = RandomWindows(train.ids, model.x_dim, cfg["rows_per_epoch"])
+    valid_ids = valid.ids[: cfg["valid_chars"]]
+    settings = dict(batch_size=cfg["batch_size"], device=args.device, seed=args.seed, checkpoint_dir=run / "checkpoint",
+                    resume=True, progress=False, convergence_tol=None)  # a time budget: no convergence diagnostic
+    start, cpu_start, done = time.perf_counter(), time.process_time(), len(curve["epochs"])
+    before = curve["epochs"][-1] if done else {"seconds": 0.0, "cpu_seconds": 0.0}
+    for epoch in budgeted_epochs(done, cfg["epochs"], args.max_minutes):
+        lr = scheduled_lr(epoch, cfg)
+        result = fit(model.train(), rows, epochs=epoch, lr=lr, **settings)
+        row = {"epoch": epoch, "lr": lr, "steps": result.steps,
+               "train_bits_per_char": -result.train_elbo[-1] / (model.x_dim * math.log(2)),
+               "seconds": round(before["seconds"] + time.perf_counter() - start, 1),
+               "cpu_seconds": round(before["cpu_seconds"] + time.process_time() - cpu_start, 1)}
+        if epoch % cfg["eval_every"] == 0 or epoch == cfg["epochs"]:
+            row["valid_bits_per_char"] = text_bits_per_char(model, valid_ids)
+            print(f"{name} epoch {epoch}/{cfg['epochs']}: lr {lr:.2e}, bits/char {row['train_bits_per_char']:.3f} "
+                  f"(train), {row['valid_bits_per_char']:.3f} (valid), {row['cpu_seconds'] / 3600:.2f} CPU hours",
+                  flush=True)
+        curve["epochs"].append(row)
+        write_json_atomic(curve, curve_path)
+    epochs = len(curve["epochs"])
+    if done and not curve["epochs"][done:]:  # nothing trained in this call: load the checkpoint's parameters
+        fit(model, rows, epochs=done, lr=scheduled_lr(done, cfg), **settings)
+    last = curve["epochs"][-1] if epochs else before
+    report = {"status": "complete" if epochs >= cfg["epochs"] else "partial: stopped by the time budget",
+              "epochs": epochs, "planned_epochs": cfg["epochs"], "train_hours": round(last["seconds"] / 3600, 2),
+              "cpu_hours": round(last["cpu_seconds"] / 3600, 2), "config": cfg, "num_parameters": model.num_parameters,
+              "valid_characters": len(valid_ids),
+              "valid_curve": [(e["epoch"], e["seconds"], e["cpu_seconds"], e["valid_bits_per_char"])
+                              for e in curve["epochs"] if "valid_bits_per_char" in e]}
+    if epochs < cfg["epochs"] and not args.evaluate:
+        return report
+    # a finished schedule's figures, or (--evaluate) those of the checkpoint as it stands, named by its epoch
+    text = test.text[: args.test_chars] if args.test_chars else test.text
+    result_path = run / ("result.json" if epochs >= cfg["epochs"] else f"result-epoch{epochs}.json")
+    if result_path.exists() and json.loads(result_path.read_text())["test_characters"] == len(text):
+        return {**report, **json.loads(result_path.read_text())}
+    t0 = time.perf_counter()
+    coded = measure(model, text, args.decode_chars or None)
+    evaluation = {"test_characters": len(text), "test_bits_per_char": coded["model_bits_per_char"],
+                  "compression": coded, "evaluation_seconds": round(time.perf_counter() - t0, 1)}
+    write_json_atomic(evaluation, result_path)
+    return {**report, **evaluation}
+
+
+def long_runs(args) -> dict:
+    """The ``cpu-long`` preset: :func:`long_lm` for each of ``args.models``, each row written into ``args.out``
+    as it comes; beside the evaluated rows, the generic compressors and the short run's n-grams on the same text."""
+    out = args.out or Path(__file__).parent / "results" / "language_models_long.json"
+    report = json.loads(out.read_text()) if out.exists() else {"preset": "cpu-long", "models": {}}
+    report.update(machine=platform.processor() or platform.machine(), threads=args.threads, torch=torch.__version__)
+    train, valid, test = (load_dataset("shakespeare", split) for split in ("train", "valid", "test"))
+    for name in args.models.split(","):
+        if name not in LONG:
+            raise SystemExit(f"cpu-long trains: {', '.join(LONG)}; got {name!r}")
+        row = report["models"][name] = {**long_lm(args, name, train, valid, test),
+                                        "command": " ".join(["python", *sys.argv])}
+        if "test_characters" in row and report.get("test_characters") != row["test_characters"]:
+            text = test.text[: row["test_characters"]]
+            report.update(test_characters=len(text), generic=generic(text.encode("utf-8")),
+                          ngrams=short_run_ngrams(len(text)))
+        write_json_atomic(report, out)
+        shown = {field: value for field, value in row.items() if field not in ("config", "valid_curve")}
+        print(json.dumps(shown, indent=1), flush=True)
+    return report
+
+
+def short_run_ngrams(characters: int) -> dict:
+    """The n-grams' rows of the short run's report (``results/language_models.json``), where it scored the same
+    ``characters`` characters of the test plays: their bits/char, the long runs' first targets."""
+    path = Path(__file__).parent / "results" / "language_models.json"
+    short = json.loads(path.read_text()) if path.exists() else {}
+    if short.get("test_characters") != characters:
+        return {}
+    return {name: {"bits_per_char": row["bits_per_char"], "model_bits_per_char": row["model_bits_per_char"]}
+            for name, row in short["models"].items() if name.startswith("ngram")}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", default="5,7", help="n-gram orders to count (default: %(default)s)")
-    parser.add_argument("--preset", default="small", choices=PRESETS)
+    parser.add_argument("--preset", default="small", choices=[*PRESETS, "cpu-long"])
     parser.add_argument("--minutes", type=float, default=1.5,
                         help="training budget of the LSTM and of the Transformer (default: %(default)s)")
     parser.add_argument("--decode-chars", type=int, default=20_000,
@@ -182,9 +359,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cpu", help="where the networks train (coding runs on the CPU)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "language_models.json")
+    parser.add_argument("--out", type=Path, help="the report (default: results/language_models.json, "
+                        "results/language_models_long.json for cpu-long)")
+    parser.add_argument("--models", default="lstm,transformer", help="cpu-long: the networks to train, comma-separated")
+    parser.add_argument("--runs", type=Path, default=Path("runs/language_models-long"), help="cpu-long: run folders")
+    parser.add_argument("--max-minutes", type=float, default=60.0,
+                        help="cpu-long: training minutes per model this call")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="cpu-long: evaluate the checkpoint as it stands, even before the schedule is done")
+    parser.add_argument("--test-chars", type=int, default=0,
+                        help="cpu-long: the evaluation's characters of the test plays, from the start (0: all)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.preset == "cpu-long":
+        return long_runs(args)
+    args.out = args.out or Path(__file__).parent / "results" / "language_models.json"
     preset = PRESETS[args.preset]
     train, test = load_dataset("shakespeare", "train"), load_dataset("shakespeare", "test")
     results = {"command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
