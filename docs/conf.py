@@ -1,7 +1,7 @@
 """Sphinx configuration: the API from the numpydoc docstrings, the tutorials from their stored outputs.
 
 Build with ``make docs`` (warnings are errors). Nothing is fetched from the network: notebooks are
-rendered as committed (no execution), and there is no intersphinx.
+rendered as committed (no execution), there is no intersphinx, and MathJax is served from the site.
 """
 
 import shutil
@@ -14,7 +14,8 @@ project = "ppgen"
 author = "the ppgen developers"
 release = version = "0.1.0"
 
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.mathjax", "myst_nb"]
+# sphinx-mathjax-offline copies MathJax into the site and points mathjax_path at it: maths renders offline
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.mathjax", "sphinx-mathjax-offline", "myst_nb"]
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 
@@ -34,6 +35,7 @@ suppress_warnings = ["myst.header"]  # notebooks use headings for their own sect
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 napoleon_use_ivar = True
+napoleon_use_param = False        # "num_chains, num_samples : int" stays one entry, not three with one text
 autodoc_typehints = "none"        # the docstrings state the types; the signatures stay readable
 autodoc_member_order = "bysource"
 autodoc_default_options = {"members": False}

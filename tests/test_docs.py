@@ -1,5 +1,7 @@
 """`make docs` builds: Sphinx with warnings as errors, offline, API and every tutorial with its figures."""
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +10,31 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = sorted((ROOT / "tutorials").glob("*.ipynb"))
+COURSE = ["what_is_a_generative_model", "bayesian_networks", "autoregressive_models", "language_models",
+          "variational_autoencoders", "normalizing_flows", "energy_models_and_gans", "diffusion", "compression",
+          "posterior_diagnostics", "write_your_own_model"]
+
+
+def test_the_course_lists_every_tutorial_once_in_its_order():
+    toctree = (ROOT / "docs" / "tutorials.md").read_text().split("```{toctree}")[1]
+    listed = re.findall(r"_generated/tutorials/(\w+)", toctree)
+    assert listed == COURSE
+    assert sorted(listed) == sorted(p.stem for p in TUTORIALS)
+
+
+def test_every_name_a_tutorial_imports_is_in_the_api_reference():
+    api = (ROOT / "docs" / "api.md").read_text()
+    documented = set(re.findall(r"^\.\. auto(?:class|function|module):: ([\w.]+)", api, re.M))
+    missing = []
+    for notebook in TUTORIALS:
+        for cell in json.loads(notebook.read_text())["cells"]:
+            source = "".join(cell["source"]) if cell["cell_type"] == "code" else ""
+            for module, names in re.findall(r"^\s*from (ppgen[\w.]*) import (\([^)]*\)|[^\n]*)", source, re.M):
+                for name in names.strip("()").replace("\n", " ").split(","):
+                    name = name.split(" as ")[0].strip()
+                    if name and not any(d.endswith(f".{name}") for d in documented):
+                        missing.append(f"{notebook.stem}: {module}.{name}")
+    assert not missing, f"imported by a tutorial, absent from docs/api.md: {sorted(set(missing))}"
 
 
 @pytest.mark.slow
@@ -21,6 +48,14 @@ def test_docs_build_without_warnings(tmp_path):
     api = (tmp_path / "api.html").read_text()
     for name in ("log_likelihood", "elbo_report", "FitResult", "GenerativeModel", "check_model"):
         assert name in api
+    # "a, b : int" stays one entry (napoleon_use_param = False), not two that repeat one description
+    assert api.count("Chains, kept draws per chain") == 1
+    # maths renders offline: MathJax is served from the site, never from a CDN
+    assert (tmp_path / "_static" / "mathjax" / "tex-chtml.js").is_file()
+    course = (tmp_path / "tutorials.html").read_text()
+    assert "cdn.jsdelivr" not in course and "_static/mathjax/tex-chtml.js" in course
+    order = [m for m in re.findall(r'href="_generated/tutorials/(\w+)\.html"', course)]
+    assert list(dict.fromkeys(order)) == COURSE
     for notebook in TUTORIALS:
         page = (tmp_path / "_generated" / "tutorials" / f"{notebook.stem}.html").read_text()
         has_figures = '"image/png"' in notebook.read_text()  # tests/test_notebooks.py checks that they have
