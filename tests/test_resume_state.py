@@ -225,3 +225,19 @@ def test_a_checkpoint_from_before_the_model_configuration_was_recorded_still_res
     assert fit(resumed, x, **settings, checkpoint_dir=tmp_path, resume=True).resumed_from_step == 4
     for name, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("objective, name, before, after", [
+    (ContrastiveDivergence, "k", 1, 5),
+    (AdversarialObjective, "n_critic", 1, 5),
+])
+def test_a_resume_with_other_objective_settings_is_refused_naming_them(objective, name, before, after, tmp_path):
+    rbm = objective is ContrastiveDivergence
+    x, _ = _data("binary" if rbm else "real", 12 if rbm else 4)
+    model = RBM(12, hidden=4) if rbm else GAN(4, z_dim=2, hidden=8)
+    settings = {**SETTINGS, "epochs": 1, "checkpoint_dir": tmp_path}
+    fit(model, x, objective=lambda p: objective(p, **{name: before}), **settings)
+    with pytest.raises(ValueError, match=f"trained by {objective.__name__} with {name}={before!r}, this call's "
+                                         f"objective has {name}={after!r}"):
+        fit(model, x, objective=lambda p: objective(p, **{name: after}), **{**settings, "epochs": 2, "resume": True})
+    fit(model, x, objective=lambda p: objective(p, **{name: before}), **{**settings, "epochs": 2, "resume": True})

@@ -25,7 +25,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "ppgen-checkpoint-3"
 # the fingerprint's keys for the model's configuration, compared by name and skipped where a checkpoint
 # lacks them (one written before they were recorded)
-MODEL_KEYS = ("model_arguments", "model_buffers")
+MODEL_KEYS = ("model_arguments", "model_buffers", "objective_arguments")
 
 
 def _replace_atomically(path: str | os.PathLike, write, mode: str) -> Path:
@@ -280,13 +280,20 @@ class Checkpointer:
 
     def _refuse_another_model(self, written: dict) -> None:
         """Refuse a checkpoint whose model was built with other arguments (``seed`` aside: the checkpoint
-        replaces what it sets) or holds other configuration buffers; absent on either side: unknown."""
+        replaces what it sets), holds other configuration buffers, or was trained by an objective with other
+        settings; absent on either side: unknown."""
         before, now = written.get("model_arguments"), self.config.get("model_arguments")
         if before is not None and now is not None:
             for name, value in now.items():
                 if name != "seed" and name in before and before[name] != value:
                     raise ValueError(f"cannot resume from {self.path}: it was written with {name}={before[name]!r}, "
                                      f"this model has {name}={value!r}")
+        trained, training = written.get("objective_arguments"), self.config.get("objective_arguments")
+        if trained and training:  # empty: an objective of a class that records nothing
+            for name, value in training.items():
+                if name != "precision" and name in trained and trained[name] != value:
+                    raise ValueError(f"cannot resume from {self.path}: it was trained by {trained.get('objective')} "
+                                     f"with {name}={trained[name]!r}, this call's objective has {name}={value!r}")
         digests, ours = written.get("model_buffers"), self.config.get("model_buffers")
         if digests is not None and ours is not None and digests != ours:
             name = min(n for n in set(digests) | set(ours) if digests.get(n) != ours.get(n))

@@ -385,26 +385,26 @@ def _plain_arguments(signature: inspect.Signature, self, args, kwargs, seed: int
         items = value.items() if kind is inspect.Parameter.VAR_KEYWORD else \
             [] if kind is inspect.Parameter.VAR_POSITIONAL else [(name, value)]
         for key, item in items:
-            plain = _plain(item)
-            if plain is not _NO_PLAIN_FORM:
-                arguments[key] = plain
+            as_data = plain(item)
+            if as_data is not NO_PLAIN_FORM:
+                arguments[key] = as_data
     return arguments
 
 
-_NO_PLAIN_FORM = object()
+NO_PLAIN_FORM = object()
 
 
-def _plain(value):
-    """``value`` as JSON data, or ``_NO_PLAIN_FORM``."""
+def plain(value):
+    """``value`` as JSON data, or ``NO_PLAIN_FORM``."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (list, tuple)):
-        items = [_plain(v) for v in value]
-        return _NO_PLAIN_FORM if any(v is _NO_PLAIN_FORM for v in items) else items
+        items = [plain(v) for v in value]
+        return NO_PLAIN_FORM if any(v is NO_PLAIN_FORM for v in items) else items
     if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
-        items = {k: _plain(v) for k, v in value.items()}
-        return _NO_PLAIN_FORM if any(v is _NO_PLAIN_FORM for v in items.values()) else items
-    return _NO_PLAIN_FORM
+        items = {k: plain(v) for k, v in value.items()}
+        return NO_PLAIN_FORM if any(v is NO_PLAIN_FORM for v in items.values()) else items
+    return NO_PLAIN_FORM
 
 
 @contextlib.contextmanager

@@ -25,13 +25,17 @@ estimates of the full-data objective even with global latent variables.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import threading
+import types
 from typing import Any
 
 import torch
 from pyro import poutine
 from torch import nn
 
-from ppgen.models.base import at_least_float32
+from ppgen.models.base import NO_PLAIN_FORM, at_least_float32, plain
 
 __all__ = ["Objective", "PRECISIONS"]
 
@@ -60,12 +64,21 @@ class Objective(nn.Module):
         Whether the loss should fall steadily (``fit`` warns when it is still falling at the end);
         False for games such as a GAN's.
     num_particles : int
+    init_arguments : mapping, set by the constructor
+        The constructor's arguments after the program, defaults applied (those with a JSON form):
+        ``fit``'s checkpoint fingerprint holds them, so a run resumes only with the same settings.
     """
 
     groups: tuple[str, ...] = ("params",)
     estimator: str = "custom"
     monotone: bool = True
     adam_betas: tuple[float, float] = (0.9, 0.999)  # GANs use (0.5, 0.9) (Radford et al.; Gulrajani et al.)
+    init_arguments: types.MappingProxyType = types.MappingProxyType({})
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording_arguments(cls.__dict__["__init__"])
 
     def __init__(self, program, *, precision: str = "fp32"):
         super().__init__()
@@ -137,3 +150,32 @@ class Objective(nn.Module):
                 known.add(id(unconstrained))
                 first.append(unconstrained)
         return groups
+
+
+_constructing = threading.local()
+
+
+def _recording_arguments(init):
+    """An objective's constructor that records, in its outermost call of a ``super().__init__`` chain, the
+    arguments after the program in ``init_arguments``."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        if getattr(_constructing, "depth", 0):
+            return init(self, *args, **kwargs)
+        _constructing.depth = 1
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            _constructing.depth = 0
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = {}
+        for name, value in list(bound.arguments.items())[2:]:  # after self and the program
+            items = value.items() if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD else \
+                [] if signature.parameters[name].kind is inspect.Parameter.VAR_POSITIONAL else [(name, value)]
+            arguments.update((key, plain(item)) for key, item in items if plain(item) is not NO_PLAIN_FORM)
+        self.init_arguments = types.MappingProxyType({"objective": type(self).__name__, **arguments})
+
+    return wrapper
