@@ -182,8 +182,8 @@ class Checkpointer:
     rank 0 is given a path.
 
     ``config`` is the run's fingerprint; a resume must match it. Its keys ``model_arguments`` (the
-    model's ``init_arguments``) and ``model_buffers`` (digests of the buffers that are configuration)
-    are compared by name; a checkpoint without them (written before they were recorded) is not
+    model's ``init_arguments``), ``model_buffers`` (digests of the buffers that are configuration) and
+    ``objective_arguments`` (the objective's ``init_arguments``) are compared by name; a checkpoint without them (written before they were recorded) is not
     refused for their sake, and one without ``buffers`` or ``objective`` restores none.
     """
 
