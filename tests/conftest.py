@@ -1,5 +1,8 @@
 """Test hygiene: every test starts seeded, with an empty param store and Pyro validation on."""
 
+import importlib.util
+from pathlib import Path
+
 import pyro
 import pytest
 import torch
@@ -38,3 +41,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def load_script(path: str):
+    """A script of the repository (``benchmarks/ebm_gan.py``, ...) imported as a module, for tests of its functions."""
+    file = Path(__file__).resolve().parents[1] / path
+    spec = importlib.util.spec_from_file_location(file.stem + "_script", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

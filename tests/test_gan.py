@@ -10,6 +10,8 @@ from ppgen import fit
 from ppgen.inference import Program
 from ppgen.models.implicit import GAN, AdversarialObjective
 
+from conftest import load_script
+
 
 def _ring(n=400, seed=0):
     angles = torch.arange(8) * 2 * math.pi / 8
@@ -209,14 +211,7 @@ def test_the_dcgan_follows_radford_and_a_gradient_penalty_refuses_its_batch_norm
 
 
 def _ebm_gan_benchmark():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ebm_gan.py"
-    spec = importlib.util.spec_from_file_location("ebm_gan_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/ebm_gan.py")
 
 
 @pytest.mark.parametrize("name", ["dcgan", "ebm"])

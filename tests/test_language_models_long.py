@@ -2,9 +2,7 @@
 evaluation is the model's own -log2 p of the test characters."""
 
 import argparse
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,13 +10,11 @@ import torch
 from ppgen import load_dataset
 from ppgen.inference.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
+from conftest import load_script
+
 
 def _language_models_benchmark():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "language_models.py"
-    spec = importlib.util.spec_from_file_location("language_models_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/language_models.py")
 
 
 @pytest.mark.slow

@@ -209,16 +209,7 @@ class Checkpointer:
         return {name: p.detach().clone().cpu() for name, p in self.params.items()}
 
     def load_params(self, saved: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-        missing = [n for n in self.params if n not in saved]
-        if missing or len(saved) != len(self.params):
-            raise ValueError(f"{source} parameters do not match the model: missing {missing[:5]}, "
-                             f"unexpected {sorted(set(saved) - set(self.params))[:5]}")
-        with torch.no_grad():
-            for name, p in self.params.items():
-                if saved[name].shape != p.shape:
-                    raise ValueError(f"{source} parameter {name!r} has shape {tuple(saved[name].shape)}, "
-                                     f"the model's has {tuple(p.shape)}")
-                p.copy_(saved[name])
+        _copy_into(self.params, saved, f"{source} parameter")
 
     def save(self, state: dict, rng: torch.Tensor | None = None) -> None:
         rngs = self.cluster.gather((torch.get_rng_state() if rng is None else rng,
@@ -305,18 +296,24 @@ class Checkpointer:
 
     def _load_buffers(self, saved: dict[str, torch.Tensor]) -> None:
         """Copy the saved buffers into the model's (none saved: a checkpoint from before they were)."""
-        if not saved:
-            return
-        if set(saved) != set(self.buffers):
-            raise ValueError(f"checkpoint {self.path} buffers do not match the model: missing "
-                             f"{sorted(set(self.buffers) - set(saved))[:5]}, "
-                             f"unexpected {sorted(set(saved) - set(self.buffers))[:5]}")
-        with torch.no_grad():
-            for name, buffer in self.buffers.items():
-                if saved[name].shape != buffer.shape:
-                    raise ValueError(f"checkpoint {self.path} buffer {name!r} has shape {tuple(saved[name].shape)}, "
-                                     f"the model's has {tuple(buffer.shape)}")
-                buffer.copy_(saved[name])
+        if saved:
+            _copy_into(self.buffers, saved, f"checkpoint {self.path} buffer")
+
+
+def _copy_into(targets: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], what: str) -> None:
+    """Copy ``saved`` into the tensors ``targets`` by name, refusing (naming ``what``: "checkpoint X
+    parameter") other names or shapes before anything is copied."""
+    missing = [n for n in targets if n not in saved]
+    if missing or len(saved) != len(targets):
+        raise ValueError(f"{what}s do not match the model: missing {missing[:5]}, "
+                         f"unexpected {sorted(set(saved) - set(targets))[:5]}")
+    for name, target in targets.items():
+        if saved[name].shape != target.shape:
+            raise ValueError(f"{what} {name!r} has shape {tuple(saved[name].shape)}, the model's has "
+                             f"{tuple(target.shape)}")
+    with torch.no_grad():
+        for name, target in targets.items():
+            target.copy_(saved[name])
 
 
 def _map_tensors(value, fn):
