@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -110,13 +111,16 @@ BUDGETS: dict[str, dict] = {
     "diffusion": {"test_rows": 10, "quality_samples": 0},
     "binary-diffusion": {"test_rows": 200, "quality_samples": 200},
 }
+# `train` without --epochs: 20 epochs, or 2 minutes where they take longer (one CPU thread: a VAE's 20 epochs take
+# 20 s, a RealNVP's 23 min, a Gaussian diffusion's 80 min, an NSF's or a char-transformer's one epoch an hour or more)
+TRAIN_EPOCHS, TRAIN_MINUTES = 20, 2.0
 IMPORTANCE_SAMPLES = 1000  # K per row of IWAE when neither --num-samples nor a budget says otherwise
 QUALITY_SAMPLES = 500  # samples for sample quality when neither --quality-samples nor a budget says otherwise
 
 
 # the FitConfig fields a run folder records in config.json
 RECORDED = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "elbo", "num_particles", "patience", "seed",
-            "precision")
+            "precision", "clip_norm", "max_minutes")
 
 
 def build_model(name: str, x_dim, *, seed: int = 0, counts=None, **options) -> torch.nn.Module:
@@ -214,6 +218,14 @@ def _words(hint) -> str:
 MAX_SAMPLES = 10_000  # `ppgen sample` draws one grid image; more belongs in a script, in batches
 
 
+def train_length(epochs: int | None, max_minutes: float | None) -> tuple[int, float | None]:
+    """``train``'s --epochs and --max-minutes as given, or by default :data:`TRAIN_EPOCHS` within
+    :data:`TRAIN_MINUTES` (an --epochs alone has no time limit)."""
+    if epochs is None and max_minutes is None:
+        return TRAIN_EPOCHS, TRAIN_MINUTES
+    return (TRAIN_EPOCHS if epochs is None else epochs), max_minutes
+
+
 def train_run(model_name: str, data: str, out: Path, *, root=None, options=None, fit_config: FitConfig | None = None,
               budget: dict | None = None) -> dict:
     """Train one model into the run folder ``out`` (checkpoints in ``out/checkpoints``); return its config.
@@ -253,6 +265,7 @@ def train_run(model_name: str, data: str, out: Path, *, root=None, options=None,
         valid = valid and prepare_data(model, valid, seed=fit_config.seed)
         result = fit(model, train, fit_config, valid=valid)
         config["train_seconds"] = result.total_seconds  # a resumed run: all its calls
+        config["out_of_time"] = result.out_of_time  # stopped at --max-minutes: --resume continues it
         config["device"] = result.device
         history = {"losses": result.losses, "train_elbo": result.train_elbo, "valid_elbo": result.valid_elbo,
                    "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
@@ -441,7 +454,7 @@ def evaluate_run(run: Path, split="test", num_samples=None, device="auto", seed=
             reference = load_rows(config["data"], "test" if split == "train" else "train", config["root"],
                                   unit_interval=config["model"] in UNIT_INTERVAL).x
         metrics["sample_quality"] = sample_quality(model, raw.x, quality_samples, grey=raw.x.max() > 1,
-                                                   seed=seed, labels=raw.y, reference=reference)
+                                                   seed=seed, labels=raw.y, reference=reference, progress=progress)
     write_json_atomic(metrics, run / "metrics.json")
     return metrics
 
@@ -663,7 +676,10 @@ def _parser() -> argparse.ArgumentParser:
                                                     f"(text: {', '.join(TEXT_MODELS)}) (default: %(default)s)")
     p.add_argument("--root", type=Path, help="folder of the data files (or set PPGEN_DATA)")
     common(p, "runs/train")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, help=f"passes over the data (default {TRAIN_EPOCHS}, within --max-minutes)")
+    p.add_argument("--max-minutes", type=float,
+                   help=f"stop training after about this many minutes, checkpointed (--resume continues); default "
+                        f"{TRAIN_MINUTES:g} when --epochs is not given, else no limit")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--optimizer", default="auto",
@@ -676,6 +692,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"auto (the model's own: exact MLE, enumeration or Trace_ELBO), {', '.join(ESTIMATORS[1:])}")
     p.add_argument("--num-particles", type=int, default=1)
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
+    p.add_argument("--clip-norm", type=float, help="scale each gradient down to this L2 norm where longer "
+                                                   "(language models: 1.0)")
     p.add_argument("-o", "--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="model argument, e.g. -o z_dim=20 -o hidden=[400,400]")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
@@ -745,14 +763,20 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             budget = budget_arguments(args)
             with removed_on_failure(args.out / "checkpoints"):
-                train_run(args.model, args.data, args.out, root=args.root, options=dict(args.option), budget=budget,
-                          fit_config=FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                               optimizer=args.optimizer, weight_decay=args.weight_decay,
-                                               elbo=args.elbo, num_particles=args.num_particles,
-                                               patience=args.patience, device=args.device, seed=args.seed,
-                                               resume=args.resume, precision=args.precision, log_dir=args.log_dir))
+                epochs, max_minutes = train_length(args.epochs, args.max_minutes)
+                fit_config = FitConfig(epochs=epochs, max_minutes=max_minutes, batch_size=args.batch_size, lr=args.lr,
+                                       optimizer=args.optimizer, weight_decay=args.weight_decay, elbo=args.elbo,
+                                       num_particles=args.num_particles, patience=args.patience, device=args.device,
+                                       seed=args.seed, resume=args.resume, precision=args.precision,
+                                       log_dir=args.log_dir, clip_norm=args.clip_norm)
+                config = train_run(args.model, args.data, args.out, root=args.root, options=dict(args.option),
+                                   budget=budget, fit_config=fit_config)
             if not is_main_process():
                 return 0
+            if config.get("out_of_time"):
+                again = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume"]
+                print(f"training stopped at --max-minutes {max_minutes:g} and is scored below as it stands; "
+                      f"continue it with: ppgen {' '.join(map(shlex.quote, again))} --resume", file=sys.stderr)
             metrics = evaluate_run(args.out, split="test", device=args.device, seed=args.seed, progress=True,
                                    **budget)
             print(format_table({args.model: metrics}))

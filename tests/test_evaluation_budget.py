@@ -155,3 +155,40 @@ def test_each_long_estimator_reports_its_progress_when_asked(kind, what, total, 
     assert len(err) >= 2, err
     assert all(re.fullmatch(rf"{what}: \d+/{count} {unit}, \d+ s, about \d+ s left", text) for text in err[:-1]), err
     assert re.fullmatch(rf"{what}: {count}/{count} {unit} in \d+ s", err[-1]), err
+
+
+def _samplers():
+    """(model, steps its sampler reports) of each model whose sample draws a long chain, tiny."""
+    from ppgen.models.diffusion import BinaryDiffusion, GaussianDiffusion
+    from ppgen.models.energy import EBM, RBM
+
+    rbm = RBM(784, hidden=3)
+    rbm.steps = 5  # its Gibbs chain's length (1,000 by default)
+    return {"binary-diffusion": (BinaryDiffusion(784, num_steps=7, hidden=[4]), 7),
+            "diffusion": (GaussianDiffusion(784, num_steps=6, channels=4), 6),
+            "rbm": (rbm, 5), "ebm": (EBM(784, hidden=4, steps=4), 4)}
+
+
+@pytest.mark.parametrize("kind", ["binary-diffusion", "diffusion", "rbm", "ebm"])
+def test_sample_quality_reports_the_sampler_steps(kind, monkeypatch, capsys):
+    from ppgen.inference.sample_quality import sample_quality
+
+    model, steps = _samplers()[kind]
+    real = torch.bernoulli(torch.full((40, 784), 0.3), generator=torch.Generator().manual_seed(0))
+    quiet = sample_quality(model, real, 8, seed=1)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(ppgen.inference.progress, "time", Clock(1.0))  # every reading 1 s after the last
+    shown = sample_quality(model, real, 8, seed=1, progress=True)
+    assert shown == quiet  # reporting changes nothing drawn
+    err = capsys.readouterr().err.splitlines()
+    assert all(re.fullmatch(rf"drawing 8 samples: \d/{steps} steps, \d+ s, about \d+ s left", t) for t in err[:-1]), err
+    assert len(err) >= 2 and re.fullmatch(rf"drawing 8 samples: {steps}/{steps} steps in \d+ s", err[-1]), err
+
+
+def test_sample_quality_of_a_model_without_a_long_sampler_is_silent(capsys):
+    from ppgen.inference.sample_quality import sample_quality
+    from ppgen.models import IndependentBernoulli
+
+    real = torch.bernoulli(torch.full((40, 784), 0.3), generator=torch.Generator().manual_seed(0))
+    sample_quality(IndependentBernoulli(784), real, 8, progress=True)
+    assert capsys.readouterr().err == ""

@@ -150,10 +150,11 @@ class Trainer:
             estimator = config.elbo
         else:  # a built-in estimator is checked as such; any other objective for its structure only
             estimator = objective.estimator if objective.estimator in ESTIMATORS else "custom"
-        self.check = program.validate(*first, num_rows=self.num_rows if cluster.world_size == 1 else
-                                      self.num_rows // cluster.world_size + 1,
-                                      estimator=estimator,
-                                      num_particles=config.num_particles)
+        with program.mode(False):  # checked as it will be scored: without dropout's noise
+            self.check = program.validate(*first, num_rows=self.num_rows if cluster.world_size == 1 else
+                                          self.num_rows // cluster.world_size + 1,
+                                          estimator=estimator,
+                                          num_particles=config.num_particles)
         self.classical = objective is None and self._is_classical(x)
         if self.classical and config.elbo == "auto" and self.check.estimator == "trace":
             self.check = dataclasses.replace(self.check, estimator="mle")  # PPCA, FA: the exact marginal itself
@@ -229,7 +230,10 @@ class Trainer:
         deterministic (exact maximum likelihood, or every latent enumerated), else Adam."""
         deterministic = self._deterministic()
         if self.config.optimizer == "auto":
-            return "lbfgs" if self.classical and deterministic else "adam"
+            return "lbfgs" if self.classical and deterministic and self.config.clip_norm is None else "adam"
+        if self.config.optimizer == "lbfgs" and self.config.clip_norm is not None:
+            raise ValueError(f"clip_norm={self.config.clip_norm:g} clips gradient steps; L-BFGS's line search sets its "
+                             "own (use optimizer='adam' to clip, or clip_norm=None)")
         if self.config.optimizer == "lbfgs" and not (deterministic and num_groups == 1 and self.cluster.world_size == 1
                                                      and self.config.batch_size >= self.num_rows):
             raise ValueError(
@@ -291,14 +295,17 @@ class Trainer:
             optimizer = self.optimizers[group]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # under DDP, the gradients are averaged over the ranks here
-            grads = [p.grad for group_params in optimizer.param_groups for p in group_params["params"]
-                     if p.grad is not None]
+            stepped = [p for group_params in optimizer.param_groups for p in group_params["params"]
+                       if p.grad is not None]
+            grads = [p.grad for p in stepped]
             grad_norm = torch.nn.utils.get_total_norm(grads) if grads else loss.new_zeros(())
             loss_value, norm_value = self.cluster.mean(torch.stack([loss.detach(), grad_norm.to(loss.dtype)])).tolist()
             if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
                 self._non_finite(state, rng, x, y, scale, loss_value, norm_value, group)
             first_value = loss_value if first_value is None else first_value
             norms[group] = norm_value
+            if self.config.clip_norm is not None:
+                torch.nn.utils.clip_grads_with_norm_(stepped, self.config.clip_norm, grad_norm)
             self._pending = (first_value / self.num_rows, state.batch + 1)
             if isinstance(optimizer, torch.optim.LBFGS):
                 self._lbfgs_step(optimizer, state, x, y, scale, group)
@@ -421,7 +428,8 @@ class Trainer:
         None when the objective has no normalised score (:meth:`Objective.score` returns None)."""
         cluster, device = self.cluster, self.device
         total = torch.zeros((), dtype=torch.float64, device=device)
-        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), \
+                self.program.mode(False, self.objective):
             torch.manual_seed(seed + cluster.rank)
             for idx in torch.arange(x.shape[0]).split(self.config.batch_size):
                 self.signals.check()
@@ -447,9 +455,13 @@ class Trainer:
         start = time.perf_counter()
         cuda_devices = [self.device.index or 0] if self.device.type == "cuda" else []
         self.signals = DeferredSignals()  # a fresh one: a signal left over from an earlier run is not this run's
-        with program.param_scope(), torch.random.fork_rng(devices=cuda_devices), self.signals as signals:
+        with program.param_scope(), torch.random.fork_rng(devices=cuda_devices), self.signals as signals, \
+                contextlib.ExitStack() as modes:
             torch.manual_seed(config.seed + cluster.rank)  # each rank its own (reproducible) sampling noise
             state = self.init(x, y)
+            # steps in training mode (dropout, batch statistics), scores and checks in evaluation mode; the
+            # modules' own modes come back at the end
+            modes.enter_context(program.mode(True, self.objective))
             self._clock_zero = start - state.seconds  # earlier calls' time counts too
             if config.log_dir is not None and cluster.is_main:
                 self.log = TrainingLog(config.log_dir, state.step)
@@ -457,7 +469,8 @@ class Trainer:
             batches_per_epoch = len(_global_batches(torch.arange(n_rows), batch_size, cluster.world_size))
             bar = _progress_bar(config.progress and cluster.is_main, config.epochs * batches_per_epoch, state.step,
                                 f"fit {program.name}")
-            step_seconds, rows_seen = 0.0, 0
+            step_seconds, rows_seen, out_of_time = 0.0, 0, False
+            deadline = start + 60 * config.max_minutes if config.max_minutes is not None else None
             try:
                 signals.check()
                 for epoch in range(state.epoch, config.epochs):
@@ -480,6 +493,9 @@ class Trainer:
                             bar.update()
                             if state.step % 25 == 0:
                                 bar.set_postfix(objective=f"{-state.losses[-1]:.3f}", refresh=False)
+                        if deadline is not None and not cluster.parallel and time.perf_counter() > deadline \
+                                and b + 1 < len(batches):
+                            raise _OutOfTime
                     self._finish_epoch(state, valid)
                     if bar is not None:  # a terminal: a line per epoch above the bar
                         bar.write(epoch_line(state.epoch, config.epochs, state.train_elbo[-1],
@@ -488,6 +504,13 @@ class Trainer:
                     signals.check()
                     if state.stopped_early:
                         break
+                    if deadline is not None and state.epoch < config.epochs \
+                            and cluster.sum(torch.tensor(float(time.perf_counter() > deadline), device=self.device)) > 0:
+                        raise _OutOfTime  # at an epoch's end, where every rank agrees to stop
+            except _OutOfTime:
+                out_of_time = True
+                if not cluster.parallel:  # mid-epoch; with several ranks the epoch's checkpoint was just written
+                    self.checkpoints.save(state.to_dict(), rng=state.rng)
             except KeyboardInterrupt:
                 if not cluster.parallel:  # with several ranks, the epoch checkpoints are the resume points
                     self._record_applied_step(state)
@@ -506,7 +529,7 @@ class Trainer:
             if self.classical and self.objective.estimator == "mle" and self.check.latent \
                     and not program.generative_model.set_guide_to_exact_posterior():
                 self._say("the exact marginal likelihood trained the model, not its guide: the guide is as it was")
-            messages = self._verdicts(state, x, y) if cluster.is_main else []
+            messages = self._verdicts(state, x, y, out_of_time) if cluster.is_main else []
         for message in messages:
             # attributed to the caller's line, past ppgen's own frames (lazy wrappers, the CLI)
             warnings.warn(f"fit {program.name}: {message}", ConvergenceWarning,
@@ -519,17 +542,25 @@ class Trainer:
             examples_per_second=cluster.world_size * rows_seen / step_seconds if step_seconds > 0 else float("nan"),
             stopped_early=state.stopped_early, best_epoch=state.best_epoch, device=str(self.device),
             estimator=self.estimator_name, check=self.check, resumed_from_step=self.resumed_from_step,
-            optimizer=self.optimizer_name,
+            optimizer=self.optimizer_name, out_of_time=out_of_time,
         )
 
-    def _verdicts(self, state: TrainState, x, y) -> list[str]:
-        """What the end of a run warns about, in words: the objective still rising over the last
-        epochs (:func:`convergence_message`) or, failing that, parameters far from a stationary point
-        (:func:`~ppgen.inference.stationarity.stationarity`, for a built-in estimator in one process);
-        and a figure worse than the uniform model's (:func:`uniform_baseline_message`)."""
+    def _verdicts(self, state: TrainState, x, y, out_of_time: bool = False) -> list[str]:
+        """What the end of a run warns about, in words: a call stopped at ``max_minutes``; else the
+        objective still rising over the last epochs (:func:`convergence_message`) or, failing that,
+        parameters far from a stationary point (:func:`~ppgen.inference.stationarity.stationarity`,
+        for a built-in estimator in one process); and a figure worse than the uniform model's
+        (:func:`uniform_baseline_message`)."""
         config, objective, gm = self.config, self.objective, self.program.generative_model
         messages = []
-        if config.convergence_tol is not None and not state.stopped_early and objective.monotone:
+        if out_of_time:
+            total = config.epochs * len(_global_batches(torch.arange(self.num_rows), config.batch_size,
+                                                         self.cluster.world_size))
+            messages.append(f"stopped at max_minutes={config.max_minutes:g} after step {state.step:,} of {total:,} "
+                            f"({state.epoch} of {config.epochs} epochs done): the run has not reached its end. "
+                            + ("resume=True with the same checkpoint_dir continues it" if config.checkpoint_dir
+                               is not None else "Give a checkpoint_dir to be able to continue a run"))
+        elif config.convergence_tol is not None and not state.stopped_early and objective.monotone:
             message = convergence_message(state.train_elbo, config.convergence_tol)
             if message is None and objective.estimator in ESTIMATORS and self.cluster.world_size == 1:
                 # the rows it looks at, so that it costs at most about a tenth of the training: a sixteenth of
@@ -551,7 +582,7 @@ class Trainer:
         objective = self.objective
         buffers = [(b, b.clone()) for b in objective.buffers()]
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), self.program.mode(False, objective):
                 warnings.simplefilter("ignore")
                 return stationarity(lambda xb, yb, scale: objective(xb, yb, scale=scale), self.params,
                                     lambda idx: batch_rows(x, y, idx, self.device), self.num_rows, sample=sample,
@@ -583,7 +614,7 @@ class Trainer:
             self._say(f"{self.estimator_name} has no normalised validation score: no best epoch, no early stopping")
         best = EarlyStopping(self.config.patience).decide(state, score, self.checkpoints.snapshot)
         state.commit_epoch(train, score, best, seconds=self._seconds(state))
-        self.checkpoints.commit()  # the buffers as validation left them (it runs the modules as training does)
+        self.checkpoints.commit()  # the buffers as the epoch left them (validation runs in evaluation mode)
         self.checkpoints.save(state.to_dict())
         if self.log is not None:
             self.log.epoch(state.step, train, score, {g: o.param_groups[0]["lr"] for g, o in self.optimizers.items()})
@@ -608,6 +639,10 @@ class Trainer:
     def _say(self, message: str) -> None:
         if self.config.progress and self.cluster.is_main:
             print(f"ppgen.fit: {message}", file=sys.stderr)
+
+
+class _OutOfTime(Exception):
+    """Raised inside :meth:`Trainer.run`'s loop when ``max_minutes`` ran out."""
 
 
 def fit(model, data, config: FitConfig | None = None, *, guide=None, valid=None, objective=None,

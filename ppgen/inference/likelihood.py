@@ -211,6 +211,7 @@ def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_si
                    device: str | torch.device | None = None, seed: int = 0, method: str = "auto",
                    progress: bool = False, **options) -> LikelihoodResult:
     """Log-likelihood per example: exact where the model has it, otherwise an estimate or a bound.
+    The model is scored in evaluation mode (``nn.Module.eval``: no dropout), and left in its own mode.
 
     Parameters
     ----------
@@ -262,7 +263,7 @@ def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_si
     home = program.device
     program.to(device)
     try:
-        with ieee_float32():
+        with ieee_float32(), program.mode(False):  # scored without dropout, batch norm on its running statistics
             return _log_likelihood(program, x, y, num_samples, batch_size, device, seed, method, progress, options)
     finally:
         program.to(home)  # the caller's model stays where it was

@@ -230,6 +230,21 @@ class Program:
     def modules(self) -> list[torch.nn.Module]:
         return [m for m in (self.generative_model, self.guide_module) if m is not None]
 
+    @contextlib.contextmanager
+    def mode(self, training: bool, *others: torch.nn.Module):
+        """Run the body with the story's modules (and ``others``) in training (``True``) or evaluation
+        mode, as ``nn.Module.train`` sets it: dropout on or off, batch norm on the batch's statistics or
+        its running ones. Every submodule is put back in its own mode after."""
+        roots = {id(m): m for m in (*self.modules, self.model, *others) if isinstance(m, torch.nn.Module)}
+        saved = [(sub, sub.training) for m in roots.values() for sub in m.modules()]
+        for module in roots.values():
+            module.train(training)
+        try:
+            yield
+        finally:
+            for sub, was_training in saved:
+                sub.training = was_training
+
     @property
     def exact(self) -> bool:
         """Whether log p(x) is available in closed form (and the guide is the model's own)."""

@@ -44,11 +44,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ppgen.inference.progress import Progress
 
 __all__ = ["frechet_distance", "frechet_distance_of_moments", "kernel_distance", "KernelDistance",
            "precision_recall", "DigitClassifier", "digit_classifier", "digit_features", "manifold_features",
@@ -211,17 +214,21 @@ def precision_recall(real, fake, *, k: int = 3) -> tuple[float, float]:
     return inside(real, fake), inside(fake, real)
 
 
-def draw(model, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+def draw(model, n: int, labels: torch.Tensor | None = None, progress=None) -> torch.Tensor:
     """``n`` samples of ``model``; a conditional model (``y_dim`` set, a CVAE) draws them for
-    ``labels`` (cycled), or for its classes in turn when None."""
+    ``labels`` (cycled), or for its classes in turn when None. ``progress(done, total)`` is passed
+    to a model whose ``sample`` reports its steps (the diffusion models' reverse chain, an energy
+    model's MCMC)."""
+    reports = progress is not None and "progress" in inspect.signature(model.sample).parameters
+    options = {"progress": progress} if reports else {}
     if model.y_dim is None:
-        return model.sample(n)
+        return model.sample(n, **options)
     labels = torch.arange(model.y_dim) if labels is None else labels
-    return model.sample(n, labels[torch.arange(n) % len(labels)])
+    return model.sample(n, labels[torch.arange(n) % len(labels)], **options)
 
 
 def sample_quality(model, real, n: int, *, grey: bool = False, seed: int = 0, labels=None,
-                   reference=None) -> dict:
+                   reference=None, progress: bool = False) -> dict:
     """Scores of ``n`` samples of a model of 28x28 digits against the real rows ``real`` (N, 784),
     and of real rows of another split against them (the floor, under ``"real_vs_real"``).
 
@@ -235,6 +242,7 @@ def sample_quality(model, real, n: int, *, grey: bool = False, seed: int = 0, la
     ``grey`` says the pixels are 8-bit levels 0..255 (divided by 255 here); samples are clamped
     to [0, 1]. A conditional model samples for the real rows' ``labels``, so that both sets hold
     the classes in the same shares. Drawn with ``seed``; the global random state is left as it was.
+    ``progress``: print a sampler's progress when it takes more than a few seconds (:class:`Progress`).
     """
     scale = 255.0 if grey else 1.0
     reference = real[n:] if reference is None else reference
@@ -243,7 +251,8 @@ def sample_quality(model, real, n: int, *, grey: bool = False, seed: int = 0, la
                          f"got {len(reference)}" + (" (real has no rows beyond the first n)" if len(real) <= n else ""))
     with torch.random.fork_rng(devices=[model.device.index or 0] if model.device.type == "cuda" else []):
         torch.manual_seed(seed)
-        samples = (draw(model, n, labels).detach().cpu().float() / scale).clamp(0, 1)
+        samples = draw(model, n, labels, Progress(f"drawing {n:,} samples", "steps") if progress else None)
+        samples = (samples.detach().cpu().float() / scale).clamp(0, 1)
         real = real[:max(n, 2)].float() / scale
         reference = torch.as_tensor(reference)[:max(n, 2)].float() / scale
         real_features = digit_features(real)  # builds the net (its initialisation draws)

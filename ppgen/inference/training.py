@@ -134,6 +134,16 @@ class FitConfig:
         random state) are non-finite or all one row while the data's rows differ. None turns every
         check off. (A non-finite loss or gradient stops the run whatever this is:
         :class:`NonFiniteLossError`, a :class:`DivergenceError`.)
+    max_minutes : float, optional
+        Stop this call after about this many minutes of wall time, at the first step boundary
+        past it (with several processes, at the first epoch's end past it), checkpointing there
+        when there is a ``checkpoint_dir``; the result says so (``FitResult.out_of_time``) and
+        so does a :class:`ConvergenceWarning`. ``resume=True`` continues exactly where it stopped.
+    clip_norm : float, optional
+        Scale each parameter group's gradient down to this L2 norm where it is longer
+        (``torch.nn.utils.clip_grad_norm_``), as recurrent networks and Transformers are trained
+        (nanoGPT clips at 1.0). The TensorBoard log records the norm before clipping. Not with L-BFGS,
+        whose line search sets its own steps.
     log_dir : path, optional
         Write TensorBoard event files there (needs the ``tensorboard`` package: ``pip install
         'ppgen[tensorboard]'``): per step the loss and each parameter group's gradient norm, per
@@ -160,6 +170,8 @@ class FitConfig:
     precision: str = "fp32"
     convergence_tol: float | None = 1e-3
     divergence_factor: float | None = 1e3
+    max_minutes: float | None = None
+    clip_norm: float | None = None
     log_dir: str | Path | None = None
 
     def __post_init__(self):
@@ -182,9 +194,10 @@ class FitConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        for name in ("convergence_tol", "divergence_factor"):
+        for name in ("convergence_tol", "divergence_factor", "clip_norm", "max_minutes"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or value <= 0):
                 raise ValueError(f"{name} must be a positive number or None, got {value!r}")
         for name in ("resume", "progress"):
             if not isinstance(getattr(self, name), bool):
@@ -229,6 +242,8 @@ class FitResult:
         What :meth:`Program.validate` found on the first batch.
     resumed_from_step : int or None
         The step a resumed run continued from (None for a new run).
+    out_of_time : bool
+        Whether this call stopped at ``max_minutes`` before its epochs were done.
     """
 
     model: Any
@@ -248,6 +263,7 @@ class FitResult:
     check: ModelCheck | None = None
     resumed_from_step: int | None = None
     optimizer: str = "adam"
+    out_of_time: bool = False
 
     def __repr__(self) -> str:
         valid = f", valid {self.valid_elbo[-1]:.3f}" if self.valid_elbo else ""
@@ -256,7 +272,8 @@ class FitResult:
             getattr(self.model, "__name__", "model")
         return (f"FitResult({name}, {self.estimator}, {self.optimizer}, "
                 f"{self.epochs} epochs / {self.steps} steps, {train}{valid} nats/example, "
-                f"best epoch {self.best_epoch}, {self.seconds:.1f} s on {self.device})")
+                f"best epoch {self.best_epoch}, {self.seconds:.1f} s on {self.device}"
+                f"{', out of time' if self.out_of_time else ''})")
 
     def to_dict(self) -> dict:
         """The figures as plain numbers and lists (for ``json.dumps``): per-epoch objectives in nats per
@@ -264,7 +281,8 @@ class FitResult:
         return {"model": repr(self).split("(", 1)[1].split(",", 1)[0], "estimator": self.estimator,
                 "optimizer": self.optimizer, "epochs": self.epochs, "steps": self.steps,
                 "train_elbo": list(self.train_elbo), "valid_elbo": list(self.valid_elbo), "final_loss": self.losses[-1] if self.losses else None,
-                "best_epoch": self.best_epoch, "stopped_early": self.stopped_early, "seconds": self.seconds,
+                "best_epoch": self.best_epoch, "stopped_early": self.stopped_early, "out_of_time": self.out_of_time,
+                "seconds": self.seconds,
                 "total_seconds": self.total_seconds, "examples_per_second": self.examples_per_second,
                 "device": self.device, "resumed_from_step": self.resumed_from_step,
                 "check": self.check.to_dict() if self.check is not None else None}

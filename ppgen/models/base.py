@@ -34,7 +34,7 @@ DATA_PLATE = "data"   # the plate over data rows
 OBSERVED_SITE = "x"   # the observed site
 
 __all__ = ["DATA_PLATE", "OBSERVED_SITE", "GenerativeModel", "LikelihoodEstimate", "local_params", "check_data", "num_rows",
-           "at_least_float32"]
+           "at_least_float32", "progress_bar"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -430,3 +430,27 @@ def local_params(*modules: torch.nn.Module) -> Iterator[None]:
 def bits_per_dim(log_likelihood_nats: float, dim: int) -> float:
     """Negative log-likelihood in bits per dimension (lower is better)."""
     return -log_likelihood_nats / (dim * math.log(2.0))
+
+
+def progress_bar(total: int, progress, desc: str):
+    """What a long loop of ``total`` steps (a sampler's) reports to: a tqdm bar when ``progress`` is
+    True, calls of ``progress(done, total)`` when it is a callable (the protocol of
+    :class:`ppgen.inference.progress.Progress`, which the inference layer passes), nothing when
+    False. Either way it has ``update()`` and ``close()``."""
+    if callable(progress):
+        return _CallbackBar(total, progress)
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False, disable=not progress)
+
+
+class _CallbackBar:
+    def __init__(self, total: int, callback):
+        self.total, self.callback, self.done = total, callback, 0
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        self.callback(self.done, self.total)
+
+    def close(self) -> None:
+        pass

@@ -40,10 +40,10 @@ from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import ExpandedDistribution
 
 from ppgen.checks import positive_int
-from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, LikelihoodEstimate, num_rows
+from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, LikelihoodEstimate, num_rows, progress_bar
 from ppgen.models.objective import Objective
 
-__all__ = ["DiffusionModel", "DiffusionELBO", "Lazy", "progress_bar"]
+__all__ = ["DiffusionModel", "DiffusionELBO", "Lazy"]
 
 
 class DiffusionModel(GenerativeModel):
@@ -212,15 +212,16 @@ class DiffusionModel(GenerativeModel):
     # --- sampling ----------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample(self, n: int, y=None, *, seed: int | None = None, progress: bool = False) -> torch.Tensor:
+    def sample(self, n: int, y=None, *, seed: int | None = None, progress=False) -> torch.Tensor:
         """``n`` rows by the reverse chain (ancestral sampling: T network passes), x_T ~ p(x_T)
         then x_{t-1} ~ p_theta(x_{t-1} | x_t). ``seed`` fixes the draws (default: the global RNG,
-        which is left as it was when a seed is given); ``progress`` shows a bar."""
+        which is left as it was when a seed is given); ``progress``: True shows a bar, a callable gets
+        ``(done, total)``."""
         n = positive_int(n, "n")
         with self._seeded(seed):
             return self.reverse_chain(self.prior(n).sample(), progress=progress)
 
-    def reverse_chain(self, h: torch.Tensor, *, progress: bool = False, replace=None) -> torch.Tensor:
+    def reverse_chain(self, h: torch.Tensor, *, progress=False, replace=None) -> torch.Tensor:
         """x_0 drawn from x_T = ``h`` by the T reverse steps. ``replace(h, t)``, when given, returns
         the x_t the step starts from (replacement inpainting sets the known dimensions there)."""
         bar = progress_bar(self.num_steps, progress, "sampling")
@@ -297,9 +298,3 @@ class Lazy(dist.TorchDistribution):
         rows = value.expand(shape).reshape((lead.numel(), self.batch_shape.numel()) + self.event_shape)
         return self.base.log_prob(rows).reshape(lead + self.batch_shape)
 
-
-def progress_bar(total: int, show: bool, desc: str):
-    """A tqdm bar over ``total`` steps, inert (no output, nothing to close) unless ``show``."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="step", leave=False, disable=not show)

@@ -186,7 +186,7 @@ class BinaryDiffusion(DiffusionModel):
     # --- inpainting ------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample(self, n: int, y=None, *, seed: int | None = None, progress: bool = False,
+    def sample(self, n: int, y=None, *, seed: int | None = None, progress=False,
                known: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``n`` rows by the reverse chain (T network passes). With ``known`` (n, D) and a boolean
         ``mask`` (D,) or (n, D), the masked bits are inpainted by replacement: before every step the
@@ -208,7 +208,7 @@ class BinaryDiffusion(DiffusionModel):
 
     @torch.no_grad()
     def restore(self, y: torch.Tensor, operator, num_samples: int = 1, *,
-                progress: bool = False) -> tuple[torch.Tensor, str] | None:
+                progress=False) -> tuple[torch.Tensor, str] | None:
         """Inpainting by replacement for a noiseless ``ppgen.inverse.Inpaint`` (``operator.task ==
         "inpaint"``, ``operator.sigma == 0``): ``num_samples`` draws per row (S, N, D) of :meth:`sample`
         with the observed bits as ``known``, and the name ``"replacement"``; None for other operators.

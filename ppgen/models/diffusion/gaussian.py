@@ -12,8 +12,8 @@ from pyro.distributions import constraints
 from torch import nn
 
 from ppgen.checks import image_shape_of, positive_int
-from ppgen.models.base import at_least_float32
-from ppgen.models.diffusion.base import DiffusionELBO, DiffusionModel, progress_bar
+from ppgen.models.base import at_least_float32, progress_bar
+from ppgen.models.diffusion.base import DiffusionELBO, DiffusionModel
 from ppgen.models.diffusion.discretised import DiscretisedGaussian, quantise
 from ppgen.models.diffusion.schedules import gaussian_betas
 from ppgen.models.diffusion.unet import UNet
@@ -266,7 +266,7 @@ class GaussianDiffusion(DiffusionModel):
 
     @torch.no_grad()
     def sample(self, n: int, y=None, *, method: str = "ancestral", steps: int | None = None, eta: float = 0.0,
-               start: torch.Tensor | None = None, seed: int | None = None, progress: bool = False) -> torch.Tensor:
+               start: torch.Tensor | None = None, seed: int | None = None, progress=False) -> torch.Tensor:
         r"""``n`` new rows in [0, 1] on the pixel grid.
 
         ``method="ancestral"`` runs the model's reverse chain, T network passes (Ho et al. Alg. 2,
@@ -276,7 +276,8 @@ class GaussianDiffusion(DiffusionModel):
         :math:`x_s = \sqrt{\bar\alpha_s}\hat x_0 + \sqrt{1 - \bar\alpha_s - \sigma^2}\,\hat\epsilon + \sigma z`,
         :math:`\sigma = \eta\sqrt{(1-\bar\alpha_s)/(1-\bar\alpha_t)}\sqrt{1 - \bar\alpha_t/\bar\alpha_s}`;
         ``eta=0`` is deterministic given :math:`x_T`. ``start`` gives :math:`x_T` (n, D); ``seed``
-        fixes the noise (default: the global RNG); ``progress`` shows a bar.
+        fixes the noise (default: the global RNG); ``progress``: True shows a bar, a callable gets
+        ``(done, total)``.
         """
         n = positive_int(n, "n")
         if method not in ("ancestral", "ddim"):
@@ -291,7 +292,7 @@ class GaussianDiffusion(DiffusionModel):
             return self._ancestral(h, self.num_steps, generator, progress)
         return self._ddim(h, self.ddim_steps(self.num_steps if steps is None else steps), eta, generator, progress)
 
-    def _ancestral(self, h, top: int, generator, progress: bool, project=None, final_noise: bool = True):
+    def _ancestral(self, h, top: int, generator, progress, project=None, final_noise: bool = True):
         n, bar = len(h), progress_bar(top, progress, "sampling")
         for t in range(top, 0, -1):
             steps = self._steps(t, n, h.device)
@@ -306,7 +307,7 @@ class GaussianDiffusion(DiffusionModel):
         bar.close()
         return quantise((h + 1) / 2, self.num_levels)
 
-    def _ddim(self, h, schedule: list[int], eta: float, generator, progress: bool, project=None) -> torch.Tensor:
+    def _ddim(self, h, schedule: list[int], eta: float, generator, progress, project=None) -> torch.Tensor:
         n, bar = len(h), progress_bar(len(schedule), progress, "DDIM")
         for i, t in enumerate(schedule):
             s = schedule[i + 1] if i + 1 < len(schedule) else 0
@@ -336,7 +337,7 @@ class GaussianDiffusion(DiffusionModel):
     @torch.no_grad()
     def restore(self, y: torch.Tensor, operator, num_samples: int = 1, *, method: str = "ancestral",
                 steps: int | None = None, eta: float = 0.0,
-                progress: bool = False) -> tuple[torch.Tensor, str] | None:
+                progress=False) -> tuple[torch.Tensor, str] | None:
         r"""``num_samples`` restorations of each measured row y = A x (+ noise), (S, N, D) in [0, 1],
         and the method's name (``"DDNM"`` or ``"diffusion from the noise level"``); None for a noisy
         operator other than denoising.

@@ -48,7 +48,7 @@ import pyro
 import torch
 
 from ppgen.checks import positive_int
-from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, num_rows
+from ppgen.models.base import DATA_PLATE, OBSERVED_SITE, GenerativeModel, num_rows, progress_bar
 from ppgen.models.objective import Objective
 
 __all__ = ["EnergyModel", "ContrastiveDivergence", "STARTS"]
@@ -144,25 +144,24 @@ class EnergyModel(GenerativeModel):
         return -self.energy(self.check_data(x)) - log_z
 
     @torch.no_grad()
-    def run_chains(self, start: torch.Tensor, steps: int, progress: bool = False) -> torch.Tensor:
+    def run_chains(self, start: torch.Tensor, steps: int, progress=False) -> torch.Tensor:
         """The state after ``steps`` MCMC steps (:meth:`mcmc_step`) from the rows ``start`` (N, D):
-        the one sampler loop, behind :meth:`sample` and :class:`ContrastiveDivergence`."""
+        the one sampler loop, behind :meth:`sample` and :class:`ContrastiveDivergence`. ``progress``:
+        True for a bar, or a callback ``progress(done, total)`` (:func:`~ppgen.models.base.progress_bar`)."""
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps must be a non-negative int, got {steps!r}")
-        iterator = range(steps)
-        if progress:
-            from tqdm.auto import tqdm
-
-            iterator = tqdm(iterator, desc="MCMC", unit="step", leave=False)
+        bar = progress_bar(steps, progress, "MCMC")
         x = start.detach()
-        for _ in iterator:
+        for _ in range(steps):
             x = self.mcmc_step(x)
+            bar.update()
+        bar.close()
         return x
 
     @torch.no_grad()
-    def sample(self, n: int, y=None, *, steps: int | None = None, progress: bool = False) -> torch.Tensor:
+    def sample(self, n: int, y=None, *, steps: int | None = None, progress=False) -> torch.Tensor:
         """``n`` rows after ``steps`` MCMC steps (default :attr:`steps`) from :meth:`noise`; a longer
-        chain mixes better (``progress`` shows a bar)."""
+        chain mixes better (``progress``: True shows a bar; a callable gets ``(done, total)``)."""
         n = positive_int(n, "n")
         steps = self.steps if steps is None else positive_int(steps, "steps")
         return self.run_chains(self.noise(n), steps, progress)

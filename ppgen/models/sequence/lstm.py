@@ -42,8 +42,8 @@ class CharLSTM(SequenceModel):
         H and the number of layers.
     dropout : float
         Dropout between LSTM layers while the module is in training mode (char-rnn uses 0.5 for
-        its larger networks). ppgen's trainer does not switch modes: with dropout > 0, call
-        ``model.eval()`` before scoring or sampling.
+        its larger networks). ``fit`` trains in training mode and validates in evaluation mode, and
+        ``log_likelihood`` scores in evaluation mode; to sample without dropout, call ``model.eval()``.
 
     Examples
     --------

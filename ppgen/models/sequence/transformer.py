@@ -55,8 +55,8 @@ class CharTransformer(SequenceModel):
         Blocks, attention heads, and the width d (a multiple of the heads).
     dropout : float
         Dropout on attention weights and residual branches in training mode (nanoGPT uses 0.2).
-        ppgen's trainer does not switch modes: with dropout > 0, call ``model.eval()`` before
-        scoring or sampling.
+        ``fit`` trains in training mode and validates in evaluation mode, and ``log_likelihood``
+        scores in evaluation mode; to sample without dropout, call ``model.eval()``.
 
     Examples
     --------
