@@ -226,7 +226,8 @@ def add_run(run: Path, key: str) -> None:
     from ppgen.inference.checkpoint import write_json_atomic
 
     rows = metrics.get("rows") or len(load_dataset("binarized_mnist", "test", root=config["root"]).x)
-    arguments = ", ".join([str(config["x_dim"])] + [f"{name}={value!r}" for name, value in config["options"].items()])
+    arguments = ", ".join([str(config["x_dim"])] + [f"{name}={value!r}" for name, value in
+                                                  config.get("arguments", config["options"]).items()])
     runs = load(RUNS) or {}
     runs[key] = {"run": str(run), "model": f"{MODELS[config['model']][0].__name__}({arguments})", "config": config,
                  "rows": rows, "epochs": len(history["train_elbo"]),

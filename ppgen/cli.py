@@ -81,7 +81,9 @@ MODELS: dict[str, tuple[Callable, dict]] = {
     "realnvp": (RealNVP, {"num_scales": 2, "hidden": 32, "blocks": 1}),
     "glow": (Glow, {"levels": 2, "steps": 4, "hidden": 32, "blocks": 1}),
     "maf": (MAF, {"transforms": 5, "hidden": [512, 512]}),
-    "nsf": (NSF, {"transforms": 5, "hidden": [512, 512]}),
+    # NSF smaller than MAF: at 5 x [512, 512] its 784-wide spline MADEs take 42 s a step on one CPU thread and 20
+    # samples (784 inverse passes each) 6 minutes; at 2 x [64, 64], 1.8 s and 100 samples in 50 s
+    "nsf": (NSF, {"transforms": 2, "hidden": [64, 64]}),
     # energy-based and implicit: log-likelihood by AIS (rbm) or none (ebm, gan); all get sample quality
     "rbm": (LazyObject("ppgen.models.energy", "RBM"), {"hidden": 500}),
     "ebm": (LazyObject("ppgen.models.energy", "EBM"), {"hidden": [256, 256]}),
@@ -109,10 +111,15 @@ NO_DENSITY = ("ebm", "gan")  # an unnormalised energy without an estimate of Z, 
 BUDGETS: dict[str, dict] = {
     "rbm": {"num_samples": 100, "ais": {"num_temperatures": 1000, "raise_rows": 20}},
     "diffusion": {"test_rows": 10, "quality_samples": 0},
+    # autoregressive samplers, a network pass per pixel: MAF's 200 samples about 70 s, NSF's 100 about 50 s,
+    # PixelCNN's 50 about 60 s
+    "maf": {"quality_samples": 200},
+    "nsf": {"quality_samples": 100},
+    "pixelcnn": {"quality_samples": 50},
     "binary-diffusion": {"test_rows": 200, "quality_samples": 200},
 }
 # `train` without --epochs: 20 epochs, or 2 minutes where they take longer (one CPU thread: a VAE's 20 epochs take
-# 20 s, a RealNVP's 23 min, a Gaussian diffusion's 80 min, an NSF's or a char-transformer's one epoch an hour or more)
+# 20 s, a RealNVP's 23 min, a PixelCNN's 66 min, a Gaussian diffusion's 80 min, a char-transformer's one epoch 1.7 h)
 TRAIN_EPOCHS, TRAIN_MINUTES = 20, 2.0
 IMPORTANCE_SAMPLES = 1000  # K per row of IWAE when neither --num-samples nor a budget says otherwise
 QUALITY_SAMPLES = 500  # samples for sample quality when neither --quality-samples nor a budget says otherwise
@@ -252,7 +259,11 @@ def train_run(model_name: str, data: str, out: Path, *, root=None, options=None,
     check_estimator(model_name, model, fit_config)
     evaluation_budget(model_name, model, **(budget or {}))  # refused now, not after training
     out.mkdir(parents=True, exist_ok=True)
-    config = {"model": model_name, "options": options or {}, "data": str(data), "root": str(root) if root else None,
+    # the options given, and with them every default a user could set (so that a later default does not change the run)
+    known = model_options(model_name)
+    arguments = {**{k: v for k, v in MODELS[model_name][1].items() if k in known}, **(options or {})}
+    config = {"model": model_name, "options": options or {}, "arguments": arguments,
+              "data": str(data), "root": str(root) if root else None,
               "x_dim": model.x_dim, **{k: v for k, v in dataclasses.asdict(fit_config).items() if k in RECORDED}}
     if text:
         config["vocabulary"] = train.vocabulary.characters
@@ -371,15 +382,17 @@ def load_run(run: Path, device="cpu") -> tuple[torch.nn.Module, dict]:
     missing = [key for key in ("model", "options", "data", "root") + ("vocabulary",) * text if key not in config]
     if missing:
         raise ValueError(f"{config_path} lacks {', '.join(map(repr, missing))}: it was not written by `ppgen train`")
+    arguments = config.get("arguments", config["options"])  # folders before "arguments": options over the defaults
     try:
         check_options(config["model"], config["options"])
+        check_options(config["model"], arguments)
     except ValueError as err:
         raise ValueError(f"{config_path}: {err}") from None
     if text:  # a text model is built on the characters it was trained on
         x_dim = Vocabulary(config["vocabulary"])
     else:  # run folders record x_dim; older ones are sized from their data set
         x_dim = config.get("x_dim") or load_dataset(config["data"], "valid", root=config["root"]).x.shape[1]
-    model = build_model(config["model"], x_dim, **config["options"])
+    model = build_model(config["model"], x_dim, **arguments)
     try:
         state = torch.load(weights, map_location=device, weights_only=True)
         model.load_state_dict(state)

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 import ppgen.cli
-from ppgen import log_likelihood
+from ppgen import ConvergenceWarning, log_likelihood
 from ppgen.cli import NO_DENSITY, load_run, main
 from ppgen.data import load_dataset
 
@@ -687,3 +688,36 @@ def test_the_text_models_options_are_checked_in_one_line(model, option, message,
     options = [item for option in [*TINY_TEXT_MODELS[model], option] for item in ("-o", option)]
     one_line_error(capsys, ["train", model, "--data", "shakespeare", "--out", str(tmp_path / "run"), *options], message)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_keeps_the_defaults_it_was_trained_with(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    monkeypatch.setattr(ppgen.cli, "load_dataset", few_rows)
+    assert main(["train", "vae", "--out", str(run), "--epochs", "1", "-o", "hidden=[16]", "--num-samples", "5",
+                 "--quality-samples", "0"]) == 0
+    assert json.loads((run / "config.json").read_text())["arguments"] == {"z_dim": 50, "hidden": [16]}
+    monkeypatch.setitem(ppgen.cli.MODELS, "vae", (ppgen.cli.VAE, {"z_dim": 7, "hidden": 400}))  # a later default
+    assert load_run(run)[0].z_dim == 50  # built as it was trained, not with today's defaults
+    config = json.loads((run / "config.json").read_text())
+    del config["arguments"]  # a folder written before runs recorded them: its options over today's defaults
+    (run / "config.json").write_text(json.dumps(config))
+    monkeypatch.setitem(ppgen.cli.MODELS, "vae", (ppgen.cli.VAE, {"z_dim": 50, "hidden": 400}))
+    assert load_run(run)[0].z_dim == 50
+
+
+def test_train_by_default_stops_at_its_time_budget_and_says_how_to_go_on(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    monkeypatch.setattr(ppgen.cli, "load_dataset", few_rows)
+    monkeypatch.setattr(ppgen.cli, "TRAIN_MINUTES", 1e-9)  # shorter than a step: one step a call
+    argv = ["train", "vae", "--out", str(run), "-o", "hidden=[16]", "--batch-size", "32", "--num-samples", "5",
+            "--quality-samples", "0"]
+    with pytest.warns(ConvergenceWarning, match=r"stopped at max_minutes=1e-09 after step 1 of 40 \(0 of 20 epochs"):
+        assert main(argv) == 0
+    assert f"continue it with: ppgen {shlex.join(argv)} --resume" in capsys.readouterr().err
+    config = json.loads((run / "config.json").read_text())
+    assert config["out_of_time"] and config["max_minutes"] == 1e-9 and config["epochs"] == 20
+    with pytest.warns(ConvergenceWarning, match="after step 2 of 40"):
+        assert main(argv + ["--resume"]) == 0
+    assert main(argv + ["--resume", "--epochs", "2"]) == 0  # --epochs alone: no time limit
+    assert not json.loads((run / "config.json").read_text())["out_of_time"]
+    assert json.loads((run / "history.json").read_text())["train_elbo"].__len__() == 2

@@ -162,14 +162,17 @@ def _samplers():
     from ppgen.models.diffusion import BinaryDiffusion, GaussianDiffusion
     from ppgen.models.energy import EBM, RBM
 
+    from ppgen.models import MADE
+
     rbm = RBM(784, hidden=3)
     rbm.steps = 5  # its Gibbs chain's length (1,000 by default)
     return {"binary-diffusion": (BinaryDiffusion(784, num_steps=7, hidden=[4]), 7),
             "diffusion": (GaussianDiffusion(784, num_steps=6, channels=4), 6),
-            "rbm": (rbm, 5), "ebm": (EBM(784, hidden=4, steps=4), 4)}
+            "rbm": (rbm, 5), "ebm": (EBM(784, hidden=4, steps=4), 4),
+            "made": (MADE(784, hidden_sizes=[4]), 784)}  # a pixel a step
 
 
-@pytest.mark.parametrize("kind", ["binary-diffusion", "diffusion", "rbm", "ebm"])
+@pytest.mark.parametrize("kind", ["binary-diffusion", "diffusion", "rbm", "ebm", "made"])
 def test_sample_quality_reports_the_sampler_steps(kind, monkeypatch, capsys):
     from ppgen.inference.sample_quality import sample_quality
 
@@ -181,8 +184,8 @@ def test_sample_quality_reports_the_sampler_steps(kind, monkeypatch, capsys):
     shown = sample_quality(model, real, 8, seed=1, progress=True)
     assert shown == quiet  # reporting changes nothing drawn
     err = capsys.readouterr().err.splitlines()
-    assert all(re.fullmatch(rf"drawing 8 samples: \d/{steps} steps, \d+ s, about \d+ s left", t) for t in err[:-1]), err
-    assert len(err) >= 2 and re.fullmatch(rf"drawing 8 samples: {steps}/{steps} steps in \d+ s", err[-1]), err
+    assert all(re.fullmatch(rf"drawing 8 samples: \d+/{steps} steps, [\d.]+ (s|min), about [\d.]+ (s|min) left", t) for t in err[:-1]), err
+    assert len(err) >= 2 and re.fullmatch(rf"drawing 8 samples: {steps}/{steps} steps in [\d.]+ (s|min)", err[-1]), err
 
 
 def test_sample_quality_of_a_model_without_a_long_sampler_is_silent(capsys):
@@ -192,3 +195,15 @@ def test_sample_quality_of_a_model_without_a_long_sampler_is_silent(capsys):
     real = torch.bernoulli(torch.full((40, 784), 0.3), generator=torch.Generator().manual_seed(0))
     sample_quality(IndependentBernoulli(784), real, 8, progress=True)
     assert capsys.readouterr().err == ""
+
+
+def test_a_flow_reports_rows_decoded_and_draws_the_same():
+    from ppgen.models import MAF
+
+    model, calls = MAF(6, transforms=1, hidden=[4]), []
+    torch.manual_seed(0)
+    quiet = model.sample(600)
+    torch.manual_seed(0)
+    shown = model.sample(600, progress=lambda done, total: calls.append((done, total)))
+    assert torch.equal(shown, quiet)
+    assert calls == [(256, 600), (512, 600), (600, 600)]  # decoded 256 rows at a time

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ppgen.checks import describe, positive_int
-from ppgen.models.base import DATA_PLATE, GenerativeModel, at_least_float32, num_rows
+from ppgen.models.base import DATA_PLATE, GenerativeModel, at_least_float32, num_rows, progress_bar
 
 __all__ = ["AutoregressiveModel", "InpaintResult", "resolve_order", "observed_first", "order_observed_first"]
 
@@ -197,14 +197,19 @@ class AutoregressiveModel(GenerativeModel):
         return bernoulli_log_prob(self.conditional_logits(x, k), x).sum(-1)
 
     @torch.no_grad()
-    def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
-        """``n`` rows drawn pixel by pixel (each row from an ordering drawn uniformly), (n, D)."""
+    def sample(self, n: int, y: torch.Tensor | None = None, *, progress=False) -> torch.Tensor:
+        """``n`` rows drawn pixel by pixel (each row from an ordering drawn uniformly), (n, D).
+        ``progress``: True shows a bar over the pixels, a callable gets ``(done, total)``."""
         n = positive_int(n, "n")
         ks = torch.randint(self.num_orderings, (n,))
-        return torch.cat([self._sequential(k, int((ks == k).sum()))[0] for k in ks.unique().tolist()])
+        orderings = ks.unique().tolist()
+        bar = progress_bar(len(orderings) * self.x_dim, progress, "pixels")
+        rows = torch.cat([self._sequential(k, int((ks == k).sum()), bar=bar)[0] for k in orderings])
+        bar.close()
+        return rows
 
     def _sequential(self, k: int, n: int, values: torch.Tensor | None = None,
-                    observed: torch.Tensor | None = None, sites: bool = False):
+                    observed: torch.Tensor | None = None, sites: bool = False, bar=None):
         """Draw ``n`` rows in ordering k, clamping ``observed`` pixels (n, D) to ``values``.
 
         Returns the rows (n, D) and the log-probability (n,) of the clamped pixels under their
@@ -224,6 +229,8 @@ class AutoregressiveModel(GenerativeModel):
                 value = torch.where(clamp, values[:, d], value)
                 log_w = log_w + clamp * bernoulli_log_prob(logits, value)
             x = x.index_copy(1, torch.tensor([d], device=x.device), value[:, None])
+            if bar is not None:
+                bar.update()
         return x, log_w
 
     def _draw(self, values: torch.Tensor, observed: torch.Tensor, ks: torch.Tensor):
