@@ -131,3 +131,19 @@ def test_max_minutes_stops_says_so_and_resumes_exactly(tmp_path):
 def test_max_minutes_refused():
     with pytest.raises(ValueError, match="max_minutes must be a positive number"):
         fit(IndependentBernoulli(3), torch.ones(4, 3), epochs=1, max_minutes=0, progress=False)
+
+
+def test_the_result_names_what_its_figures_are():
+    """An ELBO or a likelihood is in nats per example; contrastive divergence's objective is not a likelihood
+    (it once printed "nats/example" too)."""
+    from ppgen.inference import Program
+    from ppgen.models.energy import RBM
+    from ppgen.models.energy.base import ContrastiveDivergence
+
+    x = torch.bernoulli(torch.full((64, 6), 0.3), generator=torch.Generator().manual_seed(0))
+    exact = fit(RBM(6, hidden=3), x, epochs=1, progress=False, convergence_tol=None)
+    program = Program(RBM(6, hidden=3))
+    cd = fit(program, x, epochs=1, objective=ContrastiveDivergence(program, k=1), progress=False)
+    assert exact.unit == "nats/example" and "nats/example" in repr(exact)
+    assert cd.unit == "ContrastiveDivergence objective (not a likelihood)" and "nats" not in repr(cd)
+    assert cd.to_dict()["unit"] == cd.unit

@@ -500,7 +500,7 @@ class Trainer:
                     if bar is not None:  # a terminal: a line per epoch above the bar
                         bar.write(epoch_line(state.epoch, config.epochs, state.train_elbo[-1],
                                              state.valid_elbo[-1] if valid is not None and state.valid_elbo else None,
-                                             state.best_epoch, self._seconds(state)), file=sys.stderr)
+                                             state.best_epoch, self._seconds(state), self._unit()), file=sys.stderr)
                     signals.check()
                     if state.stopped_early:
                         break
@@ -542,8 +542,13 @@ class Trainer:
             examples_per_second=cluster.world_size * rows_seen / step_seconds if step_seconds > 0 else float("nan"),
             stopped_early=state.stopped_early, best_epoch=state.best_epoch, device=str(self.device),
             estimator=self.estimator_name, check=self.check, resumed_from_step=self.resumed_from_step,
-            optimizer=self.optimizer_name, out_of_time=out_of_time,
+            optimizer=self.optimizer_name, out_of_time=out_of_time, unit=self._unit(),
         )
+
+    def _unit(self) -> str:
+        """What the per-epoch figures are: nats per example for a likelihood or its bound, else the objective's."""
+        objective = self.objective
+        return "nats/example" if objective.monotone else f"{type(objective).__name__} objective (not a likelihood)"
 
     def _verdicts(self, state: TrainState, x, y, out_of_time: bool = False) -> list[str]:
         """What the end of a run warns about, in words: a call stopped at ``max_minutes``; else the

@@ -244,6 +244,9 @@ class FitResult:
         The step a resumed run continued from (None for a new run).
     out_of_time : bool
         Whether this call stopped at ``max_minutes`` before its epochs were done.
+    unit : str
+        What ``train_elbo`` and ``valid_elbo`` are: ``"nats/example"`` for a likelihood or a bound, or
+        the objective's name for one that is neither (contrastive divergence, a GAN's game).
     """
 
     model: Any
@@ -264,6 +267,7 @@ class FitResult:
     resumed_from_step: int | None = None
     optimizer: str = "adam"
     out_of_time: bool = False
+    unit: str = "nats/example"
 
     def __repr__(self) -> str:
         valid = f", valid {self.valid_elbo[-1]:.3f}" if self.valid_elbo else ""
@@ -271,18 +275,18 @@ class FitResult:
         name = type(self.model).__name__ if isinstance(self.model, torch.nn.Module) else \
             getattr(self.model, "__name__", "model")
         return (f"FitResult({name}, {self.estimator}, {self.optimizer}, "
-                f"{self.epochs} epochs / {self.steps} steps, {train}{valid} nats/example, "
+                f"{self.epochs} epochs / {self.steps} steps, {train}{valid} {self.unit}, "
                 f"best epoch {self.best_epoch}, {self.seconds:.1f} s on {self.device}"
                 f"{', out of time' if self.out_of_time else ''})")
 
     def to_dict(self) -> dict:
-        """The figures as plain numbers and lists (for ``json.dumps``): per-epoch objectives in nats per
-        example; the per-step ``losses`` stay an attribute (``final_loss`` is the last)."""
+        """The figures as plain numbers and lists (for ``json.dumps``): per-epoch objectives in ``unit``;
+        the per-step ``losses`` stay an attribute (``final_loss`` is the last)."""
         return {"model": repr(self).split("(", 1)[1].split(",", 1)[0], "estimator": self.estimator,
                 "optimizer": self.optimizer, "epochs": self.epochs, "steps": self.steps,
-                "train_elbo": list(self.train_elbo), "valid_elbo": list(self.valid_elbo), "final_loss": self.losses[-1] if self.losses else None,
-                "best_epoch": self.best_epoch, "stopped_early": self.stopped_early, "out_of_time": self.out_of_time,
-                "seconds": self.seconds,
+                "train_elbo": list(self.train_elbo), "valid_elbo": list(self.valid_elbo), "unit": self.unit,
+                "final_loss": self.losses[-1] if self.losses else None, "best_epoch": self.best_epoch,
+                "stopped_early": self.stopped_early, "out_of_time": self.out_of_time, "seconds": self.seconds,
                 "total_seconds": self.total_seconds, "examples_per_second": self.examples_per_second,
                 "device": self.device, "resumed_from_step": self.resumed_from_step,
                 "check": self.check.to_dict() if self.check is not None else None}

@@ -107,8 +107,9 @@ def _square_image(x_dim: int) -> tuple[int, int] | None:
 
 
 def epoch_line(epoch: int, epochs: int, train: float, valid: float | None, best_epoch: int | None,
-               seconds: float) -> str:
-    """The line ``fit`` prints after each epoch in a terminal.
+               seconds: float, unit: str = "nats/example") -> str:
+    """The line ``fit`` prints after each epoch in a terminal; ``unit`` names what the figures are
+    (:attr:`FitResult.unit`).
 
     Examples
     --------
@@ -117,4 +118,4 @@ def epoch_line(epoch: int, epochs: int, train: float, valid: float | None, best_
     """
     valid_text = f", valid {valid:.3f}" if valid is not None else ""
     best = f" (best epoch {best_epoch})" if best_epoch is not None and valid is not None else ""
-    return f"epoch {epoch}/{epochs}: train {train:.3f}{valid_text} nats/example{best}, {seconds:.1f} s"
+    return f"epoch {epoch}/{epochs}: train {train:.3f}{valid_text} {unit}{best}, {seconds:.1f} s"
