@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import ppgen.cli
+from conftest import load_script
 from ppgen import ConvergenceWarning, log_likelihood
 from ppgen.cli import NO_DENSITY, load_run, main
 from ppgen.data import load_dataset
@@ -633,12 +634,7 @@ def test_what_a_model_cannot_use_is_refused_before_it_trains(argv, message, tmp_
 def test_the_leaderboard_keeps_an_added_run_and_refuses_a_half_deleted_one(tmp_path, monkeypatch):
     """`leaderboard.py --add-run RUN --as independent` (before: accepted, then replaced by compression.py's figure
     in the table); a run folder without metrics.json, or with one of null, is refused naming the file."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "leaderboard", Path(__file__).resolve().parents[1] / "benchmarks" / "leaderboard.py")
-    leaderboard = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(leaderboard)
+    leaderboard = load_script("benchmarks/leaderboard.py")
     monkeypatch.setattr(leaderboard, "RUNS", tmp_path / "leaderboard_runs.json")
     run = tmp_path / "run"
     run.mkdir()

@@ -1,12 +1,12 @@
 """The embedded digits and the loaders of the full sets."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import load_script
 from ppgen.data import load_dataset
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -24,11 +24,7 @@ def test_digits_splits(digits):
 
 @pytest.mark.skipif(not (SHARED / "MNIST" / "raw").is_dir(), reason="the MNIST idx files are not beside the repo")
 def test_embedded_digits_are_what_the_script_derives():
-    script = Path(__file__).resolve().parents[1] / "scripts" / "make_digits.py"
-    spec = importlib.util.spec_from_file_location("make_digits", script)
-    make_digits = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_digits)
-    derived = make_digits.derive(SHARED / "MNIST" / "raw")
+    derived = load_script("scripts/make_digits.py").derive(SHARED / "MNIST" / "raw")
     from importlib import resources
 
     with resources.files("ppgen.data").joinpath("digits.npz").open("rb") as f, np.load(f) as shipped:

@@ -5,7 +5,6 @@ layer's closed form agree to ~1e-12 then, so 1e-4 leaves room only for real erro
 """
 
 import copy
-import importlib.util
 import math
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from pyro import poutine
 from pyro.infer import Predictive
 
 import ppgen
+from conftest import load_script
 from ppgen.models.flows import MAF, NSF, Dequantized, Flow, Glow, LogitPixels, RealNVP, dequantize
 from ppgen.models.flows.layers import ActNorm, Coupling, InvertibleConv1x1, Squeeze
 
@@ -247,11 +247,7 @@ def test_non_finite_coupling_scale_is_caught_by_fit_and_named():
 
 @pytest.mark.skipif(not (SHARED / "MNIST" / "raw").is_dir(), reason="the MNIST idx files are not beside the repo")
 def test_digits_grey_is_what_the_script_derives():
-    script = Path(__file__).resolve().parents[1] / "scripts" / "make_digits.py"
-    spec = importlib.util.spec_from_file_location("make_digits", script)
-    make_digits = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_digits)
-    derived = make_digits.derive_grey(SHARED / "MNIST" / "raw")
+    derived = load_script("scripts/make_digits.py").derive_grey(SHARED / "MNIST" / "raw")
     from importlib import resources
 
     with resources.files("ppgen.data").joinpath("digits_grey.npz").open("rb") as f, np.load(f) as shipped:

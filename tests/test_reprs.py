@@ -8,6 +8,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
+from conftest import load_script
 from ppgen.inference import fit, log_likelihood
 from ppgen.inference.diagnostics import elbo_report, elbo_terms
 from ppgen.inference.program import check_model
@@ -107,9 +108,6 @@ def test_autoguide_auxiliary_sites_count_in_the_kl():
 def test_likelihood_labels_reach_the_dict_the_command_table_and_the_leaderboard(vae_and_rows, tmp_path):
     """to_dict carries what the figure is; ppgen's table and benchmarks/leaderboard.py print that label, and the
     leaderboard still reads run folders written before figures carried it (their words from the same describe)."""
-    import importlib.util
-    from pathlib import Path
-
     from ppgen.cli import format_table
     from ppgen.inference.likelihood import describe
 
@@ -124,10 +122,7 @@ def test_likelihood_labels_reach_the_dict_the_command_table_and_the_leaderboard(
     table = format_table({"vae": {**figures, "num_parameters": 10, "sample_quality": quality}})
     assert f"| {result.label} |" in table and "| 12.00 (0.50) |" in table and "| 0.70 / 0.10 (0.90 / 0.88) |" in table
 
-    spec = importlib.util.spec_from_file_location(
-        "leaderboard", Path(__file__).resolve().parents[1] / "benchmarks" / "leaderboard.py")
-    leaderboard = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(leaderboard)
+    leaderboard = load_script("benchmarks/leaderboard.py")
     assert leaderboard.run_label(figures) == result.label
     old = {"log_likelihood": -90.0, "stderr": 0.0, "exact": True, "num_samples": 0, "method": "exact"}
     assert leaderboard.run_label(old) == "exact" == describe("exact", "exact")

