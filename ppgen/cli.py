@@ -117,6 +117,10 @@ BUDGETS: dict[str, dict] = {
     "nsf": {"quality_samples": 100},
     "pixelcnn": {"quality_samples": 50},
     "binary-diffusion": {"test_rows": 200, "quality_samples": 200},
+    # the text models' test plays: the LSTM's 3,731 rows of 100 characters took 3.8 min, the Transformer's 1,457
+    # of 256 about 3 min (wall, the machine loaded 4-5 on 2 cores)
+    "char-lstm": {"test_rows": 1000},
+    "char-transformer": {"test_rows": 500},
 }
 # `train` without --epochs: 20 epochs, or 2 minutes where they take longer (one CPU thread: a VAE's 20 epochs take
 # 20 s, a RealNVP's 23 min, a PixelCNN's 66 min, a Gaussian diffusion's 80 min, a char-transformer's one epoch 1.7 h)
