@@ -25,6 +25,14 @@ def _band_row(model: str, column: int) -> str:
     return rf"(?m)^{model}" + "".join(cells) + "$"
 
 
+def _restore_row(name: str, column: int) -> str:
+    """Column ``column`` (0-3: MSE mean, MSE sample, diversity, max|Ax-y|) of ``name``'s row of the diffusion notebook's
+    restore tables."""
+    cells = [r"\s+\d\.\d{4}"] * 4
+    cells[column] = r"\s+(\d\.\d{4})"
+    return rf"(?m)^{re.escape(name)}\s.*?" + "".join(cells) + "$"
+
+
 # notebook stem -> [(quote in a markdown cell, regex with one group over the code cells' outputs)]
 CLAIMS: dict[str, list[tuple[str, str]]] = {
     "bayesian_networks": [
@@ -225,6 +233,54 @@ CLAIMS: dict[str, list[tuple[str, str]]] = {
         ("0.46 nats (its class", r"CVAE \(z_dim=2 \).* label gains (\S+) nats"),
         ("0.901).", r"CVAE \(z_dim=2 \).* right on (\S+)"),
     ],
+    "svi_by_hand": [
+        ("1.9 minutes on one", r"this run: (\S+) minutes"),
+        ("10,000\n  training digits", r"train \((\d+), 784\)"),
+        ("16 seconds each", r"(\d+) s; the valid ELBO estimated"),
+        ("-258.31 in the first epoch", r"epoch  1: train ELBO\s+(\S+),"),
+        ("-122.30 in the tenth", r"epoch 10: train ELBO\s+(\S+),"),
+        ("-123.92; the loop", r"epoch 10: train ELBO\s+\S+, valid ELBO\s+(\S+) nats"),
+        ("16 s. The", r"(\d+) s; the valid ELBO estimated"),
+        ("0.14 nats. That", r"estimated 10 times \(seeds 0-9\): mean \S+, sd (\S+)"),
+        ("1,000 steps)", r"(?m)^FitResult\(model, trace, adam, 10 epochs / (\d+) steps"),
+        ("-122.118 and a validation", r"(?m)^FitResult\(model, .* train (\S+), valid"),
+        ("-123.705, in", r"(?m)^FitResult\(model, .* valid (\S+) nats"),
+        ("15.6 s, about", r"(?m)^FitResult\(model, .*best epoch 10, (\S+) s on cpu"),
+        ("16 s. And it warns", r"(\d+) s; the valid ELBO estimated"),
+        ("3.25 nats an epoch over", r"ConvergenceWarning: fit model: the objective was still improving by (\S+) nats"),
+        ("-123.92 and -123.86", r"(?m)^SVI by hand, seed 0\s+\S+\s+\S+\s+(\S+)\s+\S+$"),
+        ("-123.86, a difference", r"(?m)^fit, seed 0\s+\S+\s+\S+\s+(\S+)\s+\S+$"),
+        ("-0.06 nats, the size", r"hand - fit \(seed 0\), the mean of 10 evaluations: (\S+) nats"),
+        ("0.06, from the spread", r"its Monte Carlo s\.e\. (\S+)\)"),
+        ("0.14 of one estimate", r"estimated 10 times \(seeds 0-9\): mean \S+, sd (\S+)"),
+        ("+0.24 nats from seed 0", r"seed 1 - seed 0 \(fit\), the same: (\S+) nats"),
+        ("-1.65 in the second", r"SVI by hand, seed 0, valid ELBO minus fit's \(seed 0\) per epoch: \S+ (\S+)"),
+        ("+1.71), and", r"fit, seed 1, valid ELBO minus fit's \(seed 0\) per epoch: \S+ (\S+)"),
+        ("-0.22 for\nthe hand loop", r"SVI by hand, seed 0, valid ELBO minus fit's \(seed 0\) per epoch:(?: \S+){9} (\S+)"),
+        ("+0.29 for seed 1", r"fit, seed 1, valid ELBO minus fit's \(seed 0\) per epoch:(?: \S+){9} (\S+)"),
+        ("100 rows of the batch", r"data plate 'data' ranges over the (\d+) rows"),
+        ("10,000/100) more", r"a minibatch of \d+ of (\d+) rows"),
+        ("-2.21 nats per example", r"epoch 3: SVI's figure\s+(\S+),"),
+        ("-209.26 as the intended", r"epoch 3: SVI's figure.*valid rows\s+(\S+) nats"),
+        ("-205.82), which", r"no latent at all\), exact: (\S+) nats"),
+        ("100 of 10,000 rows", r"a minibatch of (\d+) of \d+ rows"),
+        ("3.25 nats an epoch (`fit`)", r"fit's training ELBO:\s+the objective was still improving by (\S+) nats"),
+        ("3.22 (by hand)", r"the hand loop's, tested the same way: the objective was still improving by (\S+) nats"),
+        ("6, step 500", r"resuming from \S+ at epoch (\d+), step"),
+        ("500 (and says", r"resuming from \S+ at epoch \d+, step (\d+);"),
+        ("5 to 10", r"changed: epochs (\d+) ->"),
+        ("-122.118, valid -123.705, with", r"second call: FitResult\(.* train (\S+), valid"),
+        ("-123.705, with the same", r"second call: FitResult\(.* valid (\S+) nats"),
+        ("0.0). A hand loop", r"largest difference from the parameters of the run in one call: (\S+)"),
+        ("1000$ the bound", r"IWAE K=(\d+):"),
+        ("-118.661 nats per validation digit", r"log-likelihood (\S+) nats/example \(IWAE K=1000"),
+        ("0.014), 5.20", r"IWAE K=1000: .*Monte Carlo s\.e\. (\S+)\)"),
+        ("5.20 nats\nabove", r"the bound minus the ELBO of the same draws: (\S+) nats"),
+        ("-123.858): that", r"IWAE K=1000: .* ELBO (\S+); s\.d\. over rows"),
+        ("-122.118 and valid -123.705, and", r"ppgen\.VAE:\s+FitResult\(VAE, .* train (\S+), valid"),
+        ("-123.705, and the same", r"ppgen\.VAE:\s+FitResult\(VAE, .* valid (\S+) nats"),
+        ("0.0). The `fit(vae", r"largest difference between their trained parameters: (\S+)"),
+    ],
     "what_is_a_generative_model": [
         ("80% of the validation patches", r"(?m)^\s+30 \|.*\| (\d+\.\d)%"),
         ("14%. From 100 to 3,000", r"(?m)^\s+10,000 \|.*\| (\d+\.\d)%"),
@@ -237,6 +293,9 @@ CLAIMS: dict[str, list[tuple[str, str]]] = {
         ("13 more", r"VAE minus Bayesian network: \+(\S+) nats"),
         ("-105.7)", r"VAE\s+\|\s+[\d,]+ \|\s+(\S+) \|"),
         ("85 parameters", r"Bayesian network (\d+), factorised"),
+        ("0.854 against 0.838", r"16-d VAE codes\s+([\d.]+)"),
+        ("0.838), though", r"784 raw pixels\s+([\d.]+)"),
+        ("-10.08 to about", r"(?m)^\s+30 \|\s+(\S+) \|"),
     ],
     "language_models": [
         ("0.0109)", r"x_0 = '<start>'\) = (\S+)"),
@@ -260,6 +319,77 @@ CLAIMS: dict[str, list[tuple[str, str]]] = {
     ],
     "compression": [
         ("0.378: the ~90-byte header", r"(?m)^independent\s+(\S+)"),
+        ("47 s in the", r"FitResult\(NADE, .* ([\d.]+) s on cpu\)"),
+    ],
+    "diffusion": [
+        ("280,177 parameters", r"([\d,]+) parameters, all in the noise predictor"),
+        ("279 s of it training", r"FitResult\(GaussianDiffusion, .* ([\d.]+) s on cpu\)"),
+        ("2.65 and 4.27", r"t = 100: .* variance ([\d.]+) s\.e\."),
+        ("4.27 standard errors", r"t =\s+1: .* variance ([\d.]+) s\.e\."),
+        ("1488.0 ± 17.1", r"-ELBO = ([\d.]+) ± [\d.]+ nats per image"),
+        ("17.1 nats per image", r"-ELBO = [\d.]+ ± ([\d.]+) nats per image"),
+        ("2.738 bits/dim**", r"nats per image = ([\d.]+) bits/dim"),
+        ("2.738 bits/dim is an *upper*", r"nats per image = ([\d.]+) bits/dim"),
+        ("0.0110 nats: it has", r"L_T = ([\d.]+) nats"),
+        (r"3.03 \times 10^{-5}", r"(?m)^linear: .*alpha_bar_T = ([\d.]+)e-05"),
+        ("774.7 nats, and the decoder", r"sum of L_1..L_\(T-1\) = ([\d.]+) nats"),
+        ("713.3 nats, almost half", r"L_0 = ([\d.]+) nats"),
+        ("0.0 nats). One KL", r"nll_bound, 4 rows \(nats\): \[(-?[\d.]+)"),
+        ("1.0471 nats)", r"by hand: ([\d.]+) nats"),
+        ("1.0471 nats)", r"by hand: [\d.]+ nats; step_term: ([\d.]+)"),
+        ("113.9 ± 1.0 nats", r"-ELBO = ([\d.]+) nats per image, [\d.]+ bits/dim"),
+        ("1.0 nats per image (0.2096", r"ELBO: a lower bound on log p\(x\); Monte Carlo s\.e\. ([\d.]+)\)"),
+        ("0.2096 bits/dim) on 1,000", r"-ELBO = [\d.]+ nats per image, ([\d.]+) bits/dim"),
+        ("64 s). This", r"FitResult\(BinaryDiffusion, .* ([\d.]+) s on cpu\)"),
+        ("83.7 s by the 200-step", r"ancestral, 200 steps\s*:\s*([\d.]+) s for"),
+        ("16.1 s,", r"DDIM, 50 steps\s*:\s*([\d.]+) s for"),
+        ("8.8 s and 4.4 s", r"DDIM, 20 steps\s*:\s*([\d.]+) s for"),
+        ("4.4 s by DDIM", r"DDIM, 10 steps\s*:\s*([\d.]+) s for"),
+        ("288, 296 and 319", r"DDIM, 50 steps .*KID = ([\d.]+)"),
+        ("296 and 319", r"DDIM, 20 steps .*KID = ([\d.]+)"),
+        ("319, against 299", r"DDIM, 10 steps .*KID = ([\d.]+)"),
+        ("299 for the ancestral chain", r"ancestral, 200 steps .*KID = ([\d.]+)"),
+        ("170 ± 30 against", r"KID = ([\d.]+) ± [\d.]+ \(real vs real\)"),
+        ("30 against each other", r"KID = [\d.]+ ± ([\d.]+) \(real vs real\)"),
+        ("0.0000). They differ", _restore_row("inpaint (bottom half hidden)", 3)),
+        ("0.0660), and the mean", _restore_row("inpaint (bottom half hidden)", 2)),
+        ("0.0283) is closer", _restore_row("inpaint (bottom half hidden)", 0)),
+        ("0.0524), as averaging", _restore_row("inpaint (bottom half hidden)", 1)),
+        ("0.0073 for the mean", _restore_row("super-resolution 14 -> 28", 0)),
+        ("0.0104 for a sample", _restore_row("super-resolution 14 -> 28", 1)),
+        ("0.0500 rather", _restore_row("super-resolution 14 -> 28", 3)),
+        ("14.56% of pixels", r"outside \[0, 1\]: ([\d.]+)%"),
+        ("0.050) and the sampler", r"largest excursion ([\d.]+)"),
+        ("0.0045 (mean)", _restore_row("denoising, sigma = 0.2", 0)),
+        ("0.0063 (sample)", _restore_row("denoising, sigma = 0.2", 1)),
+        ("0.0402 for", r"MSE of the noisy measurement y itself: ([\d.]+)"),
+        ("0.0215 for the measurement clipped", r"of y clipped to \[0, 1\]: ([\d.]+)"),
+        ("0.0496 for the mean", _restore_row("BinaryDiffusion", 0)),
+        ("0.0744 for a sample", _restore_row("BinaryDiffusion", 1)),
+        ("0.0546\n    for the binary diffusion", _restore_row("BinaryDiffusion", 2)),
+        ("0.0531 and 0.0703", _restore_row("VAE", 0)),
+        ("0.0703.", _restore_row("VAE", 1)),
+        ("0.0382 for the VAE", _restore_row("VAE", 2)),
+        ("0.0628 and 0.1109", _restore_row("PixelCNN", 0)),
+        ("0.1109, with", _restore_row("PixelCNN", 1)),
+        ("0.1071, against", _restore_row("PixelCNN", 2)),
+        ("0.2936), and each", _restore_row("exact posterior", 2)),
+        ("0.3035, close", _restore_row("exact posterior", 1)),
+        ("0.2957 = 0.1480", r"= ([\d.]+) \(the expected MSE of one exact sample\)"),
+        ("0.1480 (the closed-form", r"MSE of the closed-form posterior mean: ([\d.]+);"),
+        ("0.1477 (the mean posterior variance)", r"plus the mean posterior variance ([\d.]+) ="),
+        ("0.1535, and is within", _restore_row("MSE regression", 0)),
+        ("0.0048 of the exact", r"regression output vs the exact posterior mean, MSE: ([\d.]+)"),
+        ("0.08$, against 0.49", r"(?m)^linear: .*alpha_bar at t = T/2: ([\d.]+)"),
+        ("0.49 for the cosine", r"(?m)^cosine: .*alpha_bar at t = T/2: ([\d.]+)"),
+    ],
+    "write_your_own_model": [
+        ("25,872 parameters) against", r"parameters: ([\d,]+) \(rank 16\)"),
+        ("307,720)", r"and ([\d,]+) \(FVSBN\)"),
+        ("16.4 nats for a twelfth", r"rank 16 gives up ([\d.]+) nats"),
+        ("-1.524 nats per point", r"log-likelihood (-[\d.]+) nats/example \(exact\)"),
+        ("-1.438 of the density", r"the density that drew the rows: (-[\d.]+) nats"),
+        ("0.51 of its samples", r"within 0\.5 of some mode: ([\d.]+) of the samples"),
     ],
 }
 
@@ -297,4 +427,10 @@ def test_quoted_numbers_match_the_stored_outputs(stem):
         half_unit = 0.5 * 10.0 ** -decimals + 1e-9  # the quote rounds the output to its own decimals
         assert any(abs(_number(s)[0] - quoted) <= half_unit for s in shown), \
             f"{stem}: the text says {quote!r}, the outputs show {shown}"
+
+
+def test_every_tutorial_has_its_claims_checked():
+    tutorials = sorted(path.stem for path in TUTORIALS.glob("*.ipynb"))
+    unchecked = [stem for stem in tutorials if not CLAIMS.get(stem)]
+    assert tutorials and not unchecked, f"tutorials with no CLAIMS table (add one): {unchecked}"
 
