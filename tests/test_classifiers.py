@@ -33,6 +33,25 @@ def test_naive_bayes_closed_form_predictive_matches_pyro_model():
             assert abs(freq - p) < 4.5 * (p * (1 - p) / num_samples).sqrt(), (config, c, freq, p)
 
 
+def test_naive_bayes_sample_draws_the_posterior_predictive():
+    # sample() used to run the model, whose pi and theta come from the prior: noise after condition_on
+    g = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.full((12, 2), 0.3), generator=g)
+    y = torch.randint(0, 2, (12,), generator=g)
+    nb = NaiveBayes(2, alpha=2.0, a=1.0, b=3.0).condition_on(x, y)
+    num_samples = 40_000
+    torch.manual_seed(0)
+    configs = torch.tensor(list(itertools.product([0.0, 1.0], repeat=2)))
+    joint = nb.log_predictive(configs).exp()  # (4, 2): p(x, y = c | D), the closed form
+    for c, expected in ((0, joint[:, 0] / joint[:, 0].sum()), (None, joint.sum(1))):  # p(x | y = 0, D), p(x | D)
+        rows = nb.sample(num_samples, c)
+        freq = (rows[:, None, :] == configs).all(-1).float().mean(0)
+        # binomial sd of each frequency; 4.5 sd: no false alarm in practice
+        assert ((freq - expected).abs() < 4.5 * (expected * (1 - expected) / num_samples).sqrt()).all(), (c, freq, expected)
+    with pytest.raises(ValueError, match="labels 0..1"):
+        nb.sample(3, torch.tensor([0, 1, 2]))
+
+
 def test_naive_bayes_conjugate_update_counts():
     x = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
     y = torch.tensor([0, 0, 1])

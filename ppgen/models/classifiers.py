@@ -97,6 +97,23 @@ class NaiveBayes(GenerativeModel):
         self.post_b.copy_(b + counts[:, None] - ones)
         return self
 
+    @torch.no_grad()
+    def sample(self, n: int, y=None) -> torch.Tensor:
+        r"""``n`` rows from the posterior predictive, shape (n, x_dim): each row's
+        :math:`y \sim \mathrm{Categorical}(\bar\pi)` (or the labels ``y``: an int or ``n`` of them) and
+        :math:`x_j \mid y \sim \mathrm{Bernoulli}(\bar\theta_{y,j})`, the model's story with the posterior
+        means of :meth:`condition_on` (the prior's before). Each row is an exact draw of p(x, y | D); the
+        rows are drawn independently, not under one shared draw of the parameters."""
+        n = positive_int(n, "n")
+        theta = self.post_a / (self.post_a + self.post_b)  # (C, D)
+        if y is None:
+            y = dist.Categorical(self.post_alpha / self.post_alpha.sum()).sample((n,))
+        elif isinstance(y, int) and not isinstance(y, bool):
+            y = _check_labels(torch.full((n,), y, device=theta.device), n, self.num_classes)
+        else:
+            y = _check_labels(y, n, self.num_classes).to(theta.device)
+        return torch.bernoulli(theta[y])
+
     def log_predictive(self, x: torch.Tensor) -> torch.Tensor:
         r"""Closed-form posterior predictive :math:`\log p(x, y = c \mid \mathcal{D})`, shape (N, C)."""
         x = self.check_data(x)
