@@ -96,6 +96,16 @@ def test_bernoulli_mixture_matches_enumeration_and_sums_to_one():
     assert torch.equal(model.encode(x), model.predict(x))
 
 
+def test_bernoulli_mixture_joint_log_prob_is_its_components_log_densities():
+    """joint_log_prob's two matrix products against the broadcast Bernoulli log-densities of its own story, on
+    digit-sized rows in float64 (1e-9: rounding of sums of 784 terms)."""
+    model = _randomise(BernoulliMixture(784, 7), scale=3.0).double()
+    x = torch.bernoulli(torch.full((50, 784), 0.3, dtype=torch.float64))
+    broadcast = (model.component(torch.arange(7)).log_prob(x.unsqueeze(-2))
+                 + torch.log_softmax(model.weight_logits, -1))
+    assert torch.allclose(model.joint_log_prob(x), broadcast, rtol=0, atol=1e-9)
+
+
 def test_gaussian_mixture_log_prob_and_predict_by_hand():
     model = _randomise(GaussianMixture(3, 4, covariance="full"))
     x = torch.randn(50, 3)

@@ -16,6 +16,9 @@ estimates of the full-data objective even with global latent variables.
 
 from __future__ import annotations
 
+import contextlib
+
+import pyro
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 
@@ -24,6 +27,9 @@ from ppgen.inference.program import ELBO_ESTIMATORS, Program, call_args, logmean
 from ppgen.models.objective import PRECISIONS, Objective
 
 __all__ = ["Objective", "ELBO", "MaximumLikelihood", "make_objective", "PRECISIONS"]
+
+# where TraceGraph_ELBO keeps a site's decaying-average baseline in Pyro's global param store
+BASELINE_PREFIX = "__baseline_avg_downstream_cost_"
 
 
 class ELBO(Objective):
@@ -35,7 +41,8 @@ class ELBO(Objective):
     estimator : {"trace", "meanfield", "enum", "graph", "iwae"}
         ``Trace_ELBO``, ``TraceMeanField_ELBO`` (analytic KL where known), ``TraceEnum_ELBO``
         (discrete latents summed out), ``TraceGraph_ELBO`` (score-function terms with
-        Rao-Blackwellisation), or the importance-weighted bound per example.
+        Rao-Blackwellisation, and the baselines a guide's sites ask for: a decaying average is kept
+        here per batch size, and checkpointed), or the importance-weighted bound per example.
     num_particles : int
         Samples per example, vectorised.
     precision : {"fp32", "bf16"}
@@ -56,6 +63,7 @@ class ELBO(Objective):
                            "graph": TraceGraph_ELBO}.get(estimator, Trace_ELBO)(
             num_particles=num_particles, vectorize_particles=vectorize)
         self._ready = False
+        self._baselines: dict[int, dict[str, torch.Tensor]] = {}  # rows of a batch -> "graph"'s running averages
 
     def loss(self, x, y, scale: float, group: str) -> torch.Tensor:
         program = self.program
@@ -71,10 +79,44 @@ class ELBO(Objective):
         if self.estimator == "graph":
             # TraceGraph_ELBO has no differentiable_loss: take the loss value from the ELBO and
             # the gradient from its surrogate (which includes the score-function terms).
-            elbo, surrogate = self._pyro_elbo._loss_and_surrogate_loss(model, guide, call_args(x, y), {})
+            with self._own_baselines(x.shape[0]):
+                elbo, surrogate = self._pyro_elbo._loss_and_surrogate_loss(model, guide, call_args(x, y), {})
             surrogate = torch.as_tensor(surrogate)
             return surrogate - surrogate.detach() - torch.as_tensor(elbo).detach()
         return self._pyro_elbo.differentiable_loss(model, guide, *call_args(x, y))
+
+    @contextlib.contextmanager
+    def _own_baselines(self, rows: int):
+        """Hold ``"graph"``'s decaying-average baselines (``infer={"baseline": {"use_decaying_avg_baseline":
+        True}}``) here, one set per batch size, instead of in Pyro's global store: Pyro keeps one running
+        average per position of the batch, which a smaller last minibatch or ``fit``'s checks on chunks of
+        other sizes could not use, and which would leak into the next fit. The store's own are put back."""
+        store = pyro.get_param_store()
+        outside = {name: store[name] for name in list(store.keys()) if name.startswith(BASELINE_PREFIX)}
+        for name in outside:
+            del store[name]
+        mine = self._baselines.setdefault(rows, {})
+        for name, value in mine.items():
+            store[name] = value
+        try:
+            yield
+        finally:
+            for name in [name for name in list(store.keys()) if name.startswith(BASELINE_PREFIX)]:
+                mine[name] = store[name].detach()
+                del store[name]
+            for name, value in outside.items():
+                store[name] = value
+
+    def checkpoint_state(self) -> dict:
+        """``"graph"``'s decaying-average baselines by batch size (:meth:`_own_baselines`), where it has any."""
+        if not self._baselines:
+            return {}
+        return {"baselines": {str(rows): dict(mine) for rows, mine in self._baselines.items()}}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        device = self.program.device
+        self._baselines = {int(rows): {name: value.to(device) for name, value in mine.items()}
+                           for rows, mine in state.get("baselines", {}).items()}
 
     def score(self, x, y=None) -> torch.Tensor:
         """Minus the loss summed over the rows, for validation: Pyro's ``TraceEnum_ELBO`` runs only

