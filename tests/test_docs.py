@@ -11,7 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = sorted((ROOT / "tutorials").glob("*.ipynb"))
 COURSE = ["what_is_a_generative_model", "bayesian_networks", "autoregressive_models", "language_models",
-          "variational_autoencoders", "svi_by_hand", "normalizing_flows", "energy_models_and_gans", "diffusion", "compression",
+          "variational_autoencoders", "svi_by_hand", "mixtures_and_discrete_latents", "conditional_generation",
+          "normalizing_flows", "energy_models_and_gans", "sample_quality", "diffusion", "compression",
           "posterior_diagnostics", "write_your_own_model"]
 
 
