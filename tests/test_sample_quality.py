@@ -126,3 +126,6 @@ def test_sample_quality_reports_the_real_vs_real_floor_beside_the_model(digits):
         {k: v for k, v in replay["real_vs_real"].items() if k != "rows"}
     with pytest.raises(ValueError, match="reference must hold at least 2 real rows"):
         sample_quality(Replay(), real[:200], 200)  # no rows beyond the first n for the floor
+    assert sample_quality(train, real, 200, reference=train) == replay  # rows already drawn score as drawn
+    with pytest.raises(ValueError, match=r"samples given as a tensor must be rows \(N, D\) with N >= n=200"):
+        sample_quality(train[:100], real, 200, reference=train)

@@ -230,7 +230,8 @@ def draw(model, n: int, labels: torch.Tensor | None = None, progress=None) -> to
 def sample_quality(model, real, n: int, *, grey: bool = False, seed: int = 0, labels=None,
                    reference=None, progress: bool = False) -> dict:
     """Scores of ``n`` samples of a model of 28x28 digits against the real rows ``real`` (N, 784),
-    and of real rows of another split against them (the floor, under ``"real_vs_real"``).
+    and of real rows of another split against them (the floor, under ``"real_vs_real"``). ``model``
+    is a model to draw from, or a tensor of rows already drawn (its first ``n`` are scored).
 
     The scores: FID and KID (with its standard error, over subsets of half the samples) in the
     shipped digit classifier's features, precision and recall (k = 3) in :func:`manifold_features`,
@@ -249,9 +250,15 @@ def sample_quality(model, real, n: int, *, grey: bool = False, seed: int = 0, la
     if len(reference) < 2:
         raise ValueError(f"reference must hold at least 2 real rows (of another split) for the real-vs-real floor, "
                          f"got {len(reference)}" + (" (real has no rows beyond the first n)" if len(real) <= n else ""))
-    with torch.random.fork_rng(devices=[model.device.index or 0] if model.device.type == "cuda" else []):
+    drawn = isinstance(model, torch.Tensor)
+    if drawn and (model.dim() != 2 or len(model) < n):
+        raise ValueError(f"samples given as a tensor must be rows (N, D) with N >= n={n}, got shape "
+                         f"{tuple(model.shape)}")
+    device = model.device if drawn or hasattr(model, "device") else torch.device("cpu")
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        samples = draw(model, n, labels, Progress(f"drawing {n:,} samples", "steps") if progress else None)
+        samples = model[:n] if drawn else draw(model, n, labels,
+                                                  Progress(f"drawing {n:,} samples", "steps") if progress else None)
         samples = (samples.detach().cpu().float() / scale).clamp(0, 1)
         real = real[:max(n, 2)].float() / scale
         reference = torch.as_tensor(reference)[:max(n, 2)].float() / scale
