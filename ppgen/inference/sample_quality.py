@@ -254,8 +254,7 @@ def sample_quality(model, real, n: int, *, grey: bool = False, seed: int = 0, la
     if drawn and (model.dim() != 2 or len(model) < n):
         raise ValueError(f"samples given as a tensor must be rows (N, D) with N >= n={n}, got shape "
                          f"{tuple(model.shape)}")
-    device = model.device if drawn or hasattr(model, "device") else torch.device("cpu")
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[model.device.index or 0] if model.device.type == "cuda" else []):
         torch.manual_seed(seed)
         samples = model[:n] if drawn else draw(model, n, labels,
                                                   Progress(f"drawing {n:,} samples", "steps") if progress else None)
