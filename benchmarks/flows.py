@@ -5,6 +5,18 @@ Table 2): RealNVP 1.06, Glow 1.05, FFJORD (multiscale) 0.99, MAF 1.89 bits/dim.
 
     python benchmarks/flows.py --root ../shared/data --budget 120          # CPU: a short run per model
     python benchmarks/flows.py --root DATA --preset paper --device cuda     # for a GPU (not run here)
+    OMP_NUM_THREADS=1 python benchmarks/flows.py --root ../shared/data --preset cpu-long --models maf \
+        --runs runs/flows-long --max-minutes 170                          # resumable; call again to continue
+
+The ``cpu-long`` preset (:data:`LONG`) trains each model in its run folder (``long_run.LongRun``: ``fit``'s
+checkpoint and ``curve.json``, the validation bits/dim after every epoch with the wall and CPU hours) on the
+first 50,000 MNIST training images, validating on the other 10,000 (each dequantized once, seed 1), with Adam,
+a one-epoch warm-up, a half-cosine decay to lr / 10 and gradient clipping; each call trains for at most
+``--max-minutes`` and the same command continues it. Once the planned epochs are done (or with ``--evaluate``,
+the checkpoint as it stands) it scores all 10,000 test images (dequantized with seed 0): bits/dim with the
+standard error of the test-set mean, sample grids at T = 1.0, 0.8, 0.6 and FID/KID/precision/recall of
+``--quality-samples`` samples in the shipped classifier's features beside the real-vs-real floor.
+Writes benchmarks/results/flows_long.json.
 
 Speed: examples/s of ppgen's ``RealNVP.log_prob`` (forward + backward) against the same layers
 driven by a plain PyTorch function (logit, then each layer in turn), in one run, alternating.
@@ -16,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -23,8 +36,13 @@ import torch
 
 import ppgen
 from ppgen.inference.checkpoint import write_json_atomic
+from ppgen.inference.sample_quality import sample_quality
 from ppgen.models.flows import MAF, Dequantized, Glow, RealNVP, dequantize
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from long_run import LongRun, save_grid, scheduled_lr  # noqa: E402
+
+DEFAULT_OUT = Path(__file__).parent / "results" / "flows.json"
 PUBLISHED = {"realnvp": 1.06, "glow": 1.05, "ffjord": 0.99, "maf": 1.89}
 PRESETS = {
     "cpu": {"realnvp": dict(num_scales=2, hidden=32, blocks=1), "glow": dict(levels=2, steps=4, hidden=32),
@@ -33,6 +51,19 @@ PRESETS = {
               "maf": dict(transforms=5, hidden=(1024, 1024))},
 }
 MODELS = {"realnvp": RealNVP, "glow": Glow, "maf": MAF}
+# The cpu-long runs: "model" is the constructor's keywords; an epoch is one pass over the 50,000 training rows
+# (fresh dequantization noise each pass) at batch_size, lr by long_run.scheduled_lr, the gradient per row
+# clipped to clip_norm (fit's clip_norm: a guard against spikes, above the 3e3-1e4 of the first steps'); the
+# curve's valid bits/dim is on the first valid_rows validation rows.
+LONG = {
+    "maf": {"model": dict(transforms=5, hidden=[1024, 1024]), "epochs": 80, "batch_size": 100, "lr": 5e-4,
+            "warmup_epochs": 1, "clip_norm": 1e4, "valid_rows": 10_000},
+    "glow": {"model": dict(levels=2, steps=8, hidden=64, blocks=1), "epochs": 40, "batch_size": 64, "lr": 1e-3,
+             "warmup_epochs": 1, "clip_norm": 1e4, "valid_rows": 5_000},
+    "realnvp": {"model": dict(num_scales=2, hidden=64, blocks=2), "epochs": 30, "batch_size": 64, "lr": 1e-3,
+                "warmup_epochs": 1, "clip_norm": 1e4, "valid_rows": 5_000},
+}
+TEMPERATURES = (1.0, 0.8, 0.6)
 CPU_RATE = {"realnvp": 190, "glow": 550, "maf": 650}  # training rows/s of the cpu preset, 1 thread
 
 
@@ -69,18 +100,98 @@ def speed_ratio(x: torch.Tensor, rounds: int = 6) -> dict:
             "ratio": rate["ppgen"] / rate["plain"], "batch": len(x), "rounds": rounds}
 
 
+def mnist_levels(root: Path, split: str) -> torch.Tensor:
+    """MNIST ``split`` as 8-bit pixel levels 0..255, float rows (N, 784)."""
+    return (ppgen.load_dataset("mnist", split, root=root, binarize="dynamic").x.intensities * 255).round()
+
+
+def long_flow(args, name: str, train: torch.Tensor, valid: torch.Tensor, test: torch.Tensor,
+              cfg: dict | None = None) -> dict:
+    """Train the long ``name`` (settings ``cfg``, by default :data:`LONG`'s) in ``args.runs / name`` for at most
+    ``args.max_minutes`` this call, continuing what earlier calls trained. ``train`` holds integer levels (fresh
+    noise every epoch), ``valid`` and ``test`` dequantized rows. Once the planned epochs are done (or with
+    ``args.evaluate``) evaluate on ``test``: bits/dim, sample grids, sample quality. Returns the report's row."""
+    cfg = cfg or LONG[name]
+    run = LongRun(args.runs / name, cfg)
+    model = MODELS[name](784, **cfg["model"])
+    settings = dict(batch_size=cfg["batch_size"], device=args.device, seed=0, checkpoint_dir=run.checkpoint_dir,
+                    resume=True, progress=False, convergence_tol=None, clip_norm=cfg["clip_norm"])
+    rows, valid = Dequantized(train), valid[: cfg["valid_rows"]]
+    for epoch in run.epochs(args.max_minutes):
+        result = ppgen.fit(model, rows, epochs=epoch, lr=scheduled_lr(epoch, cfg), **settings)
+        valid_bpd = ppgen.log_likelihood(model, valid, batch_size=500, device=args.device).bits_per_dim
+        row = run.record({"epoch": epoch, "lr": scheduled_lr(epoch, cfg), "steps": result.steps,
+                          "train_bits_per_dim": -result.train_elbo[-1] / (784 * math.log(2)),
+                          "valid_bits_per_dim": valid_bpd})
+        print(f"{name} epoch {epoch}/{cfg['epochs']}: bits/dim {row['train_bits_per_dim']:.3f} (train), "
+              f"{valid_bpd:.3f} (valid), {row['cpu_seconds'] / 3600:.2f} CPU hours", flush=True)
+    if run.rows and not run.trained_now:  # nothing trained in this call: load the checkpoint's parameters
+        ppgen.fit(model, rows, epochs=len(run.rows), lr=scheduled_lr(len(run.rows), cfg), **settings)
+    report = {**run.report(), "num_parameters": model.num_parameters, "published": PUBLISHED[name],
+              "valid_rows": len(valid), "valid_curve": [(r["epoch"], r["cpu_seconds"], r["valid_bits_per_dim"])
+                                                        for r in run.rows]}
+    if not run.rows or not (run.complete or args.evaluate):
+        return report
+    path = run.result_path()
+    if path.exists() and json.loads(path.read_text())["test_rows"] == len(test):
+        return {**report, **json.loads(path.read_text())}
+    start = time.perf_counter()
+    scored = ppgen.log_likelihood(model, test, batch_size=500, device=args.device)
+    per_dim = 1 / (784 * math.log(2))
+    evaluation = {"test_rows": len(test), "test_bits_per_dim": scored.bits_per_dim,
+                  "test_bits_per_dim_stderr": scored.row_std / math.sqrt(len(test)) * per_dim}
+    model.eval()
+    for temperature in TEMPERATURES:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            grid = model.sample(64, temperature=temperature)
+        save_grid(grid / 256, run.folder / f"samples-T{temperature}.png", rows=8)
+    quality = sample_quality(model, test.floor(), args.quality_samples, grey=True, reference=train[-args.quality_samples:])
+    evaluation.update(quality=quality, evaluation_seconds=round(time.perf_counter() - start, 1),
+                      sample_grids=[str(run.folder / f"samples-T{t}.png") for t in TEMPERATURES])
+    write_json_atomic(evaluation, path)
+    return {**report, **evaluation}
+
+
+def long_runs(args) -> None:
+    """The ``cpu-long`` preset: :func:`long_flow` for each of ``args.models``, each row written to ``args.out``."""
+    out = args.out if args.out != DEFAULT_OUT else DEFAULT_OUT.with_name("flows_long.json")
+    report = json.loads(out.read_text()) if out.exists() else {"preset": "cpu-long", "models": {}}
+    report.update(threads=args.threads, torch=torch.__version__, published_bits_per_dim=PUBLISHED,
+                  data="MNIST: training rows 0..49,999, validation 50,000..59,999, all 10,000 test rows")
+    levels = mnist_levels(args.root, "train")
+    train, valid = levels[:50_000], dequantize(levels[50_000:], seed=1)
+    test = dequantize(mnist_levels(args.root, "test")[: args.test_rows], seed=0)
+    for name in args.models:
+        if name not in LONG:
+            raise SystemExit(f"cpu-long trains: {', '.join(LONG)}; got {name!r}")
+        report["models"][name] = {**long_flow(args, name, train, valid, test),
+                                  "command": " ".join(["python", *sys.argv])}
+        write_json_atomic(report, out)
+        print(name, json.dumps({k: v for k, v in report["models"][name].items() if k != "valid_curve"}), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--preset", choices=[*sorted(PRESETS), "cpu-long"], default="cpu")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--runs", type=Path, default=Path("runs/flows-long"), help="cpu-long: the run folders")
+    parser.add_argument("--max-minutes", type=float, default=60.0, help="cpu-long: training minutes this call")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="cpu-long: evaluate the checkpoints as they stand (a partial run)")
+    parser.add_argument("--quality-samples", type=int, default=1000, help="cpu-long: samples for FID etc.")
     parser.add_argument("--budget", type=float, default=120.0, help="training seconds per model")
-    parser.add_argument("--test-rows", type=int, default=2000)
+    parser.add_argument("--test-rows", type=int, default=None, help="default: 2,000 (cpu, paper), all (cpu-long)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "flows.json")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="default: results/flows.json "
+                        "(results/flows_long.json for cpu-long)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)  # 2 shared cores: more threads than free cores is 10x slower
+    if args.preset == "cpu-long":
+        return long_runs(args)
+    args.test_rows = args.test_rows or 2000
     scale = torch.tensor(255.0)
     train = (ppgen.load_dataset("mnist", "train", root=args.root, binarize="dynamic").x.intensities * scale).round()
     test = (ppgen.load_dataset("mnist", "test", root=args.root, binarize="dynamic").x.intensities * scale).round()

@@ -709,8 +709,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"auto (the model's own: exact MLE, enumeration or Trace_ELBO), {', '.join(ESTIMATORS[1:])}")
     p.add_argument("--num-particles", type=int, default=1)
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
-    p.add_argument("--clip-norm", type=float, help="scale each gradient down to this L2 norm where longer "
-                                                   "(language models: 1.0)")
+    p.add_argument("--clip-norm", type=float, help="scale each gradient down to this L2 norm per row (of the "
+                                                   "loss averaged over the rows) where longer (language models: 1.0)")
     p.add_argument("-o", "--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="model argument, e.g. -o z_dim=20 -o hidden=[400,400]")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")

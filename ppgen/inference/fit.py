@@ -305,7 +305,8 @@ class Trainer:
             first_value = loss_value if first_value is None else first_value
             norms[group] = norm_value
             if self.config.clip_norm is not None:
-                torch.nn.utils.clip_grads_with_norm_(stepped, self.config.clip_norm, grad_norm)
+                # the loss is for all num_rows rows; clip_norm bounds the gradient per row (of the mean loss)
+                torch.nn.utils.clip_grads_with_norm_(stepped, self.config.clip_norm * self.num_rows, grad_norm)
             self._pending = (first_value / self.num_rows, state.batch + 1)
             if isinstance(optimizer, torch.optim.LBFGS):
                 self._lbfgs_step(optimizer, state, x, y, scale, group)

@@ -140,10 +140,11 @@ class FitConfig:
         when there is a ``checkpoint_dir``; the result says so (``FitResult.out_of_time``) and
         so does a :class:`ConvergenceWarning`. ``resume=True`` continues exactly where it stopped.
     clip_norm : float, optional
-        Scale each parameter group's gradient down to this L2 norm where it is longer
-        (``torch.nn.utils.clip_grad_norm_``), as recurrent networks and Transformers are trained
-        (nanoGPT clips at 1.0). The TensorBoard log records the norm before clipping. Not with L-BFGS,
-        whose line search sets its own steps.
+        Scale each parameter group's gradient down where it is longer than this L2 norm per row,
+        that is, the gradient of the loss averaged over the rows (the data set's loss divided by
+        its N rows), as recurrent networks and Transformers are trained on a mean loss (nanoGPT
+        clips at 1.0). The TensorBoard log records the norm of the data set's loss before
+        clipping. Not with L-BFGS, whose line search sets its own steps.
     log_dir : path, optional
         Write TensorBoard event files there (needs the ``tensorboard`` package: ``pip install
         'ppgen[tensorboard]'``): per step the loss and each parameter group's gradient norm, per
