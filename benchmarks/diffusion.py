@@ -16,6 +16,20 @@ CIFAR-10 (T = 1000, 35.7M parameters, 800k steps); no MNIST figure is quoted her
     python benchmarks/diffusion.py --root ../shared/data --minutes 3
     python benchmarks/diffusion.py --root DATA --preset gpu --device cuda --minutes 20 --mnist
     python benchmarks/diffusion.py --minutes 0.5 --embedded-binary     # a smoke run
+    OMP_NUM_THREADS=1 python benchmarks/diffusion.py --root ../shared/data --preset cpu-long --models binary \
+        --runs runs/diffusion-long --max-minutes 170                      # resumable; call again to continue
+
+The ``cpu-long`` preset (:data:`LONG`) trains each model in its run folder (``long_run.LongRun``: ``fit``'s
+checkpoint and ``curve.json``, with the wall and CPU hours) with Adam, a one-epoch warm-up and a half-cosine
+decay to lr / 10; an epoch is ``rows_per_epoch`` rows drawn at random (``long_run.RandomRows``) so that a stop
+loses minutes at most. The Gaussian model trains on the first 50,000 MNIST training images (intensities k/255)
+and validates on the other 10,000; the binary one on the 50,000 statically binarized training rows, validating
+on their 10,000 validation rows. After each epoch the curve gets the validation bound of ``valid_rows`` rows,
+estimated from ``valid_draws`` steps per row (:func:`bound_estimate`). Once the planned epochs are done (or with
+``--evaluate``, the checkpoint as it stands) it scores all 10,000 test rows: the bound from ``test_draws`` steps
+per row (all T: the bound itself) with the standard error of its mean, sample grids (ancestral, and DDIM for the
+Gaussian model) and FID/KID/precision/recall of ``--quality-samples`` samples beside the real-vs-real floor.
+Writes benchmarks/results/diffusion_long.json.
 """
 
 from __future__ import annotations
@@ -29,13 +43,17 @@ from pathlib import Path
 
 import torch
 
+import ppgen
 from ppgen import load_dataset, log_likelihood
+from ppgen.inference.sample_quality import sample_quality
 from ppgen.inference.checkpoint import write_json_atomic
 from ppgen.models.diffusion import BinaryDiffusion, GaussianDiffusion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flow_vae import train_for  # noqa: E402  (epochs within a time budget, resuming so Adam's state carries)
+from long_run import LongRun, RandomRows, save_grid, scheduled_lr  # noqa: E402
 
+DEFAULT_OUT = Path(__file__).parent / "results" / "diffusion.json"
 PRESETS = {
     "cpu": {"num_steps": 200, "channels": 16, "multipliers": (1, 2, 2), "num_blocks": 1, "attention": True,
             "binary_steps": 200, "binary_hidden": (512, 512), "batch_size": 64, "lr": 1e-3,
@@ -44,6 +62,122 @@ PRESETS = {
             "binary_steps": 1000, "binary_hidden": (1024, 1024, 1024), "batch_size": 128, "lr": 2e-4,
             "test_rows": 10000, "binary_test_rows": 10000, "sample_rows": 256, "quality_samples": 1000},
 }
+
+
+# The cpu-long runs: "model" is the constructor's keywords; an epoch is rows_per_epoch random training rows; the
+# curve's validation bound uses valid_draws steps per row, the test's test_draws (T: the bound itself).
+LONG = {
+    "gaussian": {"model": dict(num_steps=1000, schedule="cosine", variance="posterior", loss="elbo", channels=32,
+                               multipliers=[1, 2, 2], num_blocks=1, attention=True),
+                 "epochs": 100, "rows_per_epoch": 10_000, "batch_size": 64, "lr": 5e-4, "warmup_epochs": 1,
+                 "clip_norm": None, "valid_rows": 500, "valid_draws": 20, "test_draws": 50},
+    "binary": {"model": dict(num_steps=1000, schedule="cosine", hidden=[1024, 1024, 1024]),
+               "epochs": 100, "rows_per_epoch": 50_000, "batch_size": 100, "lr": 5e-4, "warmup_epochs": 1,
+               "clip_norm": None, "valid_rows": 1000, "valid_draws": 100, "test_draws": 1000},
+}
+PUBLISHED_LONG = {"gaussian": "no MNIST figure for DDPM found; the issue's target is <= 1.20 bits/dim",
+                  "binary": "no published figure on these rows; the issue's target is <= 95 nats"}
+
+
+@torch.no_grad()
+def bound_estimate(model, x: torch.Tensor, draws: int, *, seed: int = 0, batch_size: int = 500) -> torch.Tensor:
+    """The negative ELBO per row of ``x`` (nats, float64), estimated without bias from ``draws`` of the T steps:
+    L_T + sum_k (T / K) L_{t_k - 1}, one step t_k drawn uniformly from each of K = ``draws`` equal strata of
+    1..T (K must divide T), each with one draw of x_t. With K = T it is the bound itself, every term summed
+    (``model.nll_bound``); fewer draws cost T / K times less and add their own noise to the rows' spread."""
+    T = model.num_steps
+    if T % draws:
+        raise ValueError(f"draws={draws} must divide the number of steps T={T}")
+    training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for rows in x.split(batch_size):
+        x0 = model.to_chain(model.check_data(rows))
+        total = model.prior_term(x0).double()
+        width = T // draws
+        for k in range(draws):
+            t = k * width + 1 + torch.randint(width, (len(x0),), generator=generator)
+            total += width * model.step_term(x0, t, model.step_draw(x0, t, generator)).double()
+        out.append(total)
+    model.train(training)
+    return torch.cat(out)
+
+
+def long_diffusion(args, name: str, train: torch.Tensor, valid: torch.Tensor, test: torch.Tensor,
+                   cfg: dict | None = None) -> dict:
+    """Train the long ``name`` ("gaussian" or "binary", settings ``cfg``, by default :data:`LONG`'s) in
+    ``args.runs / name`` for at most ``args.max_minutes`` this call, continuing what earlier calls trained; once
+    the planned epochs are done (or with ``args.evaluate``) evaluate it on ``test``. Returns the report's row."""
+    cfg = cfg or LONG[name]
+    run = LongRun(args.runs / name, cfg)
+    model = (GaussianDiffusion if name == "gaussian" else BinaryDiffusion)(784, **cfg["model"])
+    settings = dict(batch_size=cfg["batch_size"], device=args.device, seed=0, checkpoint_dir=run.checkpoint_dir,
+                    resume=True, progress=False, convergence_tol=None, clip_norm=cfg["clip_norm"])
+    rows, valid = RandomRows(train, cfg["rows_per_epoch"]), valid[: cfg["valid_rows"]]
+    per_dim = 1 / (784 * math.log(2))
+    for epoch in run.epochs(args.max_minutes):
+        result = ppgen.fit(model, rows, epochs=epoch, lr=scheduled_lr(epoch, cfg), **settings)
+        bound = bound_estimate(model, valid, cfg["valid_draws"]).mean().item()
+        row = run.record({"epoch": epoch, "lr": scheduled_lr(epoch, cfg), "steps": result.steps,
+                          "train_loss": -result.train_elbo[-1], "valid_bound_nats": bound,
+                          "valid_bits_per_dim": bound * per_dim})
+        print(f"{name} epoch {epoch}/{cfg['epochs']}: valid bound {bound:.2f} nats ({bound * per_dim:.3f} bits/dim), "
+              f"{row['cpu_seconds'] / 3600:.2f} CPU hours", flush=True)
+    if run.rows and not run.trained_now:  # nothing trained in this call: load the checkpoint's parameters
+        ppgen.fit(model, rows, epochs=len(run.rows), lr=scheduled_lr(len(run.rows), cfg), **settings)
+    report = {**run.report(), "num_parameters": model.num_parameters, "published": PUBLISHED_LONG[name],
+              "valid_rows": len(valid), "valid_curve": [(r["epoch"], r["cpu_seconds"], r["valid_bound_nats"])
+                                                        for r in run.rows]}
+    if not run.rows or not (run.complete or args.evaluate):
+        return report
+    path = run.result_path()
+    if path.exists() and json.loads(path.read_text())["test_rows"] == len(test):
+        return {**report, **json.loads(path.read_text())}
+    start = time.perf_counter()
+    bound = bound_estimate(model, test, cfg["test_draws"])
+    stderr = bound.std().item() / math.sqrt(len(bound))
+    evaluation = {"test_rows": len(test), "test_draws": cfg["test_draws"], "test_bound_nats": bound.mean().item(),
+                  "test_bound_nats_stderr": stderr, "test_bits_per_dim": bound.mean().item() * per_dim,
+                  "test_bits_per_dim_stderr": stderr * per_dim}
+    samplers = {"ancestral": {}} if name == "binary" else {"ancestral": {}, "ddim100": dict(method="ddim", steps=min(100, model.num_steps))}
+    grey = name == "gaussian"
+    for sampler, options in samplers.items():
+        with torch.no_grad():
+            drawn = torch.cat([model.sample(min(250, args.quality_samples - i), seed=i, **options)
+                               for i in range(0, args.quality_samples, 250)])
+        save_grid(drawn[:64], run.folder / f"samples-{sampler}.png", rows=8)
+        scale = 255 if grey else 1  # sample_quality takes grey levels 0..255 with grey=True
+        evaluation[f"quality_{sampler}"] = sample_quality(drawn * scale, test * scale, args.quality_samples,
+                                                          grey=grey, reference=train[-args.quality_samples:] * scale)
+    evaluation.update(evaluation_seconds=round(time.perf_counter() - start, 1),
+                      sample_grids=[str(run.folder / f"samples-{s}.png") for s in samplers])
+    write_json_atomic(evaluation, path)
+    return {**report, **evaluation}
+
+
+def long_runs(args) -> None:
+    """The ``cpu-long`` preset: :func:`long_diffusion` for each of ``args.models``, each row written to the report."""
+    out = args.out if args.out != DEFAULT_OUT else DEFAULT_OUT.with_name("diffusion_long.json")
+    report = json.loads(out.read_text()) if out.exists() else {"preset": "cpu-long", "models": {}}
+    report.update(threads=args.threads, torch=torch.__version__,
+                  data={"gaussian": "MNIST intensities k/255: training rows 0..49,999, validation 50,000..59,999, "
+                                    "all 10,000 test rows",
+                        "binary": "statically binarized MNIST (Larochelle & Murray): 50,000 / 10,000 / 10,000"})
+    for name in args.models.split(","):
+        if name not in LONG:
+            raise SystemExit(f"cpu-long trains: {', '.join(LONG)}; got {name!r}")
+        if name == "gaussian":
+            levels = load_dataset("mnist", "train", root=args.root, binarize="dynamic").x.intensities
+            train, valid = levels[:50_000], levels[50_000:]
+            test = load_dataset("mnist", "test", root=args.root, binarize="dynamic").x.intensities
+        else:
+            train, valid, test = (load_dataset("binarized_mnist", s, root=args.root).x for s in ("train", "valid", "test"))
+        test = test[: args.test_rows] if args.test_rows else test
+        report["models"][name] = {**long_diffusion(args, name, train, valid, test),
+                                  "command": " ".join(["python", *sys.argv])}
+        write_json_atomic(report, out)
+        print(name, json.dumps({k: v for k, v in report["models"][name].items() if k != "valid_curve"}), flush=True)
 
 
 def fit_within(model, x, seconds: float, batch_size: int, lr: float, device) -> dict:
@@ -84,7 +218,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="../shared/data")
     parser.add_argument("--minutes", type=float, default=3.0, help="training budget per model")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--preset", choices=[*sorted(PRESETS), "cpu-long"], default="cpu")
+    parser.add_argument("--models", default="gaussian,binary", help="cpu-long: the models to train, comma-separated")
+    parser.add_argument("--runs", type=Path, default=Path("runs/diffusion-long"), help="cpu-long: the run folders")
+    parser.add_argument("--max-minutes", type=float, default=60.0, help="cpu-long: training minutes this call")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="cpu-long: evaluate the checkpoints as they stand (a partial run)")
+    parser.add_argument("--quality-samples", type=int, default=500, help="cpu-long: samples for FID etc.")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--loss", choices=("elbo", "simple"), default="elbo", help="the Gaussian model's objective")
@@ -96,9 +236,12 @@ def main() -> None:
                         help="the embedded binarized digits instead of binarized MNIST from --root")
     parser.add_argument("--test-rows", type=int, help="rows of the test bound (default: the preset's)")
     parser.add_argument("--skip", choices=("gaussian", "binary"), action="append", default=[])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "diffusion.json")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="default: results/diffusion.json "
+                        "(results/diffusion_long.json for cpu-long)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.preset == "cpu-long":
+        return long_runs(args)
     preset = dict(PRESETS[args.preset])
     device = torch.device(args.device)
     num_steps = args.num_steps or preset["num_steps"]

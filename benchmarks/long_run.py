@@ -132,3 +132,23 @@ def save_grid(images: torch.Tensor, path: Path, *, rows: int | None = None) -> N
     cols = len(images) // rows
     grid = images[: rows * cols].reshape(rows, cols, 28, 28).permute(0, 2, 1, 3).reshape(rows * 28, cols * 28)
     plt.imsave(path, grid.detach().cpu().clamp(0, 1).numpy(), cmap="gray_r", vmin=0, vmax=1)
+
+
+class RandomRows:
+    """``rows`` rows drawn uniformly, with replacement, from ``x`` (N, D) as ``fit``'s training rows: each indexed
+    row is drawn afresh from torch's global generator (as :class:`ppgen.data.DynamicBinarization` draws its
+    pixels), which ``fit`` seeds and checkpoints. An epoch is then a few minutes of training on any data size, and
+    a resumed run draws the rows an unbroken run would have drawn."""
+
+    def __init__(self, x: torch.Tensor, rows: int):
+        self.x, self.shape = x, torch.Size((rows, x.shape[1]))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        return self.x[torch.randint(len(self.x), (torch.as_tensor(idx).numel(),))]
+
+    def check_rows(self, dim: int | None, name: str) -> None:
+        if dim is not None and dim != self.shape[1]:
+            raise ValueError(f"{name} has {self.shape[1]} columns, but the model expects {dim}")

@@ -1,0 +1,71 @@
+"""benchmarks/diffusion.py --preset cpu-long: the bound estimated from a few steps per row is the bound in
+expectation, and a run resumed call by call continues its curve exactly where the last call stopped."""
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+
+from ppgen import load_dataset
+from ppgen.inference.checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+from conftest import load_script
+
+
+def _bench():
+    return load_script("benchmarks/diffusion.py")
+
+
+def test_the_bound_from_a_few_steps_per_row_is_the_full_bound_in_expectation():
+    bench = _bench()
+    torch.manual_seed(0)
+    model = bench.BinaryDiffusion(6, num_steps=8, hidden=(16,))
+    for p in model.parameters():  # a network far from its zero-initialised start, so that steps' terms differ
+        p.data.normal_(0, 0.5)
+    x = (torch.rand(4, 6, generator=torch.Generator().manual_seed(1)) < 0.5).float().repeat(100, 1)  # 4 rows x 100
+    few = torch.stack([bench.bound_estimate(model, x, 2, seed=s) for s in range(10)]).view(-1, 100, 4)
+    full = torch.stack([model.nll_bound(x, seed=s) for s in range(10)]).view(-1, 100, 4)
+    for row in range(4):  # per row: two estimators of the same expectation, 1,000 draws each
+        a, b = few[..., row].flatten(), full[..., row].flatten()
+        stderr = math.sqrt(a.var().item() / len(a) + b.var().item() / len(b))
+        assert abs(a.mean().item() - b.mean().item()) < 4 * stderr  # 4 standard errors: a false alarm in 1 of 15,000
+    assert few.var(dim=(0, 1)).mean() > full.var(dim=(0, 1)).mean()  # the price of 4x fewer network passes
+    with pytest.raises(ValueError, match="draws=3 must divide the number of steps T=8"):
+        bench.bound_estimate(model, x, 3)
+
+
+@pytest.mark.slow
+def test_a_long_diffusion_resumed_call_by_call_matches_an_unbroken_run(tmp_path):
+    bench = _bench()
+    x = load_dataset("digits", "train").x[:150]
+    cfg = {"model": {"num_steps": 20, "schedule": "cosine", "hidden": [32]}, "epochs": 3, "rows_per_epoch": 64,
+           "batch_size": 32, "lr": 1e-3, "warmup_epochs": 1, "clip_norm": None, "valid_rows": 30, "valid_draws": 4,
+           "test_draws": 20}
+    args = argparse.Namespace(device="cpu", evaluate=False, quality_samples=20)
+    calls = []
+    for runs, minutes in ((tmp_path / "broken", [1e-9] * 3), (tmp_path / "unbroken", [10.0])):
+        for max_minutes in minutes:  # 1e-9: one epoch per call
+            args.runs, args.max_minutes = runs, max_minutes
+            calls.append(bench.long_diffusion(args, "binary", x[:100], x[100:130], x[130:], cfg))
+    (first, second, broken), unbroken = calls[:3], calls[3]
+    assert [first["epochs"], second["epochs"], broken["epochs"]] == [1, 2, 3]
+    assert second["status"].startswith("partial") and "test_bound_nats" not in second
+    curves = [json.loads((tmp_path / run / "binary" / "curve.json").read_text())["epochs"]
+              for run in ("broken", "unbroken")]
+    assert [e["steps"] for e in curves[0]] == [2, 4, 6]  # 64 random rows in batches of 32: resumed, not restarted
+    # the random rows and steps come from fit's seeded, checkpointed random state: three calls train what one does
+    for key in ("train_loss", "valid_bound_nats"):
+        assert [e[key] for e in curves[0]] == [e[key] for e in curves[1]]
+    saved = [load_checkpoint(tmp_path / run / "binary" / "checkpoint" / CHECKPOINT_NAME)["params"]
+             for run in ("broken", "unbroken")]
+    assert all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0])
+    assert broken["status"] == unbroken["status"] == "complete"
+    # test_draws = T: the bound itself, every term summed once per row, of the trained model
+    model = bench.BinaryDiffusion(784, **cfg["model"])
+    model.load_state_dict({k.removeprefix("owners.0."): v for k, v in saved[0].items()}, strict=False)
+    expected = bench.bound_estimate(model, x[130:], 20)
+    assert broken["test_rows"] == 20 and broken["test_bound_nats"] == pytest.approx(expected.mean().item(), rel=1e-9)
+    assert broken["test_bits_per_dim"] == pytest.approx(broken["test_bound_nats"] / (784 * math.log(2)))
+    assert broken["quality_ancestral"]["samples"] == 20
