@@ -168,9 +168,8 @@ def long_runs(args) -> None:
         if name not in LONG:
             raise SystemExit(f"cpu-long trains: {', '.join(LONG)}; got {name!r}")
         if name == "gaussian":
-            levels = load_dataset("mnist", "train", root=args.root, binarize="dynamic").x.intensities
-            train, valid = levels[:50_000], levels[50_000:]
-            test = load_dataset("mnist", "test", root=args.root, binarize="dynamic").x.intensities
+            train, valid, test = (load_dataset("mnist", s, root=args.root, binarize="dynamic").x.intensities
+                                  for s in ("train", "valid", "test"))  # the loader's train: the first 50,000
         else:
             train, valid, test = (load_dataset("binarized_mnist", s, root=args.root).x for s in ("train", "valid", "test"))
         test = test[: args.test_rows] if args.test_rows else test

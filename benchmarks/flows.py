@@ -159,8 +159,7 @@ def long_runs(args) -> None:
     report = json.loads(out.read_text()) if out.exists() else {"preset": "cpu-long", "models": {}}
     report.update(threads=args.threads, torch=torch.__version__, published_bits_per_dim=PUBLISHED,
                   data="MNIST: training rows 0..49,999, validation 50,000..59,999, all 10,000 test rows")
-    levels = mnist_levels(args.root, "train")
-    train, valid = levels[:50_000], dequantize(levels[50_000:], seed=1)
+    train, valid = mnist_levels(args.root, "train"), dequantize(mnist_levels(args.root, "valid"), seed=1)
     test = dequantize(mnist_levels(args.root, "test")[: args.test_rows], seed=0)
     for name in args.models:
         if name not in LONG:
