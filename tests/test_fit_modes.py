@@ -149,3 +149,10 @@ def test_the_result_names_what_its_figures_are():
     assert exact.unit == "nats/example" and "nats/example" in repr(exact)
     assert cd.unit == "ContrastiveDivergence objective (not a likelihood)" and "nats" not in repr(cd)
     assert cd.to_dict()["unit"] == cd.unit
+    # a loss that falls steadily is not a likelihood for that: Ho et al.'s L_simple
+    from ppgen.models.diffusion import GaussianDiffusion
+
+    grey = torch.rand(32, 64, generator=torch.Generator().manual_seed(1)).mul(255).round() / 255
+    simple = fit(GaussianDiffusion(64, shape=(1, 8, 8), num_steps=4, loss="simple", channels=8, multipliers=(1,)),
+                 grey, epochs=1, progress=False, convergence_tol=None)
+    assert simple.unit == "SimpleLoss objective (not a likelihood)"

@@ -549,7 +549,7 @@ class Trainer:
     def _unit(self) -> str:
         """What the per-epoch figures are: nats per example for a likelihood or its bound, else the objective's."""
         objective = self.objective
-        return "nats/example" if objective.monotone else f"{type(objective).__name__} objective (not a likelihood)"
+        return "nats/example" if objective.likelihood else f"{type(objective).__name__} objective (not a likelihood)"
 
     def _verdicts(self, state: TrainState, x, y, out_of_time: bool = False) -> list[str]:
         """What the end of a run warns about, in words: a call stopped at ``max_minutes``; else the

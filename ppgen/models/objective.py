@@ -63,6 +63,10 @@ class Objective(nn.Module):
     monotone : bool
         Whether the loss should fall steadily (``fit`` warns when it is still falling at the end);
         False for games such as a GAN's.
+    likelihood : bool
+        Whether minus the loss per example is log p(x) or a bound or estimate of it, in nats (the
+        ELBO family, exact maximum likelihood): ``fit`` labels its figures "nats/example" then, and
+        otherwise as this objective's (L_simple, contrastive divergence, a GAN's game).
     num_particles : int
     init_arguments : mapping, set by the constructor
         The constructor's arguments after the program, defaults applied (those with a JSON form):
@@ -72,6 +76,7 @@ class Objective(nn.Module):
     groups: tuple[str, ...] = ("params",)
     estimator: str = "custom"
     monotone: bool = True
+    likelihood: bool = True
     adam_betas: tuple[float, float] = (0.9, 0.999)  # GANs use (0.5, 0.9) (Radford et al.; Gulrajani et al.)
     init_arguments: types.MappingProxyType = types.MappingProxyType({})
 

@@ -1,5 +1,5 @@
 r"""Gaussian diffusion (Ho et al. 2020): its math on :class:`DiffusionModel`, Ho et al.'s simple loss,
-DDIM sampling and DDNM restoration."""
+Nichol & Dhariwal's learned variances and hybrid loss, DDIM sampling and DDNM restoration."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ from ppgen.models.diffusion.schedules import gaussian_betas
 from ppgen.models.diffusion.unet import UNet
 from ppgen.models.objective import Objective
 
-__all__ = ["GaussianDiffusion", "SimpleLoss", "LOSSES", "VARIANCES"]
+__all__ = ["GaussianDiffusion", "SimpleLoss", "HybridLoss", "LOSSES", "VARIANCES", "HYBRID_WEIGHT"]
 
-LOSSES = ("elbo", "simple")
-VARIANCES = ("beta", "posterior")
+LOSSES = ("elbo", "simple", "hybrid")
+VARIANCES = ("beta", "posterior", "learned")
+HYBRID_WEIGHT = 0.001  # lambda of Nichol & Dhariwal's L_hybrid = L_simple + lambda L_vlb (their Eq. 16)
 
 
 def _gaussian_kl(mean_q, var_q, mean_p, var_p) -> torch.Tensor:
@@ -47,10 +48,14 @@ class GaussianDiffusion(DiffusionModel):
     :math:`\mu_\theta(x_t, t) = \frac{1}{\sqrt{\alpha_t}}\big(x_t - \frac{\beta_t}{\sqrt{1 - \bar\alpha_t}}
     \epsilon_\theta(x_t, t)\big)` with the noise predicted by a U-Net, and fixed variances
     :math:`\sigma_t^2 = \beta_t` (``variance="beta"``) or :math:`\tilde\beta_t = \frac{1 - \bar\alpha_{t-1}}
-    {1 - \bar\alpha_t}\beta_t` (``"posterior"``; :math:`\tilde\beta_2` at t = 1, where :math:`\tilde\beta_1 = 0`).
-    The decoder gives each of the 256 levels the Gaussian mass of its bin (Ho et al. Eq. 13), so
-    the bound is on the probability of the discrete image. The guide is the fixed forward process
-    :math:`q(x_t \mid x_{t-1}) = \mathcal{N}(\sqrt{\alpha_t}\,x_{t-1}, \beta_t I)`: no parameters.
+    {1 - \bar\alpha_t}\beta_t` (``"posterior"``; :math:`\tilde\beta_2` at t = 1, where :math:`\tilde\beta_1 = 0`),
+    or variances learned per pixel (``"learned"``, Nichol & Dhariwal's Eq. 15): the network returns, beside
+    :math:`\epsilon_\theta`, a raw :math:`r_\theta(x_t, t)` per pixel, mapped as in their code by
+    :math:`v = (r + 1)/2` (unconstrained: :math:`r = 1` gives :math:`\beta_t`, :math:`r = -1` gives
+    :math:`\tilde\beta_t`), and :math:`\sigma_t^2 = \exp(v\log\beta_t + (1 - v)\log\tilde\beta_t)`, with the
+    same :math:`\tilde\beta_1 := \tilde\beta_2`. The decoder gives each of the 256 levels the Gaussian mass of
+    its bin (Ho et al. Eq. 13), so the bound is on the probability of the discrete image. The guide is the
+    fixed forward process :math:`q(x_t \mid x_{t-1}) = \mathcal{N}(\sqrt{\alpha_t}\,x_{t-1}, \beta_t I)`: no parameters.
 
     The ELBO (in nats, per row) is :math:`-L_T - \sum_{t=2}^T L_{t-1} - L_0` with
     :math:`L_T = \mathrm{KL}(q(x_T|x_0)\,\|\,p(x_T))`, :math:`L_{t-1} = \mathbb{E}_q\,\mathrm{KL}(q(x_{t-1}|x_t,x_0)
@@ -60,21 +65,30 @@ class GaussianDiffusion(DiffusionModel):
     ``loss="simple"`` (:class:`SimpleLoss`) is Ho et al.'s Eq. 14,
     :math:`\mathbb{E}_{t,\epsilon}\|\epsilon - \epsilon_\theta(\sqrt{\bar\alpha_t}x_0 +
     \sqrt{1-\bar\alpha_t}\epsilon, t)\|^2`,
-    a reweighted objective that is **not** a bound. :meth:`estimate_log_likelihood` sums all T
-    terms (one draw of :math:`x_t` per term): a lower bound on log p(x) whatever the loss trained
-    (``ppgen.log_likelihood(model, x)`` reports it, with bits/dim).
+    a reweighted objective that is **not** a bound; it trains the mean only, so learned variances need
+    ``loss="hybrid"`` (:class:`HybridLoss`, Nichol & Dhariwal's Eq. 16),
+    :math:`L_\text{simple} + \lambda L_\text{vlb}` with :math:`\lambda = 0.001` and the ELBO's :math:`T L_{t-1}`
+    at the same t and noise, its mean seen through a stop-gradient: :math:`L_\text{simple}` trains the mean,
+    :math:`L_\text{vlb}` only the variances. It is not a bound either. (Their code averages both terms over
+    the pixels and counts :math:`L_\text{vlb}` in bits; here both are sums over the pixels and
+    :math:`L_\text{vlb}` is in nats, so their weight is :math:`\lambda/\ln 2` of ours.) ``loss="elbo"`` can
+    draw t by importance (their Section 3.3): ``DiffusionELBO(program, importance_sampling=True)``.
+    :meth:`estimate_log_likelihood` sums all T terms (one draw of :math:`x_t` per term): a lower bound on
+    log p(x) whatever the loss trained (``ppgen.log_likelihood(model, x)`` reports it, with bits/dim).
 
     The Pyro program, the ELBO loss and the bound are :class:`~ppgen.models.diffusion.base.DiffusionModel`'s;
-    this class writes the Gaussian math, Ho et al.'s simple loss, DDIM sampling and DDNM restoration.
+    this class writes the Gaussian math, Ho et al.'s simple loss, the hybrid loss, DDIM sampling and DDNM
+    restoration. Learned variances enter every place :math:`\sigma_t^2` does (the reverse step, the step
+    terms, the decoder, ancestral sampling, restoration); DDIM uses its own :math:`\sigma` (set by ``eta``).
 
     Parameters: those of the U-Net (:class:`~ppgen.models.diffusion.unet.UNet`); ``num_parameters``
     counts them.
 
     References: J. Ho, A. Jain and P. Abbeel, "Denoising Diffusion Probabilistic Models", NeurIPS
     2020; A. Nichol and P. Dhariwal, "Improved Denoising Diffusion Probabilistic Models", ICML 2021
-    (cosine schedule); J. Song, C. Meng and S. Ermon, "Denoising Diffusion Implicit Models", ICLR
-    2021 (DDIM sampling); Y. Wang, J. Yu and J. Zhang, "Zero-Shot Image Restoration Using Denoising
-    Diffusion Null-Space Model", ICLR 2023 (DDNM, :meth:`restore`).
+    (cosine schedule, learned variances, the hybrid loss, importance-sampled steps); J. Song, C. Meng and
+    S. Ermon, "Denoising Diffusion Implicit Models", ICLR 2021 (DDIM sampling); Y. Wang, J. Yu and J. Zhang,
+    "Zero-Shot Image Restoration Using Denoising Diffusion Null-Space Model", ICLR 2023 (DDNM, :meth:`restore`).
 
     Parameters
     ----------
@@ -88,15 +102,17 @@ class GaussianDiffusion(DiffusionModel):
     schedule : {"linear", "cosine"} or sequence of float
         Ho et al.'s linear betas (scaled by 1000/T), Nichol & Dhariwal's cosine schedule, or the T
         betas themselves, each in (0, 1).
-    variance : {"beta", "posterior"}
-        The fixed reverse variances :math:`\sigma_t^2`.
-    loss : {"elbo", "simple"}
-        What ``fit(elbo="auto")`` trains (:meth:`default_objective`).
+    variance : {"beta", "posterior", "learned"}
+        The fixed reverse variances :math:`\sigma_t^2`, or variances learned per pixel.
+    loss : {"elbo", "simple", "hybrid"}
+        What ``fit(elbo="auto")`` trains (:meth:`default_objective`): ``"hybrid"`` only with
+        ``variance="learned"``, ``"simple"`` only with fixed variances.
     num_levels : int
         Levels per pixel of the data (256 for 8-bit images).
     network : nn.Module, optional
-        :math:`\epsilon_\theta`, called as ``network(x_t, t)`` on rows (B, D) and steps (B,) in 1..T;
-        default a :class:`UNet` of the image ``shape``.
+        :math:`\epsilon_\theta`, called as ``network(x_t, t)`` on rows (B, D) and steps (B,) in 1..T,
+        returning (B, D), or (B, 2 D) with ``variance="learned"`` (the noise, then :math:`r`); default a
+        :class:`UNet` of the image ``shape`` (with 2 C output channels for learned variances).
     **unet
         The default U-Net's keywords (without ``network``): ``channels`` (32), ``multipliers``
         ((1, 2, 2)), ``num_blocks`` (1), ``attention`` (True), ``dropout`` (0.0); see :class:`UNet`.
@@ -128,6 +144,12 @@ class GaussianDiffusion(DiffusionModel):
             raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if loss == "hybrid" and variance != "learned":
+            raise ValueError(f"loss='hybrid' trains learned variances: it needs variance='learned', got "
+                             f"variance={variance!r} (use loss='simple' or 'elbo' with fixed variances)")
+        if loss == "simple" and variance == "learned":
+            raise ValueError("loss='simple' leaves learned variances untrained (it scores the noise only): use "
+                             "loss='hybrid' or 'elbo' with variance='learned'")
         if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 2:
             raise ValueError(f"num_levels must be an int >= 2, got {num_levels!r}")
         self.variance, self.loss, self.num_levels = variance, loss, num_levels
@@ -136,15 +158,20 @@ class GaussianDiffusion(DiffusionModel):
         alpha_bar = torch.cumprod(1 - betas, 0)
         alpha_bar_prev = torch.cat([betas.new_ones(1), alpha_bar[:-1]])
         posterior = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)
-        if variance == "beta" or num_steps == 1:
-            sigma2 = betas.clone()
-        else:
-            sigma2 = torch.cat([posterior[1:2], posterior[1:]])
+        clipped = betas.clone() if num_steps == 1 else torch.cat([posterior[1:2], posterior[1:]])  # beta~_1 := beta~_2
         # index t - 1 holds step t; index 0 of the *_prev buffers is alpha_bar_0 = 1
-        for name, value in (("betas", betas), ("alpha_bar", alpha_bar), ("alpha_bar_prev", alpha_bar_prev),
-                            ("posterior_variance", posterior), ("sigma2", sigma2)):
+        schedules = {"betas": betas, "alpha_bar": alpha_bar, "alpha_bar_prev": alpha_bar_prev,
+                     "posterior_variance": posterior}
+        if variance == "learned":  # log sigma_t^2 between these two, per pixel
+            schedules.update(max_log_variance=betas.log(), min_log_variance=clipped.log())
+        else:
+            schedules["sigma2"] = betas.clone() if variance == "beta" else clipped
+        for name, value in schedules.items():
             self.register_schedule(name, value)
-        self.network = network if network is not None else UNet(self.shape, **unet)
+        self.out_dim = 2 * x_dim if variance == "learned" else x_dim
+        if network is None:  # the learned variances' v as C more channels (out_channels: the first C are the noise)
+            network = UNet(self.shape, out_channels=2 * self.shape[0] if variance == "learned" else None, **unet)
+        self.network = network
 
     # --- the pieces of the chain (in [-1, 1] units; t is a (B,) tensor of steps in 1..T) -------
 
@@ -155,9 +182,27 @@ class GaussianDiffusion(DiffusionModel):
         """Data in [0, 1] to the model's [-1, 1]."""
         return 2 * x - 1
 
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""One network pass: the noise :math:`\epsilon_\theta(x_t, t)`, (B, D), and the reverse variance
+        :math:`\sigma_t^2`: (B, 1) when fixed; (B, D) when learned, from the network's other D outputs
+        :math:`r` as :math:`\exp(v \log\beta_t + (1 - v)\log\tilde\beta_t)` with :math:`v = (r + 1)/2`
+        (Nichol & Dhariwal's Eq. 15 and their code's mapping of the raw output)."""
+        out = at_least_float32(self.network(x_t, t))
+        if out.shape != (x_t.shape[0], self.out_dim):
+            what = "the noise and v" if self.variance == "learned" else "the noise"
+            raise ValueError(f"network must return {self.out_dim} values per row ({what}, with "
+                             f"variance={self.variance!r} and x_dim={self.x_dim}), got shape {tuple(out.shape)} "
+                             f"for {x_t.shape[0]} rows")
+        if self.variance != "learned":
+            return out, self._at(self.sigma2, t)
+        eps, raw = out.split(self.x_dim, dim=-1)
+        v = (raw + 1) / 2
+        log_var = v * self._at(self.max_log_variance, t) + (1 - v) * self._at(self.min_log_variance, t)
+        return eps, log_var.exp()
+
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         r""":math:`\epsilon_\theta(x_t, t)`, (B, D)."""
-        return at_least_float32(self.network(x_t, t))
+        return self.predict(x_t, t)[0]
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         r""":math:`x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1 - \bar\alpha_t}\,\epsilon`, a draw of q(x_t | x_0)."""
@@ -173,10 +218,15 @@ class GaussianDiffusion(DiffusionModel):
         ab, ab_prev, beta = self._at(self.alpha_bar, t), self._at(self.alpha_bar_prev, t), self._at(self.betas, t)
         return (ab_prev.sqrt() * beta * x0 + (1 - beta).sqrt() * (1 - ab_prev) * x_t) / (1 - ab)
 
+    def reverse_params(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r""":math:`\mu_\theta(x_t, t)`, (B, D), the posterior mean at the predicted :math:`\hat x_0` (the
+        same as Ho et al.'s Eq. 11), and :math:`\sigma_t^2`, (B, 1) or (B, D) (:meth:`predict`)."""
+        eps, var = self.predict(x_t, t)
+        return self.posterior_mean(self.predict_x0(x_t, t, eps), x_t, t), var
+
     def reverse_mean(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        r""":math:`\mu_\theta(x_t, t)`: the posterior mean at the predicted :math:`\hat x_0`
-        (the same as Ho et al.'s Eq. 11)."""
-        return self.posterior_mean(self.predict_x0(x_t, t, self.predict_noise(x_t, t)), x_t, t)
+        r""":math:`\mu_\theta(x_t, t)` (:meth:`reverse_params`)."""
+        return self.reverse_params(x_t, t)[0]
 
     # --- what DiffusionModel asks for ----------------------------------------------------------------
 
@@ -196,8 +246,8 @@ class GaussianDiffusion(DiffusionModel):
 
     def reverse_step(self, x_t: torch.Tensor, t: int) -> dist.TorchDistribution:
         """p_theta(x_{t-1} | x_t): Gaussian, or the discretised decoder at t = 1."""
-        mean = self.reverse_mean(x_t, self._steps(t, len(x_t), x_t.device))
-        scale = self.sigma2[t - 1].sqrt().expand_as(mean)
+        mean, var = self.reverse_params(x_t, self._steps(t, len(x_t), x_t.device))
+        scale = var.sqrt().expand_as(mean)
         if t == 1:
             return DiscretisedGaussian(mean, scale, self.num_levels).to_event(1)
         return dist.Normal(mean, scale).to_event(1)
@@ -225,18 +275,21 @@ class GaussianDiffusion(DiffusionModel):
         :math:`-\log p_\theta(x_0|x_1)` for t = 1, at :math:`x_t = \sqrt{\bar\alpha_t}x_0 + \sqrt{1-\bar\alpha_t}\,`
         ``noise`` (``x0`` in [-1, 1] units, ``t`` (B,) steps)."""
         x_t = self.q_sample(x0, t, noise)
-        mean = self.reverse_mean(x_t, t)
+        return self._terms(x0, x_t, t, *self.reverse_params(x_t, t))
+
+    def _terms(self, x0, x_t, t, mean, var) -> torch.Tensor:
+        """:meth:`step_term` with the reverse step's ``mean`` and ``var`` given."""
+        var = var.expand_as(mean)
         out = x0.new_empty(x0.shape[0])
         first = t == 1
         if first.any():
-            scale = self.sigma2[0].sqrt().expand_as(mean[first])
-            decoder = DiscretisedGaussian(mean[first], scale, self.num_levels, validate_args=False)
+            decoder = DiscretisedGaussian(mean[first], var[first].sqrt(), self.num_levels, validate_args=False)
             out[first] = -decoder.log_prob((x0[first] + 1) / 2).sum(-1)
         later = ~first
         if later.any():
             tl = t[later]
             out[later] = _gaussian_kl(self.posterior_mean(x0[later], x_t[later], tl),
-                                      self._at(self.posterior_variance, tl), mean[later], self._at(self.sigma2, tl))
+                                      self._at(self.posterior_variance, tl), mean[later], var[later])
         return out
 
     def simple_loss(self, x: torch.Tensor) -> torch.Tensor:
@@ -246,9 +299,34 @@ class GaussianDiffusion(DiffusionModel):
         noise = torch.randn_like(x0)
         return (noise - self.predict_noise(self.q_sample(x0, t, noise), t)).pow(2).sum(-1)
 
+    def hybrid_terms(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Per row, from one network pass at :math:`x_t` = ``q_sample(x0, t, noise)``: L_simple's
+        :math:`\|\epsilon - \epsilon_\theta\|^2` and :meth:`step_term`'s value with the mean
+        :math:`\mu_\theta` seen through a stop-gradient, so that only the variances learn from it
+        (Nichol & Dhariwal, Section 3.1). Needs ``variance="learned"``."""
+        if self.variance != "learned":
+            raise ValueError(f"the hybrid loss trains learned variances: it needs variance='learned', this model "
+                             f"has variance={self.variance!r}")
+        x_t = self.q_sample(x0, t, noise)
+        eps, var = self.predict(x_t, t)
+        frozen = self.posterior_mean(self.predict_x0(x_t, t, eps.detach()), x_t, t)
+        return (noise - eps).pow(2).sum(-1), self._terms(x0, x_t, t, frozen, var)
+
+    def hybrid_loss(self, x: torch.Tensor) -> torch.Tensor:
+        r"""Nichol & Dhariwal's :math:`L_\text{hybrid} = L_\text{simple} + \lambda L_\text{vlb}` per row
+        (their Eq. 16, :math:`\lambda` = ``HYBRID_WEIGHT`` = 0.001), one :math:`t \sim U\{1..T\}` and one
+        noise for both terms, :math:`L_\text{vlb}` estimated by :math:`T L_{t-1}` (:meth:`hybrid_terms`):
+        not a bound."""
+        x0 = self.to_chain(x)
+        t = torch.randint(1, self.num_steps + 1, (x.shape[0],), device=x.device)
+        simple, vlb = self.hybrid_terms(x0, t, torch.randn_like(x0))
+        return simple + HYBRID_WEIGHT * self.num_steps * vlb
+
     def default_objective(self, program, num_particles: int = 1, precision: str = "fp32") -> Objective:
-        """:class:`DiffusionELBO` (``loss="elbo"``) or :class:`SimpleLoss` (``loss="simple"``)."""
-        return (DiffusionELBO if self.loss == "elbo" else SimpleLoss)(program, precision=precision)
+        """:class:`DiffusionELBO` (``loss="elbo"``), :class:`SimpleLoss` (``"simple"``) or :class:`HybridLoss`
+        (``"hybrid"``)."""
+        return {"elbo": DiffusionELBO, "simple": SimpleLoss, "hybrid": HybridLoss}[self.loss](program,
+                                                                                         precision=precision)
 
     # --- sampling ----------------------------------------------------------------------------------
 
@@ -296,13 +374,13 @@ class GaussianDiffusion(DiffusionModel):
         n, bar = len(h), progress_bar(top, progress, "sampling")
         for t in range(top, 0, -1):
             steps = self._steps(t, n, h.device)
-            eps = self.predict_noise(h, steps)
+            eps, var = self.predict(h, steps)
             x0 = self.predict_x0(h, steps, eps)
             if project is not None:
                 x0 = project(x0)
             h = self.posterior_mean(x0, h, steps)
             if t > 1 or final_noise:
-                h = h + self.sigma2[t - 1].sqrt() * self._noise(n, generator)
+                h = h + var.sqrt() * self._noise(n, generator)
             bar.update()
         bar.close()
         return quantise((h + 1) / 2, self.num_levels)
@@ -418,6 +496,19 @@ class SimpleLoss(Objective):
     It is **not** a bound on log p(x): ``fit``'s history shows minus this loss, not an ELBO."""
 
     estimator = "simple"
+    likelihood = False
 
     def loss(self, x, y, scale: float, group: str) -> torch.Tensor:
         return scale * self.program.generative_model.simple_loss(x).sum()
+
+
+class HybridLoss(Objective):
+    """Nichol & Dhariwal's L_hybrid (Eq. 16): L_simple trains the mean, 0.001 L_vlb (through a stop-gradient
+    on the mean) the learned variances; scaled to the full data. It is **not** a bound on log p(x):
+    ``fit``'s history shows minus this loss, not an ELBO."""
+
+    estimator = "hybrid"
+    likelihood = False
+
+    def loss(self, x, y, scale: float, group: str) -> torch.Tensor:
+        return scale * self.program.generative_model.hybrid_loss(x).sum()

@@ -214,7 +214,7 @@ class ContrastiveDivergence(Objective):
 
     # the loss E(x) - E(x~) hovers about 0 at a fit instead of falling steadily: no convergence slope to
     # read from it, and fit judges divergence by the model's samples (FitConfig's divergence_factor)
-    monotone = False
+    monotone = likelihood = False
 
     def __init__(self, program, k: int | None = 1, persistent: bool = False, *, start: str | None = None,
                  buffer_size: int = 10_000, reinit: float = 0.05, alpha: float = 0.0, precision: str = "fp32"):

@@ -260,7 +260,7 @@ class AdversarialObjective(Objective):
     """
 
     groups = ("discriminator", "generator")
-    monotone = False
+    monotone = likelihood = False
 
     def __init__(self, program, loss: str = "nonsaturating", *, gradient_penalty: float = 10.0, r1: float = 0.0,
                  n_critic: int | None = None, betas: tuple[float, float] | None = None, precision: str = "fp32"):
