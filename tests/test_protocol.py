@@ -194,6 +194,8 @@ def _tiny(name: str) -> GenerativeModel:
         "Glow": lambda: ppgen.Glow(4, shape=(1, 2, 2), levels=1, steps=1, hidden=4, blocks=1),
         "MAF": lambda: ppgen.MAF(3, transforms=1, hidden=4),
         "NSF": lambda: ppgen.NSF(3, transforms=1, hidden=4),
+        "VariationalDequantization": lambda: ppgen.VariationalDequantization(
+            ppgen.MAF(3, transforms=1, hidden=4, num_levels=4), hidden=(4,)),
         "GaussianDiffusion": lambda: ppgen.GaussianDiffusion(4, shape=(1, 2, 2), num_steps=3, channels=4,
                                                              multipliers=(1,), attention=False),
         "BinaryDiffusion": lambda: ppgen.BinaryDiffusion(4, num_steps=3, hidden=(4,)),

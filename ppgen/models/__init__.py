@@ -6,7 +6,7 @@ from ppgen.models.bayesnet import BayesianCPTs, BayesNet, FullJointTable
 from ppgen.models.classifiers import BayesianLogisticRegression, NaiveBayes
 from ppgen.models.diffusion import BinaryDiffusion, GaussianDiffusion
 from ppgen.models.energy import EBM, RBM
-from ppgen.models.flows import MAF, NSF, Glow, RealNVP
+from ppgen.models.flows import MAF, NSF, Glow, RealNVP, VariationalDequantization
 from ppgen.models.implicit import GAN
 from ppgen.models.independent import IndependentBernoulli
 from ppgen.models.sequence import CharLSTM, CharNGram, CharTransformer, SequenceModel
@@ -20,7 +20,7 @@ __all__ = [
     "FVSBN", "NADE", "MADE", "PixelCNN",
     "VAE", "ConditionalVAE", "FlowPriorVAE", "IAFVAE", "BernoulliMixture", "GaussianMixture", "PPCA", "FactorAnalysis",
     "NaiveBayes", "BayesianLogisticRegression",
-    "RealNVP", "Glow", "MAF", "NSF",
+    "RealNVP", "Glow", "MAF", "NSF", "VariationalDequantization",
     "GaussianDiffusion", "BinaryDiffusion",
     "RBM", "EBM", "GAN",
     "SequenceModel", "CharNGram", "CharLSTM", "CharTransformer",
