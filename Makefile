@@ -9,6 +9,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	@python=$$(scripts/find-python) && echo "using $$python" && "$$python" -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	@scripts/install-graphviz  # dot, for the tutorials' model graphs; says so and goes on where it cannot
 	@touch $@
 
 demo: $(VENV)/.installed

@@ -1,21 +1,25 @@
-"""Figures: sample grids, ELBO curves and latent maps.
+"""Figures: sample grids, ELBO curves and latent maps, and the graph of a model's program.
 
 Built on ``matplotlib.figure.Figure`` directly (not pyplot), so drawing never changes
 matplotlib's global backend or state. Each function returns the figure and, given ``path``,
-writes it as PNG.
+writes it as PNG. ``model_graph`` draws with graphviz instead (Pyro's ``render_model``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-__all__ = ["image_grid", "elbo_curves", "latent_map", "temperature_grid", "interpolation_grid"]
+__all__ = ["image_grid", "elbo_curves", "latent_map", "temperature_grid", "interpolation_grid", "model_graph",
+           "GraphSource"]
 
 
 def image_grid(images: torch.Tensor, path: str | os.PathLike | None = None, *, ncols: int = 8,
@@ -177,3 +181,80 @@ def interpolation_grid(model, x0: torch.Tensor, x1: torch.Tensor, path: str | os
     if path is not None:
         fig.savefig(path, dpi=100)
     return fig
+
+
+@dataclass(frozen=True)
+class GraphSource:
+    """A model graph that could not be drawn: its DOT ``source`` and the ``reason``, shown as text."""
+
+    source: str
+    reason: str
+
+    def __repr__(self) -> str:
+        return f"{self.reason}\n{self.source}"
+
+
+def model_graph(model, *args, guide: bool = False, params: bool = False, **kwargs):
+    """The graph of a model's Pyro program (or its guide's), as Pyro's ``render_model`` draws it.
+
+    Each sample site is a node (grey when observed), an edge runs from every site a site's distribution
+    depends on, a box is a plate (the data plate holds one copy per row), and a legend names each site's
+    distribution, ``z ~ Normal``. The program is run once on ``args`` and ``kwargs`` (``model(x)``,
+    ``model(x, y)``, ``model(size=n)``), without gradients and with the model's parameters kept local.
+
+    Parameters
+    ----------
+    model : GenerativeModel or callable
+        A ppgen model, whose ``model`` (or ``guide``) is drawn, or a plain Pyro function.
+    *args, **kwargs
+        What the program is called with; a few rows are enough, the graph does not depend on how many.
+    guide : bool
+        Draw the model's guide q(z | x) instead of its story p(x, z); the data it conditions on are
+        arguments, not sites, so they do not appear.
+    params : bool
+        Also draw the ``pyro.param`` sites and their constraints (a model's networks are not drawn).
+
+    Returns
+    -------
+    graphviz.Digraph or GraphSource
+        The graph, which a notebook shows as SVG (``.render(path)`` writes a file). Without graphviz's
+        ``dot`` executable (Debian's ``graphviz`` package; ``scripts/install-graphviz``) it is a
+        ``GraphSource``, shown as the DOT source with a line saying why, so a notebook still runs.
+    """
+    import pyro
+    from pyro.infer.inspect import generate_graph_specification, get_model_relations, render_graph
+
+    from ppgen.models.base import GenerativeModel, local_params
+    from ppgen.models.diffusion.base import Lazy
+
+    if isinstance(model, GenerativeModel):
+        program, scope = (model.guide if guide else model.model), local_params(model)
+    elif callable(model) and not guide:
+        program, scope = model, contextlib.nullcontext()
+    elif callable(model):
+        raise ValueError("guide=True needs a GenerativeModel; for a plain Pyro function, pass the guide itself")
+    else:
+        raise TypeError(f"model must be a GenerativeModel or a Pyro function, got {type(model).__name__}")
+    with scope, torch.no_grad():
+        relations = get_model_relations(program, args, kwargs)
+        # a diffusion model's reverse steps are Lazy (built when scored): name the distribution they build
+        with torch.random.fork_rng(), pyro.validation_enabled(False):
+            trace = pyro.poutine.trace(program).get_trace(*args, **kwargs)
+        for name in relations["sample_dist"]:
+            fn = _unwrapped(trace.nodes[name]["fn"])
+            if isinstance(fn, Lazy):
+                relations["sample_dist"][name] = type(_unwrapped(fn.base)).__name__
+    graph = render_graph(generate_graph_specification(relations, render_params=params), render_distributions=True)
+    if shutil.which("dot") is None:
+        return GraphSource(graph.source, "graphviz's `dot` executable is not on PATH (install the Debian package "
+                                         "graphviz, e.g. scripts/install-graphviz), so here is the graph's DOT source:")
+    return graph
+
+
+def _unwrapped(fn):
+    """A distribution under its Independent, Expanded and Masked wrappers, as ``render_model`` names it."""
+    import pyro.distributions as dist
+
+    while isinstance(fn, (dist.Independent, dist.ExpandedDistribution, dist.MaskedDistribution)):
+        fn = fn.base_dist
+    return fn
