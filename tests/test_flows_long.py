@@ -69,3 +69,18 @@ def test_a_run_folder_is_not_continued_with_other_settings(tmp_path):
     bench.long_flow(args, "maf", train, valid, test, CFG)
     with pytest.raises(SystemExit, match=r"written with the settings .*'lr': 0.001.* but this run's are .*'lr': 0.002"):
         bench.long_flow(args, "maf", train, valid, test, {**CFG, "lr": 2e-3})
+
+
+def test_a_long_flow_with_a_learned_dequantizer_trains_on_levels_and_reports_its_iwae_bound(tmp_path):
+    bench, train, valid, test = _rows()
+    cfg = {**CFG, "epochs": 1, "flow": "maf", "dequantizer": {"transforms": 1, "hidden": [8]}, "test_samples": 4}
+    args = argparse.Namespace(device="cpu", evaluate=False, quality_samples=20, runs=tmp_path, max_minutes=10.0)
+    row = bench.long_flow(args, "maf-vd", train, valid, test, cfg)
+    assert row["status"] == "complete" and row["published"] == bench.PUBLISHED["maf"]
+    # the figure is the IWAE bound (K = 4) of the integer test levels, recomputed from the checkpoint
+    model = bench.VariationalDequantization(bench.MAF(784, **cfg["model"]), **cfg["dequantizer"])
+    saved = load_checkpoint(tmp_path / "maf-vd" / "checkpoint" / CHECKPOINT_NAME)["params"]
+    loaded = model.load_state_dict({k.removeprefix("owners.0."): v for k, v in saved.items()}, strict=False)
+    assert set(loaded.missing_keys) <= dict(model.named_buffers()).keys() and not loaded.unexpected_keys
+    expected = bench.ppgen.log_likelihood(model, test.floor(), method="iwae", num_samples=4, batch_size=125)
+    assert row["test_bits_per_dim"] == pytest.approx(expected.bits_per_dim, rel=1e-6)
