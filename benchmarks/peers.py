@@ -347,7 +347,8 @@ def main() -> None:
                         "gets the CPU seconds it used")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--steps", type=int, default=50, help="throughput: steps per round (fit pays its setup, ~0.2 s, once a call)")
+    parser.add_argument("--steps", type=int, default=50,
+                        help="throughput: steps per round (fit pays its setup, ~0.2 s, once a call)")
     parser.add_argument("--rounds", type=int, default=3, help="throughput: timed rounds (after one warm-up)")
     parser.add_argument("--test-rows", type=int, default=1000, help="test rows of the bits/dim (flows)")
     parser.add_argument("--diffusion-test-rows", type=int, default=100, help="test rows of the diffusion bound "
