@@ -214,7 +214,7 @@ def _ebm_gan_benchmark():
     return load_script("benchmarks/ebm_gan.py")
 
 
-@pytest.mark.parametrize("name", ["dcgan", "ebm"])
+@pytest.mark.parametrize("name", ["dcgan", "ebm", "vae"])
 def test_a_resumed_long_run_continues_its_curve_and_evaluates_at_the_end(name, tmp_path):
     import argparse
     import json
@@ -225,10 +225,13 @@ def test_a_resumed_long_run_continues_its_curve_and_evaluates_at_the_end(name, t
     grey = {s: load_dataset("digits_grey", s).x / 255 for s in ("train", "valid", "test")}
     tiny = {"dcgan": {"model": {"z_dim": 4, "architecture": "dcgan", "channels": 2}, "objective": {}},
             "ebm": {"model": {"architecture": "conv", "channels": 2, "steps": 2}, "objective": {},
-                    "ais_rows": 4, "ais_chains": 2, "ais_temperatures": 3}}[name]
+                    "ais_rows": 4, "ais_chains": 2, "ais_temperatures": 3},
+            "vae": {"model": {"z_dim": 2, "hidden": [8], "likelihood": "gaussian"}, "iwae_rows": 4,
+                    "iwae_samples": 3}}[name]
     cfg = {**tiny, "lr": 1e-3, "batch_size": 16, "epochs": 3, "train_rows": 32, "eval_every": 2, "curve_samples": 20,
            "quality_samples": 20}
-    args = argparse.Namespace(runs=tmp_path, device="cpu", max_minutes=1e-9, evaluate=False)  # one epoch per call
+    args = argparse.Namespace(runs=tmp_path, device="cpu", max_minutes=1e-9, evaluate=False,
+                              quality_samples=None)  # one epoch per call
     first = bench.long_model(args, name, grey["train"], grey["valid"][:20], grey["test"][:20], cfg)
     second = bench.long_model(args, name, grey["train"], grey["valid"][:20], grey["test"][:20], cfg)
     assert first["epochs"] == 1 and second["epochs"] == 2 and second["status"].startswith("partial")
@@ -243,3 +246,9 @@ def test_a_resumed_long_run_continues_its_curve_and_evaluates_at_the_end(name, t
     assert json.loads((tmp_path / name / "result.json").read_text())["sample_quality"] == last["sample_quality"]
     if name == "ebm":
         assert math.isfinite(last["log_likelihood"]["bits_per_dim"])
+    if name == "vae":  # IWAE's bound on the dequantized test rows, in bits/dim of the 8-bit levels
+        ll = last["log_likelihood"]
+        assert ll["bits_per_dim"] == pytest.approx(8 - ll["nats_on_the_box"] / (784 * math.log(2)))
+        # the samples shown are decoder means at seeded prior draws: the same means twice
+        vae = bench.build_long("vae", cfg)[0]
+        assert torch.equal(bench.shown(vae, 5, 0), bench.shown(vae, 5, 0))

@@ -230,7 +230,10 @@ class GAN(GenerativeModel):
 
 class AdversarialObjective(Objective):
     r"""The two-player objective of a :class:`GAN`: the discriminator (critic) steps on every batch
-    and the generator after every ``n_critic``-th critic step, each with its own Adam optimiser.
+    and the generator after every ``n_critic``-th critic step, each with its own Adam optimiser. One
+    fake batch is drawn a step: the critic sees it detached, then the generator's turn scores the same
+    batch through the updated critic (PyTorch's DCGAN example; drawing a second batch cost a tenth of
+    the step).
 
     Losses are means over the batch times the data size (so ``fit``'s per-example history shows the
     mean loss); :meth:`score` is minus the discriminator's loss. The game has no monotone objective,
@@ -284,6 +287,7 @@ class AdversarialObjective(Objective):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
         self.adam_betas = tuple(float(b) for b in betas)
         self.generator_calls = 0
+        self._fake = None  # the discriminator's fake batch, kept for the generator's turn of the same step
 
     def loss(self, x, y, scale: float, group: str) -> torch.Tensor:
         gan = self.program.generative_model
@@ -292,9 +296,15 @@ class AdversarialObjective(Objective):
             turn = self.generator_calls % self.n_critic == 0  # calls 0 (fit's first pass), n, 2n, ...
             self.generator_calls += 1
             if not turn:  # no parameter in the loss, so no step
+                self._fake = None
                 return x.new_zeros((), requires_grad=True)
-        fake = gan.generate(gan.latents(len(x)))
+        fake, self._fake = self._fake, None
+        if group == "discriminator" or fake is None or len(fake) != len(x):
+            fake = gan.generate(gan.latents(len(x)))
         if group == "discriminator":
+            # the generator's turn of the same step reuses this batch through the updated critic, as PyTorch's
+            # DCGAN example does: one generator pass a step, not two
+            self._fake = fake if torch.is_grad_enabled() else None
             fake = fake.detach()
             real_score, fake_score = critic(x).squeeze(-1), critic(fake).squeeze(-1)
             if self.kind == "nonsaturating":
