@@ -45,6 +45,7 @@ from ppgen.models.implicit import GAN, AdversarialObjective
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flow_vae import train_for  # noqa: E402  (epochs within a time budget, resuming so Adam's state carries)
+from long_run import budgeted_epochs  # noqa: E402  (the epochs of one call within its time budget)
 
 PRESETS = {"cpu": {"hidden": 500, "test_rows": 1000, "ais_temperatures": 3000},
            "gpu": {"hidden": 500, "test_rows": 10000, "ais_temperatures": 14500}}
@@ -64,17 +65,6 @@ def rbm_lr(epoch: int, epochs: int, lr: float) -> float:
     """``lr`` for the first third of the epochs, then linearly down to lr / (2 epochs / 3) at the last."""
     third = epochs // 3
     return lr if epoch <= third else lr * (epochs - epoch + 1) / (epochs - third)
-
-
-def budgeted_epochs(done: int, total: int, max_minutes: float):
-    """The epochs done + 1 .. total of this call: it stops before an epoch that would end past
-    ``max_minutes`` at the pace so far (at least one epoch runs, none when ``max_minutes <= 0``)."""
-    start = time.perf_counter()
-    for epoch in range(done + 1, total + 1):
-        elapsed = time.perf_counter() - start
-        if max_minutes <= 0 or (epoch > done + 1 and elapsed * (epoch - done) / (epoch - done - 1) > max_minutes * 60):
-            return
-        yield epoch
 
 
 def long_rbm(args, train, valid, test) -> dict:

@@ -69,7 +69,7 @@ from ppgen.inference.checkpoint import write_json_atomic
 from ppgen.models.sequence import CharLSTM, CharNGram, CharTransformer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ebm_gan import budgeted_epochs  # noqa: E402  (the epochs of one call within its time budget)
+from long_run import budgeted_epochs, scheduled_lr  # noqa: E402  (a long run's epochs and learning rates)
 
 # the networks: "small" trains a few CPU minutes; "nanogpt" is char-rnn's LSTM and nanoGPT's shakespeare_char
 PRESETS = {
@@ -231,16 +231,6 @@ class RandomWindows:
     def check_rows(self, dim: int | None, name: str) -> None:
         if dim is not None and dim != self.length:
             raise ValueError(f"{name} has windows of {self.length} characters, but the model's rows have {dim}")
-
-
-def scheduled_lr(epoch: int, cfg: dict) -> float:
-    """The learning rate of ``epoch`` (1, 2, ...) of a long run planned for E = ``cfg["epochs"]`` epochs:
-    lr e / W for the first W = ``cfg["warmup_epochs"]``, then lr (0.1 + 0.45 (1 + cos(pi (e - W) / (E - W)))),
-    a half cosine from lr down to lr / 10 at the last epoch."""
-    lr, warmup, epochs = cfg["lr"], cfg["warmup_epochs"], cfg["epochs"]
-    if epoch <= warmup:
-        return lr * epoch / warmup
-    return lr * (0.1 + 0.45 * (1 + math.cos(math.pi * (epoch - warmup) / (epochs - warmup))))
 
 
 @torch.no_grad()

@@ -17,6 +17,15 @@ def _fresh_pyro_state():
     pyro.clear_param_store()
 
 
+@pytest.fixture
+def float64():
+    """Tensors made in the test are float64 by default (the default is restored after it)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module whose coders make one small network call per pixel or character:

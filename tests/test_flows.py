@@ -23,14 +23,6 @@ from ppgen.models.flows.layers import ActNorm, Coupling, InvertibleConv1x1, Sque
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def perturb(module, scale=0.1):
     """Move every parameter off its (often identity) initialisation, so the maps are not trivial."""
     with torch.no_grad():

@@ -22,14 +22,6 @@ K = 4
 LEVELS = torch.cartesian_prod(torch.arange(K), torch.arange(K))  # all 16 images (16, 2)
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def cell_grid(m: int) -> torch.Tensor:
     """The midpoints of an m x m grid on the unit cell, (m^2, 2)."""
     c = (torch.arange(m) + 0.5) / m
