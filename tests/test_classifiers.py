@@ -100,3 +100,48 @@ def test_naive_bayes_leave_one_out_equals_refitting_without_the_row():
     # and leaving the row out costs: on average it is predicted worse than by the full fit
     full = NaiveBayes(16, alpha=2.0, a=0.5, b=1.5).condition_on(x, y).predict_proba(x).log()
     assert loo.mean() < full.gather(-1, y[:, None]).mean()
+
+
+def _log_evidence(x, y, num_classes, alpha, a, b):
+    """log p(x, y) of naive Bayes with its parameters integrated out: Dirichlet-multinomial x Beta-binomial."""
+    lg = torch.lgamma
+    counts = torch.bincount(y, minlength=num_classes).double()
+    ones = torch.stack([x[y == c].sum(0) for c in range(num_classes)]).double()  # (C, D)
+    labels = lg(torch.tensor(num_classes * alpha)) - lg(num_classes * alpha + counts.sum()) \
+        + (lg(alpha + counts) - lg(torch.tensor(alpha))).sum()
+
+    def log_beta(p, q):
+        return lg(p) - lg(p + q) + lg(q)
+
+    features = (log_beta(a + ones, b + counts[:, None] - ones) - log_beta(torch.tensor(a), torch.tensor(b))).sum()
+    return labels + features
+
+
+def test_naive_bayes_log_likelihood_is_the_evidence_ratio():
+    """log p(x*, y* | D) = log p(D + row) - log p(D): a second formula for the posterior predictive, and
+    log p(x* | D) its sum over the classes; ppgen.log_likelihood reports them as exact (float32 sums: 1e-4)."""
+    import ppgen
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.bernoulli(torch.full((30, 5), 0.3), generator=g)
+    y = torch.randint(0, 3, (30,), generator=g)
+    new_x = torch.bernoulli(torch.full((4, 5), 0.5), generator=g)
+    new_y = torch.tensor([0, 1, 2, 1])
+    prior = dict(alpha=1.5, a=0.5, b=2.0)
+    nb = NaiveBayes(5, num_classes=3, **prior).condition_on(x, y)
+    base = _log_evidence(x, y, 3, **prior)
+
+    def ratio(row, label):
+        return _log_evidence(torch.cat([x, row[None]]), torch.cat([y, label.view(1)]), 3, **prior) - base
+
+    expected_joint = torch.stack([ratio(r, c) for r, c in zip(new_x, new_y)]).float()
+    expected_marginal = torch.stack([torch.stack([ratio(r, torch.tensor(c)) for c in range(3)]).logsumexp(0)
+                                     for r in new_x]).float()
+    joint = ppgen.log_likelihood(nb, (new_x, new_y))
+    marginal = ppgen.log_likelihood(nb, new_x)
+    assert joint.exact and joint.method == "exact" and marginal.exact
+    torch.testing.assert_close(joint.values, expected_joint, rtol=0, atol=1e-4)
+    torch.testing.assert_close(marginal.values, expected_marginal, rtol=0, atol=1e-4)
+    assert (marginal.values > joint.values).all()  # p(x) sums p(x, y = c) over three positive terms
+    with pytest.raises(ValueError, match="labels 0..2"):
+        nb.log_prob(new_x, torch.tensor([0, 1, 2, 3]))

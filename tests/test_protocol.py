@@ -157,11 +157,12 @@ def test_layers_import_one_way_and_no_modules_import_each_other():
 
 def _public_models() -> list[str]:
     from ppgen.models.energy import EBM, RBM
+    from ppgen.models.classifiers import NaiveBayes
     from ppgen.models.implicit import GAN
 
     names = {n for n in ppgen.__all__ if isinstance(getattr(ppgen, n), type)
              and issubclass(getattr(ppgen, n), GenerativeModel) and getattr(ppgen, n) is not GenerativeModel}
-    return sorted(names | {c.__name__ for c in (RBM, EBM, GAN)})
+    return sorted(names | {c.__name__ for c in (RBM, EBM, GAN, NaiveBayes)})
 
 
 def _rain_net():
@@ -170,6 +171,7 @@ def _rain_net():
 
 
 def _tiny(name: str) -> GenerativeModel:
+    from ppgen.models.classifiers import NaiveBayes
     from ppgen.models.energy import EBM, RBM
     from ppgen.models.implicit import GAN
 
@@ -202,6 +204,7 @@ def _tiny(name: str) -> GenerativeModel:
         "RBM": lambda: RBM(4, hidden=3),
         "EBM": lambda: EBM(2, hidden=4, steps=2),
         "GAN": lambda: GAN(2, z_dim=2, hidden=[4], output="identity"),
+        "NaiveBayes": lambda: NaiveBayes(4, num_classes=3),
         "CharNGram": lambda: ppgen.CharNGram(3, order=2, length=4),
         "CharLSTM": lambda: ppgen.CharLSTM(3, length=4, hidden_size=4, num_layers=1),
         "CharTransformer": lambda: ppgen.CharTransformer(3, context=4, num_layers=1, num_heads=1, width=4),

@@ -43,6 +43,10 @@ class NaiveBayes(GenerativeModel):
     with the posterior means :math:`\bar\pi, \bar\theta`, because the parameters are independent
     a posteriori and each enters the likelihood of one row once. The guide is that exact
     posterior; ``model`` is the Pyro program (sites ``"pi"``, ``"theta"``, ``"y"``, ``"x"``).
+    :meth:`log_prob` (and so :func:`ppgen.log_likelihood`, ``method="exact"``) scores new rows by that
+    posterior predictive: :math:`\log p(x, y \mid \mathcal{D})` given labels, and without them
+    :math:`\log p(x \mid \mathcal{D}) = \log \sum_c p(x, y = c \mid \mathcal{D})`, row by row (each row
+    integrates the parameters out on its own; the rows are not scored jointly).
     Parameters: none trained; C - 1 + C D posterior concentrations.
 
     References: Ng & Jordan (2002); K. P. Murphy, "Machine Learning: A Probabilistic
@@ -57,6 +61,8 @@ class NaiveBayes(GenerativeModel):
     alpha, a, b : float
         Prior concentrations.
     """
+
+    has_exact_likelihood = True
 
     def __init__(self, x_dim: int, num_classes: int = 2, alpha: float = 1.0, a: float = 1.0, b: float = 1.0):
         super().__init__(x_dim)
@@ -121,6 +127,15 @@ class NaiveBayes(GenerativeModel):
         total = self.post_a + self.post_b
         log_on, log_off = self.post_a.log() - total.log(), self.post_b.log() - total.log()  # (C, D)
         return log_pi + x @ log_on.T + (1 - x) @ log_off.T
+
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        r"""Exact posterior predictive per row, shape (N,): :math:`\log p(x, y \mid \mathcal{D})` given
+        labels ``y``, :math:`\log p(x \mid \mathcal{D})` (summed over the classes) without."""
+        joint = self.log_predictive(x)  # (N, C)
+        if y is None:
+            return joint.logsumexp(-1)
+        y = _check_labels(y, joint.shape[0], self.num_classes).to(joint.device)
+        return joint.gather(-1, y[:, None]).squeeze(-1)
 
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Posterior predictive class probabilities p(y = c | x, D), shape (N, C)."""
