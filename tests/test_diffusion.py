@@ -291,7 +291,7 @@ def test_gaussian_bound_is_finite_and_training_lowers_it():
     core = ppgen.log_likelihood(model, x[:32], seed=0)
     assert torch.allclose(core.values, after.values) and not core.exact
     assert after.bits_per_dim == pytest.approx(-after.mean / (196 * math.log(2)))
-    assert "lower bound" in str(after)
+    assert "lower bound" in str(after) and after.stderr_over_rows and "s.e. over rows" in str(after)
 
 
 def test_binary_training_lowers_the_bound():

@@ -139,6 +139,8 @@ def test_a_dequantized_flow_is_a_lower_bound_whose_noise_is_its_monte_carlo_erro
     # one draw of u per row: the draws' noise and the rows' spread are one, stderr = row_std / sqrt(N)
     assert result.row_std == pytest.approx(result.values.double().std().item(), rel=1e-6)
     assert result.stderr == pytest.approx(result.row_std / math.sqrt(16_000), rel=1e-9)
+    assert result.stderr_over_rows and f"s.e. over rows {result.stderr:.3f}, an upper bound" in str(result)
+    assert "Monte Carlo s.e. 0" not in str(result)
     assert abs(result.mean - bound) < 4 * result.stderr  # it estimates the bound within its standard error ...
     assert log_mass.mean().item() - result.mean > 4 * result.stderr  # ... which is clearly below log P(x) (0.9 nats)
     # scored by "iwae" (no latents: K is irrelevant) it is the same bound, labelled the same way
@@ -178,6 +180,7 @@ def test_iwae_stderr_is_the_spread_of_repeated_estimates_not_of_the_rows(data):
     assert first.row_std == pytest.approx(first.values.double().std().item(), rel=1e-6)
     # the rows differ more than the draws: row_std / sqrt(N) (0.11 here) would over-state this error (0.016)
     assert first.stderr < 0.5 * first.row_std / math.sqrt(len(data))
+    assert not first.stderr_over_rows and f"Monte Carlo s.e. {first.stderr:.3f}" in str(first)
 
 
 def test_ais_of_log_z_is_an_estimate_that_errs_high():

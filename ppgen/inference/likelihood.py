@@ -109,7 +109,7 @@ class LikelihoodResult:
         has several (IWAE's K particles, by the delta method; AIS chains; log Z's chains for an energy
         model). Where each row has one draw (a dequantized density's noise u, a diffusion bound's
         x_t), the draws' noise and the rows' spread cannot be told apart, and it is
-        ``row_std / sqrt(N)``, which over-states it (inf for one row).
+        ``row_std / sqrt(N)``, which over-states it (inf for one row); ``stderr_over_rows`` says so.
     row_std : float
         The standard deviation of ``values`` over the rows (0 for one row): how much the examples
         differ, not an error of ``mean``.
@@ -138,6 +138,9 @@ class LikelihoodResult:
     errs : str or None
         On which side of the true log p(x) the figure falls (on average): ``"low"`` for a bound,
         ``"high"`` for AIS of log Z, None when exact.
+    stderr_over_rows : bool
+        True where each row had one draw and ``stderr`` is ``row_std / sqrt(N)``: the standard error of
+        the mean over these rows, the draws' noise and the rows' spread together.
     """
 
     values: torch.Tensor
@@ -152,6 +155,7 @@ class LikelihoodResult:
     kind: str = "exact"
     errs: str | None = None
     row_std: float = 0.0
+    stderr_over_rows: bool = False
 
     def __post_init__(self):
         if self.kind not in KINDS or self.exact != (self.kind == "exact") or (self.errs is None) != self.exact \
@@ -166,7 +170,12 @@ class LikelihoodResult:
         return describe(self.method, self.kind, self.errs, self.num_samples)
 
     def __str__(self) -> str:
-        how = self.label if self.exact else f"{self.label}; Monte Carlo s.e. {self.stderr:.3f}"
+        if self.exact:
+            how = self.label
+        elif self.stderr_over_rows:  # one draw per row: the noise cannot be told from the rows' spread
+            how = f"{self.label}; s.e. over rows {self.stderr:.3f}, an upper bound on its Monte Carlo s.e."
+        else:
+            how = f"{self.label}; Monte Carlo s.e. {self.stderr:.3f}"
         if self.bracket is not None:
             how += f"; bracket [{self.bracket[0]:.3f}, {self.bracket[1]:.3f}]"
         elbo = f", ELBO {self.elbo:.3f}" if self.elbo is not None else ""
@@ -181,20 +190,22 @@ class LikelihoodResult:
         return {"log_likelihood": self.mean, "stderr": self.stderr, "row_std": self.row_std,
                 "bits_per_dim": self.bits_per_dim, "exact": self.exact, "kind": self.kind, "errs": self.errs,
                 "label": self.label, "num_samples": self.num_samples, "elbo": self.elbo,
-                "num_examples": len(self.values), "method": self.method,
+                "num_examples": len(self.values), "method": self.method, "stderr_over_rows": self.stderr_over_rows,
                 "bracket": list(self.bracket) if self.bracket is not None else None}
 
 
 def _result(values: torch.Tensor, dim: int, method: str, kind: str, errs: str | None, stderr: float | None,
-            num_samples: int, **more) -> LikelihoodResult:
+            num_samples: int, over_rows: bool = False, **more) -> LikelihoodResult:
     """A labelled result from per-row ``values``; ``stderr=None``: one draw per row, ``row_std / sqrt(N)``."""
     n, mean = len(values), values.mean().item()
     row_std = values.double().std().item() if n > 1 else 0.0
     values = values.float().cpu()
+    over_rows = over_rows or stderr is None
     if stderr is None:
         stderr = row_std / math.sqrt(n) if n > 1 else math.inf
     return LikelihoodResult(values, mean, stderr, bits_per_dim(mean, dim), kind == "exact", num_samples,
-                            method=method, kind=kind, errs=errs, row_std=row_std, **more)
+                            method=method, kind=kind, errs=errs, row_std=row_std, stderr_over_rows=over_rows,
+                            **more)
 
 
 def _density(gm, values: torch.Tensor, dim: int, method: str) -> LikelihoodResult:
@@ -329,7 +340,7 @@ def _log_likelihood(program: Program, x, y, num_samples, batch_size, device, see
             raise TypeError(f"{program.name}.estimate_log_likelihood must return a "
                             f"ppgen.models.base.LikelihoodEstimate, got {type(estimate).__name__}")
         return _result(estimate.values, dim, estimate.method, estimate.kind, estimate.errs, estimate.stderr,
-                       estimate.num_samples, bracket=estimate.bracket,
+                       estimate.num_samples, estimate.stderr_over_rows, bracket=estimate.bracket,
                        elbo=estimate.values.mean().item() if estimate.method == "elbo" else None)
     if resolved == "ais":  # over the latents of a decoder-based model: p(x)'s estimate is unbiased, its log errs low
         values, stderr = decoder_log_likelihood(gm.observation_log_prob, gm.check_data(x.to(device)), gm.z_dim,

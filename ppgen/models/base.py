@@ -63,6 +63,9 @@ class LikelihoodEstimate:
     errs : str, default "low"
         On which side of log p(x) the figure falls (on average): ``"low"`` for a bound; an energy
         model's AIS of log Z errs low, so its log-likelihood says ``"high"``.
+    stderr_over_rows : bool, default False
+        True where each row's value is one draw (or a mean of a few) and ``stderr`` is their standard
+        deviation over the rows / sqrt(N): the draws' noise and the rows' spread together.
     """
 
     values: torch.Tensor
@@ -72,6 +75,7 @@ class LikelihoodEstimate:
     num_samples: int = 1
     kind: str = "bound"
     errs: str = "low"
+    stderr_over_rows: bool = False
 
 
 class GenerativeModel(PyroModule):

@@ -182,8 +182,8 @@ class DiffusionModel(GenerativeModel):
         draw of x_t, averaged over ``repeats`` draws: what ``ppgen.log_likelihood`` reports
         (``method="elbo"``).
 
-        ``stderr`` is the Monte Carlo standard error of the mean of ``values``: their standard
-        deviation over rows divided by sqrt(N). Each value is one independent draw of its row's
+        ``stderr`` is the standard error of the mean of ``values`` over the rows: their standard
+        deviation over rows divided by sqrt(N) (``stderr_over_rows``). Each value is one independent draw of its row's
         bound (or the mean of ``repeats`` draws), so this is the standard error of a mean of
         independent draws; it counts the noise of the draws and the spread between the rows
         (inf for one row).
@@ -206,7 +206,7 @@ class DiffusionModel(GenerativeModel):
                 values[start:start + len(rows)] -= self.nll_bound(rows, seed=seed + 1000 * k + i, progress=step).cpu()
         values /= repeats
         stderr = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("inf")
-        return LikelihoodEstimate(values, stderr, method="elbo", num_samples=repeats)
+        return LikelihoodEstimate(values, stderr, method="elbo", num_samples=repeats, stderr_over_rows=True)
 
     def default_objective(self, program, num_particles: int = 1, precision: str = "fp32") -> Objective:
         """:class:`DiffusionELBO`."""
