@@ -464,3 +464,31 @@ def test_each_check_refuses_its_defect_with_its_message_and_passes_the_story_wri
     with pytest.raises(ModelCheckError, match=re.escape(message)):
         broken()
     right()
+
+
+def test_a_guide_marked_for_enumeration_is_summed_out_not_sampled():
+    """config_enumerate(guide) on a global two-way choice c: elbo='auto' picks 'enum', whose ELBO is the
+    closed form sum_c q(c) [log p(c) + log p(x | c) - log q(c)], the same at every seed; 'trace' is refused."""
+    from pyro.infer import config_enumerate
+
+    x = torch.tensor([1.5, 2.0, 2.5, 3.0])
+    locs, q = torch.tensor([-1.0, 1.0]), torch.tensor([0.3, 0.7])
+
+    def model(x):
+        c = pyro.sample("c", dist.Categorical(torch.tensor([0.5, 0.5])))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(locs[c], 1.0), obs=x)
+
+    def guide(x):
+        pyro.sample("c", dist.Categorical(pyro.param("q", q, constraint=dist.constraints.simplex)))
+
+    program = Program(model, config_enumerate(guide))
+    assert program.inspect(x).guide_enumerated == ("c",)
+    assert program.validate(x).estimator == "enum"
+    per_choice = torch.log(torch.tensor(0.5)) + dist.Normal(locs[:, None], 1.0).log_prob(x).sum(1) - q.log()
+    expected = (q * per_choice).sum().item() / len(x)  # nats per row
+    values = [-fit(model, x, guide=config_enumerate(guide), epochs=1, lr=1e-12, progress=False, seed=s,
+                   convergence_tol=None).losses[0] for s in range(3)]
+    assert values == pytest.approx([expected] * 3, abs=1e-5)  # float32 sums of four rows
+    with pytest.raises(ModelCheckError, match="guide site 'c' is marked for enumeration.*elbo='trace'"):
+        Program(model, config_enumerate(guide)).validate(x, estimator="trace")

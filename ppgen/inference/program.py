@@ -137,6 +137,9 @@ class Inspection:
         Latent sites of the model that the guide samples (auxiliary guide sites, AutoNormal's, left out).
     enumerated : tuple of str
         Latent sites of the model that the guide does not sample and that are marked for enumeration.
+    guide_enumerated : tuple of str
+        Sites of the guide marked for enumeration (``config_enumerate(guide)``): only ``elbo="enum"``
+        sums them out.
     unguided : tuple of str
         Latent sites of the model that the guide does not sample and that are not marked for
         enumeration: an ELBO would draw them from the prior and miss their term.
@@ -155,6 +158,7 @@ class Inspection:
     unguided: tuple[str, ...]
     observed_outside: tuple[str, ...]
     guide_outside: tuple[str, ...]
+    guide_enumerated: tuple[str, ...] = ()
 
 
 class Program:
@@ -420,7 +424,8 @@ class Program:
             enumerated=tuple(s["name"] for s in prior if s["infer"].get("enumerate")),
             unguided=tuple(s["name"] for s in prior if not s["infer"].get("enumerate")),
             observed_outside=tuple(s["name"] for s in model_sites if s["is_observed"] and not _in_plate(s, plate)),
-            guide_outside=tuple(s["name"] for s in guide_sites if not s["is_observed"] and not _in_plate(s, plate)))
+            guide_outside=tuple(s["name"] for s in guide_sites if not s["is_observed"] and not _in_plate(s, plate)),
+            guide_enumerated=tuple(s["name"] for s in guide_sites if s["infer"].get("enumerate")))
 
     def validate(self, x, y=None, *, num_rows: int | None = None, estimator: str = "auto",
                  num_particles: int = 1, thorough: bool = True) -> ModelCheck:
@@ -470,7 +475,7 @@ class Program:
                 raise ValueError(f"elbo='mle' needs a model with an exact log_prob and its own guide; "
                                  f"{self.name} has none (use an ELBO)")
             return estimator
-        if story.enumerated:
+        if story.enumerated or story.guide_enumerated:
             return "enum"
         if self.exact and not story.latent:
             return "mle"
@@ -541,6 +546,10 @@ class Program:
             raise ModelCheckError(
                 f"site {story.enumerated[0]!r} is marked for enumeration, which only elbo='enum' (or 'auto') "
                 f"sums out; elbo={estimator!r} would sample it from the prior")
+        if story.guide_enumerated and estimator in ELBO_ESTIMATORS and estimator != "enum":
+            raise ModelCheckError(
+                f"guide site {story.guide_enumerated[0]!r} is marked for enumeration, which only elbo='enum' "
+                f"(or 'auto') sums out; elbo={estimator!r} would sample it and weigh its score-function gradient")
 
     def check_per_example(self, story: Inspection, estimator: str, num_rows: int) -> None:
         """Refuse a guide latent outside the data plate where each example needs its own latents:
