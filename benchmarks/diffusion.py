@@ -18,6 +18,8 @@ CIFAR-10 (T = 1000, 35.7M parameters, 800k steps); no MNIST figure is quoted her
     python benchmarks/diffusion.py --minutes 0.5 --embedded-binary     # a smoke run
     OMP_NUM_THREADS=1 python benchmarks/diffusion.py --root ../shared/data --preset cpu-long --models binary \
         --runs runs/diffusion-long --max-minutes 170                      # resumable; call again to continue
+    OMP_NUM_THREADS=1 python benchmarks/diffusion.py --root ../shared/data --preset recipes \
+        --runs runs/diffusion-long --max-minutes 170                      # the Gaussian recipes side by side
 
 The ``cpu-long`` preset (:data:`LONG`) trains each model in its run folder (``long_run.LongRun``: ``fit``'s
 checkpoint and ``curve.json``, with the wall and CPU hours) with Adam, a one-epoch warm-up and a half-cosine
@@ -30,6 +32,11 @@ estimated from ``valid_draws`` steps per row (:func:`bound_estimate`). Once the 
 per row (all T: the bound itself) with the standard error of its mean, sample grids (ancestral, and DDIM for the
 Gaussian model) and FID/KID/precision/recall of ``--quality-samples`` samples beside the real-vs-real floor.
 Writes benchmarks/results/diffusion_long.json.
+
+The ``recipes`` preset (:data:`RECIPES`) is the check before a recipe is kept: Ho et al.'s plain DDPM (L_simple),
+the ELBO with fixed variances, Nichol & Dhariwal's learned variances with L_hybrid, and with the importance-sampled
+ELBO, each trained as the long Gaussian run for the same rows (so nearly the same CPU time, which the table shows)
+and validated as it is. Writes benchmarks/results/diffusion_recipes.json.
 """
 
 from __future__ import annotations
@@ -80,6 +87,21 @@ LONG = {
                "epochs": 100, "rows_per_epoch": 50_000, "batch_size": 100, "lr": 5e-4, "warmup_epochs": 1,
                "clip_norm": None, "valid_rows": 1000, "valid_draws": 100, "test_draws": 1000},
 }
+# The recipes of issue 28 against the plain one, at equal rows (and so nearly equal CPU time): the long Gaussian
+# run's network and data, each for RECIPE_EPOCHS epochs of RECIPE_ROWS rows, validated as the long run is.
+# "model": GaussianDiffusion's keywords over LONG's; "objective": DiffusionELBO's (None: the model's own loss).
+RECIPES = {
+    "plain": {"model": dict(schedule="linear", variance="beta", loss="simple"), "objective": None,
+              "label": "Ho et al. 2020: linear betas, sigma^2 = beta, L_simple"},
+    "elbo": {"model": dict(schedule="cosine", variance="beta", loss="elbo"), "objective": None,
+             "label": "cosine, sigma^2 = beta, the ELBO (t uniform)"},
+    "hybrid": {"model": dict(schedule="cosine", variance="learned", loss="hybrid"), "objective": None,
+               "label": "Nichol & Dhariwal 2021: cosine, learned sigma, L_hybrid"},
+    "elbo-is": {"model": dict(schedule="cosine", variance="learned", loss="elbo"),
+                "objective": {"importance_sampling": True},
+                "label": "Nichol & Dhariwal 2021: cosine, learned sigma, the ELBO with importance-sampled t"},
+}
+RECIPE_EPOCHS, RECIPE_ROWS = 4, 5_000
 PUBLISHED_LONG = {"gaussian": "no MNIST figure for DDPM found; the issue's target is <= 1.20 bits/dim",
                   "binary": "no published figure on these rows; the issue's target is <= 95 nats"}
 
@@ -109,13 +131,14 @@ def bound_estimate(model, x: torch.Tensor, draws: int, *, seed: int = 0, batch_s
     return torch.cat(out)
 
 
-def long_diffusion(args, name: str, train: torch.Tensor, valid: torch.Tensor, test: torch.Tensor,
-                   cfg: dict | None = None) -> dict:
+def long_diffusion(args, name: str, train: torch.Tensor, valid: torch.Tensor, test: torch.Tensor | None,
+                   cfg: dict | None = None, folder: Path | None = None) -> dict:
     """Train the long ``name`` ("gaussian" or "binary", settings ``cfg``, by default :data:`LONG`'s) in
-    ``args.runs / name`` for at most ``args.max_minutes`` this call, continuing what earlier calls trained; once
-    the planned epochs are done (or with ``args.evaluate``) evaluate it on ``test``. Returns the report's row."""
+    ``folder`` (default ``args.runs / name``) for at most ``args.max_minutes`` this call, continuing what earlier
+    calls trained; once the planned epochs are done (or with ``args.evaluate``) evaluate it on ``test`` (None: not
+    at all). Returns the report's row."""
     cfg = cfg or LONG[name]
-    run = LongRun(args.runs / name, cfg)
+    run = LongRun(folder or args.runs / name, cfg)
     model = (GaussianDiffusion if name == "gaussian" else BinaryDiffusion)(784, **cfg["model"])
     objective = functools.partial(DiffusionELBO, **cfg["objective"]) if cfg.get("objective") else None
     settings = dict(batch_size=cfg["batch_size"], device=args.device, seed=0, checkpoint_dir=run.checkpoint_dir,
@@ -135,7 +158,7 @@ def long_diffusion(args, name: str, train: torch.Tensor, valid: torch.Tensor, te
     report = {**run.report(), "num_parameters": model.num_parameters, "published": PUBLISHED_LONG[name],
               "valid_rows": len(valid), "valid_curve": [(r["epoch"], r["cpu_seconds"], r["valid_bound_nats"])
                                                         for r in run.rows]}
-    if not run.rows or not (run.complete or args.evaluate):
+    if test is None or not run.rows or not (run.complete or args.evaluate):
         return report
     path = run.result_path()
     if path.exists() and json.loads(path.read_text())["test_rows"] == len(test):
@@ -185,6 +208,32 @@ def long_runs(args) -> None:
         print(name, json.dumps({k: v for k, v in report["models"][name].items() if k != "valid_curve"}), flush=True)
 
 
+def recipe_runs(args) -> None:
+    """The ``recipes`` preset: each of :data:`RECIPES` trained as the long Gaussian run is (its network, data,
+    batch, learning rate and validation) for RECIPE_EPOCHS epochs of RECIPE_ROWS rows, in ``args.runs /
+    "recipes" / name`` (resumable); the validation bound after each epoch, with the CPU seconds spent."""
+    out = args.out if args.out != DEFAULT_OUT else DEFAULT_OUT.with_name("diffusion_recipes.json")
+    train, valid = (load_dataset("mnist", s, root=args.root, binarize="dynamic").x.intensities
+                    for s in ("train", "valid"))
+    report = {"data": "MNIST intensities k/255: the first 50,000 training rows; validation: the first "
+                      f"{LONG['gaussian']['valid_rows']} of the other 10,000",
+              "epochs": RECIPE_EPOCHS, "rows_per_epoch": RECIPE_ROWS, "recipes": {}}
+    for name in args.models.split(",") if args.models != "gaussian,binary" else RECIPES:
+        recipe = RECIPES[name]
+        cfg = {**LONG["gaussian"], "model": {**LONG["gaussian"]["model"], **recipe["model"]},
+               "objective": recipe["objective"], "epochs": RECIPE_EPOCHS, "rows_per_epoch": RECIPE_ROWS}
+        row = long_diffusion(args, "gaussian", train, valid, None, cfg, folder=args.runs / "recipes" / name)
+        report["recipes"][name] = {"label": recipe["label"], **row, "command": " ".join(["python", *sys.argv])}
+        write_json_atomic(report, out)
+    print("| recipe | " + " | ".join(f"epoch {e}" for e in range(1, RECIPE_EPOCHS + 1)) + " | CPU s |")
+    print("|---|" + "---:|" * (RECIPE_EPOCHS + 1))
+    for name, row in report["recipes"].items():
+        curve = row["valid_curve"]
+        figures = [f"{b / (784 * math.log(2)):.3f}" for _, _, b in curve] + [""] * (RECIPE_EPOCHS - len(curve))
+        print(f"| {row['label']} | " + " | ".join(figures) + f" | {curve[-1][1] if curve else 0:.0f} |")
+    print(f"wrote {out}")
+
+
 def fit_within(model, x, seconds: float, batch_size: int, lr: float, device) -> dict:
     """``ppgen.fit`` with the model's own objective (its ``loss=``), epoch by epoch until ``seconds`` pass."""
     row = train_for(model, x, seconds, batch_size=batch_size, lr=lr, seed=0, device=str(device))
@@ -223,7 +272,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="../shared/data")
     parser.add_argument("--minutes", type=float, default=3.0, help="training budget per model")
-    parser.add_argument("--preset", choices=[*sorted(PRESETS), "cpu-long"], default="cpu")
+    parser.add_argument("--preset", choices=[*sorted(PRESETS), "cpu-long", "recipes"], default="cpu")
     parser.add_argument("--models", default="gaussian,binary", help="cpu-long: the models to train, comma-separated")
     parser.add_argument("--runs", type=Path, default=Path("runs/diffusion-long"), help="cpu-long: the run folders")
     parser.add_argument("--max-minutes", type=float, default=60.0, help="cpu-long: training minutes this call")
@@ -247,6 +296,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.preset == "cpu-long":
         return long_runs(args)
+    if args.preset == "recipes":
+        return recipe_runs(args)
     preset = dict(PRESETS[args.preset])
     device = torch.device(args.device)
     num_steps = args.num_steps or preset["num_steps"]
