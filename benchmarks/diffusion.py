@@ -59,7 +59,7 @@ from ppgen.models.diffusion import BinaryDiffusion, DiffusionELBO, GaussianDiffu
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flow_vae import train_for  # noqa: E402  (epochs within a time budget, resuming so Adam's state carries)
-from long_run import LongRun, RandomRows, save_grid, scheduled_lr  # noqa: E402
+from long_run import LongRun, RandomRows, save_grid, scheduled_lr, trained_parameters  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "diffusion.json"
 PRESETS = {
@@ -142,15 +142,19 @@ def long_diffusion(args, name: str, train: torch.Tensor, valid: torch.Tensor, te
     model = (GaussianDiffusion if name == "gaussian" else BinaryDiffusion)(784, **cfg["model"])
     objective = functools.partial(DiffusionELBO, **cfg["objective"]) if cfg.get("objective") else None
     settings = dict(batch_size=cfg["batch_size"], device=args.device, seed=0, checkpoint_dir=run.checkpoint_dir,
-                    resume=True, progress=False, convergence_tol=None, clip_norm=cfg["clip_norm"], objective=objective)
+                    resume=True, progress=False, convergence_tol=None, clip_norm=cfg["clip_norm"], objective=objective,
+                    ema=cfg.get("ema"))
     rows, valid = RandomRows(train, cfg["rows_per_epoch"]), valid[: cfg["valid_rows"]]
     per_dim = 1 / (784 * math.log(2))
     for epoch in run.epochs(args.max_minutes):
         result = ppgen.fit(model, rows, epochs=epoch, lr=scheduled_lr(epoch, cfg), **settings)
         bound = bound_estimate(model, valid, cfg["valid_draws"]).mean().item()
-        row = run.record({"epoch": epoch, "lr": scheduled_lr(epoch, cfg), "steps": result.steps,
-                          "train_loss": -result.train_elbo[-1], "valid_bound_nats": bound,
-                          "valid_bits_per_dim": bound * per_dim})
+        figures = {"epoch": epoch, "lr": scheduled_lr(epoch, cfg), "steps": result.steps,
+                   "train_loss": -result.train_elbo[-1], "valid_bound_nats": bound, "valid_bits_per_dim": bound * per_dim}
+        if cfg.get("ema"):  # the bound above is the averages'; the trained parameters' beside it (same noise)
+            with trained_parameters(model, run):
+                figures["valid_bound_nats_trained"] = bound_estimate(model, valid, cfg["valid_draws"]).mean().item()
+        row = run.record(figures)
         print(f"{name} epoch {epoch}/{cfg['epochs']}: valid bound {bound:.2f} nats ({bound * per_dim:.3f} bits/dim), "
               f"{row['cpu_seconds'] / 3600:.2f} CPU hours", flush=True)
     if run.rows and not run.trained_now:  # nothing trained in this call: load the checkpoint's parameters

@@ -131,7 +131,7 @@ QUALITY_SAMPLES = 500  # samples for sample quality when neither --quality-sampl
 
 # the FitConfig fields a run folder records in config.json
 RECORDED = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "elbo", "num_particles", "patience", "seed",
-            "precision", "clip_norm", "max_minutes")
+            "precision", "clip_norm", "ema", "max_minutes")
 
 
 def build_model(name: str, x_dim, *, seed: int = 0, counts=None, **options) -> torch.nn.Module:
@@ -711,6 +711,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
     p.add_argument("--clip-norm", type=float, help="scale each gradient down to this L2 norm per row (of the "
                                                    "loss averaged over the rows) where longer (language models: 1.0)")
+    p.add_argument("--ema", type=float, help="keep a moving average of the parameters with this decay (0.999), "
+                                             "validated and saved as the model (Polyak averaging)")
     p.add_argument("-o", "--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="model argument, e.g. -o z_dim=20 -o hidden=[400,400]")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
@@ -785,7 +787,7 @@ def main(argv: list[str] | None = None) -> int:
                                        optimizer=args.optimizer, weight_decay=args.weight_decay, elbo=args.elbo,
                                        num_particles=args.num_particles, patience=args.patience, device=args.device,
                                        seed=args.seed, resume=args.resume, precision=args.precision,
-                                       log_dir=args.log_dir, clip_norm=args.clip_norm)
+                                       log_dir=args.log_dir, clip_norm=args.clip_norm, ema=args.ema)
                 config = train_run(args.model, args.data, args.out, root=args.root, options=dict(args.option),
                                    budget=budget, fit_config=fit_config)
             if not is_main_process():

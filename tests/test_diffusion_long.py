@@ -69,3 +69,25 @@ def test_a_long_diffusion_resumed_call_by_call_matches_an_unbroken_run(tmp_path)
     assert broken["test_rows"] == 20 and broken["test_bound_nats"] == pytest.approx(expected.mean().item(), rel=1e-9)
     assert broken["test_bits_per_dim"] == pytest.approx(broken["test_bound_nats"] / (784 * math.log(2)))
     assert broken["quality_ancestral"]["samples"] == 20
+
+
+def test_a_long_run_with_ema_scores_the_averages_and_the_trained_parameters(tmp_path):
+    """cfg["ema"]: the curve's bound is the moving averages' and ``valid_bound_nats_trained`` the trained
+    parameters' (both recomputed here from the checkpoint, which holds the two), and the model keeps the averages."""
+    bench = _bench()
+    x = load_dataset("digits", "train").x[:130]
+    cfg = {"model": {"num_steps": 20, "schedule": "cosine", "hidden": [32]}, "epochs": 2, "rows_per_epoch": 64,
+           "batch_size": 32, "lr": 1e-2, "warmup_epochs": 1, "clip_norm": None, "valid_rows": 30, "valid_draws": 4,
+           "test_draws": 20, "ema": 0.5}
+    args = argparse.Namespace(device="cpu", evaluate=False, quality_samples=20, runs=tmp_path, max_minutes=10.0)
+    bench.long_diffusion(args, "binary", x[:100], x[100:130], None, cfg)
+    last = json.loads((tmp_path / "binary" / "curve.json").read_text())["epochs"][-1]
+    saved = load_checkpoint(tmp_path / "binary" / "checkpoint" / CHECKPOINT_NAME)
+    figures = {}
+    for key in ("params", "averages"):
+        model = bench.BinaryDiffusion(784, **cfg["model"])
+        model.load_state_dict({k.removeprefix("owners.0."): v for k, v in saved[key].items()}, strict=False)
+        figures[key] = bench.bound_estimate(model, x[100:130], 4).mean().item()
+    assert last["valid_bound_nats"] == pytest.approx(figures["averages"], rel=1e-9)
+    assert last["valid_bound_nats_trained"] == pytest.approx(figures["params"], rel=1e-9)
+    assert figures["averages"] != pytest.approx(figures["params"], rel=1e-6)  # two sets of parameters

@@ -189,10 +189,11 @@ class Checkpointer:
 
     def __init__(self, path: Path | None, params: dict[str, torch.Tensor], optimizers: dict, config: dict,
                  cluster, settings: dict | None = None, buffers: dict[str, torch.Tensor] | None = None,
-                 objective=None):
+                 objective=None, averages: dict[str, torch.Tensor] | None = None):
         self.path, self.params, self.optimizers, self.config, self.cluster = path, params, optimizers, config, cluster
         self.settings = settings or {}  # what a resume may change and report (lr, weight_decay, epochs, patience)
         self.buffers = buffers or {}
+        self.averages = averages  # fit(ema=...)'s moving averages of the parameters, by parameter name
         self.objective = objective
         self.committed: dict[str, Any] = {}
         self.commit()
@@ -202,11 +203,14 @@ class Checkpointer:
         the next commit. The trainer calls it when it commits a step or an epoch."""
         state = self.objective.checkpoint_state() if self.objective is not None else {}
         self.committed = {"buffers": {name: b.detach().clone() for name, b in self.buffers.items()},
-                          "objective": _map_tensors(state, lambda t: t.detach().clone())}
+                          "objective": _map_tensors(state, lambda t: t.detach().clone()),
+                          "averages": None if self.averages is None else
+                          {name: a.detach().clone() for name, a in self.averages.items()}}
 
-    def snapshot(self) -> dict[str, torch.Tensor]:
-        """A copy of the parameters on the CPU."""
-        return {name: p.detach().clone().cpu() for name, p in self.params.items()}
+    def snapshot(self, averaged: bool = False) -> dict[str, torch.Tensor]:
+        """A copy of the parameters (``averaged``: of their moving averages, where kept) on the CPU."""
+        source = self.averages if averaged and self.averages is not None else self.params
+        return {name: p.detach().clone().cpu() for name, p in source.items()}
 
     def load_params(self, saved: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
         _copy_into(self.params, saved, f"{source} parameter")
@@ -227,6 +231,8 @@ class Checkpointer:
             "buffers": _map_tensors(self.committed["buffers"], torch.Tensor.cpu),
             "objective": _map_tensors(self.committed["objective"], torch.Tensor.cpu),
         }
+        if self.committed["averages"] is not None:
+            payload["averages"] = _map_tensors(self.committed["averages"], torch.Tensor.cpu)
         save_checkpoint(payload, self.path)
 
     def restore(self) -> tuple[dict, list[str]]:
@@ -253,12 +259,17 @@ class Checkpointer:
                                  "resume from an earlier checkpoint or start a new run")
         self.load_params(payload["params"], f"checkpoint {self.path}")
         self._load_buffers(payload.get("buffers", {}))
+        started_averages = self.averages is not None and "averages" not in payload
+        if self.averages is not None:  # none saved: they start at the checkpoint's parameters
+            _copy_into(self.averages, payload.get("averages", payload["params"]), f"checkpoint {self.path} average")
         if self.objective is not None and payload.get("objective"):
             self.objective.load_checkpoint_state(payload["objective"])
         for name, opt in self.optimizers.items():
             opt.load_state_dict(copy.deepcopy(payload["optimizers"][name]))
         before = {"weight_decay": 0.0, **payload["settings"]}  # checkpoints older than weight_decay had none
         changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in self.settings.items() if before.get(k) != v]
+        if started_averages:
+            changed.append("ema: moving averages started at the checkpoint's parameters")
         for opt in self.optimizers.values():  # load_state_dict restored the saved lr and weight decay
             for group in opt.param_groups:
                 group.update({k: v for k, v in self.settings.items() if k in ("lr", "weight_decay")})

@@ -107,6 +107,7 @@ class Trainer:
         self.check: ModelCheck | None = None
         self.num_rows = 0
         self.params: list[torch.Tensor] = []
+        self.averages: dict[str, torch.Tensor] | None = None  # the moving averages of fit(ema=...), by name
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.module: torch.nn.Module | None = None
         self.checkpoints: Checkpointer | None = None
@@ -194,9 +195,11 @@ class Trainer:
             fingerprint["model_arguments"] = dict(gm.init_arguments)
         fingerprint["objective_arguments"] = dict(self.objective.init_arguments)
         settings = {"lr": 1.0 if self.optimizer_name == "lbfgs" else config.lr, "weight_decay": config.weight_decay,
-                    "epochs": config.epochs, "patience": config.patience}
+                    "epochs": config.epochs, "patience": config.patience, "ema": config.ema}
+        self.averages = {n: p.detach().clone() for n, p in named.items()} if config.ema is not None else None
         self.checkpoints = Checkpointer(path if cluster.is_main else None, named, self.optimizers, fingerprint,
-                                        cluster, settings, buffers=buffers, objective=self.objective)
+                                        cluster, settings, buffers=buffers, objective=self.objective,
+                                        averages=self.averages)
         self.resumed_from_step, self._stepped, self._pending, self._clock_zero = None, False, None, None
         if path is not None and config.resume and path.exists():
             self.checkpoints.path = path  # every rank reads the checkpoint
@@ -230,7 +233,8 @@ class Trainer:
         deterministic (exact maximum likelihood, or every latent enumerated), else Adam."""
         deterministic = self._deterministic()
         if self.config.optimizer == "auto":
-            return "lbfgs" if self.classical and deterministic and self.config.clip_norm is None else "adam"
+            return "lbfgs" if (self.classical and deterministic and self.config.clip_norm is None
+                               and self.config.ema is None) else "adam"
         if self.config.optimizer == "lbfgs" and self.config.clip_norm is not None:
             raise ValueError(f"clip_norm={self.config.clip_norm:g} clips gradient steps; L-BFGS's line search sets its "
                              "own (use optimizer='adam' to clip, or clip_norm=None)")
@@ -312,6 +316,11 @@ class Trainer:
                 self._lbfgs_step(optimizer, state, x, y, scale, group)
             else:
                 optimizer.step()
+        if self.averages is not None:
+            with torch.no_grad():  # a <- ema a + (1 - ema) theta
+                named = self.checkpoints.params
+                torch._foreach_lerp_(list(self.averages.values()), [named[n] for n in self.averages],
+                                     1 - self.config.ema)
         state.commit_step(*self._pending, seconds=self._seconds(state))
         self.checkpoints.commit()
         if self.log is not None:
@@ -430,7 +439,7 @@ class Trainer:
         cluster, device = self.cluster, self.device
         total = torch.zeros((), dtype=torch.float64, device=device)
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), \
-                self.program.mode(False, self.objective):
+                self.program.mode(False, self.objective), self._averaged():
             torch.manual_seed(seed + cluster.rank)
             for idx in torch.arange(x.shape[0]).split(self.config.batch_size):
                 self.signals.check()
@@ -441,6 +450,22 @@ class Trainer:
                         return None
                     total += score.double()
         return cluster.sum(total).item() / x.shape[0]
+
+    @contextlib.contextmanager
+    def _averaged(self):
+        """Inside: the parameters hold their moving averages (``ema``), restored after; without ``ema``, nothing."""
+        if self.averages is None:
+            yield
+            return
+        trained = self.checkpoints.snapshot()
+        self._hold_averages()
+        try:
+            yield
+        finally:
+            self.checkpoints.load_params(trained, "trained")
+
+    def _hold_averages(self) -> None:
+        self.checkpoints.load_params(self.checkpoints.snapshot(averaged=True), "averaged")
 
     # --- run ----------------------------------------------------------------------------------
 
@@ -526,7 +551,9 @@ class Trainer:
                 self.lock.release()
                 self._clock_zero = None
             if config.patience is not None and state.best_state is not None:
-                self.checkpoints.load_params(state.best_state, "best epoch")
+                self.checkpoints.load_params(state.best_state, "best epoch")  # averaged, with ema
+            elif self.averages is not None:
+                self._hold_averages()
             if self.classical and self.objective.estimator == "mle" and self.check.latent \
                     and not program.generative_model.set_guide_to_exact_posterior():
                 self._say("the exact marginal likelihood trained the model, not its guide: the guide is as it was")
@@ -618,7 +645,8 @@ class Trainer:
         score = self.evaluate(*valid, seed=self.config.seed + state.epoch + 1) if valid is not None else None
         if score is None and valid is not None and state.epoch == 0:
             self._say(f"{self.estimator_name} has no normalised validation score: no best epoch, no early stopping")
-        best = EarlyStopping(self.config.patience).decide(state, score, self.checkpoints.snapshot)
+        best = EarlyStopping(self.config.patience).decide(
+            state, score, lambda: self.checkpoints.snapshot(averaged=True))  # what was scored
         state.commit_epoch(train, score, best, seconds=self._seconds(state))
         self.checkpoints.commit()  # the buffers as the epoch left them (validation runs in evaluation mode)
         self.checkpoints.save(state.to_dict())

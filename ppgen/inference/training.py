@@ -145,6 +145,13 @@ class FitConfig:
         its N rows), as recurrent networks and Transformers are trained on a mean loss (nanoGPT
         clips at 1.0). The TensorBoard log records the norm of the data set's loss before
         clipping. Not with L-BFGS, whose line search sets its own steps.
+    ema : float, optional
+        Keep an exponential moving average of the parameters (Polyak averaging; Polyak & Juditsky
+        1992), a <- ema a + (1 - ema) theta after every step, starting at the initial parameters:
+        validation scores the averages, and the model leaves ``fit`` holding them (with ``patience``,
+        those of the best epoch), as flows and diffusion models are evaluated (0.999 or 0.9999 is
+        usual). The checkpoint keeps both, so ``resume=True`` trains on from the trained parameters;
+        a checkpoint written without averages starts them at its parameters. Not with L-BFGS.
     log_dir : path, optional
         Write TensorBoard event files there (needs the ``tensorboard`` package: ``pip install
         'ppgen[tensorboard]'``): per step the loss and each parameter group's gradient norm, per
@@ -173,6 +180,7 @@ class FitConfig:
     divergence_factor: float | None = 1e3
     max_minutes: float | None = None
     clip_norm: float | None = None
+    ema: float | None = None
     log_dir: str | Path | None = None
 
     def __post_init__(self):
@@ -200,6 +208,12 @@ class FitConfig:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not math.isfinite(value) or value <= 0):
                 raise ValueError(f"{name} must be a positive number or None, got {value!r}")
+        if self.ema is not None and (isinstance(self.ema, bool) or not isinstance(self.ema, (int, float))
+                                     or not 0 < self.ema < 1):
+            raise ValueError(f"ema must be a decay between 0 and 1 (0.999 is usual) or None, got {self.ema!r}")
+        if self.ema is not None and self.optimizer == "lbfgs":
+            raise ValueError("ema averages the steps of a stochastic optimiser; L-BFGS converges to its point "
+                             "(use optimizer='adam' with ema, or ema=None)")
         for name in ("resume", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
