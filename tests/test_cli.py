@@ -44,10 +44,10 @@ def test_train_evaluate_sample_round_trip(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "vae", "--data", "digits", "--out", str(run), "--epochs", "1",
                  "-o", "z_dim=3", "-o", "hidden=[16]", "--num-samples", "10", "--weight-decay", "0.5",
-                 "--optimizer", "adagrad"]) == 0
+                 "--optimizer", "adagrad", "--ema", "0.9"]) == 0
     config = json.loads((run / "config.json").read_text())
     assert config["options"] == {"z_dim": 3, "hidden": [16]}
-    assert config["weight_decay"] == 0.5 and config["optimizer"] == "adagrad"
+    assert config["weight_decay"] == 0.5 and config["optimizer"] == "adagrad" and config["ema"] == 0.9
     assert main(["evaluate", str(run), "--num-samples", "10", "--split", "valid", "--report-rows", "50"]) == 0
     assert json.loads((run / "metrics.json").read_text())["split"] == "valid"
     report = capsys.readouterr().out
