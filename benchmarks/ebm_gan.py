@@ -273,8 +273,8 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="the report (default: results/ebm_gan.json, "
                         "results/ebm_gan_long.json for cpu-long)")
-    parser.add_argument("--models", default="rbm", help="cpu-long: the models to train, comma-separated (rbm, dcgan, dcgan-sn, "
-                        "ebm, vae)")
+    parser.add_argument("--models", default="rbm", help="cpu-long: the models to train, comma-separated (rbm, dcgan, "
+                        "dcgan-sn, ebm, vae)")
     parser.add_argument("--runs", type=Path, default=Path("runs/ebm_gan-long"), help="cpu-long: run folders")
     parser.add_argument("--evaluate", action="store_true",
                         help="cpu-long: evaluate the checkpoint as it stands, even before the schedule is done")
