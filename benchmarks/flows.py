@@ -16,7 +16,10 @@ a one-epoch warm-up, a half-cosine decay to lr / 10 and gradient clipping; each 
 the checkpoint as it stands) it scores all 10,000 test images (dequantized with seed 0): bits/dim with the
 standard error of the test-set mean, sample grids at T = 1.0, 0.8, 0.6 and FID/KID/precision/recall of
 ``--quality-samples`` samples in the shipped classifier's features beside the real-vs-real floor.
-Writes benchmarks/results/flows_long.json.
+The ``pixelcnn`` entry beside the flows is :class:`ppgen.models.autoregressive.GreyPixelCNN`, a 256-way softmax per
+pixel: an exact discrete model, trained on the same training rows' integer levels (no noise) and scored on the same
+validation and test rows' integer levels; its bits/dim is -log2 P(x) / 784 exactly, where a flow's figure is an upper
+bound on its own model's (E_u log p(x + u) <= log P(x)). Writes benchmarks/results/flows_long.json.
 
 Speed: examples/s of ppgen's ``RealNVP.log_prob`` (forward + backward) against the same layers
 driven by a plain PyTorch function (logit, then each layer in turn), in one run, alternating.
@@ -37,10 +40,11 @@ import torch
 import ppgen
 from ppgen.inference.checkpoint import write_json_atomic
 from ppgen.inference.sample_quality import sample_quality
+from ppgen.models.autoregressive import GreyPixelCNN
 from ppgen.models.flows import MAF, Dequantized, Glow, RealNVP, VariationalDequantization, dequantize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from long_run import LongRun, save_grid, scheduled_lr  # noqa: E402
+from long_run import LongRun, save_grid, scheduled_lr, trained_parameters  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "flows.json"
 PUBLISHED = {"realnvp": 1.06, "glow": 1.05, "ffjord": 0.99, "maf": 1.89}
@@ -54,18 +58,25 @@ MODELS = {"realnvp": RealNVP, "glow": Glow, "maf": MAF}
 # The cpu-long runs: "model" is the constructor's keywords; an epoch is one pass over the 50,000 training rows
 # (fresh dequantization noise each pass) at batch_size, lr by long_run.scheduled_lr, the gradient per row
 # clipped to clip_norm (fit's clip_norm: a guard against spikes, above the 3e3-1e4 of the first steps'); the
-# curve's valid bits/dim is on the first valid_rows validation rows.
+# curve's valid bits/dim is on the first valid_rows validation rows; with "ema" (fit's Polyak averages, for the
+# runs begun after fit had them) it is the averages', and valid_bits_per_dim_trained the trained parameters'.
 LONG = {
     "maf": {"model": dict(transforms=5, hidden=[1024, 1024]), "epochs": 80, "batch_size": 100, "lr": 5e-4,
             "warmup_epochs": 1, "clip_norm": 1e4, "valid_rows": 10_000},
     "glow": {"model": dict(levels=2, steps=8, hidden=64, blocks=1), "epochs": 40, "batch_size": 64, "lr": 1e-3,
              "warmup_epochs": 1, "clip_norm": 1e4, "valid_rows": 5_000},
     "realnvp": {"model": dict(num_scales=2, hidden=64, blocks=2), "epochs": 30, "batch_size": 64, "lr": 1e-3,
-                "warmup_epochs": 1, "clip_norm": 1e4, "valid_rows": 5_000},
+                "warmup_epochs": 1, "clip_norm": 1e4, "valid_rows": 5_000, "ema": 0.999},
 }
 # Variational dequantization (Flow++): the same flow with a learned q(u | x), trained on the integer levels by the
 # ELBO; the curve's validation figure is that ELBO (one draw per row), the test's an IWAE bound of test_samples.
-LONG["maf-vd"] = {**LONG["maf"], "flow": "maf", "dequantizer": dict(transforms=2, hidden=[64]), "test_samples": 64}
+LONG["maf-vd"] = {**LONG["maf"], "flow": "maf", "dequantizer": dict(transforms=2, hidden=[64]), "test_samples": 64,
+                  "ema": 0.999}
+# The exact discrete model beside them (issue 28): a gated PixelCNN with a 256-way softmax, on the integer levels.
+# One epoch (50,000 rows) took ~65 min on 1 thread (13 rows/s, measured with both cores busy): ~4 h in all.
+LONG["pixelcnn"] = {"model": dict(levels=256, channels=64, layers=8, kernel=7, gated=True), "epochs": 4,
+                    "batch_size": 64, "lr": 1e-3, "warmup_epochs": 1, "clip_norm": 1e4, "valid_rows": 5_000,
+                    "ema": 0.999}
 TEMPERATURES = (1.0, 0.8, 0.6)
 CPU_RATE = {"realnvp": 190, "glow": 550, "maf": 650}  # training rows/s of the cpu preset, 1 thread
 
@@ -112,32 +123,38 @@ def long_flow(args, name: str, train: torch.Tensor, valid: torch.Tensor, test: t
               cfg: dict | None = None) -> dict:
     """Train the long ``name`` (settings ``cfg``, by default :data:`LONG`'s) in ``args.runs / name`` for at most
     ``args.max_minutes`` this call, continuing what earlier calls trained. ``train`` holds integer levels (fresh
-    noise every epoch), ``valid`` and ``test`` dequantized rows. Once the planned epochs are done (or with
+    noise every epoch), ``valid`` and ``test`` dequantized rows (for ``"pixelcnn"`` and ``"maf-vd"``, all three
+    the integer levels: the one is exact on them, the other bounds their likelihood with its learned noise). Once the planned epochs are done (or with
     ``args.evaluate``) evaluate on ``test``: bits/dim, sample grids, sample quality. Returns the report's row."""
     cfg = cfg or LONG[name]
     run = LongRun(args.runs / name, cfg)
-    flow = MODELS[cfg.get("flow", name)](784, **cfg["model"])
+    flow = None if name == "pixelcnn" else MODELS[cfg.get("flow", name)](784, **cfg["model"])
     settings = dict(batch_size=cfg["batch_size"], device=args.device, seed=0, checkpoint_dir=run.checkpoint_dir,
-                    resume=True, progress=False, convergence_tol=None, clip_norm=cfg["clip_norm"])
+                    resume=True, progress=False, convergence_tol=None, clip_norm=cfg["clip_norm"], ema=cfg.get("ema"))
     rows, valid = Dequantized(train), valid[: cfg["valid_rows"]]
     score = dict(batch_size=500, device=args.device)
-    if "dequantizer" in cfg:  # the integer levels themselves (floor undoes the seeded noise), scored by the ELBO
+    if flow is None:  # exact and discrete, on the integer levels; scored in smaller batches (256 logits a pixel)
+        model, rows, score["batch_size"] = GreyPixelCNN(**cfg["model"]), train, 100
+    elif "dequantizer" in cfg:  # the integer levels themselves, scored by the ELBO
         model = VariationalDequantization(flow, **cfg["dequantizer"])
-        rows, valid, test = train, valid.floor(), test.floor()
+        rows = train
         score.update(method="iwae", num_samples=1)
     else:
         model = flow
     for epoch in run.epochs(args.max_minutes):
         result = ppgen.fit(model, rows, epochs=epoch, lr=scheduled_lr(epoch, cfg), **settings)
         valid_bpd = ppgen.log_likelihood(model, valid, **score).bits_per_dim
-        row = run.record({"epoch": epoch, "lr": scheduled_lr(epoch, cfg), "steps": result.steps,
-                          "train_bits_per_dim": -result.train_elbo[-1] / (784 * math.log(2)),
-                          "valid_bits_per_dim": valid_bpd})
+        figures = {"epoch": epoch, "lr": scheduled_lr(epoch, cfg), "steps": result.steps,
+                   "train_bits_per_dim": -result.train_elbo[-1] / (784 * math.log(2)), "valid_bits_per_dim": valid_bpd}
+        if cfg.get("ema"):  # the figure above is the moving averages'; the trained parameters' beside it
+            with trained_parameters(model, run):
+                figures["valid_bits_per_dim_trained"] = ppgen.log_likelihood(model, valid, **score).bits_per_dim
+        row = run.record(figures)
         print(f"{name} epoch {epoch}/{cfg['epochs']}: bits/dim {row['train_bits_per_dim']:.3f} (train), "
               f"{valid_bpd:.3f} (valid), {row['cpu_seconds'] / 3600:.2f} CPU hours", flush=True)
     if run.rows and not run.trained_now:  # nothing trained in this call: load the checkpoint's parameters
         ppgen.fit(model, rows, epochs=len(run.rows), lr=scheduled_lr(len(run.rows), cfg), **settings)
-    report = {**run.report(), "num_parameters": model.num_parameters, "published": PUBLISHED[cfg.get("flow", name)],
+    report = {**run.report(), "num_parameters": model.num_parameters, "published": PUBLISHED.get(cfg.get("flow", name)),
               "valid_rows": len(valid), "valid_curve": [(r["epoch"], r["cpu_seconds"], r["valid_bits_per_dim"])
                                                         for r in run.rows]}
     if not run.rows or not (run.complete or args.evaluate):
@@ -171,12 +188,15 @@ def long_runs(args) -> None:
     report = json.loads(out.read_text()) if out.exists() else {"preset": "cpu-long", "models": {}}
     report.update(threads=args.threads, torch=torch.__version__, published_bits_per_dim=PUBLISHED,
                   data="MNIST: training rows 0..49,999, validation 50,000..59,999, all 10,000 test rows")
-    train, valid = mnist_levels(args.root, "train"), dequantize(mnist_levels(args.root, "valid"), seed=1)
-    test = dequantize(mnist_levels(args.root, "test")[: args.test_rows], seed=0)
+    train, valid_levels = mnist_levels(args.root, "train"), mnist_levels(args.root, "valid")
+    test_levels = mnist_levels(args.root, "test")[: args.test_rows]
+    valid, test = dequantize(valid_levels, seed=1), dequantize(test_levels, seed=0)
     for name in args.models:
         if name not in LONG:
             raise SystemExit(f"cpu-long trains: {', '.join(LONG)}; got {name!r}")
-        report["models"][name] = {**long_flow(args, name, train, valid, test),
+        # the discrete models score the integer levels (not floor(x + u): in float32 k + u can round up to k + 1)
+        scored = (valid_levels, test_levels) if name == "pixelcnn" or "dequantizer" in LONG[name] else (valid, test)
+        report["models"][name] = {**long_flow(args, name, train, *scored),
                                   "command": " ".join(["python", *sys.argv])}
         write_json_atomic(report, out)
         print(name, json.dumps({k: v for k, v in report["models"][name].items() if k != "valid_curve"}), flush=True)

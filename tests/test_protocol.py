@@ -184,6 +184,7 @@ def _tiny(name: str) -> GenerativeModel:
         "NADE": lambda: ppgen.NADE(4, hidden=3),
         "MADE": lambda: ppgen.MADE(4, hidden_sizes=(6,)),
         "PixelCNN": lambda: ppgen.PixelCNN(channels=4, layers=2, kernel=3, height=2, width=2),
+        "GreyPixelCNN": lambda: ppgen.GreyPixelCNN(levels=4, channels=4, layers=2, kernel=3, height=2, width=2),
         "VAE": lambda: ppgen.VAE(4, z_dim=2, hidden=4),
         "ConditionalVAE": lambda: ppgen.ConditionalVAE(4, 2, z_dim=2, hidden=4),
         "BernoulliMixture": lambda: ppgen.BernoulliMixture(4, 2),

@@ -1,6 +1,6 @@
 """Generative stories, one file per family."""
 
-from ppgen.models.autoregressive import FVSBN, MADE, NADE, PixelCNN
+from ppgen.models.autoregressive import FVSBN, MADE, NADE, GreyPixelCNN, PixelCNN
 from ppgen.models.base import GenerativeModel
 from ppgen.models.bayesnet import BayesianCPTs, BayesNet, FullJointTable
 from ppgen.models.classifiers import BayesianLogisticRegression, NaiveBayes
@@ -17,7 +17,7 @@ __all__ = [
     "GenerativeModel",
     "IndependentBernoulli", "FullJointTable",
     "BayesNet", "BayesianCPTs",
-    "FVSBN", "NADE", "MADE", "PixelCNN",
+    "FVSBN", "NADE", "MADE", "PixelCNN", "GreyPixelCNN",
     "VAE", "ConditionalVAE", "FlowPriorVAE", "IAFVAE", "BernoulliMixture", "GaussianMixture", "PPCA", "FactorAnalysis",
     "NaiveBayes", "BayesianLogisticRegression",
     "RealNVP", "Glow", "MAF", "NSF", "VariationalDequantization",

@@ -10,7 +10,7 @@ from ppgen.models.autoregressive._common import (
 from ppgen.models.autoregressive.fvsbn import FVSBN
 from ppgen.models.autoregressive.made import MADE
 from ppgen.models.autoregressive.nade import NADE
-from ppgen.models.autoregressive.pixelcnn import PixelCNN
+from ppgen.models.autoregressive.pixelcnn import GreyPixelCNN, PixelCNN
 
-__all__ = ["AutoregressiveModel", "InpaintResult", "FVSBN", "NADE", "MADE", "PixelCNN",
+__all__ = ["AutoregressiveModel", "InpaintResult", "FVSBN", "NADE", "MADE", "PixelCNN", "GreyPixelCNN",
            "observed_first", "order_observed_first", "resolve_order"]
