@@ -93,6 +93,8 @@ LONG = {
 RECIPES = {
     "plain": {"model": dict(schedule="linear", variance="beta", loss="simple"), "objective": None,
               "label": "Ho et al. 2020: linear betas, sigma^2 = beta, L_simple"},
+    "plain-cosine": {"model": dict(schedule="cosine", variance="beta", loss="simple"), "objective": None,
+                     "label": "cosine betas, sigma^2 = beta, L_simple"},
     "elbo": {"model": dict(schedule="cosine", variance="beta", loss="elbo"), "objective": None,
              "label": "cosine, sigma^2 = beta, the ELBO (t uniform)"},
     "hybrid": {"model": dict(schedule="cosine", variance="learned", loss="hybrid"), "objective": None,
