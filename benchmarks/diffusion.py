@@ -221,9 +221,10 @@ def recipe_runs(args) -> None:
     out = args.out if args.out != DEFAULT_OUT else DEFAULT_OUT.with_name("diffusion_recipes.json")
     train, valid = (load_dataset("mnist", s, root=args.root, binarize="dynamic").x.intensities
                     for s in ("train", "valid"))
-    report = {"data": "MNIST intensities k/255: the first 50,000 training rows; validation: the first "
-                      f"{LONG['gaussian']['valid_rows']} of the other 10,000",
-              "epochs": RECIPE_EPOCHS, "rows_per_epoch": RECIPE_ROWS, "recipes": {}}
+    report = json.loads(out.read_text()) if out.exists() else {"recipes": {}}  # other calls' recipes stay
+    report.update(data="MNIST intensities k/255: the first 50,000 training rows; validation: the first "
+                       f"{LONG['gaussian']['valid_rows']} of the other 10,000",
+                  epochs=RECIPE_EPOCHS, rows_per_epoch=RECIPE_ROWS)
     for name in args.models.split(",") if args.models != "gaussian,binary" else RECIPES:
         recipe = RECIPES[name]
         cfg = {**LONG["gaussian"], "model": {**LONG["gaussian"]["model"], **recipe["model"]},
