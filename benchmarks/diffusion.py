@@ -54,7 +54,7 @@ import torch
 import ppgen
 from ppgen import load_dataset, log_likelihood
 from ppgen.inference.sample_quality import sample_quality
-from ppgen.inference.checkpoint import write_json_atomic
+from ppgen.inference.checkpoint import load_fitted, write_json_atomic
 from ppgen.models.diffusion import BinaryDiffusion, DiffusionELBO, GaussianDiffusion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -159,8 +159,8 @@ def long_diffusion(args, name: str, train: torch.Tensor, valid: torch.Tensor, te
         row = run.record(figures)
         print(f"{name} epoch {epoch}/{cfg['epochs']}: valid bound {bound:.2f} nats ({bound * per_dim:.3f} bits/dim), "
               f"{row['cpu_seconds'] / 3600:.2f} CPU hours", flush=True)
-    if run.rows and not run.trained_now:  # nothing trained in this call: load the checkpoint's parameters
-        ppgen.fit(model, rows, epochs=len(run.rows), lr=scheduled_lr(len(run.rows), cfg), **settings)
+    if run.rows and not run.trained_now:  # nothing trained in this call: the checkpoint's parameters
+        load_fitted(model, run.checkpoint_dir)
     report = {**run.report(), "num_parameters": model.num_parameters, "published": PUBLISHED_LONG[name],
               "valid_rows": len(valid), "valid_curve": [(r["epoch"], r["cpu_seconds"], r["valid_bound_nats"])
                                                         for r in run.rows]}

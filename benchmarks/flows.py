@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 import ppgen
-from ppgen.inference.checkpoint import write_json_atomic
+from ppgen.inference.checkpoint import load_fitted, write_json_atomic
 from ppgen.inference.sample_quality import sample_quality
 from ppgen.models.autoregressive import GreyPixelCNN
 from ppgen.models.flows import MAF, Dequantized, Glow, RealNVP, VariationalDequantization, dequantize
@@ -152,8 +152,8 @@ def long_flow(args, name: str, train: torch.Tensor, valid: torch.Tensor, test: t
         row = run.record(figures)
         print(f"{name} epoch {epoch}/{cfg['epochs']}: bits/dim {row['train_bits_per_dim']:.3f} (train), "
               f"{valid_bpd:.3f} (valid), {row['cpu_seconds'] / 3600:.2f} CPU hours", flush=True)
-    if run.rows and not run.trained_now:  # nothing trained in this call: load the checkpoint's parameters
-        ppgen.fit(model, rows, epochs=len(run.rows), lr=scheduled_lr(len(run.rows), cfg), **settings)
+    if run.rows and not run.trained_now:  # nothing trained in this call: the checkpoint's parameters
+        load_fitted(model, run.checkpoint_dir)
     report = {**run.report(), "num_parameters": model.num_parameters, "published": PUBLISHED.get(cfg.get("flow", name)),
               "valid_rows": len(valid), "valid_curve": [(r["epoch"], r["cpu_seconds"], r["valid_bits_per_dim"])
                                                         for r in run.rows]}

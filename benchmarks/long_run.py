@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ppgen.inference.checkpoint import CHECKPOINT_NAME, load_checkpoint, write_json_atomic
+from ppgen.inference.checkpoint import load_fitted, write_json_atomic
 
 
 def scheduled_lr(epoch: int, cfg: dict) -> float:
@@ -160,19 +160,11 @@ def trained_parameters(model: torch.nn.Module, run: LongRun) -> Iterator[None]:
     """Inside: ``model`` holds the trained parameters of ``run``'s checkpoint, not the moving averages that
     ``fit(ema=...)`` leaves in it; the averages come back after. So a run with ``ema`` scores both at once: the
     averages' figure against the plain one of the same training, at no extra training time."""
-    params = load_checkpoint(run.checkpoint_dir / CHECKPOINT_NAME)["params"]
-    own = dict(model.named_parameters())
-    prefix = "owners.0."  # the objective's first owner is the model
-    trained = {name.removeprefix(prefix): value for name, value in params.items() if name.startswith(prefix)}
-    if set(trained) != set(own):
-        raise ValueError(f"{run.checkpoint_dir}: its parameters are not this model's (first differences: "
-                         f"{sorted(set(trained) ^ set(own))[:3]})")
-    averaged = {name: p.detach().clone() for name, p in own.items()}
-    with torch.no_grad():
-        for name, p in own.items():
-            p.copy_(trained[name])
-        try:
-            yield
-        finally:
-            for name, p in own.items():
+    averaged = {name: p.detach().clone() for name, p in model.named_parameters()}
+    load_fitted(model, run.checkpoint_dir, averaged=False)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
                 p.copy_(averaged[name])

@@ -91,3 +91,8 @@ def test_a_long_run_with_ema_scores_the_averages_and_the_trained_parameters(tmp_
     assert last["valid_bound_nats"] == pytest.approx(figures["averages"], rel=1e-9)
     assert last["valid_bound_nats_trained"] == pytest.approx(figures["params"], rel=1e-9)
     assert figures["averages"] != pytest.approx(figures["params"], rel=1e-6)  # two sets of parameters
+    # a call that trains nothing (the schedule is done) scores the checkpoint's averages on the test rows
+    args.max_minutes = 0
+    row = bench.long_diffusion(args, "binary", x[:100], x[100:130], x[100:120], cfg)
+    model = bench.load_fitted(bench.BinaryDiffusion(784, **cfg["model"]), tmp_path / "binary" / "checkpoint")
+    assert row["test_bound_nats"] == pytest.approx(bench.bound_estimate(model, x[100:120], 20).mean().item(), rel=1e-9)

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["save_atomic", "write_json_atomic", "save_checkpoint", "load_checkpoint", "Checkpointer", "RunLock",
-           "check_folder", "CHECKPOINT_NAME"]
+__all__ = ["save_atomic", "write_json_atomic", "save_checkpoint", "load_checkpoint", "load_fitted", "Checkpointer",
+           "RunLock", "check_folder", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "ppgen-checkpoint-3"
@@ -102,6 +102,50 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         return torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
         raise unreadable(err) from None
+
+
+def load_fitted(model, checkpoint_dir: str | os.PathLike, *, averaged: bool = True):
+    """Load into ``model`` what a :func:`ppgen.fit` run wrote into ``checkpoint_dir``: its parameters (the moving
+    averages, where the run kept them with ``ema`` and ``averaged`` is True; else the trained parameters) and
+    its persistent buffers (actnorm's initialised flag, running statistics). Returns ``model``.
+
+    ``model`` is a :class:`~ppgen.models.base.GenerativeModel` built with the run's arguments (``seed`` aside:
+    the checkpoint replaces what it sets). Refused, naming the difference: a checkpoint of another model class,
+    one built with other arguments, or one whose parameters differ in name or shape. Nothing is loaded then.
+
+    Examples
+    --------
+    >>> ppgen.fit(model, x, epochs=100, checkpoint_dir="runs/glow", ema=0.999)   # doctest: +SKIP
+    >>> later = ppgen.load_fitted(ppgen.Glow(784), "runs/glow")                   # doctest: +SKIP
+    """
+    folder = Path(checkpoint_dir)
+    path = folder / CHECKPOINT_NAME if folder.is_dir() else folder
+    payload = load_checkpoint(path)
+    config, name = payload.get("config", {}), type(model).__name__
+    if config.get("model") not in (None, name):
+        raise ValueError(f"{path} was written by a fit of {config['model']}, not of {name}")
+    written, arguments = config.get("model_arguments"), getattr(model, "init_arguments", None)
+    if written is not None and arguments is not None:
+        for key, value in dict(arguments).items():
+            if key != "seed" and key in written and written[key] != value:
+                raise ValueError(f"{path} was written by a {name} with {key}={written[key]!r}, this one has "
+                                 f"{key}={value!r}")
+    source = payload["averages"] if averaged and "averages" in payload else payload["params"]
+    prefix = "owners.0."  # the objective's first module: the model (its own guide inside it)
+    state = {key.removeprefix(prefix): value
+             for tensors in (source, payload.get("buffers", {})) for key, value in tensors.items()
+             if key.startswith(prefix)}
+    own = dict(model.named_parameters())
+    if set(own) - set(state) or len([k for k in source if k.startswith(prefix)]) != len(own):
+        raise ValueError(f"{path} holds other parameters than this {name}: first differences "
+                         f"{sorted(set(own) ^ {k.removeprefix(prefix) for k in source})[:3]}")
+    for key, value in state.items():
+        target = own.get(key)
+        if target is not None and target.shape != value.shape:
+            raise ValueError(f"{path}: parameter {key!r} has shape {tuple(value.shape)}, this {name}'s has "
+                             f"{tuple(target.shape)}")
+    model.load_state_dict(state, strict=False)  # buffers derived from the arguments are the model's own
+    return model
 
 
 class RunLock:
