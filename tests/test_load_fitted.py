@@ -45,3 +45,5 @@ def test_another_model_or_other_arguments_are_refused(tmp_path):
         load_fitted(other, tmp_path)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_fitted(_glow(), tmp_path / "nowhere")
+    with pytest.raises(TypeError, match="loads into a ppgen GenerativeModel, got Linear"):
+        load_fitted(torch.nn.Linear(2, 2), tmp_path)

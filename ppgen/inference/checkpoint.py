@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from ppgen.models.base import GenerativeModel
+
 __all__ = ["save_atomic", "write_json_atomic", "save_checkpoint", "load_checkpoint", "load_fitted", "Checkpointer",
            "RunLock", "check_folder", "CHECKPOINT_NAME"]
 
@@ -118,15 +120,17 @@ def load_fitted(model, checkpoint_dir: str | os.PathLike, *, averaged: bool = Tr
     >>> ppgen.fit(model, x, epochs=100, checkpoint_dir="runs/glow", ema=0.999)   # doctest: +SKIP
     >>> later = ppgen.load_fitted(ppgen.Glow(784), "runs/glow")                   # doctest: +SKIP
     """
+    if not isinstance(model, GenerativeModel):
+        raise TypeError(f"load_fitted loads into a ppgen GenerativeModel, got {type(model).__name__}")
     folder = Path(checkpoint_dir)
     path = folder / CHECKPOINT_NAME if folder.is_dir() else folder
     payload = load_checkpoint(path)
     config, name = payload.get("config", {}), type(model).__name__
     if config.get("model") not in (None, name):
         raise ValueError(f"{path} was written by a fit of {config['model']}, not of {name}")
-    written, arguments = config.get("model_arguments"), getattr(model, "init_arguments", None)
-    if written is not None and arguments is not None:
-        for key, value in dict(arguments).items():
+    written = config.get("model_arguments")
+    if written is not None:
+        for key, value in dict(model.init_arguments).items():
             if key != "seed" and key in written and written[key] != value:
                 raise ValueError(f"{path} was written by a {name} with {key}={written[key]!r}, this one has "
                                  f"{key}={value!r}")
