@@ -59,3 +59,13 @@ def load_script(path: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def randomised(model):
+    """The model in float64 with all parameters drawn N(0, 0.5^2): zero-initialised weights or tables hide bugs
+    that the tests of the autoregressive property and of normalisation are there to find."""
+    model = model.double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    return model

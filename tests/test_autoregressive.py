@@ -10,6 +10,7 @@ import pytest
 import torch
 from pyro import poutine
 
+from conftest import randomised
 from ppgen.inference.anomaly import roc_auc
 from ppgen.models.autoregressive import FVSBN, MADE, NADE, PixelCNN, order_observed_first
 from ppgen.models.autoregressive._common import ranks
@@ -27,15 +28,6 @@ MODELS = {
     "pixelcnn-gated": lambda: PixelCNN(channels=4, layers=3, kernel=3, height=3, width=3),
     "pixelcnn-plain": lambda: PixelCNN(channels=4, layers=3, kernel=3, height=3, width=3, gated=False),
 }
-
-
-def randomised(model):
-    """The model in float64 with all parameters drawn N(0, 0.5^2) (zero-initialised weights hide bugs)."""
-    model = model.double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.5)
-    return model
 
 
 def all_binary(dim: int) -> torch.Tensor:

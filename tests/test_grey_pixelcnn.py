@@ -10,18 +10,10 @@ import torch
 from pyro import poutine
 
 import ppgen
+from conftest import randomised
 from ppgen.models.autoregressive import GreyPixelCNN
 
 STACKS = {"gated": True, "plain": False}
-
-
-def randomised(model):
-    """The model in float64 with all parameters drawn N(0, 0.5^2) (zero-initialised weights hide bugs)."""
-    model = model.double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.5)
-    return model
 
 
 def all_images(levels: int, dim: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pyro import poutine
 
 import ppgen
-from conftest import load_script
+from conftest import load_script, randomised
 from ppgen.data import load_dataset
 from ppgen.data.text import SHAKESPEARE_SHA256, SHAKESPEARE_SPLITS, TextDataset, Vocabulary
 from ppgen.models.sequence import CharLSTM, CharNGram, CharTransformer
@@ -26,15 +26,6 @@ MODELS = {
     "lstm": lambda v: CharLSTM(v, length=6, hidden_size=8, num_layers=2),
     "transformer": lambda v: CharTransformer(v, context=6, num_layers=2, num_heads=2, width=8),
 }
-
-
-def randomised(model):
-    """The model in float64 with all parameters drawn N(0, 0.5^2) (zero-initialised tables hide bugs)."""
-    model = model.double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.5)
-    return model
 
 
 @pytest.fixture(scope="module")
