@@ -124,8 +124,9 @@ def long_flow(args, name: str, train: torch.Tensor, valid: torch.Tensor, test: t
     """Train the long ``name`` (settings ``cfg``, by default :data:`LONG`'s) in ``args.runs / name`` for at most
     ``args.max_minutes`` this call, continuing what earlier calls trained. ``train`` holds integer levels (fresh
     noise every epoch), ``valid`` and ``test`` dequantized rows (for ``"pixelcnn"`` and ``"maf-vd"``, all three
-    the integer levels: the one is exact on them, the other bounds their likelihood with its learned noise). Once the planned epochs are done (or with
-    ``args.evaluate``) evaluate on ``test``: bits/dim, sample grids, sample quality. Returns the report's row."""
+    the integer levels: the one is exact on them, the other bounds their likelihood with its learned noise). Once
+    the planned epochs are done (or with ``args.evaluate``) evaluate on ``test``: bits/dim, sample grids, sample
+    quality. Returns the report's row."""
     cfg = cfg or LONG[name]
     run = LongRun(args.runs / name, cfg)
     flow = None if name == "pixelcnn" else MODELS[cfg.get("flow", name)](784, **cfg["model"])

@@ -128,27 +128,18 @@ def load_fitted(model, checkpoint_dir: str | os.PathLike, *, averaged: bool = Tr
     config, name = payload.get("config", {}), type(model).__name__
     if config.get("model") not in (None, name):
         raise ValueError(f"{path} was written by a fit of {config['model']}, not of {name}")
-    written = config.get("model_arguments")
-    if written is not None:
-        for key, value in dict(model.init_arguments).items():
-            if key != "seed" and key in written and written[key] != value:
-                raise ValueError(f"{path} was written by a {name} with {key}={written[key]!r}, this one has "
-                                 f"{key}={value!r}")
-    source = payload["averages"] if averaged and "averages" in payload else payload["params"]
+    differing = _differing_argument(config.get("model_arguments"), dict(model.init_arguments))
+    if differing is not None:
+        key, before, now = differing
+        raise ValueError(f"{path} was written by a {name} with {key}={before!r}, this one has {key}={now!r}")
     prefix = "owners.0."  # the objective's first module: the model (its own guide inside it)
-    state = {key.removeprefix(prefix): value
-             for tensors in (source, payload.get("buffers", {})) for key, value in tensors.items()
-             if key.startswith(prefix)}
-    own = dict(model.named_parameters())
-    if set(own) - set(state) or len([k for k in source if k.startswith(prefix)]) != len(own):
-        raise ValueError(f"{path} holds other parameters than this {name}: first differences "
-                         f"{sorted(set(own) ^ {k.removeprefix(prefix) for k in source})[:3]}")
-    for key, value in state.items():
-        target = own.get(key)
-        if target is not None and target.shape != value.shape:
-            raise ValueError(f"{path}: parameter {key!r} has shape {tuple(value.shape)}, this {name}'s has "
-                             f"{tuple(target.shape)}")
-    model.load_state_dict(state, strict=False)  # buffers derived from the arguments are the model's own
+
+    def own(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {key.removeprefix(prefix): value for key, value in tensors.items() if key.startswith(prefix)}
+
+    source = payload["averages"] if averaged and "averages" in payload else payload["params"]
+    _copy_into(dict(model.named_parameters()), own(source), f"checkpoint {path} parameter")  # names, shapes checked
+    model.load_state_dict(own(payload.get("buffers", {})), strict=False)  # the persistent buffers
     return model
 
 
@@ -333,11 +324,11 @@ class Checkpointer:
         replaces what it sets), holds other configuration buffers, or was trained by an objective with other
         settings; absent on either side: unknown."""
         before, now = written.get("model_arguments"), self.config.get("model_arguments")
-        if before is not None and now is not None:
-            for name, value in now.items():
-                if name != "seed" and name in before and before[name] != value:
-                    raise ValueError(f"cannot resume from {self.path}: it was written with {name}={before[name]!r}, "
-                                     f"this model has {name}={value!r}")
+        differing = _differing_argument(before, now)
+        if differing is not None:
+            name, was, value = differing
+            raise ValueError(f"cannot resume from {self.path}: it was written with {name}={was!r}, "
+                             f"this model has {name}={value!r}")
         trained, training = written.get("objective_arguments"), self.config.get("objective_arguments")
         if trained and training:  # empty: an objective of a class that records nothing
             for name, value in training.items():
@@ -357,6 +348,15 @@ class Checkpointer:
         """Copy the saved buffers into the model's (none saved: a checkpoint from before they were)."""
         if saved:
             _copy_into(self.buffers, saved, f"checkpoint {self.path} buffer")
+
+
+def _differing_argument(written: dict | None, now: dict | None) -> tuple[str, Any, Any] | None:
+    """The first constructor argument (name, written, now) on which a checkpoint's model and this one differ,
+    ``seed`` aside (the checkpoint replaces what it sets); None where they agree or either is unknown."""
+    if written is None or now is None:
+        return None
+    return next(((name, written[name], value) for name, value in now.items()
+                 if name != "seed" and name in written and written[name] != value), None)
 
 
 def _copy_into(targets: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], what: str) -> None:

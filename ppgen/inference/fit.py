@@ -318,9 +318,7 @@ class Trainer:
                 optimizer.step()
         if self.averages is not None:
             with torch.no_grad():  # a <- ema a + (1 - ema) theta
-                named = self.checkpoints.params
-                torch._foreach_lerp_(list(self.averages.values()), [named[n] for n in self.averages],
-                                     1 - self.config.ema)
+                torch._foreach_lerp_(list(self.averages.values()), self._averaged_params(), 1 - self.config.ema)
         state.commit_step(*self._pending, seconds=self._seconds(state))
         self.checkpoints.commit()
         if self.log is not None:
@@ -457,15 +455,22 @@ class Trainer:
         if self.averages is None:
             yield
             return
-        trained = self.checkpoints.snapshot()
+        params = self._averaged_params()
+        trained = [p.detach().clone() for p in params]  # on the parameters' device: no round trip
         self._hold_averages()
         try:
             yield
         finally:
-            self.checkpoints.load_params(trained, "trained")
+            with torch.no_grad():
+                torch._foreach_copy_(params, trained)
 
+    def _averaged_params(self) -> list[torch.Tensor]:
+        """The parameters in the order of their moving averages (``self.averages``)."""
+        return [self.checkpoints.params[name] for name in self.averages]
+
+    @torch.no_grad()
     def _hold_averages(self) -> None:
-        self.checkpoints.load_params(self.checkpoints.snapshot(averaged=True), "averaged")
+        torch._foreach_copy_(self._averaged_params(), list(self.averages.values()))
 
     # --- run ----------------------------------------------------------------------------------
 
