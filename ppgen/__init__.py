@@ -16,6 +16,7 @@ _EXPORTS = {
                      "Objective", "Program", "check_model", "fit", "log_likelihood", "elbo_report"],
                     "ppgen.inference"),
     "load_fitted": "ppgen.inference.checkpoint",
+    "export_fitted": "ppgen.inference.checkpoint",
     **dict.fromkeys(["FVSBN", "MADE", "NADE", "PPCA", "VAE", "BayesianCPTs", "BayesNet", "BernoulliMixture",
                      "ConditionalVAE", "FactorAnalysis", "FullJointTable", "GaussianMixture", "GenerativeModel",
                      "IndependentBernoulli", "PixelCNN", "GreyPixelCNN", "RealNVP", "Glow", "MAF", "NSF", "VariationalDequantization", "FlowPriorVAE", "IAFVAE",
@@ -26,7 +27,7 @@ _EXPORTS = {
 __all__ = [
     "load_dataset", "compress", "decompress", "restore", "RestoreResult",
     "Program", "check_model", "ModelCheckError", "Objective",
-    "fit", "load_fitted", "FitConfig", "FitResult", "ConvergenceWarning", "DivergenceError", "NonFiniteLossError", "log_likelihood", "LikelihoodResult", "elbo_report",
+    "fit", "load_fitted", "export_fitted", "FitConfig", "FitResult", "ConvergenceWarning", "DivergenceError", "NonFiniteLossError", "log_likelihood", "LikelihoodResult", "elbo_report",
     "GenerativeModel", "IndependentBernoulli", "FullJointTable", "BayesNet", "BayesianCPTs",
     "FVSBN", "NADE", "MADE", "PixelCNN", "GreyPixelCNN",
     "VAE", "ConditionalVAE", "BernoulliMixture", "GaussianMixture", "PPCA", "FactorAnalysis",

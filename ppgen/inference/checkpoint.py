@@ -20,7 +20,8 @@ import torch
 
 from ppgen.models.base import GenerativeModel
 
-__all__ = ["save_atomic", "write_json_atomic", "save_checkpoint", "load_checkpoint", "load_fitted", "Checkpointer",
+__all__ = ["save_atomic", "write_json_atomic", "save_checkpoint", "load_checkpoint", "load_fitted", "export_fitted",
+           "Checkpointer",
            "RunLock", "check_folder", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -141,6 +142,37 @@ def load_fitted(model, checkpoint_dir: str | os.PathLike, *, averaged: bool = Tr
     _copy_into(dict(model.named_parameters()), own(source), f"checkpoint {path} parameter")  # names, shapes checked
     model.load_state_dict(own(payload.get("buffers", {})), strict=False)  # the persistent buffers
     return model
+
+
+def export_fitted(checkpoint_dir: str | os.PathLike, path: str | os.PathLike, *, averaged: bool = True,
+                  dtype: torch.dtype | None = None) -> Path:
+    """Write what :func:`load_fitted` needs from a :func:`ppgen.fit` run in ``checkpoint_dir`` to the file
+    ``path``: the model's class and constructor arguments, its parameters (the moving averages where the run kept
+    them and ``averaged`` is True) and persistent buffers; not the optimiser, the data order or the trained
+    parameters beside the averages, so it cannot be resumed, only loaded. ``dtype`` (``torch.float16``: half the
+    size) stores the floating parameters at that precision; :func:`load_fitted` casts them back to the model's.
+    Written atomically with a SHA-256 digest, as a checkpoint is. Returns the path.
+
+    Examples
+    --------
+    >>> ppgen.export_fitted("runs/glow", "glow.pt", dtype=torch.float16)        # doctest: +SKIP
+    >>> glow = ppgen.load_fitted(ppgen.Glow(784), "glow.pt")                     # doctest: +SKIP
+    """
+    folder = Path(checkpoint_dir)
+    payload = load_checkpoint(folder / CHECKPOINT_NAME if folder.is_dir() else folder)
+    config = payload.get("config", {})
+    if "model" not in config:
+        raise ValueError(f"{checkpoint_dir} holds no model name: not a checkpoint written by ppgen.fit")
+
+    def stored(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
+    params = payload["averages"] if averaged and "averages" in payload else payload["params"]
+    exported = {"config": {"model": config["model"], "model_arguments": config.get("model_arguments"),
+                           "exported_from": str(folder), "averaged": params is payload.get("averages")},
+                "params": {name: stored(value) for name, value in params.items()},
+                "buffers": payload.get("buffers", {})}
+    return save_checkpoint(exported, path)
 
 
 class RunLock:
