@@ -195,6 +195,12 @@ CLAIMS: dict[str, list[tuple[str, str]]] = {
         ("18.3 in the middle", r"straight line: \[(?:[\d.]+ +){4}([\d.]+)"),
         ("24.7 and 25.2 and", r"great circle: +\[(?:[\d.]+ +){7}([\d.]+)\]"),
         ("25.2 and the images", r"great circle: +\[([\d.]+)"),
+        ("1.408 bits/dim on the test rows", r"Glow: ([\d.]+) bits/dim on the 1000 test rows"),
+        ("2.532, and its samples", r"the small RealNVP: ([\d.]+)\)"),
+        ("0.115 of the pixels", r"Glow at T = 1\.00: ([\d.]+) above half intensity"),
+        ("0.100 at $T = 0.6$", r"Glow at T = 0\.60: ([\d.]+) above half intensity"),
+        ("0.083 of its pixels", r"Glow at T = 0\.00: ([\d.]+) above half intensity"),
+        ("743,088 parameters", r"([\d,]+) parameters from weights/glow_mnist\.pt"),
     ],
     "autoregressive_models": [
         ("10,000 training digits", r"train: \((\d+), 784\)"),
