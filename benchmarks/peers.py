@@ -35,8 +35,10 @@ Differences that remain (normflows allows no closer build):
   are assembled from GlowBlock's own three flows instead.)
 - Coupling scales: ppgen's are ``scale * tanh(raw)``; normflows' Glow uses a sigmoid scale (its default), its
   RealNVP couplings ``exp(raw)`` (``scale_map="exp"``, the RealNVP paper's).
-- Checkerboard couplings: ppgen masks the full image and its network sees it with zeros in the moved half;
-  normflows splits the checkerboard into two half-width images (H, W/2) and its network sees the kept half only.
+- Checkerboard couplings: the ``realnvp`` pair's use ``checkerboard="packed"``, normflows' split into two
+  half-width images (H, W/2), the network seeing the kept half only (normflows also alternates the board across
+  channels, ppgen does not); ``realnvp-masked`` is ppgen's default, the paper's, whose network sees the full
+  image with zeros in the moved half (twice the convolutions' work), against the same peer.
 - Factored-out parts and the top: both a fixed standard normal here (``nf.distributions.DiagGaussian(...,
   trainable=False)``; normflows' example learns a class-conditional Gaussian per level). Which half is factored
   out differs (ppgen: the first channels, normflows: the second), which a fixed N(0, I) makes immaterial.
@@ -80,7 +82,8 @@ from ppgen.models.flows import Dequantized, Glow, RealNVP, dequantize
 
 D, SHAPE, LEVELS = 784, (1, 28, 28), 256
 PRESETS = {"glow": dict(levels=2, steps=4, hidden=32, blocks=1),
-           "realnvp": dict(num_scales=2, hidden=32, blocks=1),
+           "realnvp": dict(num_scales=2, hidden=32, blocks=1, checkerboard="packed"),  # normflows' split
+           "realnvp-masked": dict(num_scales=2, hidden=32, blocks=1),  # the paper's (ppgen's default)
            "diffusion": dict(num_steps=200, channels=16, multipliers=(1, 2, 2))}
 
 
@@ -308,7 +311,7 @@ def build(pair: str):
     cfg = PRESETS[pair]
     if pair == "glow":
         return Glow(D, **cfg), nf_glow(cfg["levels"], cfg["steps"], cfg["hidden"])
-    if pair == "realnvp":
+    if pair.startswith("realnvp"):
         return RealNVP(D, **cfg), nf_realnvp(cfg["hidden"])
     T, width, mults = cfg["num_steps"], cfg["channels"], cfg["multipliers"]
     ours = GaussianDiffusion(D, num_steps=T, schedule="linear", variance="posterior", loss="simple",
@@ -383,7 +386,7 @@ def main() -> None:
         budget = train_equal_cpu(pair, ours, step, train, args)
         scores = evaluate(pair, ours, peer, test, reference, args)
         libraries = {"ppgen": f"ppgen {type(ours).__name__}",
-                     "peer": "normflows " + pair if pair != "diffusion" else "denoising-diffusion-pytorch"}
+                     "peer": "normflows " + pair.split("-")[0] if pair != "diffusion" else "denoising-diffusion-pytorch"}
         for lib, model in (("ppgen", ours), ("peer", peer)):
             row[lib] = {"library": libraries[lib], "params": num_parameters(model), **budget[lib], **scores[lib]}
         results["pairs"][pair] = row

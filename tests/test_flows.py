@@ -50,6 +50,8 @@ def image_layers():
         **{f"coupling-{mask}-{'affine' if affine else 'additive'}": perturb(Coupling(4, mask, 8, 1, affine), 0.3)
            for mask in ("checkerboard", "checkerboard_flipped", "channel", "channel_flipped")
            for affine in (True, False)},
+        **{f"coupling-{mask}-packed": perturb(Coupling(4, mask, 8, 1, packed=True), 0.3)
+           for mask in ("checkerboard", "checkerboard_flipped")},
     }
 
 
@@ -70,6 +72,8 @@ def test_every_layer_logdet_matches_autograd_and_inverts(float64):
 def small_flows(num_levels=None):
     return {
         "realnvp": perturb(RealNVP(16, shape=(1, 4, 4), num_scales=2, hidden=8, blocks=1, num_levels=num_levels), 0.2),
+        "realnvp-packed": perturb(RealNVP(16, shape=(1, 4, 4), num_scales=2, hidden=8, blocks=1, num_levels=num_levels,
+                                          checkerboard="packed"), 0.2),
         "glow": perturb(Glow(16, shape=(1, 4, 4), levels=2, steps=2, hidden=8, blocks=1, num_levels=num_levels), 0.2),
         "glow-additive": perturb(Glow(16, shape=(1, 4, 4), levels=1, steps=2, hidden=8, affine=False,
                                       num_levels=num_levels), 0.2),
@@ -88,7 +92,7 @@ def test_whole_flows_logdet_and_inverse(float64):
         assert torch.allclose(flow.log_prob(x), expected), name
 
 
-@pytest.mark.parametrize("name", ["realnvp", "glow", "glow-additive", "maf", "nsf"])
+@pytest.mark.parametrize("name", ["realnvp", "realnvp-packed", "glow", "glow-additive", "maf", "nsf"])
 def test_a_flow_moved_to_float64_scores_inverts_and_samples_in_float64(name):
     flow = small_flows(256)[name]  # built in float32, the default dtype here
     flow64 = copy.deepcopy(flow).double()
@@ -219,6 +223,12 @@ def test_bad_input_is_refused():
         dequantize(good)
     with pytest.raises(ValueError, match=r"in \[0, 255\].*before dequantization"):
         Dequantized(torch.full((2, 16), 256.0))
+    with pytest.raises(ValueError, match="checkerboard must be 'masked' or 'packed', got 'halved'"):
+        RealNVP(16, shape=(1, 4, 4), hidden=4, blocks=1, checkerboard="halved")
+    with pytest.raises(ValueError, match=r"even width at every scale; 3 scales of \(1, 28, 28\) reach width 7"):
+        RealNVP(784, num_scales=3, hidden=4, blocks=1, checkerboard="packed")
+    with pytest.raises(ValueError, match="packed applies to checkerboard masks, not to 'channel'"):
+        Coupling(4, "channel", packed=True)
 
 
 def test_non_finite_coupling_scale_is_caught_by_fit_and_named():

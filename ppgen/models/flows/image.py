@@ -77,7 +77,10 @@ class RealNVP(MultiScaleFlow):
 
     Differences from the paper: no batch normalisation (the tanh-bounded scales and zero-
     initialised last convolutions keep training stable), and alpha = 0.05 as in the paper's
-    logit pre-processing.
+    logit pre-processing. ``checkerboard="packed"`` gives each checkerboard coupling's network only
+    the kept pixels, packed into a half-width image (normflows' split): half the convolutions' work,
+    with 3x3 neighbourhoods skewed by a pixel on alternate rows; the default ``"masked"`` is the
+    paper's (the whole image, the moved pixels zeroed). Packing needs an even width at every scale.
 
     References: L. Dinh, J. Sohl-Dickstein and S. Bengio, "Density estimation using Real NVP",
     ICLR 2017. MNIST with uniform dequantization: 1.06 bits/dim (as listed in Grathwohl et al.
@@ -94,23 +97,35 @@ class RealNVP(MultiScaleFlow):
     """
 
     def __init__(self, x_dim: int = 784, shape: Sequence[int] | None = None, num_scales: int = 2,
-                 hidden: int = 64, blocks: int = 2, num_levels: int | None = 256, alpha: float = 0.05):
+                 hidden: int = 64, blocks: int = 2, num_levels: int | None = 256, alpha: float = 0.05,
+                 checkerboard: str = "masked"):
         super().__init__(x_dim, shape, num_levels, alpha)
         positive_int(num_scales, "num_scales"), positive_int(hidden, "hidden"), positive_int(blocks, "blocks")
-        self.num_scales, self.hidden, self.blocks = num_scales, hidden, blocks
+        if checkerboard not in ("masked", "packed"):
+            raise ValueError(f"checkerboard must be 'masked' or 'packed', got {checkerboard!r}")
+        self.num_scales, self.hidden, self.blocks, self.checkerboard = num_scales, hidden, blocks, checkerboard
         c, h, w = self.shape
-        boards = ("checkerboard", "checkerboard_flipped")
+        packed = checkerboard == "packed"
+
+        def boards(n: int, width: int) -> list[Coupling]:
+            if packed and width % 2:
+                raise ValueError(f"checkerboard='packed' needs an even width at every scale; {num_scales} scales "
+                                 f"of {self.shape} reach width {width} (use checkerboard='masked')")
+            return [Coupling(c, ("checkerboard", "checkerboard_flipped")[i % 2], hidden, blocks, packed=packed)
+                    for i in range(n)]
+
         for scale in range(num_scales - 1):
-            layers = [Coupling(c, boards[i % 2], hidden, blocks) for i in range(3)] + [Squeeze()]
+            layers = boards(3, w) + [Squeeze()]
             c, h, w = 4 * c, h // 2, w // 2
             layers += [Coupling(c, ("channel", "channel_flipped")[i % 2], hidden, blocks) for i in range(3)]
             c, h, w = self.add_level(layers, (c, h, w), factor_out=True)
             if h < 1 or w < 1:
                 raise ValueError(f"{num_scales} scales squeeze {self.shape} below one pixel")
-        self.add_level([Coupling(c, boards[i % 2], hidden, blocks) for i in range(4)], (c, h, w), factor_out=False)
+        self.add_level(boards(4, w), (c, h, w), factor_out=False)
 
     def extra_repr(self) -> str:
-        return f"shape={self.shape}, num_scales={self.num_scales}, hidden={self.hidden}, blocks={self.blocks}"
+        return (f"shape={self.shape}, num_scales={self.num_scales}, hidden={self.hidden}, blocks={self.blocks}"
+                + (", checkerboard='packed'" if self.checkerboard == "packed" else ""))
 
 
 class Glow(MultiScaleFlow):
