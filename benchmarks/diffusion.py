@@ -20,6 +20,8 @@ CIFAR-10 (T = 1000, 35.7M parameters, 800k steps); no MNIST figure is quoted her
         --runs runs/diffusion-long --max-minutes 170                      # resumable; call again to continue
     OMP_NUM_THREADS=1 python benchmarks/diffusion.py --root ../shared/data --preset recipes \
         --runs runs/diffusion-long --max-minutes 170                      # the Gaussian recipes side by side
+    python benchmarks/diffusion.py --root DATA --preset paper --models gaussian --device cuda \
+        --runs runs/diffusion-paper --max-minutes 600                      # a GPU's long run, resumable
 
 The ``cpu-long`` preset (:data:`LONG`) trains each model in its run folder (``long_run.LongRun``: ``fit``'s
 checkpoint and ``curve.json``, with the wall and CPU hours) with Adam, a one-epoch warm-up and a half-cosine
@@ -32,6 +34,9 @@ estimated from ``valid_draws`` steps per row (:func:`bound_estimate`). Once the 
 per row (all T: the bound itself) with the standard error of its mean, sample grids (ancestral, and DDIM for the
 Gaussian model) and FID/KID/precision/recall of ``--quality-samples`` samples beside the real-vs-real floor.
 Writes benchmarks/results/diffusion_long.json.
+
+The ``paper`` preset (:data:`PAPER`) is the same long runs at GPU sizes, for ``--device cuda``; its report
+is benchmarks/results/diffusion_paper.json.
 
 The ``recipes`` preset (:data:`RECIPES`) is the check before a recipe is kept: Ho et al.'s plain DDPM (L_simple),
 the ELBO with fixed variances, Nichol & Dhariwal's learned variances with L_hybrid, and with the importance-sampled
@@ -104,6 +109,19 @@ RECIPES = {
                 "label": "Nichol & Dhariwal 2021: cosine, learned sigma, the ELBO with importance-sampled t"},
 }
 RECIPE_EPOCHS, RECIPE_ROWS = 4, 5_000
+# The paper preset: the long runs at GPU sizes (``--device cuda``), the same code and run folders' format. The
+# Gaussian model as Nichol & Dhariwal trained theirs for likelihood (learned variances, the ELBO with
+# importance-sampled steps, EMA 0.9999) on Ho et al.'s U-Net width for 32x32 (128, multipliers 1, 2, 2, two blocks
+# a level); the binary one as the cpu-long run, which met its target, for three times the epochs with EMA.
+PAPER = {
+    "gaussian": {"model": dict(num_steps=1000, schedule="cosine", variance="learned", loss="elbo", channels=128,
+                               multipliers=[1, 2, 2], num_blocks=2, attention=True),
+                 "objective": {"importance_sampling": True},
+                 "epochs": 500, "rows_per_epoch": 50_000, "batch_size": 128, "lr": 1e-4, "warmup_epochs": 1,
+                 "clip_norm": None, "valid_rows": 1000, "valid_draws": 50, "test_draws": 1000, "ema": 0.9999},
+    "binary": {**LONG["binary"], "epochs": 300, "ema": 0.9999},
+}
+LONGS = {"cpu-long": LONG, "paper": PAPER}
 PUBLISHED_LONG = {"gaussian": "no MNIST figure for DDPM found; the issue's target is <= 1.20 bits/dim",
                   "binary": "no published figure on these rows; the issue's target is <= 95 nats"}
 
@@ -192,23 +210,26 @@ def long_diffusion(args, name: str, train: torch.Tensor, valid: torch.Tensor, te
 
 
 def long_runs(args) -> None:
-    """The ``cpu-long`` preset: :func:`long_diffusion` for each of ``args.models``, each row written to the report."""
-    out = args.out if args.out != DEFAULT_OUT else DEFAULT_OUT.with_name("diffusion_long.json")
-    report = json.loads(out.read_text()) if out.exists() else {"preset": "cpu-long", "models": {}}
+    """The ``cpu-long`` and ``paper`` presets: :func:`long_diffusion` for each of ``args.models``, each row written
+    to the report."""
+    runs = LONGS[args.preset]
+    out = args.out if args.out != DEFAULT_OUT else DEFAULT_OUT.with_name(
+        "diffusion_long.json" if args.preset == "cpu-long" else "diffusion_paper.json")
+    report = json.loads(out.read_text()) if out.exists() else {"preset": args.preset, "models": {}}
     report.update(threads=args.threads, torch=torch.__version__,
                   data={"gaussian": "MNIST intensities k/255: training rows 0..49,999, validation 50,000..59,999, "
                                     "all 10,000 test rows",
                         "binary": "statically binarized MNIST (Larochelle & Murray): 50,000 / 10,000 / 10,000"})
     for name in args.models.split(","):
-        if name not in LONG:
-            raise SystemExit(f"cpu-long trains: {', '.join(LONG)}; got {name!r}")
+        if name not in runs:
+            raise SystemExit(f"{args.preset} trains: {', '.join(runs)}; got {name!r}")
         if name == "gaussian":
             train, valid, test = (load_dataset("mnist", s, root=args.root, binarize="dynamic").x.intensities
                                   for s in ("train", "valid", "test"))  # the loader's train: the first 50,000
         else:
             train, valid, test = (load_dataset("binarized_mnist", s, root=args.root).x for s in ("train", "valid", "test"))
         test = test[: args.test_rows] if args.test_rows else test
-        report["models"][name] = {**long_diffusion(args, name, train, valid, test),
+        report["models"][name] = {**long_diffusion(args, name, train, valid, test, runs[name]),
                                   "command": " ".join(["python", *sys.argv])}
         write_json_atomic(report, out)
         print(name, json.dumps({k: v for k, v in report["models"][name].items() if k != "valid_curve"}), flush=True)
@@ -279,7 +300,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="../shared/data")
     parser.add_argument("--minutes", type=float, default=3.0, help="training budget per model")
-    parser.add_argument("--preset", choices=[*sorted(PRESETS), "cpu-long", "recipes"], default="cpu")
+    parser.add_argument("--preset", choices=[*sorted(PRESETS), "cpu-long", "paper", "recipes"], default="cpu")
     parser.add_argument("--models", default="gaussian,binary", help="cpu-long: the models to train, comma-separated")
     parser.add_argument("--runs", type=Path, default=Path("runs/diffusion-long"), help="cpu-long: the run folders")
     parser.add_argument("--max-minutes", type=float, default=60.0, help="cpu-long: training minutes this call")
@@ -301,7 +322,7 @@ def main() -> None:
                         "(results/diffusion_long.json for cpu-long)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.preset == "cpu-long":
+    if args.preset in LONGS:
         return long_runs(args)
     if args.preset == "recipes":
         return recipe_runs(args)

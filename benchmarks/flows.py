@@ -4,9 +4,10 @@ Published figures, MNIST, uniform dequantization (as listed in Grathwohl et al. 
 Table 2): RealNVP 1.06, Glow 1.05, FFJORD (multiscale) 0.99, MAF 1.89 bits/dim.
 
     python benchmarks/flows.py --root ../shared/data --budget 120          # CPU: a short run per model
-    python benchmarks/flows.py --root DATA --preset paper --device cuda     # for a GPU (not run here)
     OMP_NUM_THREADS=1 python benchmarks/flows.py --root ../shared/data --preset cpu-long --models maf \
         --runs runs/flows-long --max-minutes 170                          # resumable; call again to continue
+    python benchmarks/flows.py --root DATA --preset paper --models glow --device cuda \
+        --runs runs/flows-paper --max-minutes 600                         # a GPU's long run, resumable
 
 The ``cpu-long`` preset (:data:`LONG`) trains each model in its run folder (``long_run.LongRun``: ``fit``'s
 checkpoint and ``curve.json``, the validation bits/dim after every epoch with the wall and CPU hours) on the
@@ -20,6 +21,8 @@ The ``pixelcnn`` entry beside the flows is :class:`ppgen.models.autoregressive.G
 pixel: an exact discrete model, trained on the same training rows' integer levels (no noise) and scored on the same
 validation and test rows' integer levels; its bits/dim is -log2 P(x) / 784 exactly, where a flow's figure is an upper
 bound on its own model's (E_u log p(x + u) <= log P(x)). Writes benchmarks/results/flows_long.json.
+The ``paper`` preset (:data:`PAPER`) is the same long runs at the papers' sizes, for ``--device cuda``; its report
+is benchmarks/results/flows_paper.json.
 
 Speed: examples/s of ppgen's ``RealNVP.log_prob`` (forward + backward) against the same layers
 driven by a plain PyTorch function (logit, then each layer in turn), in one run, alternating.
@@ -51,8 +54,6 @@ PUBLISHED = {"realnvp": 1.06, "glow": 1.05, "ffjord": 0.99, "maf": 1.89}
 PRESETS = {
     "cpu": {"realnvp": dict(num_scales=2, hidden=32, blocks=1), "glow": dict(levels=2, steps=4, hidden=32),
             "maf": dict(transforms=5, hidden=(512, 512))},
-    "paper": {"realnvp": dict(num_scales=3, hidden=64, blocks=8), "glow": dict(levels=2, steps=16, hidden=256, blocks=2),
-              "maf": dict(transforms=5, hidden=(1024, 1024))},
 }
 MODELS = {"realnvp": RealNVP, "glow": Glow, "maf": MAF}
 # The cpu-long runs: "model" is the constructor's keywords; an epoch is one pass over the 50,000 training rows
@@ -77,6 +78,19 @@ LONG["maf-vd"] = {**LONG["maf"], "flow": "maf", "dequantizer": dict(transforms=2
 LONG["pixelcnn"] = {"model": dict(levels=256, channels=64, layers=8, kernel=7, gated=True), "epochs": 4,
                     "batch_size": 64, "lr": 1e-3, "warmup_epochs": 1, "clip_norm": 1e4, "valid_rows": 5_000,
                     "ema": 0.999}
+# The paper preset: the same long runs at the papers' sizes, for a GPU (``--device cuda``). RealNVP as Dinh et al.
+# built it (3 scales, 8 residual blocks of 64 channels; the last scale at 7 x 7: 5.3 M parameters), Glow with
+# Kingma & Dhariwal's 32 steps a level (2 levels: a third needs 28 x 28 padded) and 256-channel coupling networks,
+# whose residual block makes them about as large as Glow's 512-channel ones (43 M parameters; 44 M in their CIFAR-10
+# Glow), the MAF of the cpu-long run for longer; Polyak averages throughout.
+PAPER = {
+    "realnvp": {"model": dict(num_scales=3, hidden=64, blocks=8), "epochs": 200, "batch_size": 64, "lr": 1e-3,
+                "warmup_epochs": 1, "clip_norm": 1e4, "valid_rows": 10_000, "ema": 0.999},
+    "glow": {"model": dict(levels=2, steps=32, hidden=256, blocks=1), "epochs": 200, "batch_size": 64, "lr": 1e-3,
+             "warmup_epochs": 1, "clip_norm": 1e4, "valid_rows": 10_000, "ema": 0.999},
+    "maf": {**LONG["maf"], "epochs": 200, "ema": 0.999},
+}
+LONGS = {"cpu-long": LONG, "paper": PAPER}
 TEMPERATURES = (1.0, 0.8, 0.6)
 CPU_RATE = {"realnvp": 190, "glow": 550, "maf": 650}  # training rows/s of the cpu preset, 1 thread
 
@@ -184,20 +198,23 @@ def long_flow(args, name: str, train: torch.Tensor, valid: torch.Tensor, test: t
 
 
 def long_runs(args) -> None:
-    """The ``cpu-long`` preset: :func:`long_flow` for each of ``args.models``, each row written to ``args.out``."""
-    out = args.out if args.out != DEFAULT_OUT else DEFAULT_OUT.with_name("flows_long.json")
-    report = json.loads(out.read_text()) if out.exists() else {"preset": "cpu-long", "models": {}}
+    """The ``cpu-long`` and ``paper`` presets: :func:`long_flow` for each of ``args.models``, each row written to
+    ``args.out``."""
+    runs = LONGS[args.preset]
+    out = args.out if args.out != DEFAULT_OUT else DEFAULT_OUT.with_name(
+        "flows_long.json" if args.preset == "cpu-long" else "flows_paper.json")
+    report = json.loads(out.read_text()) if out.exists() else {"preset": args.preset, "models": {}}
     report.update(threads=args.threads, torch=torch.__version__, published_bits_per_dim=PUBLISHED,
                   data="MNIST: training rows 0..49,999, validation 50,000..59,999, all 10,000 test rows")
     train, valid_levels = mnist_levels(args.root, "train"), mnist_levels(args.root, "valid")
     test_levels = mnist_levels(args.root, "test")[: args.test_rows]
     valid, test = dequantize(valid_levels, seed=1), dequantize(test_levels, seed=0)
     for name in args.models:
-        if name not in LONG:
-            raise SystemExit(f"cpu-long trains: {', '.join(LONG)}; got {name!r}")
+        if name not in runs:
+            raise SystemExit(f"{args.preset} trains: {', '.join(runs)}; got {name!r}")
         # the discrete models score the integer levels (not floor(x + u): in float32 k + u can round up to k + 1)
-        scored = (valid_levels, test_levels) if name == "pixelcnn" or "dequantizer" in LONG[name] else (valid, test)
-        report["models"][name] = {**long_flow(args, name, train, *scored),
+        scored = (valid_levels, test_levels) if name == "pixelcnn" or "dequantizer" in runs[name] else (valid, test)
+        report["models"][name] = {**long_flow(args, name, train, *scored, runs[name]),
                                   "command": " ".join(["python", *sys.argv])}
         write_json_atomic(report, out)
         print(name, json.dumps({k: v for k, v in report["models"][name].items() if k != "valid_curve"}), flush=True)
@@ -206,7 +223,7 @@ def long_runs(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--preset", choices=[*sorted(PRESETS), "cpu-long"], default="cpu")
+    parser.add_argument("--preset", choices=[*sorted(PRESETS), *LONGS], default="cpu")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--runs", type=Path, default=Path("runs/flows-long"), help="cpu-long: the run folders")
     parser.add_argument("--max-minutes", type=float, default=60.0, help="cpu-long: training minutes this call")
@@ -214,14 +231,14 @@ def main() -> None:
                         help="cpu-long: evaluate the checkpoints as they stand (a partial run)")
     parser.add_argument("--quality-samples", type=int, default=1000, help="cpu-long: samples for FID etc.")
     parser.add_argument("--budget", type=float, default=120.0, help="training seconds per model")
-    parser.add_argument("--test-rows", type=int, default=None, help="default: 2,000 (cpu, paper), all (cpu-long)")
+    parser.add_argument("--test-rows", type=int, default=None, help="default: 2,000 (cpu), all (cpu-long, paper)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="default: results/flows.json "
                         "(results/flows_long.json for cpu-long)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)  # 2 shared cores: more threads than free cores is 10x slower
-    if args.preset == "cpu-long":
+    if args.preset in LONGS:
         return long_runs(args)
     args.test_rows = args.test_rows or 2000
     scale = torch.tensor(255.0)
@@ -233,9 +250,8 @@ def main() -> None:
     print(json.dumps(results["speed"]))
     for name in args.models:
         model = MODELS[name](784, **PRESETS[args.preset][name])
-        epochs = 1 if args.preset == "cpu" else 100
-        # CPU: one pass over as many rows as the budget allows (rows/s measured on this machine, 1 thread)
-        rows = train if args.preset == "paper" else train[: max(256, int(args.budget * CPU_RATE[name]))]
+        # one pass over as many rows as the budget allows (rows/s measured on this machine, 1 thread)
+        epochs, rows = 1, train[: max(256, int(args.budget * CPU_RATE[name]))]
         start = time.perf_counter()
         fit = ppgen.fit(model, Dequantized(rows), epochs=epochs, batch_size=64, lr=1e-3, device=args.device,
                         progress=False)

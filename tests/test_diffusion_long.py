@@ -96,3 +96,12 @@ def test_a_long_run_with_ema_scores_the_averages_and_the_trained_parameters(tmp_
     row = bench.long_diffusion(args, "binary", x[:100], x[100:130], x[100:120], cfg)
     model = bench.load_fitted(bench.BinaryDiffusion(784, **cfg["model"]), tmp_path / "binary" / "checkpoint")
     assert row["test_bound_nats"] == pytest.approx(bench.bound_estimate(model, x[100:120], 20).mean().item(), rel=1e-9)
+
+
+def test_the_paper_preset_builds_its_models_and_keeps_its_own_settings():
+    """As for the flows: the GPU preset's models build, and their settings are not cpu-long's."""
+    bench = _bench()
+    for name, cfg in bench.PAPER.items():
+        model = (bench.GaussianDiffusion if name == "gaussian" else bench.BinaryDiffusion)(784, **cfg["model"])
+        assert model.num_parameters > 0 and cfg != bench.LONG[name] and cfg["ema"], name
+    assert set(bench.LONGS) == {"cpu-long", "paper"}

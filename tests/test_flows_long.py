@@ -86,3 +86,14 @@ def test_a_long_flow_with_a_learned_dequantizer_trains_on_levels_and_reports_its
     assert set(loaded.missing_keys) <= dict(model.named_buffers()).keys() and not loaded.unexpected_keys
     expected = bench.ppgen.log_likelihood(model, test, method="iwae", num_samples=4, batch_size=125)
     assert row["test_bits_per_dim"] == pytest.approx(expected.bits_per_dim, rel=1e-6)
+
+
+def test_the_paper_preset_builds_its_models_and_keeps_its_own_settings():
+    """The GPU preset is run when a GPU is lent, minutes at a time: its models must build (a wrong keyword or a
+    shape that does not squeeze would cost that time), and its settings must differ from cpu-long's, since a run
+    folder is continued only with its own."""
+    bench = load_script("benchmarks/flows.py")
+    assert set(bench.PAPER) <= set(bench.MODELS)
+    for name, cfg in bench.PAPER.items():
+        model = bench.MODELS[name](784, **cfg["model"])
+        assert model.num_parameters > 0 and cfg != bench.LONG[name] and cfg["ema"], name
