@@ -69,7 +69,8 @@ def test_a_cvae_trains_evaluates_and_samples_for_labels(tmp_path, monkeypatch):
     assert main(["train", "cvae", "--data", "digits", "--out", str(run), "--epochs", "1", "-o", "z_dim=3",
                  "-o", "hidden=[16]", "--num-samples", "10", "--quality-samples", "40", "--device", "cpu"]) == 0
     test_labels = load_dataset("digits", "test").y
-    assert torch.equal(drawn[-1][1], test_labels[:40])  # the labels of the 40 real rows it is compared with
+    chosen = torch.randperm(len(test_labels), generator=torch.Generator().manual_seed(0))[:40]  # sample_quality's
+    assert torch.equal(drawn[-1][1], test_labels[chosen])  # the labels of the 40 real rows it is compared with
     assert json.loads((run / "metrics.json").read_text())["sample_quality"]["samples"] == 40
     assert main(["sample", str(run), "-n", "12"]) == 0
     assert drawn[-1][0] == 12 and torch.equal(drawn[-1][1], torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]))
@@ -261,10 +262,25 @@ def test_sample_quality_is_seeded_leaves_the_global_random_state_alone_and_is_ze
         def sample(self, n):
             return real[:n]
 
-    same = sample_quality(Replay(), real, 40)
-    # one set against itself: the Frechet distance is 0 and every row lies in the other set's balls
-    assert same["fid"] == pytest.approx(0.0, abs=1e-6) and same["precision"] == same["recall"] == 1.0
+    same = sample_quality(Replay(), real, len(real), reference=digits["train"].x)  # all the real rows
+    # one set against itself (in another order: float32 sums of 2,000 rows round differently, ~1e-6): the Frechet
+    # distance is 0 and every row lies in the other set's balls
+    assert same["fid"] == pytest.approx(0.0, abs=1e-4) and same["precision"] == same["recall"] == 1.0
     assert first["fid"] > 1.0  # and independent pixels are far from digits
+
+
+def test_sample_quality_scores_a_random_n_of_the_real_rows_not_the_first_n(digits):
+    """A split stored sorted by class (as the static binarized MNIST's test rows are) must not make its first n
+    rows, all zeros, the reference: the data's own rows, shuffled, then score near the real-vs-real floor (40 and
+    25 here, at n = 200); against the first 200 sorted rows they would score 839."""
+    from ppgen.inference.sample_quality import frechet_distance, digit_features, sample_quality
+
+    x, y = digits["test"].x, digits["test"].y
+    ordered = x[torch.argsort(y, stable=True)]
+    shuffled = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(1))]
+    quality = sample_quality(shuffled, ordered, 200, reference=digits["train"].x)
+    assert quality["fid"] < 2 * quality["real_vs_real"]["fid"] < 100
+    assert frechet_distance(digit_features(ordered[:200]), digit_features(shuffled[:200])) > 500
 
 
 # --- text models -------------------------------------------------------------------------------------------------
