@@ -179,6 +179,25 @@ def collect() -> dict[str, dict]:
                              "parameters": binary["num_parameters"],
                              "train": f"{binary['train_seconds'] / 60:.0f} min, {binary['epochs']} epochs",
                              "device": diffusion["settings"].get("device", "cpu"), "source": "diffusion.py"}
+    # the cpu-long runs, once complete, replace the short runs' rows
+    m = ((load(RESULTS / "diffusion_long.json") or {}).get("models") or {}).get("binary")
+    if m and m.get("status") == "complete" and "test_bound_nats" in m:
+        arguments = ", ".join(f"{k}={v}" for k, v in m["config"]["model"].items())
+        rows["diffusion"] = {"model": f"BinaryDiffusion(784, {arguments})", "nll": m["test_bound_nats"],
+                             "stderr": m["test_bound_nats_stderr"], "rows": m["test_rows"],
+                             "kind": "lower bound (ELBO, all T terms summed)", "parameters": m["num_parameters"],
+                             "train": f"{m['cpu_hours']} CPU h, {m['epochs']} epochs", "device": "cpu",
+                             "source": "diffusion.py --preset cpu-long"}
+    m = ((load(RESULTS / "ebm_gan_long.json") or {}).get("models") or {}).get("rbm")
+    if m and m.get("status") == "complete" and "log_likelihood" in m:
+        low, high = m["raise_ais_bracket"]
+        rows["rbm"] = {"model": f"RBM(784, hidden={m['config']['hidden']}), PCD-{m['config']['k']}",
+                       "nll": -m["log_likelihood"], "stderr": m["rows_stderr"], "rows": m["test_rows"],
+                       "kind": f"AIS, {m['ais_chains']} chains x {m['ais_temperatures']:,} temperatures: an estimate "
+                               f"of log p(x) that errs high on average; on {m['config']['raise_rows']} rows the NLL "
+                               f"lies between AIS {-high:.1f} and RAISE {-low:.1f}",
+                       "parameters": m["num_parameters"], "train": f"{m['train_hours']} h, {m['epochs']} epochs",
+                       "device": "cpu", "source": "ebm_gan.py --preset cpu-long"}
     flows = load(RESULTS / "flow_binary_mnist.json")
     for name, m in ((flows or {}).get("models") or {}).items():
         if "dequantized" in name:
