@@ -465,7 +465,7 @@ def evaluate_run(run: Path, split="test", num_samples=None, device="auto", seed=
         "split": split if has_splits(config["data"]) else "train (the data file has no test split)",
     })
     if quality_samples and model.x_dim == 784 and not text:
-        # the floor: real rows of another split against the same rows (without splits: the rows after the first n)
+        # the floor: real rows of another split against the same rows (without splits: rows of this one not drawn)
         reference = None
         if has_splits(config["data"]):
             reference = load_rows(config["data"], "test" if split == "train" else "train", config["root"],

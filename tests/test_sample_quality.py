@@ -121,11 +121,11 @@ def test_sample_quality_reports_the_real_vs_real_floor_beside_the_model(digits):
         def sample(self, n):
             return train[:n]
 
-    replay = sample_quality(Replay(), real, 200, reference=train)
+    replay = sample_quality(Replay(), real, 200, reference=train[:200])  # n reference rows: all of them
     assert {k: v for k, v in replay.items() if k not in ("samples", "real_vs_real")} == \
         {k: v for k, v in replay["real_vs_real"].items() if k != "rows"}
     with pytest.raises(ValueError, match="reference must hold at least 2 real rows"):
-        sample_quality(Replay(), real[:200], 200)  # no rows beyond the first n for the floor
-    assert sample_quality(train, real, 200, reference=train) == replay  # rows already drawn score as drawn
+        sample_quality(Replay(), real[:200], 200)  # no rows beyond the n drawn for the floor
+    assert sample_quality(train, real, 200, reference=train[:200]) == replay  # rows already drawn score as drawn
     with pytest.raises(ValueError, match=r"samples given as a tensor must be rows \(N, D\) with N >= n=200"):
         sample_quality(train[:100], real, 200, reference=train)

@@ -236,12 +236,12 @@ def sample_quality(model, real, n: int, *, grey: bool = False, seed: int = 0, la
     The scores: FID and KID (with its standard error, over subsets of half the samples) in the
     shipped digit classifier's features, precision and recall (k = 3) in :func:`manifold_features`,
     and ``largest_class_share``, the share of samples in the classifier's most frequent class (near
-    0.1 for all ten digits). The real rows scored are n of ``real`` drawn at random (all of them
-    when n >= N), not its first n: a split may be stored in an order, as the static binarized
-    MNIST's test rows are, sorted by class, whose first 1,000 are all zeros and ones. The floor
-    compares n rows drawn at random from ``reference`` (default: the rows of ``real`` not drawn),
-    real rows the model did not draw, with the same real rows and features: what a model that draws
-    the data's own distribution would score at this n.
+    0.1 for all ten digits). The real rows scored are n of ``real`` drawn at random (all of them, in
+    their order, when n >= N), not its first n: a split may be stored in an order, as the static
+    binarized MNIST's test rows are, sorted by class, whose first 1,000 are all zeros and ones. The
+    floor compares n rows drawn at random from ``reference`` (all of them when it holds no more;
+    default: the rows of ``real`` not drawn), real rows the model did not draw, with the same real
+    rows and features: what a model that draws the data's own distribution would score at this n.
 
     ``grey`` says the pixels are 8-bit levels 0..255 (divided by 255 here); samples are clamped
     to [0, 1]. A conditional model samples for the drawn real rows' ``labels``, so that both sets
@@ -255,19 +255,21 @@ def sample_quality(model, real, n: int, *, grey: bool = False, seed: int = 0, la
     reference = real[order[n:]] if reference is None else torch.as_tensor(reference)
     if len(reference) < 2:
         raise ValueError(f"reference must hold at least 2 real rows (of another split) for the real-vs-real floor, "
-                         f"got {len(reference)}" + (" (real has no rows beyond the first n)" if len(real) <= n else ""))
+                         f"got {len(reference)}" + (" (real has no rows beyond the n drawn)" if len(real) <= n else ""))
     drawn = isinstance(model, torch.Tensor)
     if drawn and (model.dim() != 2 or len(model) < n):
         raise ValueError(f"samples given as a tensor must be rows (N, D) with N >= n={n}, got shape "
                          f"{tuple(model.shape)}")
     with torch.random.fork_rng(devices=[model.device.index or 0] if model.device.type == "cuda" else []):
         torch.manual_seed(seed)
-        chosen = order[:max(n, 2)]
+        chosen = order[:max(n, 2)] if len(real) > max(n, 2) else torch.arange(len(real))  # all: as they are
         samples = model[:n] if drawn else draw(model, n, None if labels is None else labels[chosen],
                                                   Progress(f"drawing {n:,} samples", "steps") if progress else None)
         samples = (samples.detach().cpu().float() / scale).clamp(0, 1)
         real = real[chosen].float() / scale
-        reference = reference[torch.randperm(len(reference), generator=choice)[:max(n, 2)]].float() / scale
+        if len(reference) > max(n, 2):
+            reference = reference[torch.randperm(len(reference), generator=choice)[:max(n, 2)]]
+        reference = reference.float() / scale
         real_features = digit_features(real)  # builds the net (its initialisation draws)
     return {"samples": n, **_scores(real, real_features, samples, seed),
             "real_vs_real": {"rows": len(reference), **_scores(real, real_features, reference, seed)}}
