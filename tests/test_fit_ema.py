@@ -36,24 +36,26 @@ def _trajectory(tmp_path, epochs):
 
 
 def _moving_average(points, decay, start=0):
+    """The average after each step t = start + 1, ... of the run, its decay warmed up: min(decay, (1+t)/(10+t))."""
     average = dict(points[start])
-    for point in points[start + 1:]:
-        average = {n: decay * average[n] + (1 - decay) * point[n] for n in average}
+    for t, point in enumerate(points[start + 1:], start=start + 1):
+        d = min(decay, (1 + t) / (10 + t))
+        average = {n: d * average[n] + (1 - d) * point[n] for n in average}
     return average
 
 
 def test_ema_returns_the_moving_average_of_the_trajectory_and_resumes_bit_for_bit(tmp_path):
     x, _ = _data()
     points = _trajectory(tmp_path, 5)
-    expected = _moving_average(points, 0.8)
+    expected = _moving_average(points, 0.3)  # warmed-up decays 0.18 and 0.25 at steps 1 and 2, then 0.3
     unbroken = _model()
-    fit(unbroken, x, epochs=5, ema=0.8, **SETTINGS)
+    fit(unbroken, x, epochs=5, ema=0.3, **SETTINGS)
     for name, value in _params(unbroken).items():  # float32: five lerps of values of order 1
         torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6)
     assert not torch.allclose(_params(unbroken)["bias"], points[-1]["bias"])  # averaging changed them
     resumed = _model()
-    fit(resumed, x, epochs=3, ema=0.8, checkpoint_dir=tmp_path / "ema", **SETTINGS)
-    fit(resumed, x, epochs=5, ema=0.8, checkpoint_dir=tmp_path / "ema", resume=True, **SETTINGS)
+    fit(resumed, x, epochs=3, ema=0.3, checkpoint_dir=tmp_path / "ema", **SETTINGS)
+    fit(resumed, x, epochs=5, ema=0.3, checkpoint_dir=tmp_path / "ema", resume=True, **SETTINGS)
     for name, value in _params(resumed).items():  # trained on from the trained parameters, not the averages
         assert torch.equal(value, _params(unbroken)[name]), name
 

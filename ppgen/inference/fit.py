@@ -317,8 +317,10 @@ class Trainer:
             else:
                 optimizer.step()
         if self.averages is not None:
-            with torch.no_grad():  # a <- ema a + (1 - ema) theta
-                torch._foreach_lerp_(list(self.averages.values()), self._averaged_params(), 1 - self.config.ema)
+            t = state.step + 1  # this step's number in the whole run, so a resume averages as the unbroken run
+            decay = min(self.config.ema, (1 + t) / (10 + t))  # warm-up: the first steps do not keep the initial values
+            with torch.no_grad():  # a <- decay a + (1 - decay) theta
+                torch._foreach_lerp_(list(self.averages.values()), self._averaged_params(), 1 - decay)
         state.commit_step(*self._pending, seconds=self._seconds(state))
         self.checkpoints.commit()
         if self.log is not None:

@@ -147,10 +147,12 @@ class FitConfig:
         clipping. Not with L-BFGS, whose line search sets its own steps.
     ema : float, optional
         Keep an exponential moving average of the parameters (Polyak averaging; Polyak & Juditsky
-        1992), a <- ema a + (1 - ema) theta after every step, starting at the initial parameters:
-        validation scores the averages, and the model leaves ``fit`` holding them (with ``patience``,
-        those of the best epoch), as flows and diffusion models are evaluated (0.999 or 0.9999 is
-        usual). The checkpoint keeps both, so ``resume=True`` trains on from the trained parameters;
+        1992), a <- d a + (1 - d) theta after step t of the run, starting at the initial parameters,
+        with d = min(ema, (1 + t) / (10 + t)): the decay warms up, as diffusers' and timm's averages
+        do, so that the early averages do not hold the initial parameters (0.999 is reached after
+        about 9,000 steps; until then the average spans about t / 9 steps). Validation scores the
+        averages, and the model leaves ``fit`` holding them (with ``patience``, those of the best
+        epoch), as flows and diffusion models are evaluated (0.999 or 0.9999 is usual). The checkpoint keeps both, so ``resume=True`` trains on from the trained parameters;
         a checkpoint written without averages starts them at its parameters. Not with L-BFGS.
     log_dir : path, optional
         Write TensorBoard event files there (needs the ``tensorboard`` package: ``pip install
