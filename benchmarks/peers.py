@@ -386,7 +386,8 @@ def main() -> None:
         budget = train_equal_cpu(pair, ours, step, train, args)
         scores = evaluate(pair, ours, peer, test, reference, args)
         libraries = {"ppgen": f"ppgen {type(ours).__name__}",
-                     "peer": "normflows " + pair.split("-")[0] if pair != "diffusion" else "denoising-diffusion-pytorch"}
+                     "peer": ("normflows " + pair.split("-")[0]) if pair != "diffusion"
+                     else "denoising-diffusion-pytorch"}
         for lib, model in (("ppgen", ours), ("peer", peer)):
             row[lib] = {"library": libraries[lib], "params": num_parameters(model), **budget[lib], **scores[lib]}
         results["pairs"][pair] = row

@@ -152,8 +152,9 @@ class FitConfig:
         do, so that the early averages do not hold the initial parameters (0.999 is reached after
         about 9,000 steps; until then the average spans about t / 9 steps). Validation scores the
         averages, and the model leaves ``fit`` holding them (with ``patience``, those of the best
-        epoch), as flows and diffusion models are evaluated (0.999 or 0.9999 is usual). The checkpoint keeps both, so ``resume=True`` trains on from the trained parameters;
-        a checkpoint written without averages starts them at its parameters. Not with L-BFGS.
+        epoch), as flows and diffusion models are evaluated (0.999 or 0.9999 is usual). The
+        checkpoint keeps both, so ``resume=True`` trains on from the trained parameters; a
+        checkpoint written without averages starts them at its parameters. Not with L-BFGS.
     log_dir : path, optional
         Write TensorBoard event files there (needs the ``tensorboard`` package: ``pip install
         'ppgen[tensorboard]'``): per step the loss and each parameter group's gradient norm, per
