@@ -94,6 +94,12 @@ def load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def finished_long_run(report: str, model: str) -> dict | None:
+    """``model``'s row of a cpu-long report in ``benchmarks/results`` once its run is complete, else None."""
+    row = ((load(RESULTS / report) or {}).get("models") or {}).get(model)
+    return row if row and row.get("status") == "complete" else None
+
+
 def figure_label(figures: dict, method: str, kind: str, num_samples: int | None = 0) -> str:
     """What a figure is: the label its ``LikelihoodResult`` wrote, else (a file written before results
     carried one) the same words from ``method`` and ``kind`` as that file's writer knew them."""
@@ -180,16 +186,16 @@ def collect() -> dict[str, dict]:
                              "train": f"{binary['train_seconds'] / 60:.0f} min, {binary['epochs']} epochs",
                              "device": diffusion["settings"].get("device", "cpu"), "source": "diffusion.py"}
     # the cpu-long runs, once complete, replace the short runs' rows
-    m = ((load(RESULTS / "diffusion_long.json") or {}).get("models") or {}).get("binary")
-    if m and m.get("status") == "complete" and "test_bound_nats" in m:
+    m = finished_long_run("diffusion_long.json", "binary")
+    if m and "test_bound_nats" in m:
         arguments = ", ".join(f"{k}={v}" for k, v in m["config"]["model"].items())
         rows["diffusion"] = {"model": f"BinaryDiffusion(784, {arguments})", "nll": m["test_bound_nats"],
                              "stderr": m["test_bound_nats_stderr"], "rows": m["test_rows"],
                              "kind": "lower bound (ELBO, all T terms summed)", "parameters": m["num_parameters"],
                              "train": f"{m['cpu_hours']} CPU h, {m['epochs']} epochs", "device": "cpu",
                              "source": "diffusion.py --preset cpu-long"}
-    m = ((load(RESULTS / "ebm_gan_long.json") or {}).get("models") or {}).get("rbm")
-    if m and m.get("status") == "complete" and "log_likelihood" in m:
+    m = finished_long_run("ebm_gan_long.json", "rbm")
+    if m and "log_likelihood" in m:
         low, high = m["raise_ais_bracket"]
         rows["rbm"] = {"model": f"RBM(784, hidden={m['config']['hidden']}), PCD-{m['config']['k']}",
                        "nll": -m["log_likelihood"], "stderr": m["rows_stderr"], "rows": m["test_rows"],

@@ -123,9 +123,7 @@ def load_fitted(model, checkpoint_dir: str | os.PathLike, *, averaged: bool = Tr
     """
     if not isinstance(model, GenerativeModel):
         raise TypeError(f"load_fitted loads into a ppgen GenerativeModel, got {type(model).__name__}")
-    folder = Path(checkpoint_dir)
-    path = folder / CHECKPOINT_NAME if folder.is_dir() else folder
-    payload = load_checkpoint(path)
+    path, payload, source = _fitted(checkpoint_dir, averaged)
     config, name = payload.get("config", {}), type(model).__name__
     if config.get("model") not in (None, name):
         raise ValueError(f"{path} was written by a fit of {config['model']}, not of {name}")
@@ -138,10 +136,18 @@ def load_fitted(model, checkpoint_dir: str | os.PathLike, *, averaged: bool = Tr
     def own(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {key.removeprefix(prefix): value for key, value in tensors.items() if key.startswith(prefix)}
 
-    source = payload["averages"] if averaged and "averages" in payload else payload["params"]
     _copy_into(dict(model.named_parameters()), own(source), f"checkpoint {path} parameter")  # names, shapes checked
     model.load_state_dict(own(payload.get("buffers", {})), strict=False)  # the persistent buffers
     return model
+
+
+def _fitted(checkpoint_dir: str | os.PathLike, averaged: bool) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor]]:
+    """A fit run's checkpoint (its folder, or the file itself), its payload, and the parameters to load from it:
+    the moving averages where the run kept them and ``averaged`` is True, else the trained parameters."""
+    folder = Path(checkpoint_dir)
+    path = folder / CHECKPOINT_NAME if folder.is_dir() else folder
+    payload = load_checkpoint(path)
+    return path, payload, payload["averages"] if averaged and "averages" in payload else payload["params"]
 
 
 def export_fitted(checkpoint_dir: str | os.PathLike, path: str | os.PathLike, *, averaged: bool = True,
@@ -158,8 +164,7 @@ def export_fitted(checkpoint_dir: str | os.PathLike, path: str | os.PathLike, *,
     >>> ppgen.export_fitted("runs/glow", "glow.pt", dtype=torch.float16)        # doctest: +SKIP
     >>> glow = ppgen.load_fitted(ppgen.Glow(784), "glow.pt")                     # doctest: +SKIP
     """
-    folder = Path(checkpoint_dir)
-    payload = load_checkpoint(folder / CHECKPOINT_NAME if folder.is_dir() else folder)
+    _, payload, params = _fitted(checkpoint_dir, averaged)
     config = payload.get("config", {})
     if "model" not in config:
         raise ValueError(f"{checkpoint_dir} holds no model name: not a checkpoint written by ppgen.fit")
@@ -167,9 +172,8 @@ def export_fitted(checkpoint_dir: str | os.PathLike, path: str | os.PathLike, *,
     def stored(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
 
-    params = payload["averages"] if averaged and "averages" in payload else payload["params"]
     exported = {"config": {"model": config["model"], "model_arguments": config.get("model_arguments"),
-                           "exported_from": str(folder), "averaged": params is payload.get("averages")},
+                           "exported_from": str(Path(checkpoint_dir)), "averaged": params is payload.get("averages")},
                 "params": {name: stored(value) for name, value in params.items()},
                 "buffers": payload.get("buffers", {})}
     return save_checkpoint(exported, path)
