@@ -133,12 +133,19 @@ def mnist_levels(root: Path, split: str) -> torch.Tensor:
     return (ppgen.load_dataset("mnist", split, root=root, binarize="dynamic").x.intensities * 255).round()
 
 
+def scores_levels(name: str, cfg: dict) -> bool:
+    """Whether the long run ``name`` is scored on the integer levels themselves: the PixelCNN is exact on them, a
+    flow with a learned dequantizer bounds their likelihood with its own noise (not floor(x + u): in float32
+    k + u can round up to k + 1)."""
+    return name == "pixelcnn" or "dequantizer" in cfg
+
+
 def long_flow(args, name: str, train: torch.Tensor, valid: torch.Tensor, test: torch.Tensor,
               cfg: dict | None = None) -> dict:
     """Train the long ``name`` (settings ``cfg``, by default :data:`LONG`'s) in ``args.runs / name`` for at most
     ``args.max_minutes`` this call, continuing what earlier calls trained. ``train`` holds integer levels (fresh
-    noise every epoch), ``valid`` and ``test`` dequantized rows (for ``"pixelcnn"`` and ``"maf-vd"``, all three
-    the integer levels: the one is exact on them, the other bounds their likelihood with its learned noise). Once
+    noise every epoch), ``valid`` and ``test`` dequantized rows, or the integer levels where :func:`scores_levels`
+    says so. Once
     the planned epochs are done (or with ``args.evaluate``) evaluate on ``test``: bits/dim, sample grids, sample
     quality. Returns the report's row."""
     cfg = cfg or LONG[name]
@@ -212,8 +219,7 @@ def long_runs(args) -> None:
     for name in args.models:
         if name not in runs:
             raise SystemExit(f"{args.preset} trains: {', '.join(runs)}; got {name!r}")
-        # the discrete models score the integer levels (not floor(x + u): in float32 k + u can round up to k + 1)
-        scored = (valid_levels, test_levels) if name == "pixelcnn" or "dequantizer" in runs[name] else (valid, test)
+        scored = (valid_levels, test_levels) if scores_levels(name, runs[name]) else (valid, test)
         report["models"][name] = {**long_flow(args, name, train, *scored, runs[name]),
                                   "command": " ".join(["python", *sys.argv])}
         write_json_atomic(report, out)
