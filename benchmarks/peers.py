@@ -52,6 +52,7 @@ Differences that remain (normflows allows no closer build):
 
     OMP_NUM_THREADS=1 python benchmarks/peers.py --root ../shared/data --minutes 4
     python benchmarks/peers.py --minutes 0.2 --test-rows 50 --samples 50 --pairs glow     # a smoke run
+    python benchmarks/peers.py --root ../shared/data --pairs realnvp --per-step 800    # learning per step, 4 seeds
 
 Needs the ``bench`` extra (``pip install 'ppgen[bench]'``). Writes benchmarks/results/peers.json and prints a
 Markdown table.
@@ -61,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import math
@@ -81,6 +83,7 @@ from ppgen.models.diffusion import GaussianDiffusion
 from ppgen.models.flows import Dequantized, Glow, RealNVP, dequantize
 
 D, SHAPE, LEVELS = 784, (1, 28, 28), 256
+DEFAULT_OUT = Path(__file__).parent / "results" / "peers.json"
 PRESETS = {"glow": dict(levels=2, steps=4, hidden=32, blocks=1),
            "realnvp": dict(num_scales=2, hidden=32, blocks=1, checkerboard="packed"),  # normflows' split
            "realnvp-masked": dict(num_scales=2, hidden=32, blocks=1),  # the paper's (ppgen's default)
@@ -268,6 +271,37 @@ def train_equal_cpu(pair: str, ours, step, train: torch.Tensor, args) -> dict:
             "peer": {"cpu_seconds": time.process_time() - cpu, "steps": steps}}
 
 
+def per_step_curves(pair: str, train: torch.Tensor, test: torch.Tensor, args) -> dict:
+    """Learning per step, apart from speed: ppgen's flow and the peer, each initialised from ``torch.manual_seed(0)``,
+    trained by the same plain Adam loop on the same batches and noise (seed s: batches of ``args.batch`` rows and
+    their uniform noise from one generator), test bits/dim every ``args.per_step // 4`` steps; a run whose loss
+    turns non-finite stops there (its last entry NaN)."""
+    y, per_dim, every = dequantize(test[: args.test_rows], seed=0), 1 / (D * math.log(2)), max(1, args.per_step // 4)
+    curves = {}
+    for seed in args.seeds:
+        for lib in ("ppgen", "peer"):
+            torch.manual_seed(0)
+            model = build(pair)[0] if lib == "ppgen" else build_peer(pair)
+            log_prob = model.log_prob if lib == "ppgen" else functools.partial(nf_log_prob, model)
+            opt, generator, curve = torch.optim.Adam(model.parameters(), lr=args.lr), torch.Generator(), []
+            generator.manual_seed(seed)
+            for step in range(1, args.per_step + 1):
+                levels = train[torch.randint(len(train), (args.batch,), generator=generator)]
+                loss = -log_prob(levels + torch.rand(levels.shape, generator=generator)).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if not math.isfinite(loss.item()):
+                    curve.append((step, float("nan")))
+                    break
+                if step % every == 0:
+                    with torch.no_grad():
+                        curve.append((step, -torch.cat([log_prob(b) for b in y.split(500)]).mean().item() * per_dim))
+            curves[f"{lib}/seed{seed}"] = curve
+            print(pair, lib, seed, [(s, round(b, 3)) for s, b in curve], flush=True)
+    return curves
+
+
 # --- evaluation ----------------------------------------------------------------------------------------------
 
 def evaluate(pair: str, ours, peer, test: torch.Tensor, reference: torch.Tensor, args) -> dict:
@@ -306,13 +340,19 @@ def evaluate(pair: str, ours, peer, test: torch.Tensor, reference: torch.Tensor,
     return out
 
 
+def build_peer(pair: str) -> nf.MultiscaleFlow:
+    """The normflows flow of a flow pair."""
+    cfg = PRESETS[pair]
+    return nf_glow(cfg["levels"], cfg["steps"], cfg["hidden"]) if pair == "glow" else nf_realnvp(cfg["hidden"])
+
+
 def build(pair: str):
-    """ppgen's model, the peer and the peer's training step, of the closest sizes."""
+    """ppgen's model and the peer, of the closest sizes."""
     cfg = PRESETS[pair]
     if pair == "glow":
-        return Glow(D, **cfg), nf_glow(cfg["levels"], cfg["steps"], cfg["hidden"])
+        return Glow(D, **cfg), build_peer(pair)
     if pair.startswith("realnvp"):
-        return RealNVP(D, **cfg), nf_realnvp(cfg["hidden"])
+        return RealNVP(D, **cfg), build_peer(pair)
     T, width, mults = cfg["num_steps"], cfg["channels"], cfg["multipliers"]
     ours = GaussianDiffusion(D, num_steps=T, schedule="linear", variance="posterior", loss="simple",
                              channels=width, multipliers=mults, num_blocks=2, attention=True)
@@ -359,8 +399,12 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=500, help="samples for FID/KID/precision/recall")
     parser.add_argument("--diffusion-samples", type=int, default=100, help="diffusion samples for FID etc. (T "
                         "network passes each)")
+    parser.add_argument("--per-step", type=int, default=0, help="flows: instead of the timed runs, learning per "
+                        "step: both trained this many steps by one plain loop on the same batches, per seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="--per-step: the seeds")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "peers.json")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="default: results/peers.json "
+                        "(results/peers_per_step.json with --per-step)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)  # 2 shared cores: more threads than free cores is 10x slower
     levels = {s: (ppgen.load_dataset("mnist", s, root=args.root, binarize="dynamic").x.intensities * 255).round()
@@ -373,6 +417,12 @@ def main() -> None:
                "presets": {k: {n: str(v) for n, v in p.items()} for k, p in PRESETS.items()},
                "checks": {"pixel_units": check_pixel_units()}, "pairs": {}}
     print(json.dumps(results["checks"]), flush=True)
+    if args.per_step:
+        out = args.out if args.out != DEFAULT_OUT else DEFAULT_OUT.with_name("peers_per_step.json")
+        results["per_step"] = {pair: per_step_curves(pair, train, test, args) for pair in args.pairs
+                               if pair != "diffusion"}
+        write_json_atomic(results, out)
+        return print(f"wrote {out}")
     for pair in args.pairs:
         torch.manual_seed(0)
         ours, peer = build(pair)
