@@ -20,6 +20,8 @@ CIFAR-10 (T = 1000, 35.7M parameters, 800k steps); no MNIST figure is quoted her
         --runs runs/diffusion-long --max-minutes 170                      # resumable; call again to continue
     OMP_NUM_THREADS=1 python benchmarks/diffusion.py --root ../shared/data --preset recipes \
         --runs runs/diffusion-long --max-minutes 170                      # the Gaussian recipes side by side
+    OMP_NUM_THREADS=1 python benchmarks/diffusion.py --root ../shared/data --preset cpu-long --models gaussian \
+        --runs runs/diffusion-long --terms 100                            # where its bound goes, step by step
     python benchmarks/diffusion.py --root DATA --preset paper --models gaussian --device cuda \
         --runs runs/diffusion-paper --max-minutes 600                      # a GPU's long run, resumable
 
@@ -83,17 +85,23 @@ PRESETS = {
 # the Gaussian runs' network, data, optimiser and validation, shared by the recipes below. Its first long recipe
 # (cosine, learned variances, the importance-sampled ELBO: Nichol & Dhariwal's best likelihoods) stood at 21.0
 # bits/dim after 20,000 rows; in the recipes' side-by-side run (RECIPES, 20,000 rows each) it reached 34.1 where Ho
-# et al.'s plain one (linear betas, sigma^2 = beta, L_simple) reached 2.27, the best of the five: the long run is
-# the plain recipe, with EMA.
+# et al.'s plain one (linear betas, sigma^2 = beta, L_simple) reached 2.27, the best of the five, and its long run
+# ("gaussian-plain") followed. That run's bound stalled near 1.9, most of it in the decoder and the smallest steps:
+# its first step's noise is wider than a pixel level. Kingma et al.'s log-SNR schedule ("log-snr" recipe) has no
+# such floor, and with the posterior variances its L_simple is the ELBO; it beat the plain recipe within 20,000
+# rows and still fell fast: the long "gaussian" run is it, with EMA.
 GAUSSIAN_BASE = {"model": dict(num_steps=1000, schedule="cosine", variance="learned", loss="elbo", channels=32,
                                multipliers=[1, 2, 2], num_blocks=1, attention=True),
                  "objective": {"importance_sampling": True},
                  "epochs": 100, "rows_per_epoch": 10_000, "batch_size": 64, "lr": 5e-4, "warmup_epochs": 1,
                  "clip_norm": None, "valid_rows": 500, "valid_draws": 20, "test_draws": 50}
 LONG = {
-    "gaussian": {**GAUSSIAN_BASE, "model": {**GAUSSIAN_BASE["model"], "schedule": "linear", "variance": "beta",
+    "gaussian": {**GAUSSIAN_BASE, "model": {**GAUSSIAN_BASE["model"], "schedule": "log-snr", "variance": "posterior",
                                             "loss": "simple"},
                  "objective": None, "ema": 0.999},
+    "gaussian-plain": {**GAUSSIAN_BASE, "model": {**GAUSSIAN_BASE["model"], "schedule": "linear", "variance": "beta",
+                                                  "loss": "simple"},
+                       "objective": None, "ema": 0.999},
     "binary": {"model": dict(num_steps=1000, schedule="cosine", hidden=[1024, 1024, 1024]),
                "objective": {"importance_sampling": True},
                "epochs": 100, "rows_per_epoch": 50_000, "batch_size": 100, "lr": 5e-4, "warmup_epochs": 1,
@@ -114,22 +122,27 @@ RECIPES = {
     "elbo-is": {"model": dict(schedule="cosine", variance="learned", loss="elbo"),
                 "objective": {"importance_sampling": True},
                 "label": "Nichol & Dhariwal 2021: cosine, learned sigma, the ELBO with importance-sampled t"},
+    "log-snr": {"model": dict(schedule="log-snr", variance="posterior", loss="simple"), "objective": None,
+                "label": "Kingma et al. 2021: log SNR linear in t, sigma^2 = posterior, L_simple (the ELBO's weights)"},
+    "log-snr-fourier": {"model": dict(schedule="log-snr", variance="posterior", loss="simple", fourier=[7, 8]),
+                        "objective": None, "label": "the same with Fourier features of x_t (n = 7, 8), as VDM"},
 }
 RECIPE_EPOCHS, RECIPE_ROWS = 4, 5_000
 # The paper preset: the long runs at GPU sizes (``--device cuda``), the same code and run folders' format. The
-# Gaussian model as Nichol & Dhariwal trained theirs for likelihood (learned variances, the ELBO with
-# importance-sampled steps, EMA 0.9999) on Ho et al.'s U-Net width for 32x32 (128, multipliers 1, 2, 2, two blocks
+# Gaussian model as Kingma et al. trained theirs for likelihood (the log-SNR schedule, whose L_simple is the ELBO,
+# Fourier features of x_t; EMA 0.9999) on Ho et al.'s U-Net width for 32x32 (128, multipliers 1, 2, 2, two blocks
 # a level); the binary one as the cpu-long run, which met its target, for three times the epochs with EMA.
 PAPER = {
-    "gaussian": {"model": dict(num_steps=1000, schedule="cosine", variance="learned", loss="elbo", channels=128,
-                               multipliers=[1, 2, 2], num_blocks=2, attention=True),
-                 "objective": {"importance_sampling": True},
+    "gaussian": {"model": dict(num_steps=1000, schedule="log-snr", variance="posterior", loss="simple", channels=128,
+                               multipliers=[1, 2, 2], num_blocks=2, attention=True, fourier=[7, 8]),
+                 "objective": None,
                  "epochs": 500, "rows_per_epoch": 50_000, "batch_size": 128, "lr": 1e-4, "warmup_epochs": 1,
                  "clip_norm": None, "valid_rows": 1000, "valid_draws": 50, "test_draws": 1000, "ema": 0.9999},
     "binary": {**LONG["binary"], "epochs": 300, "ema": 0.9999},
 }
 LONGS = {"cpu-long": LONG, "paper": PAPER}
 PUBLISHED_LONG = {"gaussian": "no MNIST figure for DDPM found; the issue's target is <= 1.20 bits/dim",
+                  "gaussian-plain": "no MNIST figure for DDPM found; the issue's target is <= 1.20 bits/dim",
                   "binary": "no published figure on these rows; the issue's target is <= 95 nats"}
 
 
@@ -158,15 +171,61 @@ def bound_estimate(model, x: torch.Tensor, draws: int, *, seed: int = 0, batch_s
     return torch.cat(out)
 
 
+@torch.no_grad()
+def bound_terms(model, x: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
+    """Where the bound goes: the mean over the rows of ``x`` of each of its terms, nats, (T + 1,) float64. Index
+    0 holds the prior's L_T, index t the term of step t (the decoder's -log p(x_0 | x_1) at t = 1); they sum to
+    the rows' mean bound (one draw of x_t per row and step, from a generator seeded with ``seed``)."""
+    training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    x0 = model.to_chain(model.check_data(x))
+    terms = [model.prior_term(x0).double().mean()]
+    for step in range(1, model.num_steps + 1):
+        t = torch.full((len(x0),), step, device=x0.device)
+        terms.append(model.step_term(x0, t, model.step_draw(x0, t, generator)).double().mean())
+    model.train(training)
+    return torch.stack(terms).cpu()
+
+
+TERM_RANGES = ((1, 1), (2, 5), (6, 20), (21, 100), (101, 300), (301, 1000))
+
+
+def terms_report(args) -> None:
+    """``--terms ROWS``: :func:`bound_terms` of each cpu-long run's checkpoint (its averages and its trained
+    parameters) on ROWS random test rows, in bits/dim by ranges of t; written to the run folder's terms.json."""
+    for name in args.models.split(","):
+        if name not in LONG or name == "binary":
+            raise SystemExit(f"--terms reads the Gaussian runs ({', '.join(n for n in LONG if n != 'binary')}); "
+                             f"got {name!r}")
+        folder = args.runs / name
+        test = load_dataset("mnist", "test", root=args.root, binarize="dynamic").x.intensities
+        rows = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[: args.terms]]
+        model = GaussianDiffusion(784, **LONG[name]["model"])
+        curve = json.loads((folder / "curve.json").read_text())["epochs"]
+        per_dim, out = 1 / (784 * math.log(2)), {"rows": args.terms, "epoch": curve[-1]["epoch"] if curve else 0}
+        for kind in ("averages", "trained"):
+            load_fitted(model, folder / "checkpoint", averaged=kind == "averages")
+            terms = bound_terms(model, rows) * per_dim
+            T = len(terms) - 1
+            out[kind] = {"total": terms.sum().item(), "prior": terms[0].item(),
+                         **{f"t={a}" if a == b else f"t={a}-{b}": terms[a:b + 1].sum().item()
+                            for a, b in TERM_RANGES if b <= T},
+                         "per_step": terms.tolist()}
+            print(name, kind, json.dumps({k: round(v, 4) for k, v in out[kind].items() if k != "per_step"}),
+                  flush=True)
+        write_json_atomic(out, folder / "terms.json")
+
+
 def long_diffusion(args, name: str, train: torch.Tensor, valid: torch.Tensor, test: torch.Tensor | None,
                    cfg: dict | None = None, folder: Path | None = None) -> dict:
-    """Train the long ``name`` ("gaussian" or "binary", settings ``cfg``, by default :data:`LONG`'s) in
+    """Train the long ``name`` ("gaussian", "gaussian-plain" or "binary", settings ``cfg``, by default :data:`LONG`'s) in
     ``folder`` (default ``args.runs / name``) for at most ``args.max_minutes`` this call, continuing what earlier
     calls trained; once the planned epochs are done (or with ``args.evaluate``) evaluate it on ``test`` (None: not
     at all). Returns the report's row."""
     cfg = cfg or LONG[name]
     run = LongRun(folder or args.runs / name, cfg)
-    model = (GaussianDiffusion if name == "gaussian" else BinaryDiffusion)(784, **cfg["model"])
+    model = (BinaryDiffusion if name == "binary" else GaussianDiffusion)(784, **cfg["model"])
     objective = functools.partial(DiffusionELBO, **cfg["objective"]) if cfg.get("objective") else None
     settings = dict(batch_size=cfg["batch_size"], device=args.device, seed=0, checkpoint_dir=run.checkpoint_dir,
                     resume=True, progress=False, convergence_tol=None, clip_norm=cfg["clip_norm"], objective=objective,
@@ -201,7 +260,7 @@ def long_diffusion(args, name: str, train: torch.Tensor, valid: torch.Tensor, te
                   "test_bound_nats_stderr": stderr, "test_bits_per_dim": bound.mean().item() * per_dim,
                   "test_bits_per_dim_stderr": stderr * per_dim}
     samplers = {"ancestral": {}} if name == "binary" else {"ancestral": {}, "ddim100": dict(method="ddim", steps=min(100, model.num_steps))}
-    grey = name == "gaussian"
+    grey = name != "binary"
     for sampler, options in samplers.items():
         with torch.no_grad():
             drawn = torch.cat([model.sample(min(250, args.quality_samples - i), seed=i, **options)
@@ -224,13 +283,13 @@ def long_runs(args) -> None:
         "diffusion_long.json" if args.preset == "cpu-long" else "diffusion_paper.json")
     report = json.loads(out.read_text()) if out.exists() else {"preset": args.preset, "models": {}}
     report.update(threads=args.threads, torch=torch.__version__,
-                  data={"gaussian": "MNIST intensities k/255: training rows 0..49,999, validation 50,000..59,999, "
-                                    "all 10,000 test rows",
+                  data={"gaussian, gaussian-plain": "MNIST intensities k/255: training rows 0..49,999, validation "
+                                                    "50,000..59,999, all 10,000 test rows",
                         "binary": "statically binarized MNIST (Larochelle & Murray): 50,000 / 10,000 / 10,000"})
     for name in args.models.split(","):
         if name not in runs:
             raise SystemExit(f"{args.preset} trains: {', '.join(runs)}; got {name!r}")
-        if name == "gaussian":
+        if name != "binary":
             train, valid, test = (load_dataset("mnist", s, root=args.root, binarize="dynamic").x.intensities
                                   for s in ("train", "valid", "test"))  # the loader's train: the first 50,000
         else:
@@ -314,6 +373,8 @@ def main() -> None:
     parser.add_argument("--evaluate", action="store_true",
                         help="cpu-long: evaluate the checkpoints as they stand (a partial run)")
     parser.add_argument("--quality-samples", type=int, default=500, help="cpu-long: samples for FID etc.")
+    parser.add_argument("--terms", type=int, help="cpu-long: where the Gaussian run's bound goes, each of its terms "
+                        "on this many random test rows (its checkpoint as it stands; no training)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--loss", choices=("elbo", "simple"), default="elbo", help="the Gaussian model's objective")
@@ -329,6 +390,8 @@ def main() -> None:
                         "(results/diffusion_long.json for cpu-long)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.terms:
+        return terms_report(args)
     if args.preset in LONGS:
         return long_runs(args)
     if args.preset == "recipes":

@@ -18,7 +18,7 @@ from torch import nn
 
 import ppgen
 from ppgen.models.diffusion import BinaryDiffusion, DiscretisedGaussian, GaussianDiffusion, SimpleLoss, DiffusionELBO
-from ppgen.models.diffusion.schedules import binary_betas, cosine_betas, linear_betas
+from ppgen.models.diffusion.schedules import binary_betas, cosine_betas, linear_betas, log_snr_betas
 
 scipy_stats = pytest.importorskip("scipy.stats")
 
@@ -63,6 +63,27 @@ def test_schedules_match_their_papers():
     # binary "linear": prod(1 - 2 beta) = 1 - t/T
     expected = 1 - torch.arange(1, 9, dtype=torch.float64) / 8
     assert torch.allclose(torch.cumprod(1 - 2 * binary_betas("linear", 8), 0), expected, atol=1e-12)
+
+
+def test_log_snr_schedule_gives_every_step_the_same_elbo_weight():
+    """Kingma et al.'s schedule: alpha_bar_t = sigmoid(13.3 - 18.3 t / T) (recomputed here), and with the posterior
+    variances each term L_{t-1}, t >= 2, is (exp(18.3 / T) - 1) / 2 times ||eps - eps_theta||^2 (closed form of
+    the Gaussian KL with equal variances), whatever t: the unweighted noise loss is the ELBO."""
+    T = 50
+    alpha_bar = torch.cumprod(1 - log_snr_betas(T), 0)
+    lam = 13.3 - 18.3 * torch.arange(1, T + 1, dtype=torch.float64) / T
+    assert torch.allclose(alpha_bar, torch.sigmoid(lam), rtol=1e-12)
+    model = _tiny_gaussian(T, "log-snr", "posterior")
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(6, 4, generator=g, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    weight = (math.exp(18.3 / T) - 1) / 2
+    for step in (2, 3, T // 2, T):
+        t = torch.full((6,), step)
+        eps_theta = model.network(model.q_sample(x0, t, noise), t)
+        expected = weight * (noise - eps_theta).pow(2).sum(-1)
+        # rtol: the schedules are float32 buffers (each factor rounded by ~6e-8), in float64 arithmetic after
+        assert torch.allclose(model.step_term(x0, t, noise), expected, rtol=1e-6), step
 
 
 def test_gaussian_q_closed_form_matches_step_by_step_chain():
@@ -551,6 +572,22 @@ def test_unet_keywords_are_grouped_apart_from_the_model():
         GaussianDiffusion(4, shape=(1, 2, 2), num_steps=2, network=_FixedNoise(), channels=8)
     with pytest.raises(TypeError, match="chanels"):
         GaussianDiffusion(4, shape=(1, 2, 2), num_steps=2, chanels=8)
+
+
+def test_unet_fourier_features_feed_the_first_convolution():
+    """The stem sees x, then sin(2^n pi x) and cos(2^n pi x) for each exponent n, channel blocks in that order."""
+    model = GaussianDiffusion(16, shape=(1, 4, 4), num_steps=2, channels=8, multipliers=(1, 2), attention=False,
+                              fourier=(7, 8))
+    seen = []
+    model.network.stem.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    x = torch.rand(3, 16) * 2 - 1
+    model.network(x, torch.tensor([1, 2, 1]))
+    image = x.view(3, 1, 4, 4)
+    expected = torch.cat([image, torch.sin(128 * math.pi * image), torch.sin(256 * math.pi * image),
+                          torch.cos(128 * math.pi * image), torch.cos(256 * math.pi * image)], 1)
+    assert model.network.stem.in_channels == 5 and torch.allclose(seen[0], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="fourier"):
+        GaussianDiffusion(16, shape=(1, 4, 4), num_steps=2, channels=8, fourier=(7.5,))
 
 
 # --- bad input ---------------------------------------------------------------------------------------------

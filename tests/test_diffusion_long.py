@@ -36,6 +36,19 @@ def test_the_bound_from_a_few_steps_per_row_is_the_full_bound_in_expectation():
         bench.bound_estimate(model, x, 3)
 
 
+def test_the_bound_s_terms_sum_to_the_bound_of_the_same_draws():
+    bench = _bench()
+    torch.manual_seed(0)
+    model = bench.GaussianDiffusion(4, shape=(1, 2, 2), num_steps=6, schedule="log-snr", variance="posterior",
+                                    channels=8, multipliers=(1,), attention=False).double()
+    for p in model.parameters():  # away from the zero-initialised output, so that every term depends on the network
+        p.data.normal_(0, 0.3)
+    x = torch.randint(0, 256, (5, 4), generator=torch.Generator().manual_seed(1)).double() / 255
+    terms = bench.bound_terms(model, x, seed=3)
+    assert terms.shape == (7,) and bool((terms[1:] > 0).all())
+    assert math.isclose(terms.sum().item(), model.nll_bound(x, seed=3).mean().item(), rel_tol=1e-12)
+
+
 @pytest.mark.slow
 def test_a_long_diffusion_resumed_call_by_call_matches_an_unbroken_run(tmp_path):
     bench = _bench()

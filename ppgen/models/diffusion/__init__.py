@@ -11,8 +11,9 @@ from ppgen.models.diffusion.base import DiffusionELBO, DiffusionModel
 from ppgen.models.diffusion.binary import BinaryDiffusion
 from ppgen.models.diffusion.discretised import DiscretisedGaussian
 from ppgen.models.diffusion.gaussian import GaussianDiffusion, HybridLoss, SimpleLoss
-from ppgen.models.diffusion.schedules import binary_betas, cosine_betas, linear_betas
+from ppgen.models.diffusion.schedules import binary_betas, cosine_betas, linear_betas, log_snr_betas
 from ppgen.models.diffusion.unet import TimeMLP, UNet
 
 __all__ = ["DiffusionModel", "GaussianDiffusion", "BinaryDiffusion", "DiffusionELBO", "SimpleLoss", "HybridLoss",
-           "DiscretisedGaussian", "UNet", "TimeMLP", "linear_betas", "cosine_betas", "binary_betas"]
+           "DiscretisedGaussian", "UNet", "TimeMLP", "linear_betas", "cosine_betas", "log_snr_betas",
+           "binary_betas"]

@@ -99,9 +99,11 @@ class GaussianDiffusion(DiffusionModel):
     num_steps : int
         T. The default 1000 is Ho et al.'s; training costs the same for any T, but sampling and
         the full bound cost T network passes per row (DDIM samples in fewer).
-    schedule : {"linear", "cosine"} or sequence of float
-        Ho et al.'s linear betas (scaled by 1000/T), Nichol & Dhariwal's cosine schedule, or the T
-        betas themselves, each in (0, 1).
+    schedule : {"linear", "cosine", "log-snr"} or sequence of float
+        Ho et al.'s linear betas (scaled by 1000/T), Nichol & Dhariwal's cosine schedule, Kingma et
+        al.'s log SNR linear in t (:func:`~ppgen.models.diffusion.schedules.log_snr_betas`: with
+        ``variance="posterior"`` and ``loss="simple"`` it trains the ELBO, t uniform), or the T betas
+        themselves, each in (0, 1).
     variance : {"beta", "posterior", "learned"}
         The fixed reverse variances :math:`\sigma_t^2`, or variances learned per pixel.
     loss : {"elbo", "simple", "hybrid"}
@@ -115,7 +117,8 @@ class GaussianDiffusion(DiffusionModel):
         :class:`UNet` of the image ``shape`` (with 2 C output channels for learned variances).
     **unet
         The default U-Net's keywords (without ``network``): ``channels`` (32), ``multipliers``
-        ((1, 2, 2)), ``num_blocks`` (1), ``attention`` (True), ``dropout`` (0.0); see :class:`UNet`.
+        ((1, 2, 2)), ``num_blocks`` (1), ``attention`` (True), ``dropout`` (0.0), ``fourier`` (()); see
+        :class:`UNet`.
 
     Examples
     --------
@@ -159,8 +162,10 @@ class GaussianDiffusion(DiffusionModel):
         alpha_bar_prev = torch.cat([betas.new_ones(1), alpha_bar[:-1]])
         posterior = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)
         clipped = betas.clone() if num_steps == 1 else torch.cat([posterior[1:2], posterior[1:]])  # beta~_1 := beta~_2
-        # index t - 1 holds step t; index 0 of the *_prev buffers is alpha_bar_0 = 1
+        # index t - 1 holds step t; index 0 of the *_prev buffers is alpha_bar_0 = 1. The complements 1 - alpha_bar
+        # are kept apart, from float64: near 1 a float32 alpha_bar keeps only 1e-2 of 1 - alpha_bar = 2e-6 (log-snr)
         schedules = {"betas": betas, "alpha_bar": alpha_bar, "alpha_bar_prev": alpha_bar_prev,
+                     "one_minus_alpha_bar": 1 - alpha_bar, "one_minus_alpha_bar_prev": 1 - alpha_bar_prev,
                      "posterior_variance": posterior}
         if variance == "learned":  # log sigma_t^2 between these two, per pixel
             schedules.update(max_log_variance=betas.log(), min_log_variance=clipped.log())
@@ -206,17 +211,17 @@ class GaussianDiffusion(DiffusionModel):
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         r""":math:`x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1 - \bar\alpha_t}\,\epsilon`, a draw of q(x_t | x_0)."""
-        return self._at(self.alpha_bar, t).sqrt() * x0 + (1 - self._at(self.alpha_bar, t)).sqrt() * noise
+        return self._at(self.alpha_bar, t).sqrt() * x0 + self._at(self.one_minus_alpha_bar, t).sqrt() * noise
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        ab = self._at(self.alpha_bar, t)
-        return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+        return (x_t - self._at(self.one_minus_alpha_bar, t).sqrt() * eps) / self._at(self.alpha_bar, t).sqrt()
 
     def posterior_mean(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         r"""Mean of q(x_{t-1} | x_t, x_0): :math:`\frac{\sqrt{\bar\alpha_{t-1}}\beta_t}{1-\bar\alpha_t}x_0
         + \frac{\sqrt{\alpha_t}(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}x_t` (x_0 itself at t = 1)."""
-        ab, ab_prev, beta = self._at(self.alpha_bar, t), self._at(self.alpha_bar_prev, t), self._at(self.betas, t)
-        return (ab_prev.sqrt() * beta * x0 + (1 - beta).sqrt() * (1 - ab_prev) * x_t) / (1 - ab)
+        ab_prev, beta = self._at(self.alpha_bar_prev, t), self._at(self.betas, t)
+        return ((ab_prev.sqrt() * beta * x0 + (1 - beta).sqrt() * self._at(self.one_minus_alpha_bar_prev, t) * x_t)
+                / self._at(self.one_minus_alpha_bar, t))
 
     def reverse_params(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r""":math:`\mu_\theta(x_t, t)`, (B, D), the posterior mean at the predicted :math:`\hat x_0` (the
@@ -390,14 +395,14 @@ class GaussianDiffusion(DiffusionModel):
         for i, t in enumerate(schedule):
             s = schedule[i + 1] if i + 1 < len(schedule) else 0
             steps = self._steps(t, n, h.device)
-            ab_t = self.alpha_bar[t - 1]
-            ab_s = self.alpha_bar[s - 1] if s > 0 else torch.ones_like(ab_t)
+            ab_t, ab_s = self.alpha_bar[t - 1], self.alpha_bar_prev[s]  # alpha_bar_prev[0] = alpha_bar_0 = 1
+            rest_t, rest_s = self.one_minus_alpha_bar[t - 1], self.one_minus_alpha_bar_prev[s]
             x0 = self.predict_x0(h, steps, self.predict_noise(h, steps)).clamp(-1, 1)
             if project is not None:
                 x0 = project(x0)
-            eps = (h - ab_t.sqrt() * x0) / (1 - ab_t).sqrt()
-            sigma = eta * ((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)).clamp(min=0).sqrt()
-            h = ab_s.sqrt() * x0 + (1 - ab_s - sigma ** 2).clamp(min=0).sqrt() * eps
+            eps = (h - ab_t.sqrt() * x0) / rest_t.sqrt()
+            sigma = eta * (rest_s / rest_t * (rest_t - rest_s) / ab_s).clamp(min=0).sqrt()
+            h = ab_s.sqrt() * x0 + (rest_s - sigma ** 2).clamp(min=0).sqrt() * eps
             if eta > 0 and s > 0:
                 h = h + sigma * self._noise(n, generator)
             bar.update()
@@ -409,7 +414,7 @@ class GaussianDiffusion(DiffusionModel):
     def noise_level_step(self, sigma: float) -> int:
         r"""The step t* whose noise-to-signal ratio :math:`\sqrt{(1-\bar\alpha_t)/\bar\alpha_t}` is closest
         to ``2 sigma`` (``sigma`` in the data's [0, 1] units, doubled in the model's [-1, 1] units)."""
-        ratio = ((1 - self.alpha_bar) / self.alpha_bar).sqrt()
+        ratio = (self.one_minus_alpha_bar / self.alpha_bar).sqrt()
         return int((ratio - 2 * sigma).abs().argmin()) + 1
 
     @torch.no_grad()

@@ -7,7 +7,8 @@ diffusion :math:`\beta_t` is the variance added at step t, :math:`\bar\alpha_t =
 
 References: J. Ho, A. Jain and P. Abbeel, "Denoising Diffusion Probabilistic Models", NeurIPS
 2020 (linear schedule, 1e-4 to 0.02 over T = 1000); A. Nichol and P. Dhariwal, "Improved
-Denoising Diffusion Probabilistic Models", ICML 2021 (cosine schedule, Eq. 17).
+Denoising Diffusion Probabilistic Models", ICML 2021 (cosine schedule, Eq. 17); D. P. Kingma, T. Salimans,
+B. Poole and J. Ho, "Variational Diffusion Models", NeurIPS 2021 (log SNR linear in t, from 13.3 to -5).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import torch
 
 from ppgen.checks import positive_int
 
-__all__ = ["SCHEDULES", "check_betas", "linear_betas", "cosine_betas", "gaussian_betas",
-           "binary_betas"]
+__all__ = ["SCHEDULES", "GAUSSIAN_SCHEDULES", "check_betas", "linear_betas", "cosine_betas", "log_snr_betas",
+           "gaussian_betas", "binary_betas"]
 
-SCHEDULES = ("linear", "cosine")
+SCHEDULES = ("linear", "cosine")  # both diffusions'
+GAUSSIAN_SCHEDULES = (*SCHEDULES, "log-snr")
 
 
 def check_betas(betas, upper: float = 1.0, name: str = "betas", closed: bool = False) -> torch.Tensor:
@@ -67,12 +69,43 @@ def cosine_betas(num_steps: int, offset: float = 0.008, max_beta: float = 0.999)
     return check_betas((1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta))
 
 
+def log_snr_betas(num_steps: int, log_snr_max: float = 13.3, log_snr_min: float = -5.0) -> torch.Tensor:
+    r"""Kingma et al.'s fixed schedule: the log signal-to-noise ratio
+    :math:`\lambda_t = \log(\bar\alpha_t / (1 - \bar\alpha_t))` falls linearly in t, from ``log_snr_max`` at
+    t = 0 to ``log_snr_min`` at t = T (their :math:`\gamma = -\lambda` from -13.3 to 5), so
+    :math:`\bar\alpha_t = \mathrm{sigmoid}(\lambda_t)` for t >= 1 and :math:`\bar\alpha_0 = 1` (the data).
+
+    Two things follow. The first step's noise is tiny, :math:`\sqrt{\beta_1} \approx e^{-\lambda_{max}/2}`
+    = 0.0013 in the chain's [-1, 1] units, a sixth of an 8-bit level's width (2 / 255), so the discretised
+    decoder can put nearly all of a pixel's mass on its own level; Ho et al.'s 1e-4 gives 0.01, wider than a
+    level, which costs even a perfect model about 0.6 bits on every black pixel. And with the posterior
+    variances :math:`\sigma_t^2 = \tilde\beta_t` each ELBO term is
+    :math:`L_{t-1} = \tfrac12 (e^{\lambda_{t-1} - \lambda_t} - 1)\,\lVert\epsilon - \epsilon_\theta\rVert^2`,
+    the same weight for every t >= 2: Ho et al.'s unweighted ``loss="simple"`` is then the ELBO (up to that
+    constant and the t = 1 decoder), the discrete form of Kingma et al.'s continuous-time result.
+
+    >>> b = log_snr_betas(1000)
+    >>> round(b[0].sqrt().item(), 5)  # the first step's noise, [-1, 1] units
+    0.00131
+    >>> round(torch.cumprod(1 - b, 0)[-1].item(), 5)  # alpha_bar_T = sigmoid(-5)
+    0.00669
+    """
+    num_steps = positive_int(num_steps, "num_steps")
+    if not log_snr_max > log_snr_min:
+        raise ValueError(f"log_snr_max must exceed log_snr_min, got {log_snr_max} and {log_snr_min}")
+    t = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+    alpha_bar = torch.sigmoid(log_snr_max + (log_snr_min - log_snr_max) * t)
+    alpha_bar[0] = 1.0
+    return check_betas(1 - alpha_bar[1:] / alpha_bar[:-1])
+
+
 def gaussian_betas(schedule, num_steps: int) -> torch.Tensor:
     """The variances of a Gaussian diffusion: a schedule name or explicit betas in (0, 1)."""
     if isinstance(schedule, str):
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES} or a sequence of betas, got {schedule!r}")
-        return linear_betas(num_steps) if schedule == "linear" else cosine_betas(num_steps)
+        if schedule not in GAUSSIAN_SCHEDULES:
+            raise ValueError(f"schedule must be one of {GAUSSIAN_SCHEDULES} or a sequence of betas, "
+                             f"got {schedule!r}")
+        return {"linear": linear_betas, "cosine": cosine_betas, "log-snr": log_snr_betas}[schedule](num_steps)
     betas = check_betas(schedule)
     if len(betas) != num_steps:
         raise ValueError(f"betas has {len(betas)} values but num_steps is {num_steps}")
