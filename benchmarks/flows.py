@@ -145,9 +145,8 @@ def long_flow(args, name: str, train: torch.Tensor, valid: torch.Tensor, test: t
     """Train the long ``name`` (settings ``cfg``, by default :data:`LONG`'s) in ``args.runs / name`` for at most
     ``args.max_minutes`` this call, continuing what earlier calls trained. ``train`` holds integer levels (fresh
     noise every epoch), ``valid`` and ``test`` dequantized rows, or the integer levels where :func:`scores_levels`
-    says so. Once
-    the planned epochs are done (or with ``args.evaluate``) evaluate on ``test``: bits/dim, sample grids, sample
-    quality. Returns the report's row."""
+    says so. Once the planned epochs are done (or with ``args.evaluate``) evaluate on ``test``: bits/dim, sample
+    grids, sample quality. Returns the report's row."""
     cfg = cfg or LONG[name]
     run = LongRun(args.runs / name, cfg)
     flow = None if name == "pixelcnn" else MODELS[cfg.get("flow", name)](784, **cfg["model"])
