@@ -181,6 +181,16 @@ CLAIMS: dict[str, list[tuple[str, str]]] = {
         ("0.00), as the Gibbs", r"(?m)^RBM \(PCD\) +(?:-?[\d.]+ +){5}([\d.]+) "),
         ("-109.68 against", r"(?m)^VAE decoder +(-[\d.]+) "),
         ("-109.86; both", r"IWAE on those rows (-[\d.]+)"),
+        # the long runs' weights, loaded (grey digits)
+        ("27.0 for the DCGAN", r"(?m)^DCGAN +([\d.]+) "),
+        ("81.1 for the EBM", r"(?m)^deep EBM +([\d.]+) "),
+        ("117.4 for the Glow", r"(?m)^Glow +([\d.]+) "),
+        ("4.9 for real digits", r"(?m)^real +([\d.]+) "),
+        ("0.14 of its", r"(?m)^DCGAN +(?:-?[\d.]+ +){4}([\d.]+) "),
+        ("0.88: after", r"(?m)^DCGAN +(?:-?[\d.]+ +){3}([\d.]+) "),
+        ("0.11) and its recall", r"(?m)^real +(?:-?[\d.]+ +){4}([\d.]+) "),
+        ("1.405 bits per pixel", r"(?m)^Glow +(?:-?[\d.]+ +){5}([\d.]+) "),
+        ("7.957 bits per pixel", r"(?m)^deep EBM +(?:-?[\d.]+ +){5}([\d.]+) "),
     ],
     "normalizing_flows": [
         ("2.532 bits/dim after training", r"test: -[\d.]+ nats per image \(a lower bound on log P\(x\)\), ([\d.]+) bits/dim"),
