@@ -39,43 +39,40 @@ def test_the_glow_scores_test_digits_as_a_trained_flow():
     assert bits == pytest.approx(1.43, abs=0.1)
 
 
-def _grey(split: str, rows: int) -> torch.Tensor:
-    return ppgen.load_dataset("digits_grey", split).x[:rows] / 255
+def _against_untrained(build, weights: str, n: int) -> tuple[dict, dict]:
+    """Sample quality of n samples of the model in ``weights`` and of an untrained ``build()``, each against n
+    embedded grey test digits (the floor: n training digits)."""
+    from ppgen.inference.sample_quality import sample_quality
+
+    test, train = (ppgen.load_dataset("digits_grey", split).x[:n] / 255 for split in ("test", "train"))
+    trained = ppgen.load_fitted(build(), WEIGHTS / weights).eval()
+    torch.manual_seed(0)
+    return tuple(sample_quality(model, test, n, reference=train) for model in (trained, build().eval()))
 
 
 def test_the_dcgan_draws_digits_as_a_trained_generator_does():
     """The run's DCGAN scored FID 24.8 on 10,000 samples against MNIST's test digits; an untrained generator's
     noise scores about 900. On 300 samples against 300 embedded test digits (FID's small-sample bias: about 20
-    for real digits at this n, the notebook's floor), a trained generator must land far below the untrained one's,
-    under 120, and draw every digit (its largest class under a quarter of the samples)."""
-    from ppgen.inference.sample_quality import sample_quality
+    for real digits at this n), a trained generator must land far below the untrained one's, under 120, and draw
+    every digit (its largest class under a quarter of the samples)."""
     from ppgen.models.implicit import GAN
 
-    def build():
-        return GAN(784, z_dim=64, architecture="dcgan", channels=64, discriminator_norm="spectral")
-
-    gan = ppgen.load_fitted(build(), WEIGHTS / "dcgan_mnist.pt").eval()
-    torch.manual_seed(0)
-    trained = sample_quality(gan, _grey("test", 300), 300, reference=_grey("train", 300))
-    untrained = sample_quality(build().eval(), _grey("test", 300), 300, reference=_grey("train", 300))
+    trained, untrained = _against_untrained(
+        lambda: GAN(784, z_dim=64, architecture="dcgan", channels=64, discriminator_norm="spectral"),
+        "dcgan_mnist.pt", 300)
     assert trained["fid"] < 120 < 500 < untrained["fid"]
     assert trained["largest_class_share"] < 0.25
 
 
 def test_the_deep_ebm_samples_digits_by_its_langevin_steps():
     """The run's EBM: 100 Langevin steps from uniform noise. An untrained energy leaves the noise about where it
-    started (FID near 900 in the classifier's features); the trained one's 200 samples must score under 300
-    against the embedded test digits (its run: about 100 on 500 samples) and cover most digits (largest class under
+    started (FID near 1,000 in the classifier's features); the trained one's 200 samples must score under 300
+    against the embedded test digits (its run: about 90 on 500 samples) and cover most digits (largest class under
     0.3)."""
-    from ppgen.inference.sample_quality import sample_quality
     from ppgen.models.energy import EBM
 
-    def build():
-        return EBM(784, architecture="conv", channels=16, steps=100, step_size=0.25, noise=0.005)
-
-    ebm = ppgen.load_fitted(build(), WEIGHTS / "ebm_mnist.pt").eval()
-    torch.manual_seed(0)
-    trained = sample_quality(ebm, _grey("test", 200), 200, reference=_grey("train", 200))
-    untrained = sample_quality(build().eval(), _grey("test", 200), 200, reference=_grey("train", 200))
+    trained, untrained = _against_untrained(
+        lambda: EBM(784, architecture="conv", channels=16, steps=100, step_size=0.25, noise=0.005),
+        "ebm_mnist.pt", 200)
     assert trained["fid"] < 300 < 500 < untrained["fid"]
     assert trained["largest_class_share"] < 0.3
