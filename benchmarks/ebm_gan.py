@@ -45,7 +45,7 @@ from ppgen.models.implicit import GAN, AdversarialObjective
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flow_vae import train_for  # noqa: E402  (epochs within a time budget, resuming so Adam's state carries)
-from long_run import budgeted_epochs  # noqa: E402  (the epochs of one call within its time budget)
+from long_run import budgeted_epochs, save_grid  # noqa: E402  (epochs within a call's budget; sample grids)
 
 PRESETS = {"cpu": {"hidden": 500, "test_rows": 1000, "ais_temperatures": 3000},
            "gpu": {"hidden": 500, "test_rows": 10000, "ais_temperatures": 14500}}
@@ -130,17 +130,6 @@ def long_rbm(args, name, train, valid, test) -> dict:
                   "sample_quality": sample_quality(rbm, test.x, 1000, reference=valid.x)}
     write_json_atomic(evaluation, result_path)
     return {**row, **evaluation}
-
-
-def save_grid(images: torch.Tensor, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = int(len(images) ** 0.5)
-    grid = images[: n * n].reshape(n, n, 28, 28).permute(0, 2, 1, 3).reshape(n * 28, n * 28)
-    plt.imsave(path, grid.cpu().numpy(), cmap="gray_r")
 
 
 # The long image models on greyscale MNIST, each in its run folder like the RBM's. "model" and "objective"
