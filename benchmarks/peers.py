@@ -40,8 +40,9 @@ Differences that remain (normflows allows no closer build):
   channels, ppgen does not); ``realnvp-masked`` is ppgen's default, the paper's, whose network sees the full
   image with zeros in the moved half (twice the convolutions' work), against the same peer.
 - Factored-out parts and the top: both a fixed standard normal here (``nf.distributions.DiagGaussian(...,
-  trainable=False)``; normflows' example learns a class-conditional Gaussian per level). Which half is factored
-  out differs (ppgen: the first channels, normflows: the second), which a fixed N(0, I) makes immaterial.
+  trainable=False)``; normflows' example learns a class-conditional Gaussian per level). Both factor out the
+  second half of the channels, the one the level's last coupling moved (ppgen's ``factor_out="second"``, its
+  default since 2026-12-07; the first half, ppgen's before, had its RealNVP 0.24 bits/dim behind per step).
 - Pre-processing: the same logit with alpha = 0.05 (``nf.transforms.Logit(0.05)`` on [0, 1]).
 - Diffusion U-Nets: the peer has two residual blocks per level (ppgen: ``num_blocks=2`` to match), a 7x7 input
   conv, linear attention at every finer level and full attention at the coarsest and the middle; ppgen has
@@ -88,6 +89,9 @@ PRESETS = {"glow": dict(levels=2, steps=4, hidden=32, blocks=1),
            "realnvp": dict(num_scales=2, hidden=32, blocks=1, checkerboard="packed"),  # normflows' split
            "realnvp-masked": dict(num_scales=2, hidden=32, blocks=1),  # the paper's (ppgen's default)
            "diffusion": dict(num_steps=200, channels=16, multipliers=(1, 2, 2))}
+# ppgen's flows as they were before 2026-12-07, factoring out the half the level's last coupling did not move
+PRESETS["realnvp-first"] = {**PRESETS["realnvp"], "factor_out": "first"}
+PRESETS["glow-first"] = {**PRESETS["glow"], "factor_out": "first"}
 
 
 # --- normflows -------------------------------------------------------------------------------------------------
@@ -279,7 +283,7 @@ def per_step_curves(pair: str, train: torch.Tensor, test: torch.Tensor, args) ->
     y, per_dim, every = dequantize(test[: args.test_rows], seed=0), 1 / (D * math.log(2)), max(1, args.per_step // 4)
     curves = {}
     for seed in args.seeds:
-        for lib in ("ppgen", "peer"):
+        for lib in ("ppgen",) if args.ppgen_only else ("ppgen", "peer"):
             torch.manual_seed(0)
             model = build(pair)[0] if lib == "ppgen" else build_peer(pair)
             log_prob = model.log_prob if lib == "ppgen" else functools.partial(nf_log_prob, model)
@@ -343,13 +347,13 @@ def evaluate(pair: str, ours, peer, test: torch.Tensor, reference: torch.Tensor,
 def build_peer(pair: str) -> nf.MultiscaleFlow:
     """The normflows flow of a flow pair."""
     cfg = PRESETS[pair]
-    return nf_glow(cfg["levels"], cfg["steps"], cfg["hidden"]) if pair == "glow" else nf_realnvp(cfg["hidden"])
+    return nf_glow(cfg["levels"], cfg["steps"], cfg["hidden"]) if pair.startswith("glow") else nf_realnvp(cfg["hidden"])
 
 
 def build(pair: str):
     """ppgen's model and the peer, of the closest sizes."""
     cfg = PRESETS[pair]
-    if pair == "glow":
+    if pair.startswith("glow"):
         return Glow(D, **cfg), build_peer(pair)
     if pair.startswith("realnvp"):
         return RealNVP(D, **cfg), build_peer(pair)
@@ -402,6 +406,7 @@ def main() -> None:
     parser.add_argument("--per-step", type=int, default=0, help="flows: instead of the timed runs, learning per "
                         "step: both trained this many steps by one plain loop on the same batches, per seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="--per-step: the seeds")
+    parser.add_argument("--ppgen-only", action="store_true", help="--per-step: train ppgen's flows only")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="default: results/peers.json "
                         "(results/peers_per_step.json with --per-step)")

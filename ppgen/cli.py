@@ -263,9 +263,12 @@ def train_run(model_name: str, data: str, out: Path, *, root=None, options=None,
     check_estimator(model_name, model, fit_config)
     evaluation_budget(model_name, model, **(budget or {}))  # refused now, not after training
     out.mkdir(parents=True, exist_ok=True)
-    # the options given, and with them every default a user could set (so that a later default does not change the run)
+    # the options given, and with them the command's defaults and the arguments whose default has changed (the
+    # model's legacy_arguments), so that a later default does not change the run
     known = model_options(model_name)
-    arguments = {**{k: v for k, v in MODELS[model_name][1].items() if k in known}, **(options or {})}
+    arguments = {**{k: v for k, v in MODELS[model_name][1].items() if k in known},
+                 **{k: model.init_arguments[k] for k in model.legacy_arguments if k in model.init_arguments},
+                 **(options or {})}
     config = {"model": model_name, "options": options or {}, "arguments": arguments,
               "data": str(data), "root": str(root) if root else None,
               "x_dim": model.x_dim, **{k: v for k, v in dataclasses.asdict(fit_config).items() if k in RECORDED}}
@@ -387,6 +390,9 @@ def load_run(run: Path, device="cpu") -> tuple[torch.nn.Module, dict]:
     if missing:
         raise ValueError(f"{config_path} lacks {', '.join(map(repr, missing))}: it was not written by `ppgen train`")
     arguments = config.get("arguments", config["options"])  # folders before "arguments": options over the defaults
+    # an argument added since the folder was written: the value models built before behaved as
+    legacy = getattr(MODELS[config["model"]][0], "legacy_arguments", {}) if config["model"] in MODELS else {}
+    arguments = {**legacy, **arguments}
     try:
         check_options(config["model"], config["options"])
         check_options(config["model"], arguments)

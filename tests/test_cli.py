@@ -733,3 +733,19 @@ def test_train_by_default_stops_at_its_time_budget_and_says_how_to_go_on(tmp_pat
     assert main(argv + ["--resume", "--epochs", "2"]) == 0  # --epochs alone: no time limit
     assert not json.loads((run / "config.json").read_text())["out_of_time"]
     assert json.loads((run / "history.json").read_text())["train_elbo"].__len__() == 2
+
+
+def test_a_run_folder_records_a_changed_default_and_an_older_one_is_read_as_built(tmp_path, monkeypatch):
+    """A glow run records factor_out (its default changed from "first" to "second" on 2026-12-07), so a later
+    default cannot change the run; a folder written before, without it, is rebuilt as its model was built
+    (factor_out="first", Glow's legacy_arguments), not with today's default."""
+    monkeypatch.setattr(ppgen.cli, "load_dataset", few_rows)
+    run = tmp_path / "glow"
+    argv = ["train", "glow", "--data", "digits_grey", "--out", str(run), "--epochs", "1", "--batch-size", "32",
+            "--num-samples", "4", "--quality-samples", "0", "-o", "hidden=4", "-o", "steps=1"]
+    assert main(argv) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["arguments"]["factor_out"] == "second" and load_run(run)[0].factor_out == "second"
+    del config["arguments"]["factor_out"]  # as written before the argument
+    (run / "config.json").write_text(json.dumps(config))
+    assert load_run(run)[0].factor_out == "first"

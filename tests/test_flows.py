@@ -74,7 +74,11 @@ def small_flows(num_levels=None):
         "realnvp": perturb(RealNVP(16, shape=(1, 4, 4), num_scales=2, hidden=8, blocks=1, num_levels=num_levels), 0.2),
         "realnvp-packed": perturb(RealNVP(16, shape=(1, 4, 4), num_scales=2, hidden=8, blocks=1, num_levels=num_levels,
                                           checkerboard="packed"), 0.2),
+        "realnvp-first": perturb(RealNVP(16, shape=(1, 4, 4), num_scales=2, hidden=8, blocks=1, num_levels=num_levels,
+                                         factor_out="first"), 0.2),
         "glow": perturb(Glow(16, shape=(1, 4, 4), levels=2, steps=2, hidden=8, blocks=1, num_levels=num_levels), 0.2),
+        "glow-first": perturb(Glow(16, shape=(1, 4, 4), levels=2, steps=2, hidden=8, blocks=1, num_levels=num_levels,
+                                   factor_out="first"), 0.2),
         "glow-additive": perturb(Glow(16, shape=(1, 4, 4), levels=1, steps=2, hidden=8, affine=False,
                                       num_levels=num_levels), 0.2),
         "maf": perturb(MAF(16, transforms=2, hidden=16, num_levels=num_levels)),
@@ -90,6 +94,28 @@ def test_whole_flows_logdet_and_inverse(float64):
         assert torch.allclose(flow.decode(z), x, atol=1e-5), name
         expected = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1) + logdet
         assert torch.allclose(flow.log_prob(x), expected), name
+
+
+@pytest.mark.parametrize("flow_class", [RealNVP, Glow])
+def test_the_factored_out_half_is_the_one_the_last_coupling_moved(flow_class):
+    """After level 1, half the channels go straight to the latent (its first 8 of 16 numbers here). The default,
+    factor_out="second", factors out the half that level's last coupling moved (Dinh et al.; Kingma & Dhariwal):
+    changing that coupling's network changes them and not the half level 2 goes on with. factor_out="first"
+    factors out the half that only conditioned it: the change leaves it as it was, and reaches the latent through
+    level 2."""
+    x = dequantize(torch.randint(0, 256, (4, 16)).double()).float()
+    kwargs = dict(shape=(1, 4, 4), hidden=8, blocks=1, **({"num_scales": 2} if flow_class is RealNVP else
+                                                          {"levels": 2, "steps": 2}))
+    for factor_out, moves in (("second", True), ("first", False)):
+        flow = perturb(flow_class(16, factor_out=factor_out, **kwargs), 0.2)
+        before = flow.encode(x)
+        last_coupling = [layer for layer in flow.levels[0] if isinstance(layer, Coupling)][-1]
+        perturb(last_coupling.net, 0.5)
+        after = flow.encode(x)
+        assert (after[:, :8] - before[:, :8]).abs().max() > 1e-3 if moves else torch.equal(after[:, :8], before[:, :8])
+        assert torch.equal(after[:, 8:], before[:, 8:]) == moves  # the other half goes on through level 2
+    with pytest.raises(ValueError, match="factor_out must be 'first' or 'second', got 'last'"):
+        flow_class(16, factor_out="last", **kwargs)
 
 
 @pytest.mark.parametrize("name", ["realnvp", "realnvp-packed", "glow", "glow-additive", "maf", "nsf"])

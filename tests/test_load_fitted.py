@@ -70,3 +70,27 @@ def test_an_exported_run_loads_as_the_run_does_and_half_precision_rounds_each_pa
     assert sizes["half.pt"] < sizes["full.pt"] < sizes["checkpoint.pt"]
     with pytest.raises(ValueError, match="written by a fit of Glow, not of MAF"):
         load_fitted(ppgen.MAF(4, transforms=1, hidden=4), half)
+
+
+def test_a_checkpoint_from_before_an_argument_counts_as_built_with_its_legacy_value(tmp_path):
+    """Glow's factor_out came after checkpoints were written that factored out the first half; such a checkpoint
+    (its recorded arguments without factor_out) must not load or resume into today's default, which would read
+    its parameters with the other latent layout, but must into a model built with factor_out="first"."""
+    from ppgen.inference.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+
+    two_levels = dict(shape=(1, 4, 4), levels=2, steps=1, hidden=4, blocks=1, num_levels=None, seed=1)
+    x = torch.randn(64, 16) + 3.0
+    fitted = ppgen.Glow(16, factor_out="first", **two_levels)
+    fit(fitted, x, epochs=1, checkpoint_dir=tmp_path, **SETTINGS)
+    payload = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    for key in ("model_arguments", "model_legacy_arguments"):  # as a checkpoint written before them
+        payload["config"][key].pop("factor_out")
+    save_checkpoint(payload, tmp_path / CHECKPOINT_NAME)
+    with pytest.raises(ValueError, match="with factor_out='first', this one has factor_out='second'"):
+        load_fitted(ppgen.Glow(16, **two_levels), tmp_path)
+    with pytest.raises(ValueError, match="cannot resume .* factor_out='first', this model has factor_out='second'"):
+        fit(ppgen.Glow(16, **two_levels), x, epochs=2, checkpoint_dir=tmp_path, resume=True, **SETTINGS)
+    loaded = load_fitted(ppgen.Glow(16, factor_out="first", **two_levels), tmp_path)
+    assert torch.equal(loaded.log_prob(x[:8]), fitted.log_prob(x[:8]))
+    fit(ppgen.Glow(16, factor_out="first", **two_levels), x, epochs=2, checkpoint_dir=tmp_path, resume=True,
+        **SETTINGS)

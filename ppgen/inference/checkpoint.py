@@ -13,6 +13,7 @@ import pickle
 import secrets
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "ppgen-checkpoint-3"
 # the fingerprint's keys for the model's configuration, compared by name and skipped where a checkpoint
 # lacks them (one written before they were recorded)
-MODEL_KEYS = ("model_arguments", "model_buffers", "objective_arguments")
+MODEL_KEYS = ("model_arguments", "model_legacy_arguments", "model_buffers", "objective_arguments")
 
 
 def _replace_atomically(path: str | os.PathLike, write, mode: str) -> Path:
@@ -127,7 +128,7 @@ def load_fitted(model, checkpoint_dir: str | os.PathLike, *, averaged: bool = Tr
     config, name = payload.get("config", {}), type(model).__name__
     if config.get("model") not in (None, name):
         raise ValueError(f"{path} was written by a fit of {config['model']}, not of {name}")
-    differing = _differing_argument(config.get("model_arguments"), dict(model.init_arguments))
+    differing = _differing_argument(config.get("model_arguments"), dict(model.init_arguments), model.legacy_arguments)
     if differing is not None:
         key, before, now = differing
         raise ValueError(f"{path} was written by a {name} with {key}={before!r}, this one has {key}={now!r}")
@@ -258,8 +259,10 @@ class Checkpointer:
 
     ``config`` is the run's fingerprint; a resume must match it. Its keys ``model_arguments`` (the
     model's ``init_arguments``), ``model_buffers`` (digests of the buffers that are configuration) and
-    ``objective_arguments`` (the objective's ``init_arguments``) are compared by name; a checkpoint without them (written before they were recorded) is not
-    refused for their sake, and one without ``buffers`` or ``objective`` restores none.
+    ``objective_arguments`` (the objective's ``init_arguments``) are compared by name; a checkpoint without
+    them (written before they were recorded) is not refused for their sake, and one without ``buffers`` or
+    ``objective`` restores none. A model argument a checkpoint does not record counts as written with its
+    value in ``model_legacy_arguments`` (the model's ``legacy_arguments``), if there.
     """
 
     def __init__(self, path: Path | None, params: dict[str, torch.Tensor], optimizers: dict, config: dict,
@@ -360,7 +363,7 @@ class Checkpointer:
         replaces what it sets), holds other configuration buffers, or was trained by an objective with other
         settings; absent on either side: unknown."""
         before, now = written.get("model_arguments"), self.config.get("model_arguments")
-        differing = _differing_argument(before, now)
+        differing = _differing_argument(before, now, self.config.get("model_legacy_arguments"))
         if differing is not None:
             name, was, value = differing
             raise ValueError(f"cannot resume from {self.path}: it was written with {name}={was!r}, "
@@ -386,11 +389,15 @@ class Checkpointer:
             _copy_into(self.buffers, saved, f"checkpoint {self.path} buffer")
 
 
-def _differing_argument(written: dict | None, now: dict | None) -> tuple[str, Any, Any] | None:
+def _differing_argument(written: dict | None, now: dict | None,
+                        legacy: Mapping[str, Any] | None = None) -> tuple[str, Any, Any] | None:
     """The first constructor argument (name, written, now) on which a checkpoint's model and this one differ,
-    ``seed`` aside (the checkpoint replaces what it sets); None where they agree or either is unknown."""
+    ``seed`` aside (the checkpoint replaces what it sets); None where they agree or either is unknown. An
+    argument the checkpoint does not record counts as written with its value in ``legacy`` (the model class's
+    ``legacy_arguments``: arguments added later, and what models built before behaved as), else as unknown."""
     if written is None or now is None:
         return None
+    written = {**(legacy or {}), **written}
     return next(((name, written[name], value) for name, value in now.items()
                  if name != "seed" and name in written and written[name] != value), None)
 

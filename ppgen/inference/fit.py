@@ -193,6 +193,7 @@ class Trainer:
                        "model_buffers": configuration}
         if gm is not None:  # a plain Pyro function has no constructor arguments
             fingerprint["model_arguments"] = dict(gm.init_arguments)
+            fingerprint["model_legacy_arguments"] = dict(gm.legacy_arguments)
         fingerprint["objective_arguments"] = dict(self.objective.init_arguments)
         settings = {"lr": 1.0 if self.optimizer_name == "lbfgs" else config.lr, "weight_decay": config.weight_decay,
                     "epochs": config.epochs, "patience": config.patience, "ema": config.ema}

@@ -136,6 +136,11 @@ class GenerativeModel(PyroModule):
         those with a JSON form (a network passed in is left out). ``fit`` refuses to resume a
         checkpoint written by a model built with other arguments (``seed`` aside: it sets only the
         initial parameters and seeded buffers, which the checkpoint replaces).
+    legacy_arguments : Mapping[str, Any], default empty
+        Constructor arguments added after checkpoints of the class were written, each with the value
+        a model built before it behaved as: a checkpoint that does not record one is compared as if
+        written with it, so ``fit`` and ``load_fitted`` refuse to put its parameters into a model built
+        with the new default (read-only).
     ``default_objective(program, num_particles, precision)``
         The objective ``fit(elbo="auto")`` trains with, or None for the one the core picks.
     ``estimate_log_likelihood(x, *, num_samples, seed, **options) -> LikelihoodEstimate``
@@ -158,6 +163,7 @@ class GenerativeModel(PyroModule):
     num_levels: int | None = None
     y_dim: int | None = None
     init_arguments: Mapping[str, Any] = types.MappingProxyType({})  # a model built by GenerativeModel.__init__ alone
+    legacy_arguments: ClassVar[Mapping[str, Any]] = types.MappingProxyType({})
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

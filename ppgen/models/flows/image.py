@@ -17,19 +17,31 @@ __all__ = ["MultiScaleFlow", "RealNVP", "Glow"]
 class MultiScaleFlow(Flow):
     """Levels of invertible layers on (C, H, W) images; after every level but the last, half the
     channels are factored out (they go straight to the latent, Gaussian), and the next level
-    works on the other half (Dinh et al. 2017, Sec. 3.6). Subclasses fill ``self.levels``."""
+    works on the other half (Dinh et al. 2017, Sec. 3.6). Subclasses fill ``self.levels``.
 
-    def __init__(self, x_dim: int, shape=None, num_levels: int | None = 256, alpha: float = 1e-6):
+    ``factor_out`` says which half: ``"second"`` (the default), the channels the level's last
+    coupling moved, as Dinh et al. and Kingma & Dhariwal factor out; ``"first"``, the half that
+    only conditioned it, is what ppgen did before 2026-12-07 (0.3 bits/dim worse after 800 steps in
+    ``benchmarks/RESULTS.md``); checkpoints written then load only into a model built with it."""
+
+    legacy_arguments = {"factor_out": "first"}
+
+    def __init__(self, x_dim: int, shape=None, num_levels: int | None = 256, alpha: float = 1e-6,
+                 factor_out: str = "second"):
         super().__init__(x_dim, num_levels, alpha)
+        if factor_out not in ("first", "second"):
+            raise ValueError(f"factor_out must be 'first' or 'second', got {factor_out!r}")
+        self.factor_out = factor_out
         self.shape = image_shape_of(x_dim, shape)
         self.levels = nn.ModuleList()
         self._latent_shapes: list[tuple[int, int, int]] = []  # factored-out parts, then the last level's output
 
-    def add_level(self, layers: Sequence[Bijection], out_shape: tuple[int, int, int], factor_out: bool) -> tuple:
-        """Append a level whose layers map to ``out_shape``; returns the shape the next level sees."""
+    def add_level(self, layers: Sequence[Bijection], out_shape: tuple[int, int, int], split: bool) -> tuple:
+        """Append a level whose layers map to ``out_shape``, half of whose channels are factored out after it
+        if ``split``; returns the shape the next level sees."""
         self.levels.append(nn.ModuleList(layers))
         c, h, w = out_shape
-        if not factor_out:
+        if not split:
             self._latent_shapes.append(out_shape)
             return out_shape
         if c < 2:
@@ -45,11 +57,16 @@ class MultiScaleFlow(Flow):
                 h, more = layer(h)
                 logdet = logdet + more
             if i < len(self.levels) - 1:
-                k = self._latent_shapes[i][0]
-                parts.append(h[:, :k].flatten(1))
-                h = h[:, k:]
+                factored, h = self._split(h, self._latent_shapes[i][0])
+                parts.append(factored.flatten(1))
         parts.append(h.flatten(1))
         return torch.cat(parts, 1), logdet
+
+    def _split(self, h, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the k factored-out channels of h, the rest)."""
+        if self.factor_out == "first":
+            return h[:, :k], h[:, k:]
+        return h[:, h.shape[1] - k:], h[:, :h.shape[1] - k]
 
     def untransform(self, z):
         sizes = [c * h * w for c, h, w in self._latent_shapes]
@@ -57,7 +74,7 @@ class MultiScaleFlow(Flow):
         h = parts[-1]
         for i in reversed(range(len(self.levels))):
             if i < len(self.levels) - 1:
-                h = torch.cat([parts[i], h], 1)
+                h = torch.cat([parts[i], h] if self.factor_out == "first" else [h, parts[i]], 1)
             for layer in reversed(self.levels[i]):
                 h = layer.inverse(h)
         return h.reshape(z.shape[0], -1)
@@ -69,7 +86,8 @@ class RealNVP(MultiScaleFlow):
     Generative story: :math:`z \sim \mathcal{N}(0, I_D)`, :math:`x = f^{-1}(z)`, where f is the
     logit pre-processing followed by ``num_scales`` scales. Each scale but the last is three
     checkerboard couplings (alternating masks), a squeeze (C, H, W) -> (4C, H/2, W/2), three
-    channel couplings, and factoring out half the channels; the last scale is four checkerboard
+    channel couplings, and factoring out the half of the channels the last of them moved
+    (``factor_out``, see :class:`MultiScaleFlow`); the last scale is four checkerboard
     couplings. Each coupling is :math:`z_b = x_b e^{s(x_a)} + t(x_a)` with s, t from a
     convolutional residual network (``blocks`` blocks of width ``hidden``); log p(x) is exact by
     the change of variables. Parameters: the coupling networks and per-channel scales
@@ -98,8 +116,8 @@ class RealNVP(MultiScaleFlow):
 
     def __init__(self, x_dim: int = 784, shape: Sequence[int] | None = None, num_scales: int = 2,
                  hidden: int = 64, blocks: int = 2, num_levels: int | None = 256, alpha: float = 0.05,
-                 checkerboard: str = "masked"):
-        super().__init__(x_dim, shape, num_levels, alpha)
+                 checkerboard: str = "masked", factor_out: str = "second"):
+        super().__init__(x_dim, shape, num_levels, alpha, factor_out)
         positive_int(num_scales, "num_scales"), positive_int(hidden, "hidden"), positive_int(blocks, "blocks")
         if checkerboard not in ("masked", "packed"):
             raise ValueError(f"checkerboard must be 'masked' or 'packed', got {checkerboard!r}")
@@ -118,10 +136,10 @@ class RealNVP(MultiScaleFlow):
             layers = boards(3, w) + [Squeeze()]
             c, h, w = 4 * c, h // 2, w // 2
             layers += [Coupling(c, ("channel", "channel_flipped")[i % 2], hidden, blocks) for i in range(3)]
-            c, h, w = self.add_level(layers, (c, h, w), factor_out=True)
+            c, h, w = self.add_level(layers, (c, h, w), split=True)
             if h < 1 or w < 1:
                 raise ValueError(f"{num_scales} scales squeeze {self.shape} below one pixel")
-        self.add_level(boards(4, w), (c, h, w), factor_out=False)
+        self.add_level(boards(4, w), (c, h, w), split=False)
 
     def extra_repr(self) -> str:
         return (f"shape={self.shape}, num_scales={self.num_scales}, hidden={self.hidden}, blocks={self.blocks}"
@@ -137,7 +155,8 @@ class Glow(MultiScaleFlow):
     first batch to zero mean and unit variance), an invertible 1x1 convolution in LU form
     (log|det| = H W sum log|diag U|), and an affine or additive coupling over half the
     channels (network: ``blocks`` residual blocks of width ``hidden``, last layer zero-
-    initialised); every level but the last factors out half the channels.
+    initialised); every level but the last factors out the half of the channels its last coupling
+    moved (``factor_out``, see :class:`MultiScaleFlow`).
 
     Differences from the paper: the factored-out halves have a standard normal prior (Glow
     learns a conditional one), and the coupling scale is tanh-bounded rather than a sigmoid.
@@ -154,8 +173,8 @@ class Glow(MultiScaleFlow):
 
     def __init__(self, x_dim: int = 784, shape: Sequence[int] | None = None, levels: int = 2, steps: int = 4,
                  hidden: int = 64, blocks: int = 1, affine: bool = True, num_levels: int | None = 256,
-                 alpha: float = 0.05):
-        super().__init__(x_dim, shape, num_levels, alpha)
+                 alpha: float = 0.05, factor_out: str = "second"):
+        super().__init__(x_dim, shape, num_levels, alpha, factor_out)
         for value, name in ((levels, "levels"), (steps, "steps"), (hidden, "hidden"), (blocks, "blocks")):
             positive_int(value, name)
         self.num_flow_levels, self.steps, self.hidden, self.blocks, self.affine = levels, steps, hidden, blocks, affine
@@ -167,7 +186,7 @@ class Glow(MultiScaleFlow):
             layers: list[Bijection] = [Squeeze()]
             for step in range(steps):
                 layers += [ActNorm(c), InvertibleConv1x1(c), Coupling(c, "channel", hidden, blocks, affine)]
-            c, h, w = self.add_level(layers, (c, h, w), factor_out=level < levels - 1)
+            c, h, w = self.add_level(layers, (c, h, w), split=level < levels - 1)
 
     def extra_repr(self) -> str:
         return (f"shape={self.shape}, levels={self.num_flow_levels}, steps={self.steps}, hidden={self.hidden}, "
