@@ -451,6 +451,15 @@ CLAIMS: dict[str, list[tuple[str, str]]] = {
     ],
     "diffusion": [
         ("280,177 parameters", r"([\d,]+) parameters, all in the noise predictor"),
+        # the long run's section: its bound, and its DDIM samples' scores beside the floor
+        ("1.358 ± 0.023 bits/dim, against", r"50 strata: ([\d.]+) ±"),
+        ("0.023 bits/dim, against", r"50 strata: [\d.]+ ± ([\d.]+) bits/dim"),
+        ("1.358 bits/dim** (200", r"50 strata: ([\d.]+) ±"),
+        ("124.7 against a floor", r"DDIM samples against 200 test digits: FID ([\d.]+)"),
+        ("22.7 for 200 real digits", r"\(real vs real ([\d.]+)\)"),
+        ("0.40 (real", r"precision ([\d.]+) \("),
+        ("0.93) and recall", r"precision [\d.]+ \(([\d.]+)\)"),
+        ("0.78 (0.92)", r"recall ([\d.]+) \("),
         ("325 s of it training", r"FitResult\(GaussianDiffusion, .* ([\d.]+) s on cpu\)"),
         ("2.65 and 4.27", r"t = 100: .* variance ([\d.]+) s\.e\."),
         ("4.27 standard errors", r"t =\s+1: .* variance ([\d.]+) s\.e\."),
