@@ -69,7 +69,7 @@ RBM_LONG["rbm-long"] = {**RBM_LONG["rbm"], "epochs": 1000, "weight_decay": 10.0,
 # "rbm-cd25" fine-tunes the finished rbm-long ("init_from": its parameters at the start) by CD-25, the training of
 # Salakhutdinov & Murray's -86.3 RBM, at rbm-long's late learning rates: 25 Gibbs sweeps from each data row
 # see further than one sweep of the persistent chains, at 25 times the cost (about 55 s an epoch on one core).
-RBM_LONG["rbm-cd25"] = {**RBM_LONG["rbm-long"], "k": 25, "persistent": False, "lr": 1e-4, "epochs": 40,
+RBM_LONG["rbm-cd25"] = {**RBM_LONG["rbm-long"], "k": 25, "persistent": False, "lr": 1e-4, "epochs": 30,
                         "eval_every": 5, "init_from": "rbm-long"}
 
 
