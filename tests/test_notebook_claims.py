@@ -142,6 +142,14 @@ CLAIMS: dict[str, list[tuple[str, str]]] = {
         ("7.6).", r"(?m)^one Gaussian\s+-?[\d.]+\s+[\d.]+\s+-?[\d.]+\s+([\d.]+)"),
     ],
     "energy_models_and_gans": [
+        # the long RBM, loaded from tutorials/weights
+        ("-86.25 nats (the standard", r"test digits: log-likelihood (-[\d.]+) nats"),
+        ("0.25, over the rows 0.52", r"s\.e\. of log Z ([\d.]+)"),
+        ("0.52), beside", r"over the rows ([\d.]+)\)"),
+        ("1.18 nats (-93.72", r"\(([\d.]+) wide\)"),
+        ("-93.72 .. -92.55", r"RAISE (-[\d.]+) \.\."),
+        ("-92.55), so", r"\.\. AIS (-[\d.]+) nats"),
+        ("-179.45) and better", r"(?m)^RBM \(PCD\)\s+(-[\d.]+)"),
         ("0.501 nats at 10 temperatures", r"(?m)^ +10 temperatures: mean error .*spread \(sd\) ([\d.]+)"),
         ("0.448 at 30", r"(?m)^ +30 temperatures: mean error .*spread \(sd\) ([\d.]+)"),
         ("15 of 20 runs land below", r"(?m)^ +10 temperatures: mean error .*, (\d+) of 20 runs below"),
