@@ -66,11 +66,6 @@ RBM_LONG = {"rbm": {"hidden": 500, "k": 1, "persistent": True, "lr": 1e-3, "epoc
                     "raise_rows": 20, "raise_chains": 5}}
 RBM_LONG["rbm-long"] = {**RBM_LONG["rbm"], "epochs": 1000, "weight_decay": 10.0, "eval_every": 25,
                         "raise_chains": 25}
-# "rbm-cd25" fine-tunes the finished rbm-long ("init_from": its parameters at the start) by CD-25, the training of
-# Salakhutdinov & Murray's -86.3 RBM, at rbm-long's late learning rates: 25 Gibbs sweeps from each data row
-# see further than one sweep of the persistent chains, at 25 times the cost (about 55 s an epoch on one core).
-RBM_LONG["rbm-cd25"] = {**RBM_LONG["rbm-long"], "k": 25, "persistent": False, "lr": 1e-4, "epochs": 30,
-                        "eval_every": 5, "init_from": "rbm-long"}
 
 
 def rbm_lr(epoch: int, epochs: int, lr: float) -> float:
@@ -88,15 +83,6 @@ def long_rbm(args, name, train, valid, test) -> dict:
     curve_path = run / "curve.json"
     curve = json.loads(curve_path.read_text()) if curve_path.exists() else {"config": cfg, "epochs": []}
     rbm = RBM(784, hidden=cfg["hidden"])
-    if "init_from" in cfg and not curve["epochs"]:  # a fine-tuning run starts from another run's final parameters
-        source = args.runs / cfg["init_from"]
-        source_curve = source / "curve.json"
-        finished = source_curve.exists() and len(json.loads(source_curve.read_text())["epochs"]) >= \
-            RBM_LONG[cfg["init_from"]]["epochs"]
-        if not finished:
-            raise SystemExit(f"{name} fine-tunes the finished {cfg['init_from']} run; {source} has not finished: "
-                             f"train it first (--models {cfg['init_from']})")
-        ppgen.load_fitted(rbm, source / "checkpoint")
     base = base_visible_bias(train.x, 784)
     settings = dict(batch_size=cfg["batch_size"], device=args.device, seed=0, checkpoint_dir=run / "checkpoint",
                     progress=False, convergence_tol=None, weight_decay=cfg.get("weight_decay", 0.0),

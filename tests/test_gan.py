@@ -252,30 +252,3 @@ def test_a_resumed_long_run_continues_its_curve_and_evaluates_at_the_end(name, t
         # the samples shown are decoder means at seeded prior draws: the same means twice
         vae = bench.build_long("vae", cfg)[0]
         assert torch.equal(bench.shown(vae, 5, 0), bench.shown(vae, 5, 0))
-
-
-def test_a_fine_tuning_rbm_run_waits_for_its_source_and_starts_from_its_parameters(tmp_path, monkeypatch):
-    """An RBM_LONG entry with "init_from" (rbm-cd25) refuses to start before the run it fine-tunes has finished, then
-    starts from that run's parameters: at a learning rate of 1e-12 its first epoch leaves them where they were."""
-    import argparse
-
-    from ppgen import load_dataset, load_fitted
-    from ppgen.models.energy import RBM
-
-    bench = _ebm_gan_benchmark()
-    tiny = {"hidden": 8, "k": 1, "persistent": True, "lr": 1e-3, "epochs": 1, "batch_size": 50, "eval_every": 1,
-            "curve_temperatures": 5, "ais_temperatures": 10, "ais_chains": 2, "raise_rows": 2, "raise_chains": 2}
-    monkeypatch.setattr(bench, "RBM_LONG", {"source": tiny, "tuned": {**tiny, "k": 3, "persistent": False,
-                                                                      "lr": 1e-12, "init_from": "source"}})
-    monkeypatch.setattr(bench, "sample_quality", lambda *a, **k: {})  # 1,000 samples of 1,000 sweeps: not the point
-    digits = {s: load_dataset("digits", s) for s in ("train", "valid", "test")}
-    args = argparse.Namespace(runs=tmp_path, device="cpu", max_minutes=10.0, evaluate=False)
-    with pytest.raises(SystemExit, match="tuned fine-tunes the finished source run"):
-        bench.long_rbm(args, "tuned", digits["train"], digits["valid"], digits["test"])
-    assert bench.long_rbm(args, "source", digits["train"], digits["valid"], digits["test"])["status"] == "complete"
-    tuned = bench.long_rbm(args, "tuned", digits["train"], digits["valid"], digits["test"])
-    assert tuned["status"] == "complete" and math.isfinite(tuned["log_likelihood"])
-    source, after = (load_fitted(RBM(784, hidden=8), tmp_path / name / "checkpoint") for name in ("source", "tuned"))
-    fresh = RBM(784, hidden=8)
-    for a, b, c in zip(source.parameters(), after.parameters(), fresh.parameters()):
-        assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a, c, atol=1e-3)
