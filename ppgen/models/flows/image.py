@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
 
 import torch
@@ -21,10 +22,10 @@ class MultiScaleFlow(Flow):
 
     ``factor_out`` says which half: ``"second"`` (the default), the channels the level's last
     coupling moved, as Dinh et al. and Kingma & Dhariwal factor out; ``"first"``, the half that
-    only conditioned it, is what ppgen did before 2026-12-07 (0.3 bits/dim worse after 800 steps in
-    ``benchmarks/RESULTS.md``); checkpoints written then load only into a model built with it."""
+    only conditioned it, is what ppgen did before 2026-12-07 (0.22-0.31 bits/dim worse over 800 steps
+    in ``benchmarks/RESULTS.md``); checkpoints written then load only into a model built with it."""
 
-    legacy_arguments = {"factor_out": "first"}
+    legacy_arguments = types.MappingProxyType({"factor_out": "first"})
 
     def __init__(self, x_dim: int, shape=None, num_levels: int | None = 256, alpha: float = 1e-6,
                  factor_out: str = "second"):
@@ -67,6 +68,9 @@ class MultiScaleFlow(Flow):
         if self.factor_out == "first":
             return h[:, :k], h[:, k:]
         return h[:, h.shape[1] - k:], h[:, :h.shape[1] - k]
+
+    def _factor_out_repr(self) -> str:
+        return "" if self.factor_out == "second" else f", factor_out={self.factor_out!r}"
 
     def untransform(self, z):
         sizes = [c * h * w for c, h, w in self._latent_shapes]
@@ -143,7 +147,7 @@ class RealNVP(MultiScaleFlow):
 
     def extra_repr(self) -> str:
         return (f"shape={self.shape}, num_scales={self.num_scales}, hidden={self.hidden}, blocks={self.blocks}"
-                + (", checkerboard='packed'" if self.checkerboard == "packed" else ""))
+                + (", checkerboard='packed'" if self.checkerboard == "packed" else "") + self._factor_out_repr())
 
 
 class Glow(MultiScaleFlow):
@@ -190,4 +194,4 @@ class Glow(MultiScaleFlow):
 
     def extra_repr(self) -> str:
         return (f"shape={self.shape}, levels={self.num_flow_levels}, steps={self.steps}, hidden={self.hidden}, "
-                f"affine={self.affine}")
+                f"affine={self.affine}" + self._factor_out_repr())
