@@ -42,7 +42,7 @@ Differences that remain (normflows allows no closer build):
 - Factored-out parts and the top: both a fixed standard normal here (``nf.distributions.DiagGaussian(...,
   trainable=False)``; normflows' example learns a class-conditional Gaussian per level). Both factor out the
   second half of the channels, the one the level's last coupling moved (ppgen's ``factor_out="second"``, its
-  default since 2026-12-07; the first half, ppgen's before, had its RealNVP 0.24 bits/dim behind per step).
+  default since 2026-12-07; with the first half, ppgen's before, its RealNVP was 0.22-0.31 bits/dim behind per step).
 - Pre-processing: the same logit with alpha = 0.05 (``nf.transforms.Logit(0.05)`` on [0, 1]).
 - Diffusion U-Nets: the peer has two residual blocks per level (ppgen: ``num_blocks=2`` to match), a 7x7 input
   conv, linear attention at every finer level and full attention at the coarsest and the middle; ppgen has
