@@ -148,27 +148,15 @@ PUBLISHED_LONG["gaussian-plain"] = PUBLISHED_LONG["gaussian"]
 
 @torch.no_grad()
 def bound_estimate(model, x: torch.Tensor, draws: int, *, seed: int = 0, batch_size: int = 500) -> torch.Tensor:
-    """The negative ELBO per row of ``x`` (nats, float64), estimated without bias from ``draws`` of the T steps:
-    L_T + sum_k (T / K) L_{t_k - 1}, one step t_k drawn uniformly from each of K = ``draws`` equal strata of
-    1..T (K must divide T), each with one draw of x_t. With K = T it is the bound itself, every term summed
-    (``model.nll_bound``); fewer draws cost T / K times less and add their own noise to the rows' spread."""
-    T = model.num_steps
-    if T % draws:
-        raise ValueError(f"draws={draws} must divide the number of steps T={T}")
+    """The negative ELBO per row of ``x`` (nats, float64) in evaluation mode, from ``draws`` steps per row, one
+    from each of ``draws`` equal strata of 1..T (``model.nll_bound(strata=draws)``, unbiased; ``draws`` = T: every
+    term summed), in batches of ``batch_size`` rows that share one seeded stream of draws."""
     training = model.training
     model.eval()
-    generator = torch.Generator().manual_seed(seed)
-    out = []
-    for rows in x.split(batch_size):
-        x0 = model.to_chain(model.check_data(rows))
-        total = model.prior_term(x0).double()
-        width = T // draws
-        for k in range(draws):
-            t = k * width + 1 + torch.randint(width, (len(x0),), generator=generator)
-            total += width * model.step_term(x0, t, model.step_draw(x0, t, generator)).double()
-        out.append(total)
+    generator = torch.Generator(x.device).manual_seed(seed)
+    bound = torch.cat([model.nll_bound(rows, strata=draws, seed=generator) for rows in x.split(batch_size)])
     model.train(training)
-    return torch.cat(out)
+    return bound
 
 
 @torch.no_grad()

@@ -241,6 +241,26 @@ def test_binary_bound_estimate_is_unbiased_for_the_enumerated_terms():
     assert abs(train.mean().item() - exact) < 4.5 * train.std().item() / math.sqrt(n)
 
 
+def test_the_bound_from_a_few_strata_of_steps_is_the_full_bound_in_expectation():
+    torch.manual_seed(0)
+    model = BinaryDiffusion(6, num_steps=8, hidden=(16,))
+    for p in model.parameters():  # a network far from its zero-initialised start, so that steps' terms differ
+        p.data.normal_(0, 0.5)
+    x = (torch.rand(4, 6, generator=torch.Generator().manual_seed(1)) < 0.5).float().repeat(100, 1)  # 4 rows x 100
+    few = torch.stack([model.nll_bound(x, seed=s, strata=2) for s in range(10)]).view(-1, 100, 4)
+    full = torch.stack([model.nll_bound(x, seed=s) for s in range(10)]).view(-1, 100, 4)
+    for row in range(4):  # per row: two estimators of the same expectation, 1,000 draws each
+        a, b = few[..., row].flatten(), full[..., row].flatten()
+        stderr = math.sqrt(a.var().item() / len(a) + b.var().item() / len(b))
+        assert abs(a.mean().item() - b.mean().item()) < 4 * stderr  # 4 standard errors: a false alarm in 1 of 15,000
+    assert few.var(dim=(0, 1)).mean() > full.var(dim=(0, 1)).mean()  # the price of 4x fewer network passes
+    result = ppgen.log_likelihood(model, x[:40], strata=4, batch_size=40)  # the estimator's option, through the API
+    assert result.values.shape == (40,) and result.method == "elbo"
+    for bad in (3, 9, 0):
+        with pytest.raises(ValueError, match="strata"):
+            model.nll_bound(x, strata=bad)
+
+
 def _log_weights(model, x, particles):
     """log p(x, x_{1:T}) - log q(x_{1:T} | x) of each particle, (particles, N), drawn at once under an
     outer plate as Pyro's vectorize_particles does."""

@@ -255,7 +255,7 @@ def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_si
         ``progress(done, total)``.
     **options
         Settings of the model's own estimator (an RBM's or a GAN's ``num_temperatures``, a
-        diffusion model's ``batch_size``), or of AIS over a decoder's latents (``num_temperatures``,
+        diffusion model's ``batch_size`` and ``strata``), or of AIS over a decoder's latents (``num_temperatures``,
         ``leapfrog``, ``step_size``); ``"exact"`` and ``"iwae"`` take none.
 
     Examples

@@ -158,29 +158,46 @@ class DiffusionModel(GenerativeModel):
         return self.prior_term(x0) + self.num_steps * self.step_term(x0, t, self.step_draw(x0, t))
 
     @torch.no_grad()
-    def nll_bound(self, x: torch.Tensor, *, seed: int | None = 0,
+    def nll_bound(self, x: torch.Tensor, *, seed: int | torch.Generator | None = 0, strata: int | None = None,
                   progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """The negative ELBO per row in nats with all T terms summed, L_T + L_{T-1} + ... + L_0
-        (one draw of x_t for each, from a generator seeded with ``seed``): an upper bound on
-        -log p(x) in expectation, shape (N,), float64. ``progress(t, T)`` is called after each
-        step t, when given."""
+        """The negative ELBO per row in nats, L_T + L_{T-1} + ... + L_0, each term from one draw of x_t: an
+        upper bound on -log p(x) in expectation, shape (N,), float64.
+
+        With ``strata=K`` (K must divide T) it costs T / K times less: the steps 1..T are cut into K equal
+        strata, one step t_k is drawn uniformly from each (per row) and its term weighted by the stratum's
+        width T / K. The estimate stays unbiased for the sum of all T terms, at the price of the noise of
+        the draws of t. ``seed`` seeds the draws (an int), continues a generator's stream (a
+        ``torch.Generator`` on the rows' device, as when scoring rows in batches), or takes the global RNG
+        (None). ``progress(t, T)`` is called after each term, t counting the steps covered so far.
+        """
         x0 = self.to_chain(self.check_data(x))
-        generator = None if seed is None else torch.Generator(x0.device).manual_seed(seed)
+        T = self.num_steps
+        if strata is not None and (positive_int(strata, "strata") > T or T % strata):
+            raise ValueError(f"strata={strata} must divide the number of steps T={T}")
+        width = 1 if strata is None else T // strata
+        if isinstance(seed, torch.Generator):
+            generator = seed
+        else:
+            generator = None if seed is None else torch.Generator(x0.device).manual_seed(seed)
         total = self.prior_term(x0).double()
-        for t in range(1, self.num_steps + 1):
-            steps = self._steps(t, len(x0), x0.device)
-            total += self.step_term(x0, steps, self.step_draw(x0, steps, generator)).double()
+        for k in range(T // width):
+            if strata is None:
+                steps = self._steps(k + 1, len(x0), x0.device)
+            else:
+                steps = k * width + 1 + torch.randint(width, (len(x0),), generator=generator, device=x0.device)
+            total += width * self.step_term(x0, steps, self.step_draw(x0, steps, generator)).double()
             if progress is not None:
-                progress(t, self.num_steps)
+                progress((k + 1) * width, T)
         return total
 
     @torch.no_grad()
     def estimate_log_likelihood(self, x: torch.Tensor, *, num_samples: int | None = None, seed: int = 0,
-                                batch_size: int = 500, repeats: int = 1,
+                                batch_size: int = 500, repeats: int = 1, strata: int | None = None,
                                 progress: Callable[[int, int], None] | None = None) -> LikelihoodEstimate:
         """The ELBO per row (a lower bound on log p(x), nats) with all T terms summed, each from one
         draw of x_t, averaged over ``repeats`` draws: what ``ppgen.log_likelihood`` reports
-        (``method="elbo"``).
+        (``method="elbo"``). ``strata=K`` estimates the sum from K drawn steps per row instead of all T,
+        without bias and T / K times faster (see :meth:`nll_bound`).
 
         ``stderr`` is the standard error of the mean of ``values`` over the rows: their standard
         deviation over rows divided by sqrt(N) (``stderr_over_rows``). Each value is one independent draw of its row's
@@ -203,7 +220,8 @@ class DiffusionModel(GenerativeModel):
                 done = self.num_steps * (k * len(batches) + i)  # the steps before this batch's
                 step = None if progress is None else lambda t, _: progress(done + t, total)
                 start = i * batch_size
-                values[start:start + len(rows)] -= self.nll_bound(rows, seed=seed + 1000 * k + i, progress=step).cpu()
+                values[start:start + len(rows)] -= self.nll_bound(rows, seed=seed + 1000 * k + i, strata=strata,
+                                                                  progress=step).cpu()
         values /= repeats
         stderr = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("inf")
         return LikelihoodEstimate(values, stderr, method="elbo", num_samples=repeats, stderr_over_rows=True)
