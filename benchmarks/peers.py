@@ -279,7 +279,8 @@ def per_step_curves(pair: str, train: torch.Tensor, test: torch.Tensor, args) ->
     """Learning per step, apart from speed: ppgen's flow and the peer, each initialised from ``torch.manual_seed(0)``,
     trained by the same plain Adam loop on the same batches and noise (seed s: batches of ``args.batch`` rows and
     their uniform noise from one generator), test bits/dim every ``args.per_step // 4`` steps; a run whose loss
-    turns non-finite stops there (its last entry NaN)."""
+    turns non-finite stops there (its last entry NaN). A run that finishes has its ``args.samples`` samples scored
+    against the test rows (``quality``: FID etc.; the same draws of z for both, ``torch.manual_seed(0)``)."""
     y, per_dim, every = dequantize(test[: args.test_rows], seed=0), 1 / (D * math.log(2)), max(1, args.per_step // 4)
     curves = {}
     for seed in args.seeds:
@@ -303,7 +304,21 @@ def per_step_curves(pair: str, train: torch.Tensor, test: torch.Tensor, args) ->
                         curve.append((step, -torch.cat([log_prob(b) for b in y.split(500)]).mean().item() * per_dim))
             curves[f"{lib}/seed{seed}"] = curve
             print(pair, lib, seed, [(s, round(b, 3)) for s, b in curve], flush=True)
+            if math.isfinite(curve[-1][1]):
+                curves[f"{lib}/seed{seed}/quality"] = quality = sample_quality(
+                    draw(model, lib, args.samples), test, args.samples, grey=True, reference=train[-args.samples:])
+                print(pair, lib, seed, {k: v for k, v in quality.items() if k != "real_vs_real"}, flush=True)
     return curves
+
+
+@torch.no_grad()
+def draw(flow, lib: str, n: int) -> torch.Tensor:
+    """``n`` samples of a flow pair's model as levels 0..255, from ``torch.manual_seed(0)``."""
+    torch.manual_seed(0)
+    if lib == "peer":
+        return nf_samples(flow, n)
+    drawn = torch.cat([flow.sample(min(250, n - i)) for i in range(0, n, 250)])
+    return drawn.nan_to_num(0.0).floor().clamp(0, LEVELS - 1)
 
 
 # --- evaluation ----------------------------------------------------------------------------------------------
@@ -334,11 +349,7 @@ def evaluate(pair: str, ours, peer, test: torch.Tensor, reference: torch.Tensor,
             out["ppgen"] = {"bits_per_dim": ppgen.log_likelihood(ours, y).bits_per_dim}
             out["peer"] = {"bits_per_dim": -torch.cat([nf_log_prob(peer, b) for b in y.split(500)]).mean().item()
                            * per_dim}
-            torch.manual_seed(0)
-            ours_drawn = torch.cat([ours.sample(min(250, n - i)) for i in range(0, n, 250)])
-            ours_drawn = ours_drawn.nan_to_num(0.0).floor().clamp(0, LEVELS - 1)
-            torch.manual_seed(0)
-            peer_drawn = nf_samples(peer, n)
+            ours_drawn, peer_drawn = draw(ours, "ppgen", n), draw(peer, "peer", n)
     for name, drawn in (("ppgen", ours_drawn), ("peer", peer_drawn)):
         out[name]["quality"] = sample_quality(drawn.round(), test, n, grey=True, reference=reference[-n:])
     return out
