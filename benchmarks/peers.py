@@ -33,8 +33,10 @@ Differences that remain (normflows allows no closer build):
   conv; normflows' ``ConvNet2d`` is given the same layers ([3, 3, 1, 3], ReLUs between) but has no residual
   connection. (``GlowBlock`` fixes its network to 3x3, 1x1, 3x3, one 3x3 fewer than ppgen's, so the Glow steps
   are assembled from GlowBlock's own three flows instead.)
-- Coupling scales: ppgen's are ``scale * tanh(raw)``; normflows' Glow uses a sigmoid scale (its default), its
-  RealNVP couplings ``exp(raw)`` (``scale_map="exp"``, the RealNVP paper's).
+- Coupling scales: ppgen's Glow has its paper's code's sigmoid(raw + 2), on the way to z (``scale_map="sigmoid"``,
+  its default since 2026-12-07; the ``glow-tanh`` pair has the tanh-bounded scale before it), normflows' Glow a
+  sigmoid on the way to x (its default; this direction diverged in ppgen's); ppgen's RealNVP ``scale *
+  tanh(raw)``, normflows' ``exp(raw)`` (``scale_map="exp"``, the RealNVP paper's).
 - Checkerboard couplings: the ``realnvp`` pair's use ``checkerboard="packed"``, normflows' split into two
   half-width images (H, W/2), the network seeing the kept half only (normflows also alternates the board across
   channels, ppgen does not); ``realnvp-masked`` is ppgen's default, the paper's, whose network sees the full
@@ -89,9 +91,11 @@ PRESETS = {"glow": dict(levels=2, steps=4, hidden=32, blocks=1),
            "realnvp": dict(num_scales=2, hidden=32, blocks=1, checkerboard="packed"),  # normflows' split
            "realnvp-masked": dict(num_scales=2, hidden=32, blocks=1),  # the paper's (ppgen's default)
            "diffusion": dict(num_steps=200, channels=16, multipliers=(1, 2, 2))}
-# ppgen's flows as they were before 2026-12-07, factoring out the half the level's last coupling did not move
+# ppgen's flows as they were before 2026-12-07: factoring out the half the level's last coupling did not move, and
+# Glow's coupling scales bounded by tanh (glow-tanh: the tanh alone)
 PRESETS["realnvp-first"] = {**PRESETS["realnvp"], "factor_out": "first"}
-PRESETS["glow-first"] = {**PRESETS["glow"], "factor_out": "first"}
+PRESETS["glow-tanh"] = {**PRESETS["glow"], "scale_map": "tanh"}
+PRESETS["glow-first"] = {**PRESETS["glow-tanh"], "factor_out": "first"}
 
 
 # --- normflows -------------------------------------------------------------------------------------------------
@@ -400,7 +404,8 @@ def table(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--pairs", nargs="+", choices=list(PRESETS), default=list(PRESETS))
+    parser.add_argument("--pairs", nargs="+", choices=list(PRESETS), default=["glow", "realnvp", "realnvp-masked",
+                                                                              "diffusion"])
     parser.add_argument("--minutes", type=float, default=5.0, help="training minutes of each ppgen model; its peer "
                         "gets the CPU seconds it used")
     parser.add_argument("--batch", type=int, default=64)

@@ -736,9 +736,9 @@ def test_train_by_default_stops_at_its_time_budget_and_says_how_to_go_on(tmp_pat
 
 
 def test_a_run_folder_records_a_changed_default_and_an_older_one_is_read_as_built(tmp_path, monkeypatch):
-    """A glow run records factor_out (its default changed from "first" to "second" on 2026-12-07), so a later
-    default cannot change the run; a folder written before, without it, is rebuilt as its model was built
-    (factor_out="first", Glow's legacy_arguments), not with today's default."""
+    """A glow run records factor_out and scale_map (their defaults changed on 2026-12-07), so a later default
+    cannot change the run; a folder written before, without them, is rebuilt as its model was built
+    (factor_out="first", scale_map="tanh": Glow's legacy_arguments), not with today's defaults."""
     monkeypatch.setattr(ppgen.cli, "load_dataset", few_rows)
     run = tmp_path / "glow"
     argv = ["train", "glow", "--data", "digits_grey", "--out", str(run), "--epochs", "1", "--batch-size", "32",
@@ -746,6 +746,12 @@ def test_a_run_folder_records_a_changed_default_and_an_older_one_is_read_as_buil
     assert main(argv) == 0
     config = json.loads((run / "config.json").read_text())
     assert config["arguments"]["factor_out"] == "second" and load_run(run)[0].factor_out == "second"
-    del config["arguments"]["factor_out"]  # as written before the argument
-    (run / "config.json").write_text(json.dumps(config))
-    assert load_run(run)[0].factor_out == "first"
+    assert config["arguments"]["scale_map"] == "sigmoid" and load_run(run)[0].scale_map == "sigmoid"
+    old = tmp_path / "old"  # a run of the model as it was built before the arguments, its folder as then written
+    assert main([*argv[:5], str(old), *argv[6:], "-o", "factor_out=first", "-o", "scale_map=tanh"]) == 0
+    config = json.loads((old / "config.json").read_text())
+    for key in ("arguments", "options"):
+        del config[key]["factor_out"], config[key]["scale_map"]
+    (old / "config.json").write_text(json.dumps(config))
+    model = load_run(old)[0]  # its weights load: no scale parameters were lost or added
+    assert (model.factor_out, model.scale_map) == ("first", "tanh")

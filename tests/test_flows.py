@@ -52,6 +52,8 @@ def image_layers():
            for affine in (True, False)},
         **{f"coupling-{mask}-packed": perturb(Coupling(4, mask, 8, 1, packed=True), 0.3)
            for mask in ("checkerboard", "checkerboard_flipped")},
+        **{f"coupling-{mask}-sigmoid": perturb(Coupling(4, mask, 8, 1, scale_map="sigmoid"), 0.3)
+           for mask in ("checkerboard", "channel_flipped")},
     }
 
 
@@ -79,6 +81,8 @@ def small_flows(num_levels=None):
         "glow": perturb(Glow(16, shape=(1, 4, 4), levels=2, steps=2, hidden=8, blocks=1, num_levels=num_levels), 0.2),
         "glow-first": perturb(Glow(16, shape=(1, 4, 4), levels=2, steps=2, hidden=8, blocks=1, num_levels=num_levels,
                                    factor_out="first"), 0.2),
+        "glow-tanh": perturb(Glow(16, shape=(1, 4, 4), levels=2, steps=2, hidden=8, blocks=1, num_levels=num_levels,
+                                  scale_map="tanh"), 0.2),
         "glow-additive": perturb(Glow(16, shape=(1, 4, 4), levels=1, steps=2, hidden=8, affine=False,
                                       num_levels=num_levels), 0.2),
         "maf": perturb(MAF(16, transforms=2, hidden=16, num_levels=num_levels)),
@@ -118,7 +122,23 @@ def test_the_factored_out_half_is_the_one_the_last_coupling_moved(flow_class):
         flow_class(16, factor_out="last", **kwargs)
 
 
-@pytest.mark.parametrize("name", ["realnvp", "realnvp-packed", "glow", "glow-additive", "maf", "nsf"])
+def test_glow_s_coupling_scale_is_the_paper_s_sigmoid_and_tanh_is_the_legacy():
+    """Glow's code scales the moved half by sigmoid(h + 2) on the way to z, a log-scale of log sigmoid(2) = -0.127 at
+    the zero-initialised start; RealNVP's tanh-bounded scale (ppgen's Glow before 2026-12-07) starts at 0."""
+    x = torch.randn(3, 4, 2, 2)
+    for scale_map, start in (("sigmoid", math.log(1 / (1 + math.exp(-2)))), ("tanh", 0.0)):
+        coupling = Coupling(4, "channel", 8, 1, scale_map=scale_map)  # its last layer zero-initialised
+        assert torch.allclose(coupling(x)[1], torch.full((3,), 8 * start)), scale_map  # 8 moved numbers
+        assert (coupling.scale is None) == (scale_map == "sigmoid")  # the sigmoid has no learnt bound
+    assert Glow(16, shape=(1, 4, 4), levels=1, steps=1, hidden=4).scale_map == "sigmoid"
+    assert dict(Glow.legacy_arguments) == {"factor_out": "first", "scale_map": "tanh"}
+    with pytest.raises(ValueError, match="scale_map must be one of .*'tanh', 'sigmoid'.*, got 'exp'"):
+        Glow(16, shape=(1, 4, 4), levels=1, steps=1, hidden=4, scale_map="exp")
+    with pytest.raises(ValueError, match="scale_map must be one of"):
+        Coupling(4, "channel", scale_map="softplus")
+
+
+@pytest.mark.parametrize("name", ["realnvp", "realnvp-packed", "glow", "glow-tanh", "glow-additive", "maf", "nsf"])
 def test_a_flow_moved_to_float64_scores_inverts_and_samples_in_float64(name):
     flow = small_flows(256)[name]  # built in float32, the default dtype here
     flow64 = copy.deepcopy(flow).double()

@@ -73,24 +73,28 @@ def test_an_exported_run_loads_as_the_run_does_and_half_precision_rounds_each_pa
 
 
 def test_a_checkpoint_from_before_an_argument_counts_as_built_with_its_legacy_value(tmp_path):
-    """Glow's factor_out came after checkpoints were written that factored out the first half; such a checkpoint
-    (its recorded arguments without factor_out) must not load or resume into today's default, which would read
-    its parameters with the other latent layout, but must into a model built with factor_out="first"."""
+    """Glow's factor_out and scale_map came after checkpoints were written that factored out the first half and
+    bounded their scales by tanh; such a checkpoint (its recorded arguments without them) must not load or resume
+    into today's defaults, which would read its parameters with another latent layout or another scale, but must
+    into a model built with factor_out="first", scale_map="tanh"."""
     from ppgen.inference.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 
     two_levels = dict(shape=(1, 4, 4), levels=2, steps=1, hidden=4, blocks=1, num_levels=None, seed=1)
+    legacy = dict(factor_out="first", scale_map="tanh")
     x = torch.randn(64, 16) + 3.0
-    fitted = ppgen.Glow(16, factor_out="first", **two_levels)
+    fitted = ppgen.Glow(16, **legacy, **two_levels)
     fit(fitted, x, epochs=1, checkpoint_dir=tmp_path, **SETTINGS)
     payload = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     for key in ("model_arguments", "model_legacy_arguments"):  # as a checkpoint written before them
-        payload["config"][key].pop("factor_out")
+        for name in legacy:
+            payload["config"][key].pop(name)
     save_checkpoint(payload, tmp_path / CHECKPOINT_NAME)
     with pytest.raises(ValueError, match="with factor_out='first', this one has factor_out='second'"):
         load_fitted(ppgen.Glow(16, **two_levels), tmp_path)
+    with pytest.raises(ValueError, match="with scale_map='tanh', this one has scale_map='sigmoid'"):
+        load_fitted(ppgen.Glow(16, factor_out="first", **two_levels), tmp_path)
     with pytest.raises(ValueError, match="cannot resume .* factor_out='first', this model has factor_out='second'"):
         fit(ppgen.Glow(16, **two_levels), x, epochs=2, checkpoint_dir=tmp_path, resume=True, **SETTINGS)
-    loaded = load_fitted(ppgen.Glow(16, factor_out="first", **two_levels), tmp_path)
+    loaded = load_fitted(ppgen.Glow(16, **legacy, **two_levels), tmp_path)
     assert torch.equal(loaded.log_prob(x[:8]), fitted.log_prob(x[:8]))
-    fit(ppgen.Glow(16, factor_out="first", **two_levels), x, epochs=2, checkpoint_dir=tmp_path, resume=True,
-        **SETTINGS)
+    fit(ppgen.Glow(16, **legacy, **two_levels), x, epochs=2, checkpoint_dir=tmp_path, resume=True, **SETTINGS)

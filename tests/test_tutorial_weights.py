@@ -33,8 +33,8 @@ def test_the_glow_scores_test_digits_as_a_trained_flow():
     embedded test digits (MNIST's own test images) must come out near the latter, within 0.1 for 200 rows (their
     bits/dim spread across rows is about 0.2, so 200 rows leave a standard error near 0.015; the rest is the
     difference between the two sets of digits)."""
-    glow = ppgen.load_fitted(ppgen.Glow(784, levels=2, steps=8, hidden=64, blocks=1, factor_out="first"),
-                              WEIGHTS / "glow_mnist.pt")
+    glow = ppgen.load_fitted(ppgen.Glow(784, levels=2, steps=8, hidden=64, blocks=1, factor_out="first",
+                                        scale_map="tanh"), WEIGHTS / "glow_mnist.pt")
     x = dequantize(ppgen.load_dataset("digits_grey", "test").x[:200], seed=0)
     with torch.no_grad():
         bits = -glow.eval().log_prob(x).mean().item() / (784 * math.log(2))

@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Bijection", "ActNorm", "InvertibleConv1x1", "Coupling", "Squeeze", "ResNet", "MASKS"]
+__all__ = ["Bijection", "ActNorm", "InvertibleConv1x1", "Coupling", "Squeeze", "ResNet", "MASKS", "SCALE_MAPS"]
 
 MASKS = ("checkerboard", "checkerboard_flipped", "channel", "channel_flipped")
+SCALE_MAPS = ("tanh", "sigmoid")
 
 
 class Bijection(nn.Module):
@@ -152,8 +153,10 @@ class Coupling(Bijection):
         z_a = x_a, \qquad z_b = x_b \odot e^{s(x_a)} + t(x_a), \qquad
         \log|\det| = \textstyle\sum s(x_a),
 
-    with :math:`s = \sigma \tanh(\cdot)` (a learnt scale per channel keeps the scales bounded,
-    as in RealNVP) and :math:`s = 0` for ``affine=False`` (NICE/Glow's additive coupling).
+    with :math:`s = \sigma \tanh(\cdot)` (``scale_map="tanh"``: a learnt scale per channel keeps the
+    scales bounded, as in RealNVP), :math:`s = \log \mathrm{sigmoid}(\cdot + 2)` (``"sigmoid"``: Glow's
+    code, which only contracts x_b on the way to z, 0.88 at the zero-initialised start) and
+    :math:`s = 0` for ``affine=False`` (NICE/Glow's additive coupling).
 
     Parameters
     ----------
@@ -163,6 +166,8 @@ class Coupling(Bijection):
     hidden, blocks : int
         Width and residual blocks of the coupling network.
     affine : bool
+    scale_map : {"tanh", "sigmoid"}
+        How the network's raw output becomes the log-scale s (above).
     packed : bool
         For a checkerboard: the network sees only the kept pixels, packed row by row into a half-width
         image (C, H, W / 2), and moves the others packed the same way (normflows' checkerboard split), at
@@ -171,15 +176,17 @@ class Coupling(Bijection):
     """
 
     def __init__(self, channels: int, mask: str, hidden: int = 64, blocks: int = 2, affine: bool = True,
-                 packed: bool = False):
+                 packed: bool = False, scale_map: str = "tanh"):
         super().__init__()
         if mask not in MASKS:
             raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
+        if scale_map not in SCALE_MAPS:
+            raise ValueError(f"scale_map must be one of {SCALE_MAPS}, got {scale_map!r}")
         if mask.startswith("channel") and channels < 2:
             raise ValueError(f"a channel mask needs at least 2 channels, got {channels}")
         if packed and mask.startswith("channel"):
             raise ValueError(f"packed applies to checkerboard masks, not to {mask!r}")
-        self.mask, self.affine, self.packed = mask, affine, packed
+        self.mask, self.affine, self.packed, self.scale_map = mask, affine, packed, scale_map
         self.split = channels // 2
         if mask.startswith("channel"):
             n_in, n_out = (self.split, channels - self.split)
@@ -188,13 +195,15 @@ class Coupling(Bijection):
         else:
             n_in, n_out = channels, channels
         self.net = ResNet(n_in, n_out * (2 if affine else 1), hidden, blocks)
-        self.scale = nn.Parameter(torch.ones(1, n_out, 1, 1)) if affine else None
+        self.scale = nn.Parameter(torch.ones(1, n_out, 1, 1)) if affine and scale_map == "tanh" else None
 
     def _shift_scale(self, x_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.net(x_a)
         if not self.affine:
             return out, torch.zeros_like(out)
         shift, raw = out.chunk(2, dim=1)
+        if self.scale_map == "sigmoid":
+            return shift, F.logsigmoid(raw + 2)
         return shift, self.scale * torch.tanh(raw)
 
     def _halves(self, x):
@@ -229,7 +238,8 @@ class Coupling(Bijection):
         return z * m + (1 - m) * (z - shift) * torch.exp(-log_scale)
 
     def extra_repr(self) -> str:
-        return f"mask={self.mask!r}, affine={self.affine}" + (", packed=True" if self.packed else "")
+        return (f"mask={self.mask!r}, affine={self.affine}" + (", packed=True" if self.packed else "")
+                + (f", scale_map={self.scale_map!r}" if self.affine and self.scale_map != "tanh" else ""))
 
 
 class Squeeze(Bijection):
