@@ -10,7 +10,7 @@ from torch import nn
 
 from ppgen.checks import image_shape_of, positive_int
 from ppgen.models.flows.base import Flow
-from ppgen.models.flows.layers import SCALE_MAPS, ActNorm, Bijection, Coupling, InvertibleConv1x1, Squeeze
+from ppgen.models.flows.layers import ActNorm, Bijection, Coupling, InvertibleConv1x1, Squeeze
 
 __all__ = ["MultiScaleFlow", "RealNVP", "Glow"]
 
@@ -187,8 +187,6 @@ class Glow(MultiScaleFlow):
         super().__init__(x_dim, shape, num_levels, alpha, factor_out)
         for value, name in ((levels, "levels"), (steps, "steps"), (hidden, "hidden"), (blocks, "blocks")):
             positive_int(value, name)
-        if scale_map not in SCALE_MAPS:
-            raise ValueError(f"scale_map must be one of {SCALE_MAPS}, got {scale_map!r}")
         self.num_flow_levels, self.steps, self.hidden, self.blocks, self.affine = levels, steps, hidden, blocks, affine
         self.scale_map = scale_map
         c, h, w = self.shape
