@@ -623,6 +623,7 @@ def compress_run(run: Path, source: Path, target: Path, *, decompress: bool = Fa
     import numpy as np
 
     from ppgen.compression import compress, decompress as decode, model_nll_bits
+    from ppgen.compression.text import ESCAPE_BITS
 
     model, config = load_run(run)
     if not source.is_file():
@@ -658,6 +659,9 @@ def compress_run(run: Path, source: Path, target: Path, *, decompress: bool = Fa
     if len(x):
         bits, kind = model_nll_bits(model, x)
         line += f"; model {kind} {bits / units:.4f} {per}"
+    if isinstance(x, str) and (unknown := int((model.vocabulary.encode(x, errors="replace") == 0).sum())):
+        line += (f" ({unknown:,} character(s) outside its vocabulary, coded by code point at "
+                 f"{ESCAPE_BITS:.1f} bits each)")
     return line + f"; wrote {target}"
 
 

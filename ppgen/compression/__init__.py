@@ -13,7 +13,7 @@ systems (ANS): a statistician's perspective", 2022):
 - sequence models of text -- :class:`~ppgen.CharNGram`, :class:`~ppgen.CharLSTM`,
   :class:`~ppgen.CharTransformer` and any :class:`~ppgen.models.sequence.SequenceModel` -- by range
   coding every character with its conditional given those before it (:mod:`ppgen.compression.text`):
-  a ``str`` comes back as that ``str``, rows of ids as rows of ids.
+  a ``str`` comes back as that ``str``, whatever characters it holds, rows of ids as rows of ids.
 
 Not supported yet: normalizing flows (bits-back coding through the dequantization, as in
 Ho et al.'s local bits-back), diffusion models (bits-back over the chain of latents, as in Kingma et
@@ -25,8 +25,8 @@ by fingerprint, the image shape, count and dtype, then the coded words. Where th
 would be longer than the array it codes (data unlike the model's training data), :func:`compress`
 stores the values plainly instead (:mod:`ppgen.compression.stored`: 1 bit per pixel), warns, and
 says so in what it returns; the stream is then never longer than the array plus the header. A text
-is stored likewise, each character's id in :math:`\lceil \log_2 V \rceil` bits, where its code
-would be longer than that.
+is stored likewise, each character's id in :math:`\lceil \log_2 V \rceil` bits (and the code point of
+each one outside the vocabulary in 21), where its code would be longer than that.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from ppgen.compression.container import DTYPES, MAX_NDIM, MAX_VALUES, TEXT, Comp
 from ppgen.compression.container import header_error, model_fingerprint, pack, unpack
 from ppgen.compression.exact import decode_exact, encode_exact, float64_copy, min_bits_per_image
 from ppgen.compression.stored import load, store, stored_words, value_bits
-from ppgen.compression.text import check_text_header, decode_rows, encode_rows, ids_digest, text_ids, text_rows
+from ppgen.compression.text import (ESCAPE_BITS, check_text_header, decode_rows, encode_rows, ids_digest, load_text,
+                                    store_text, text_ids, text_rows, with_escapes)
 from ppgen.models.autoregressive._common import AutoregressiveModel
 from ppgen.models.bayesnet import BayesNet
 from ppgen.models.independent import IndependentBernoulli
@@ -160,10 +161,10 @@ def compress(model, x, *, batch_size: int = 500, seed: int = 0, fallback: bool =
     x : Tensor or ndarray (N, ...), or str
         N images of ``model.x_dim`` values each, in any shape and dtype (bool, int, float): 0/1
         pixels, or state indices for a Bayesian network. ``N = 0`` gives a valid empty stream.
-        For a sequence model: a text (``str``, or ``bytes`` of UTF-8) in the model's vocabulary (a
-        character outside it is refused: it would come back as U+FFFD), coded as the rows the model
-        is scored on (consecutive pieces of its length; :func:`~ppgen.compression.text.text_rows`);
-        or rows of ids (N, L) (L at most the model's context), coded as they are.
+        For a sequence model: a text (``str``, or ``bytes`` of UTF-8), coded as the rows the model
+        is scored on (consecutive pieces of its length; :func:`~ppgen.compression.text.text_rows`),
+        a character outside the model's vocabulary as the unknown symbol and then its code point
+        (about 20.1 bits more); or rows of ids (N, L) (L at most the model's context), coded as they are.
     batch_size : int
         Rows per network call. It changes the speed, never the bytes. (A sequence model steps 32
         rows at a time whatever it is: the format fixes it, so that both sides compute alike.)
@@ -312,16 +313,17 @@ def _stored_rows(model, words: np.ndarray, n: int) -> torch.Tensor:
 
 
 def _compress_text(model: SequenceModel, x, fallback: bool = True) -> Compressed:
-    """:func:`compress` with a sequence model: a text (its rows, :func:`text_rows`) or rows of ids, range coded;
-    stored plainly, each id in ceil(log2 V) bits, where that is shorter."""
-    ids, dtype = text_ids(model, x)
+    """:func:`compress` with a sequence model: a text (its rows, :func:`text_rows`, then the code points of its
+    characters outside the vocabulary) or rows of ids, range coded; stored plainly, each id in ceil(log2 V)
+    bits and each code point in 21, where that is shorter."""
+    ids, dtype, escapes = text_ids(model, x)
     count = 1 if dtype == TEXT else len(ids)
     header = Header("text", model_fingerprint(model), tuple(ids.shape[-1:]), count, dtype, PROB_BITS,
-                    data_digest=ids_digest(ids))
-    words = encode_rows(float64_copy(model), text_rows(ids, model.x_dim), PROB_BITS)
+                    data_digest=ids_digest(ids, escapes))
+    words = encode_rows(float64_copy(model), text_rows(ids, model.x_dim), PROB_BITS, escapes)
     coded = pack(header, words)
     bits = value_bits([model.vocab_size])
-    plain = store(ids.view(count, -1).numpy(), bits)
+    plain = store_text(ids.view(count, -1), escapes, bits)
     if len(words) <= len(plain) or not fallback:
         return Compressed(coded, "text", len(coded))
     what = f"{ids.numel():,} characters" if dtype == TEXT else f"{count:,} rows of {ids.shape[1]:,} ids"
@@ -336,35 +338,37 @@ def _compress_text(model: SequenceModel, x, fallback: bool = True) -> Compressed
 def _decompress_text(model: SequenceModel, header: Header, words: np.ndarray) -> torch.Tensor | str:
     """:func:`decompress` with a sequence model: the text (str) or rows of ids (N, L) int64 of ``header``."""
     check_text_header(model, header, len(words))
+    escaped = header.dtype == TEXT
     if header.method == "stored":
-        ids = torch.from_numpy(load(words, header.count, header.shape[0], value_bits([model.vocab_size])))
+        ids, escapes = load_text(words, header.count, header.shape[0], value_bits([model.vocab_size]), escaped)
         if ids.max() >= model.vocab_size:
             raise CompressedFormatError(f"corrupt stream: stored id {int(ids.max())} is not one of the "
                                         f"{model.vocab_size} symbols of {type(model).__name__}")
     else:
         ids = torch.zeros(header.count, header.shape[0], dtype=torch.long)
         try:
-            decode_rows(float64_copy(model), text_rows(ids[0] if header.dtype == TEXT else ids, model.x_dim), words,
-                        header.prob_bits)
+            escapes = decode_rows(float64_copy(model), text_rows(ids[0] if escaped else ids, model.x_dim), words,
+                                  header.prob_bits, escaped)
         except AssertionError as err:  # constriction: words that no encoder of these probabilities writes
             raise CompressedFormatError(f"corrupt stream: the coded data do not decode under this model ({err})") \
                 from None
-    if ids_digest(ids) != header.data_digest:
+    if ids_digest(ids, escapes) != header.data_digest:
         raise CompressedFormatError("the decoded data fail the stream's digest: the decoder's probabilities "
                                     "drifted from the encoder's, or the stream is damaged")
-    return model.vocabulary.decode(ids[0]) if header.dtype == TEXT else ids
+    return with_escapes(model.vocabulary, ids[0], escapes) if escaped else ids
 
 
 @torch.no_grad()
 def model_nll_bits(model, x) -> tuple[float, str]:
     """What the model promises for ``x``, in total bits: -log2 p(x) for exact models (a sequence model: of
-    the rows :func:`compress` codes), the negative ELBO (100 Monte Carlo samples per image) for VAEs.
-    Returns (bits, "NLL" or "-ELBO")."""
+    the rows :func:`compress` codes, plus ``ESCAPE_BITS`` for each character outside its vocabulary), the
+    negative ELBO (100 Monte Carlo samples per image) for VAEs. Returns (bits, "NLL" or "-ELBO")."""
     method = _method(model)
     if method == "text":  # the rows compress codes, each scored in one teacher-forced pass
-        model64, groups = float64_copy(model), text_rows(text_ids(model, x)[0], model.x_dim)
+        ids, _, escapes = text_ids(model, x)
+        model64, groups = float64_copy(model), text_rows(ids, model.x_dim)
         nats = sum(-model64.log_prob(rows).sum().item() for group in groups for rows in group.split(64))
-        return nats / math.log(2), "NLL"
+        return nats / math.log(2) + len(escapes) * ESCAPE_BITS, "NLL"
     _, rows = _rows(model, x)
     model64 = float64_copy(model)
     if method == "range":
