@@ -421,6 +421,17 @@ def _loc_only_guide(x):
     pyro.sample("loc", dist.Normal(0.0, 1.0))
 
 
+def _two_gaussians(enumerate: bool):
+    """A plain Pyro mixture of two unit Gaussians: a prior on the weight and the means, a Bernoulli choice a row."""
+    def two_gaussians(x):
+        w = pyro.sample("w", dist.Beta(2.0, 2.0))
+        locs = pyro.sample("locs", dist.Normal(torch.zeros(2), 5.0).to_event(1))
+        with pyro.plate("rows", len(x)):
+            z = pyro.sample("z", dist.Bernoulli(w), infer={"enumerate": "parallel"} if enumerate else {})
+            pyro.sample("x", dist.Normal(locs[z.long()], 1.0), obs=x)
+    return two_gaussians
+
+
 X6 = torch.bernoulli(torch.full((20, 6), 0.4), generator=torch.Generator().manual_seed(1))
 # check: (the call on a broken story, the message, the same call on a story written right)
 CHECKS = {
@@ -437,6 +448,10 @@ CHECKS = {
     "guided": (_check("guided", _needs_scale, torch.randn(10), "trace", guide=_loc_only_guide),
                "latent site 'scale' of the model is not sampled by the guide and not enumerated",
                _check("guided", _needs_scale, torch.randn(10), "trace", guide="auto_normal")),
+    "guided by an autoguide": (
+        _check("guided", _two_gaussians(False), torch.randn(10), "trace", guide="auto_normal"),
+        "discrete latent site 'z' is not enumerated, and the autoguide 'auto_normal' guides continuous sites only",
+        _check("guided", _two_gaussians(True), torch.randn(10), "enum", guide="auto_normal")),
     "enumerated": (_check("enumerated", _mixed_story, torch.randn(5), "trace", guide=_mixed_guide),
                    "site 'c' is marked for enumeration, which only elbo='enum' (or 'auto') sums out; elbo='trace'",
                    _check("enumerated", _mixed_story, torch.randn(5), "enum", guide=_mixed_guide)),
@@ -464,6 +479,42 @@ def test_each_check_refuses_its_defect_with_its_message_and_passes_the_story_wri
     with pytest.raises(ModelCheckError, match=re.escape(message)):
         broken()
     right()
+
+
+def test_an_autoguide_guides_the_continuous_sites_while_the_discrete_ones_are_summed_out():
+    """Pyro's mixture pattern without the hand-made poutine.block: AutoDelta by name on a story with a Bernoulli
+    choice a row. Its ELBO is then log p(x, w, locs) at the guide's point, z summed out: the closed form; and
+    the point is the MAP that EM with the priors' terms reaches (a second algorithm, in float64)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(150, generator=g) - 2.0, torch.randn(250, generator=g) + 1.5])
+    model = _two_gaussians(True)
+    program = Program(model, "auto_delta")
+    story = program.inspect(x)
+    assert (story.latent, story.enumerated, story.unguided) == (("w", "locs"), ("z",), ())
+    pyro.clear_param_store()
+    result = fit(model, x, guide="auto_delta", epochs=400, batch_size=len(x), lr=0.05, progress=False, seed=0)
+    assert result.estimator == "enum"
+    w, locs = pyro.param("AutoDelta.w").detach().double(), pyro.param("AutoDelta.locs").detach().double()
+
+    def log_joint(w, locs):
+        x64 = x.double()
+        rows = torch.logaddexp(torch.log1p(-w) + dist.Normal(locs[0], 1.0).log_prob(x64),
+                               torch.log(w) + dist.Normal(locs[1], 1.0).log_prob(x64))
+        return rows.sum() + dist.Beta(2.0, 2.0).log_prob(w) + dist.Normal(0.0, 5.0).log_prob(locs).sum()
+
+    # fit reports the ELBO per row of its last step (one batch of all rows): the log joint per row, to float32
+    assert result.train_elbo[-1] == pytest.approx(log_joint(w, locs).item() / len(x), abs=1e-4)
+    em_w, em_locs = torch.tensor(0.5, dtype=torch.float64), torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    for _ in range(500):  # EM for the MAP: responsibilities, then the weighted means and weight with the priors
+        r = torch.sigmoid(torch.log(em_w) - torch.log1p(-em_w) + dist.Normal(em_locs[1], 1.0).log_prob(x.double())
+                          - dist.Normal(em_locs[0], 1.0).log_prob(x.double()))
+        em_w = (r.sum() + 1.0) / (len(x) + 2.0)  # Beta(2, 2)'s mode terms
+        em_locs = torch.stack([((1 - r) * x.double()).sum() / ((1 - r).sum() + 1 / 25),
+                               (r * x.double()).sum() / (r.sum() + 1 / 25)])
+    if locs[0] > locs[1]:  # the components' labels are arbitrary: EM's start put the lower one first
+        w, locs = 1 - w, locs.flip(0)
+    assert w.item() == pytest.approx(em_w.item(), abs=2e-3)
+    assert locs.tolist() == pytest.approx(em_locs.tolist(), abs=5e-3)
 
 
 def test_a_guide_marked_for_enumeration_is_summed_out_not_sampled():

@@ -170,7 +170,9 @@ class Program:
         A ppgen model, or a plain Pyro model function ``model(x[, y])``.
     guide : None, callable or str
         The model's own guide (default, for a ``GenerativeModel``), a guide function or module,
-        or an autoguide name (``"auto_normal"``, ...; see :data:`AUTOGUIDES`).
+        or an autoguide name (``"auto_normal"``, ...; see :data:`AUTOGUIDES`). An autoguide guides
+        the continuous latent sites; the discrete ones are hidden from it and summed out where the
+        model marks them for enumeration (``infer={"enumerate": "parallel"}``), refused otherwise.
     data_plate : str, optional
         The name of the plate over the data rows. By default it is found on the first batch:
         the plate whose size follows the number of rows given.
@@ -197,6 +199,7 @@ class Program:
         if data_plate is not None and not isinstance(data_plate, str):
             raise TypeError(f"data_plate must be a plate name (str), got {type(data_plate).__name__}")
         self.source = model
+        self.autoguide = guide if isinstance(guide, str) else None
         self.model: Callable = model.model if self.generative_model is not None else model
         self.guide_module: torch.nn.Module | None = None
         if guide is None:
@@ -208,7 +211,10 @@ class Program:
         elif isinstance(guide, str):
             if guide not in AUTOGUIDES:
                 raise ValueError(f"unknown autoguide {guide!r}; choices: {', '.join(AUTOGUIDES)}")
-            self.guide_module = AUTOGUIDES[guide](self.model)
+            # an autoguide guides continuous sites only: it is built without the discrete latents,
+            # which the model then sums out where they are marked for enumeration (check_guided
+            # refuses the others), as Pyro's mixture tutorials block them by hand
+            self.guide_module = AUTOGUIDES[guide](poutine.block(self.model, hide_fn=_discrete_latent))
             _forget_stale_params(self.guide_module._pyro_name)
             self.guide = self.guide_module
         elif callable(guide):
@@ -534,6 +540,12 @@ class Program:
     def check_guided(self, story: Inspection, estimator: str) -> None:
         """Refuse, for an ELBO, a latent site of the model that the guide does not sample and that
         is not enumerated: its term would be missing from the ELBO."""
+        if story.unguided and estimator in ELBO_ESTIMATORS and self.autoguide is not None:
+            raise ModelCheckError(
+                f"discrete latent site {story.unguided[0]!r} is not enumerated, and the autoguide "
+                f"{self.autoguide!r} guides continuous sites only: its term would be missing from the ELBO. "
+                "Mark it with infer={'enumerate': 'parallel'} (or pass pyro.infer.config_enumerate(model)) so "
+                "that elbo='auto' sums it out, or pass a guide function that samples it")
         if story.unguided and estimator in ELBO_ESTIMATORS:
             raise ModelCheckError(
                 f"latent site {story.unguided[0]!r} of the model is not sampled by the guide and not enumerated: "
@@ -676,6 +688,16 @@ def check_model(model, x, *, guide=None, data_plate: str | None = None, elbo: st
     if hasattr(x, "check_rows"):
         x = x[torch.arange(min(len(x), 256))]
     return program.validate(x, y, num_rows=num_rows, estimator=elbo, num_particles=num_particles)
+
+
+def _discrete_latent(msg: dict) -> bool:
+    """Whether a Pyro message is a latent sample site with discrete support (what no autoguide guides)."""
+    if msg["type"] != "sample" or msg["is_observed"] or site_is_subsample(msg):
+        return False
+    try:
+        return bool(msg["fn"].support.is_discrete)
+    except NotImplementedError:  # a dependent support: not known to be discrete
+        return False
 
 
 def _forget_stale_params(prefix: str) -> None:
