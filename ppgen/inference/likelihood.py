@@ -447,6 +447,24 @@ def _asked(method: str, resolved: str) -> str:
     return f"method={method!r}" + (f" (here {resolved!r})" if resolved != method else "")
 
 
+def sum_out_enumerated(model_trace, sites: list[dict], keep: tuple[str, ...]) -> torch.Tensor:
+    """The log-density of ``sites`` of a trace run under ``poutine.enum``, with the values of its enumerated
+    sites summed out (``sites`` must hold every one of them), contracted as ``TraceEnum_ELBO`` contracts it
+    (``pyro.ops.contract``): summed over every plate but those named in ``keep``, whose dims remain (a plate
+    of size 1 is packed away)."""
+    model_trace.compute_log_prob()
+    model_trace.pack_tensors()
+    symbols, terms, sum_dims = model_trace.plate_to_symbol, OrderedDict(), set()
+    for site in sites:
+        terms.setdefault(frozenset(symbols[f.name] for f in site["cond_indep_stack"] if f.vectorized), []).append(
+            site["packed"]["log_prob"])
+        if site["infer"].get("_enumerate_symbol") is not None:
+            sum_dims.add(site["infer"]["_enumerate_symbol"])
+    present = {d for ts in terms.values() for t in ts for d in t._pyro_dims}
+    target = frozenset({symbols[name] for name in keep if name in symbols} & present)
+    return packed.unpack(contract_to_tensor(terms, sum_dims, target_ordinal=target), model_trace.symbol_to_dim)
+
+
 def _enumerated_log_weights(program: Program, x, y=None, num_particles: int = 1) -> torch.Tensor:
     r""":meth:`Program.log_weights` with the model's enumerated sites summed out exactly, shape (K, N):
 
@@ -462,21 +480,12 @@ def _enumerated_log_weights(program: Program, x, y=None, num_particles: int = 1)
         guide_trace = poutine.trace(program.guide).get_trace(*args)
         enumerated = poutine.enum(poutine.replay(program.model, trace=guide_trace), first_available_dim=-(nesting + 2))
         model_trace = poutine.trace(enumerated).get_trace(*args)
-    model_trace.compute_log_prob()
-    model_trace.pack_tensors()
-    symbols, terms, sum_dims = model_trace.plate_to_symbol, OrderedDict(), set()
     for site in sample_sites(model_trace):
         if not any(f.name == program.data_plate for f in site["cond_indep_stack"]):
             raise ModelCheckError(f"site {site['name']!r} is outside the data plate {program.data_plate!r}: a "
                                   "log-likelihood per row sums out enumerated sites row by row, so every site must "
                                   "sit in it")
-        terms.setdefault(frozenset(symbols[f.name] for f in site["cond_indep_stack"] if f.vectorized), []).append(
-            site["packed"]["log_prob"])
-        if site["infer"].get("_enumerate_symbol") is not None:
-            sum_dims.add(site["infer"]["_enumerate_symbol"])
-    present = {d for ts in terms.values() for t in ts for d in t._pyro_dims}  # a plate of size 1 is packed away
-    per_row = frozenset({symbols[PARTICLE_PLATE], symbols[program.data_plate]} & present)
-    log_p = packed.unpack(contract_to_tensor(terms, sum_dims, target_ordinal=per_row), model_trace.symbol_to_dim)
+    log_p = sum_out_enumerated(model_trace, sample_sites(model_trace), (PARTICLE_PLATE, program.data_plate))
     total = program.per_example(log_p, site).flatten(2).sum(-1)  # any site of the story: each is in the data plate
     for site in sample_sites(guide_trace):
         if not site["is_observed"]:

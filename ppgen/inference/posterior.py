@@ -1,11 +1,14 @@
-"""Posterior draws into ArviZ: NUTS reference runs, guide draws, PSIS diagnostics and LOO.
+r"""Posterior draws into ArviZ: NUTS reference runs, guide draws, PSIS diagnostics and LOO.
 
 Every source of posterior draws (a Pyro :class:`~pyro.infer.MCMC` run, a fitted guide, a dict of
 draws) becomes one ArviZ ``DataTree`` with the groups ``posterior``, ``log_likelihood``
 (pointwise, for the model's observed sites), ``posterior_predictive``, ``observed_data`` and
 ``sample_stats``. Dimensions are named after the model's plates (the data plate gives the
 dimension ``"data"``); the singleton dimensions that Pyro adds to broadcast against plates are
-squeezed away.
+squeezed away. Sites the model marks for enumeration (``infer={"enumerate": "parallel"}``, a
+mixture's component) are summed out of every density, as ``TraceEnum_ELBO`` and NUTS sum them:
+they have no draws, and the pointwise log-likelihood of a row is :math:`\log \sum_c p(x_n, c \mid
+\theta)`.
 
 Whether variational inference worked is then checked two ways:
 
@@ -40,7 +43,8 @@ from pyro.infer import MCMC, NUTS, Predictive
 
 from ppgen.checks import non_negative_int, positive_int
 from ppgen.inference.fit import FitResult
-from ppgen.inference.program import Program, sample_sites
+from ppgen.inference.likelihood import sum_out_enumerated
+from ppgen.inference.program import PARTICLE_PLATE, ModelCheckError, Program, sample_sites
 
 __all__ = ["to_arviz", "run_nuts", "pareto_khat", "ParetoKhat", "loo", "loo_approximate_posterior", "compare"]
 
@@ -194,8 +198,9 @@ class ParetoKhat:
 def pareto_khat(model, guide, data, num_samples: int = 1000, seed: int = 0) -> ParetoKhat:
     """Did variational inference work? PSIS k̂ of the guide's importance weights (Yao et al. 2018).
 
-    Draws z_s ~ q(z) from the guide and fits a generalized Pareto distribution to the largest
-    weights w_s = p(x, z_s) / q(z_s) (all latents and all data jointly). k̂ < 0.5: the guide
+    Draws z_s ~ q(z) from the guide (a guide, an autoguide name or a :class:`FitResult`'s) and fits a
+    generalized Pareto distribution to the largest weights w_s = p(x, z_s) / q(z_s) (all latents and
+    all data jointly; the model's enumerated sites summed out of p). k̂ < 0.5: the guide
     covers the posterior and importance sampling corrects what is left; 0.5 <= k̂ < 0.7:
     usable, with slower convergence; k̂ >= 0.7: the guide misses posterior mass (often too
     narrow), and its expectations should not be trusted.
@@ -206,7 +211,7 @@ def pareto_khat(model, guide, data, num_samples: int = 1000, seed: int = 0) -> P
     """
     args = _as_args(data)
     num_samples = positive_int(num_samples, "num_samples")
-    program = Program(model, guide)
+    program = Program(model, guide.guide if isinstance(guide, FitResult) else guide)
     with program.param_scope():
         _, log_p, log_q = _guide_draws(program, args, num_samples, seed)
     # arviz_stats' psislw takes a log-likelihood and smooths the weights exp(-input): pass -log w
@@ -249,7 +254,8 @@ def compare(models: Mapping[str, Any], var_name: str | None = None, **kwargs):
 
     ``models`` maps names to DataTrees from :func:`to_arviz` (guide draws get
     :func:`loo_approximate_posterior`, others :func:`loo`) or to ``ELPDData`` already computed.
-    ``var_name`` picks the observed site to score when a model has several. Returns ArviZ's comparison table (a pandas DataFrame, best model first).
+    ``var_name`` picks the observed site to score when a model has several. Returns ArviZ's comparison
+    table (a pandas DataFrame, best model first).
     """
     if len(models) < 2:
         raise ValueError(f"compare needs at least two models, got {len(models)}")
@@ -272,10 +278,13 @@ def _build_tree(program: Program, draws: dict[str, torch.Tensor], args: tuple, s
         trace = poutine.trace(fn).get_trace(*args)  # unconditioned: only data sites are observed
         sites = {s["name"]: s for s in sample_sites(trace)}
         observed = [name for name, s in sites.items() if s["is_observed"]]
-        latent = [name for name, s in sites.items() if not s["is_observed"]]
+        enumerated = [name for name, s in sites.items() if not s["is_observed"] and s["infer"].get("enumerate")]
+        latent = [name for name, s in sites.items() if not s["is_observed"] and name not in enumerated]
         unknown, missing = sorted(set(draws) - set(latent)), sorted(set(latent) - set(draws))
         if unknown or missing:
-            raise ValueError(f"draws must cover the model's latent sites {latent}: unknown {unknown}, missing {missing}")
+            summed = f" (summed out, never drawn: the enumerated sites {enumerated})" if enumerated else ""
+            raise ValueError(f"draws must cover the model's latent sites {latent}{summed}: unknown {unknown}, "
+                             f"missing {missing}")
         shapes = {name: _leading(draws[name]) for name in latent}
         if len(set(shapes.values())) != 1:
             raise ValueError(f"every draw must have the same (chain, draw) shape, got {shapes}")
@@ -301,14 +310,19 @@ def _build_tree(program: Program, draws: dict[str, torch.Tensor], args: tuple, s
         return arviz_base.dict_to_dataset(arrays, dims=dims, sample_dims=list(SAMPLE_DIMS) if sample else [],
                                           inference_library=pyro)
 
-    log_lik = {}
-    for name in observed:
-        site = vectorized.nodes[name]
-        log_p = site["fn"].log_prob(site["value"])
-        log_lik[name] = log_p.expand((chains * num_draws,) + log_p.shape[1:]) if log_p.shape[0] == 1 else log_p
+    if enumerated:
+        log_likelihood = _enumerated_log_likelihood(program, fn, vectorized_draws, args, sites, observed, enumerated,
+                                                    (chains, num_draws))
+    else:
+        log_lik = {}
+        for name in observed:
+            site = vectorized.nodes[name]
+            log_p = site["fn"].log_prob(site["value"])
+            log_lik[name] = log_p.expand((chains * num_draws,) + log_p.shape[1:]) if log_p.shape[0] == 1 else log_p
+        log_likelihood = group(log_lik, event=False)
     groups = {
         "posterior": group(flat, event=True),
-        "log_likelihood": group(log_lik, event=False),
+        "log_likelihood": log_likelihood,
         "posterior_predictive": group(dict(predictive), event=True),
         "observed_data": group({name: sites[name]["value"] for name in observed}, event=True, sample=False),
     }
@@ -316,6 +330,42 @@ def _build_tree(program: Program, draws: dict[str, torch.Tensor], args: tuple, s
         groups["sample_stats"] = arviz_base.dict_to_dataset(stats, sample_dims=list(SAMPLE_DIMS),
                                                             inference_library=pyro)
     return xr.DataTree.from_dict(groups)
+
+
+def _enumerated_log_likelihood(program: Program, fn, draws: dict[str, torch.Tensor], args: tuple, sites: dict,
+                               observed: list[str], enumerated: list[str], lead: tuple[int, int]) -> xr.Dataset:
+    """The pointwise log-likelihood of a model with enumerated sites: per draw, log sum_c p(x_n, c | draw) for
+    each n of the plates that the observed site shares with every enumerated site (a mixture's rows), the
+    sum over every joint value of the enumerated sites contracted as TraceEnum_ELBO contracts it."""
+    if len(observed) != 1:
+        raise ModelCheckError(
+            f"the enumerated sites {enumerated} are summed out of the observed sites {observed} together: their "
+            "pointwise log-likelihood is one, not one per site; ppgen scores models with enumeration that observe "
+            "one site")
+
+    def plates(name: str) -> dict:
+        return {f.name: f for f in sites[name]["cond_indep_stack"] if f.vectorized}
+
+    keep = sorted((f for name, f in plates(observed[0]).items() if all(name in plates(e) for e in enumerated)),
+                  key=lambda f: f.dim)
+    if not keep:
+        raise ModelCheckError(
+            f"the enumerated sites {enumerated} share no plate with the observed site {observed[0]!r}: summed out, "
+            "they couple all its values, which then have no pointwise log-likelihood (enumerate a site per row, "
+            "inside the data plate)")
+    nesting, count = program.nesting(*args), lead[0] * lead[1]
+    with torch.no_grad(), poutine.block(), pyro.plate(PARTICLE_PLATE, count, dim=-(nesting + 1)):
+        trace = poutine.trace(poutine.enum(poutine.condition(fn, data=draws),
+                                           first_available_dim=-(nesting + 2))).get_trace(*args)
+    chosen = [s for s in sample_sites(trace) if s["name"] in enumerated + observed]
+    log_p = sum_out_enumerated(trace, chosen, (PARTICLE_PLATE, *(f.name for f in keep)))
+    shape = [count] + [1] * nesting
+    for f in keep:
+        shape[f.dim] = f.size
+    values = log_p.reshape((1,) * (nesting + 1 - log_p.dim()) + log_p.shape).expand(shape)
+    return arviz_base.dict_to_dataset({observed[0]: values.reshape(lead + tuple(f.size for f in keep)).cpu().numpy()},
+                                      dims={observed[0]: [f.name for f in keep]}, sample_dims=list(SAMPLE_DIMS),
+                                      inference_library=pyro)
 
 
 def _axis_names(site: dict, event: bool) -> tuple[list[str], list[bool]]:
@@ -342,13 +392,26 @@ def _axis_names(site: dict, event: bool) -> tuple[list[str], list[bool]]:
 
 
 def _guide_draws(program: Program, args: tuple, num_samples: int, seed: int):
-    """``num_samples`` draws of the latents from the guide (vectorized), with log p(x, z) and log q(z)."""
+    """``num_samples`` draws of the guided latents from the guide (vectorized), with log p(x, z) (the
+    enumerated sites summed out) and log q(z)."""
     with torch.no_grad(), poutine.block(), torch.random.fork_rng():
+        model_sites = sample_sites(poutine.trace(program.model).get_trace(*args))
+        enumerated = [s["name"] for s in model_sites if not s["is_observed"] and s["infer"].get("enumerate")]
         torch.manual_seed(seed)
-        guide_trace, model_trace = program.trace(*args, num_particles=num_samples)
         nesting = program.nesting(*args)
-        log_p, log_q = (_per_draw_log_prob(tr, num_samples, nesting) for tr in (model_trace, guide_trace))
-        draws = {s["name"]: s["value"].cpu() for s in sample_sites(model_trace) if not s["is_observed"]}
+        if not enumerated:
+            guide_trace, model_trace = program.trace(*args, num_particles=num_samples)
+            log_p = _per_draw_log_prob(model_trace, num_samples, nesting)
+        else:
+            with pyro.plate(PARTICLE_PLATE, num_samples, dim=-(nesting + 1)):
+                guide_trace = poutine.trace(program.guide).get_trace(*args)
+                model_trace = poutine.trace(poutine.enum(poutine.replay(program.model, trace=guide_trace),
+                                                         first_available_dim=-(nesting + 2))).get_trace(*args)
+            log_p = sum_out_enumerated(model_trace, sample_sites(model_trace), (PARTICLE_PLATE,))
+            log_p = log_p.reshape(-1).expand(num_samples).double()
+        log_q = _per_draw_log_prob(guide_trace, num_samples, nesting)
+        draws = {s["name"]: s["value"].cpu() for s in sample_sites(model_trace)
+                 if not s["is_observed"] and s["name"] not in enumerated}
     return draws, log_p.cpu(), log_q.cpu()
 
 
