@@ -603,7 +603,9 @@ class Trainer:
                                is not None else "Give a checkpoint_dir to be able to continue a run"))
         elif config.convergence_tol is not None and not state.stopped_early and objective.monotone:
             message = convergence_message(state.train_elbo, config.convergence_tol)
-            if message is None and objective.estimator in ESTIMATORS and self.cluster.world_size == 1:
+            # a model that subsamples its rows itself cannot be scored on chunks of rows of our choosing
+            if message is None and objective.estimator in ESTIMATORS and self.cluster.world_size == 1 \
+                    and not self.program.subsampling:
                 # the rows it looks at, so that it costs at most about a tenth of the training: a sixteenth of
                 # the rows the run trained on (at least 128), up to 2048
                 found = self._stationarity(x, y, min(2048, max(128, state.step * config.batch_size // 16)))

@@ -147,6 +147,9 @@ class Inspection:
         Observed sites outside the data plate (all of them when there is none).
     guide_outside : tuple of str
         Sites the guide samples outside the data plate (auxiliary ones too): one value for all rows.
+    subsampling : tuple of str
+        Plates of the model that draw their own subsample of the rows (``pyro.plate(name, N,
+        subsample_size=...)``, or ``subsample=``): each step scores a minibatch that the model picks.
     """
 
     rows: int
@@ -159,6 +162,7 @@ class Inspection:
     observed_outside: tuple[str, ...]
     guide_outside: tuple[str, ...]
     guide_enumerated: tuple[str, ...] = ()
+    subsampling: tuple[str, ...] = ()
 
 
 class Program:
@@ -223,6 +227,7 @@ class Program:
         else:
             raise TypeError(f"guide must be a function, a module or an autoguide name, got {type(guide).__name__}")
         self.data_plate = data_plate
+        self.subsampling: tuple[str, ...] = ()  # set by validate: the plates that subsample the rows themselves
         self._nesting: int | None = None
 
     def __repr__(self) -> str:
@@ -431,7 +436,9 @@ class Program:
             unguided=tuple(s["name"] for s in prior if not s["infer"].get("enumerate")),
             observed_outside=tuple(s["name"] for s in model_sites if s["is_observed"] and not _in_plate(s, plate)),
             guide_outside=tuple(s["name"] for s in guide_sites if not s["is_observed"] and not _in_plate(s, plate)),
-            guide_enumerated=tuple(s["name"] for s in guide_sites if s["infer"].get("enumerate")))
+            guide_enumerated=tuple(s["name"] for s in guide_sites if s["infer"].get("enumerate")),
+            subsampling=tuple(sorted({f.name for s in model_sites for f in s["cond_indep_stack"]
+                                      if f.vectorized and f.size < f.full_size})))
 
     def validate(self, x, y=None, *, num_rows: int | None = None, estimator: str = "auto",
                  num_particles: int = 1, thorough: bool = True) -> ModelCheck:
@@ -457,9 +464,11 @@ class Program:
         estimator = self._resolve_estimator(estimator, story)
         self.check_observes(story, estimator)
         self.check_normalised(estimator)
-        self.data_plate, self._nesting = story.data_plate, story.nesting
+        self.data_plate, self._nesting, self.subsampling = story.data_plate, story.nesting, story.subsampling
         passed = [f"data plate {story.data_plate!r} ranges over the {story.rows} rows" if story.data_plate
+                  else f"plate {story.subsampling[0]!r} draws its own minibatch" if story.subsampling
                   else "no data plate (full batch)"]
+        self.check_subsampling(story, num_rows)
         self.check_minibatch(story, num_rows)
         self.check_guided(story, estimator)
         self.check_enumerated(story, estimator)
@@ -525,6 +534,16 @@ class Program:
             raise ModelCheckError(
                 f"{self.name}'s density is unnormalised (its factor lacks -log Z): elbo={estimator!r} would "
                 "lower its energy everywhere without bound. Train it with its own objective (elbo='auto')")
+
+    def check_subsampling(self, story: Inspection, num_rows: int) -> None:
+        """Refuse a model that subsamples the rows itself when it is given a minibatch of ``num_rows``
+        rows: the two would subsample twice, and neither scale would be right."""
+        if story.subsampling and num_rows > story.rows:
+            raise ModelCheckError(
+                f"plate {story.subsampling[0]!r} draws its own subsample of the rows (subsample_size= or "
+                f"subsample=), and fit was drawing minibatches of {story.rows} of {num_rows} rows too: pass "
+                f"batch_size >= {num_rows} to leave the minibatches to the plate, or write "
+                f"pyro.plate({story.subsampling[0]!r}, len(x)) and let fit draw them")
 
     def check_minibatch(self, story: Inspection, num_rows: int) -> None:
         """Refuse an observed site outside the data plate when the batch is a minibatch of
