@@ -154,6 +154,23 @@ def test_to_arviz_from_dict_round_trips_values_and_dims():
     assert abs(pred.std() - 1.0) < 4 * 0.5 / math.sqrt(pred.size)
 
 
+def test_a_deterministic_site_is_reported_beside_the_draws_not_scored_as_data():
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        with pyro.plate("data", len(x)):
+            pyro.deterministic("shifted", x - mu)
+            pyro.sample("obs", dist.Normal(mu, 1.0), obs=x)
+
+    x, mu = torch.tensor([0.5, 1.0, 2.5]), torch.tensor([[0.0, 1.0], [2.0, -1.0]])
+    tree = to_arviz({"mu": mu}, model, x)
+    assert sorted(tree["posterior"].data_vars) == ["mu", "shifted"]
+    assert tree["posterior"]["shifted"].dims == ("chain", "draw", "data")
+    np.testing.assert_allclose(tree["posterior"]["shifted"].values, (x - mu[..., None]).numpy(), rtol=1e-6)
+    assert list(tree["log_likelihood"].data_vars) == ["obs"] == list(tree["observed_data"].data_vars)
+    np.testing.assert_allclose(tree["log_likelihood"]["obs"].values,
+                               dist.Normal(mu[..., None], 1.0).log_prob(x).numpy(), rtol=1e-6)
+
+
 def test_to_arviz_from_mcmc_keeps_chains_and_draws():
     x = torch.tensor([1.0, 0.0, 1.0, 1.0])
     mcmc = MCMC(NUTS(beta_bernoulli), num_samples=30, warmup_steps=20, disable_progbar=True)

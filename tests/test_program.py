@@ -467,7 +467,7 @@ CHECKS = {
                    "site 'c' is marked for enumeration, which only elbo='enum' (or 'auto') sums out; elbo='trace'",
                    _check("enumerated", _mixed_story, torch.randn(5), "enum", guide=_mixed_guide)),
     "per_example": (_check("per_example", coin_model("flips"), torch.ones(10), "iwae", 10, guide="auto_normal"),
-                    "is outside the data plate 'flips': the importance-weighted bound (iwae) weighs each example",
+                    "latent site 'p' is outside the data plate 'flips': the importance-weighted bound (iwae) weighs",
                     _check("per_example", coin_model("flips"), torch.ones(10), "trace", 10, guide="auto_normal")),
     "particles": (_check("particles", _particle_story(True), torch.randn(4), guide="auto_normal"),
                   "story does not broadcast over a particle dimension (num_particles > 1 draws the samples of all "
@@ -510,6 +510,27 @@ def test_a_model_that_subsamples_its_rows_itself_fits_the_conjugate_posterior_gi
     assert 1 / 1.6 < pyro.param("AutoNormal.scales.loc").item() / sd < 1.6
     with pytest.raises(ModelCheckError, match="plate 'data' draws its own subsample of the rows"):
         fit(_self_subsampled, x, guide="auto_normal", epochs=1, batch_size=50, progress=False)
+
+
+def test_a_deterministic_site_is_no_data():
+    """pyro.deterministic records a value as an observed Delta; it was taken for data outside the data plate, so a
+    minibatched fit was refused, and a story observing nothing else was fitted to nothing."""
+    def story(x):
+        loc = pyro.sample("loc", dist.Normal(0.0, 10.0))
+        pyro.deterministic("twice", 2 * loc)
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+
+    def observes_nothing(x):
+        loc = pyro.sample("loc", dist.Normal(0.0, 10.0))
+        pyro.deterministic("twice", 2 * loc)
+
+    x = torch.randn(40)
+    inspection = Program(story, "auto_normal").inspect(x[:10])
+    assert (inspection.observed, inspection.observed_outside) == (("x",), ())
+    Program(story, "auto_normal").validate(x[:10], num_rows=40)  # a minibatch of 10 of 40 rows: fine
+    with pytest.raises(ModelCheckError, match="observes_nothing observes nothing"):
+        Program(observes_nothing, "auto_normal").validate(x)
 
 
 def test_an_autoguide_guides_the_continuous_sites_while_the_discrete_ones_are_summed_out():

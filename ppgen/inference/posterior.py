@@ -3,7 +3,8 @@ r"""Posterior draws into ArviZ: NUTS reference runs, guide draws, PSIS diagnosti
 Every source of posterior draws (a Pyro :class:`~pyro.infer.MCMC` run, a fitted guide, a dict of
 draws) becomes one ArviZ ``DataTree`` with the groups ``posterior``, ``log_likelihood``
 (pointwise, for the model's observed sites), ``posterior_predictive``, ``observed_data`` and
-``sample_stats``. Dimensions are named after the model's plates (the data plate gives the
+``sample_stats``; a ``pyro.deterministic`` site is a function of the draws, in ``posterior`` beside
+them. Dimensions are named after the model's plates (the data plate gives the
 dimension ``"data"``); the singleton dimensions that Pyro adds to broadcast against plates are
 squeezed away. Sites the model marks for enumeration (``infer={"enumerate": "parallel"}``, a
 mixture's component) are summed out of every density, as ``TraceEnum_ELBO`` and NUTS sum them:
@@ -29,6 +30,7 @@ for large data", ICML 2019.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from typing import Any, Mapping
 
@@ -44,7 +46,7 @@ from pyro.infer import MCMC, NUTS, Predictive
 from ppgen.checks import non_negative_int, positive_int
 from ppgen.inference.fit import FitResult
 from ppgen.inference.likelihood import sum_out_enumerated
-from ppgen.inference.program import PARTICLE_PLATE, ModelCheckError, Program, sample_sites
+from ppgen.inference.program import PARTICLE_PLATE, ModelCheckError, Program, deterministic_sites, sample_sites
 
 __all__ = ["to_arviz", "run_nuts", "pareto_khat", "ParetoKhat", "loo", "loo_approximate_posterior", "compare"]
 
@@ -276,8 +278,9 @@ def _build_tree(program: Program, draws: dict[str, torch.Tensor], args: tuple, s
         torch.manual_seed(seed)
         fn = program.model
         trace = poutine.trace(fn).get_trace(*args)  # unconditioned: only data sites are observed
-        sites = {s["name"]: s for s in sample_sites(trace)}
-        observed = [name for name, s in sites.items() if s["is_observed"]]
+        sites = {s["name"]: s for s in sample_sites(trace) + deterministic_sites(trace)}
+        derived = [s["name"] for s in deterministic_sites(trace)]
+        observed = [name for name, s in sites.items() if s["is_observed"] and name not in derived]
         enumerated = [name for name, s in sites.items() if not s["is_observed"] and s["infer"].get("enumerate")]
         latent = [name for name, s in sites.items() if not s["is_observed"] and name not in enumerated]
         unknown, missing = sorted(set(draws) - set(latent)), sorted(set(latent) - set(draws))
@@ -304,6 +307,10 @@ def _build_tree(program: Program, draws: dict[str, torch.Tensor], args: tuple, s
             names, keep = _axis_names(sites[name], event)
             lead = (chains, num_draws) if sample else ()
             shape = tuple(sites[name]["value"].shape) if event else tuple(sites[name]["fn"].batch_shape)
+            if len(keep) != len(shape):  # pyro.deterministic's default event_dim inside a plate: value-shaped
+                plates = {f.dim: f.name for f in sites[name]["cond_indep_stack"] if f.vectorized}
+                names = [plates.get(i - len(shape), f"{name}_dim_{i}") for i in range(len(shape))]
+                keep = [True] * len(shape)
             value = value.detach().cpu().reshape(lead + shape)
             arrays[name] = value[(slice(None),) * len(lead) + tuple(slice(None) if k else 0 for k in keep)].numpy()
             dims[name] = names
@@ -320,6 +327,10 @@ def _build_tree(program: Program, draws: dict[str, torch.Tensor], args: tuple, s
             log_p = site["fn"].log_prob(site["value"])
             log_lik[name] = log_p.expand((chains * num_draws,) + log_p.shape[1:]) if log_p.shape[0] == 1 else log_p
         log_likelihood = group(log_lik, event=False)
+    for name in derived:  # a function of the draws: reported beside them, as PyMC's Deterministic
+        value, shape = vectorized.nodes[name]["value"].detach(), tuple(sites[name]["value"].shape)
+        flat[name] = value.reshape(shape).expand((chains * num_draws,) + shape) if value.numel() == math.prod(
+            shape) else value.reshape((chains * num_draws,) + shape)
     groups = {
         "posterior": group(flat, event=True),
         "log_likelihood": log_likelihood,

@@ -587,11 +587,13 @@ class Program:
         for the importance-weighted bound, and for exact maximum likelihood on minibatches of a
         story without a data plate."""
         if estimator == "iwae" or (estimator == "mle" and story.data_plate is None and num_rows > story.rows):
-            if story.guide_outside:
+            if story.guide_outside:  # named as the model names it, not as an autoguide's auxiliary site
+                name = next((n for n in story.guide_outside if n in story.latent), story.guide_outside[0])
                 raise ModelCheckError(
-                    f"latent site {story.guide_outside[0]!r} is outside the data plate {story.data_plate!r}: the "
+                    f"latent site {name!r} is outside the data plate {story.data_plate!r}: the "
                     "importance-weighted bound (iwae) weighs each example with its own latents, so every latent "
-                    "must sit in it")
+                    "must sit in it (a story with global latents has no likelihood per example; its posterior "
+                    "predictive per example is ppgen.inference.posterior.loo's)")
 
     def check_particles(self, x, y, story: Inspection) -> str:
         """Refuse a model or guide that does not broadcast over a particle dimension (traced with
@@ -827,8 +829,15 @@ def call_args(x, y) -> tuple:
 
 
 def sample_sites(trace) -> list[dict]:
-    """The sample sites of a trace, without the plates' own subsample sites."""
-    return [site for site in trace.nodes.values() if site["type"] == "sample" and not site_is_subsample(site)]
+    """The sample sites of a trace, without the plates' own subsample sites and ``pyro.deterministic``'s
+    records (observed in Pyro's terms, but no data: a function of the latents, of log-density 0)."""
+    return [site for site in trace.nodes.values() if site["type"] == "sample" and not site_is_subsample(site)
+            and not site["infer"].get("_deterministic")]
+
+
+def deterministic_sites(trace) -> list[dict]:
+    """The sites of a trace that ``pyro.deterministic`` recorded."""
+    return [site for site in trace.nodes.values() if site["type"] == "sample" and site["infer"].get("_deterministic")]
 
 
 def site_log_prob(site) -> torch.Tensor:
