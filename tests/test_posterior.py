@@ -247,6 +247,21 @@ def test_an_enumerated_site_has_no_draws_and_is_summed_out_of_each_row_s_log_lik
         to_arviz({**draws, "c": torch.zeros(1, 3, 100)}, enumerated_mixture, MIX_X)
 
 
+def test_nothing_to_draw_and_too_few_draws_for_psis_are_refused_naming_why():
+    def point_mixture(x):  # parameters and a summed-out component: no latent to draw
+        locs = pyro.param("locs", torch.tensor([-2.0, 1.5]))
+        with pyro.plate("rows", len(x)):
+            c = pyro.sample("c", dist.Bernoulli(0.4), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(Vindex(locs)[..., c.long()], 1.0), obs=x)
+
+    with pytest.raises(ValueError, match="point_mixture has no latent to draw"):
+        to_arviz({}, point_mixture, MIX_X)
+    with pytest.raises(ValueError, match="the guide of point_mixture draws no latent"):
+        pareto_khat(point_mixture, lambda x: None, MIX_X, num_samples=30)
+    with pytest.raises(ValueError, match="num_samples must be at least 25 for PSIS"):
+        pareto_khat(enumerated_mixture, "auto_normal", MIX_X, num_samples=24)
+
+
 def test_a_pointwise_log_likelihood_that_enumeration_couples_is_refused_naming_why():
     def switch(x):  # one component for all rows: summed out, it couples them
         locs = pyro.sample("locs", MIX_LOCS)

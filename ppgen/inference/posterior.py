@@ -51,6 +51,7 @@ from ppgen.inference.program import PARTICLE_PLATE, ModelCheckError, Program, de
 __all__ = ["to_arviz", "run_nuts", "pareto_khat", "ParetoKhat", "loo", "loo_approximate_posterior", "compare"]
 
 SAMPLE_DIMS = ("chain", "draw")
+PSIS_MIN_SAMPLES = 25  # arviz_stats fits the largest 20% of the weights and needs at least 5
 
 
 def to_arviz(source, model=None, data=None, *, num_samples: int = 1000, seed: int = 0,
@@ -213,9 +214,15 @@ def pareto_khat(model, guide, data, num_samples: int = 1000, seed: int = 0) -> P
     """
     args = _as_args(data)
     num_samples = positive_int(num_samples, "num_samples")
+    if num_samples < PSIS_MIN_SAMPLES:
+        raise ValueError(f"num_samples must be at least {PSIS_MIN_SAMPLES} for PSIS (it fits the largest fifth of "
+                         f"the weights, at least 5 of them), got {num_samples}")
     program = Program(model, guide.guide if isinstance(guide, FitResult) else guide)
     with program.param_scope():
-        _, log_p, log_q = _guide_draws(program, args, num_samples, seed)
+        draws, log_p, log_q = _guide_draws(program, args, num_samples, seed)
+    if not draws:
+        raise ValueError(f"the guide of {program.name} draws no latent: there are no importance weights to "
+                         "diagnose (its latents, if any, are summed out or point estimates)")
     # arviz_stats' psislw takes a log-likelihood and smooths the weights exp(-input): pass -log w
     minus_log_w = xr.DataArray((log_q - log_p).numpy()[None, :], dims=SAMPLE_DIMS)
     _, khat = minus_log_w.azstats.psislw(dim=list(SAMPLE_DIMS))
@@ -288,6 +295,10 @@ def _build_tree(program: Program, draws: dict[str, torch.Tensor], args: tuple, s
             summed = f" (summed out, never drawn: the enumerated sites {enumerated})" if enumerated else ""
             raise ValueError(f"draws must cover the model's latent sites {latent}{summed}: unknown {unknown}, "
                              f"missing {missing}")
+        if not latent:
+            raise ValueError(f"{program.name} has no latent to draw (its latents, if any, are summed out, or its "
+                             "parameters are point estimates): there is no posterior to put in ArviZ; "
+                             "ppgen.log_likelihood scores it")
         shapes = {name: _leading(draws[name]) for name in latent}
         if len(set(shapes.values())) != 1:
             raise ValueError(f"every draw must have the same (chain, draw) shape, got {shapes}")
