@@ -421,6 +421,13 @@ def _loc_only_guide(x):
     pyro.sample("loc", dist.Normal(0.0, 1.0))
 
 
+def _beta_guide(name: str, normal: bool = False):
+    """A guide for coin_model's p: a Beta under ``name``, or a Normal (all reals) for a site the model bounds."""
+    def guide(x):
+        pyro.sample(name, dist.Normal(0.3, 0.1) if normal else dist.Beta(3.0, 7.0))
+    return guide
+
+
 def _self_subsampled(x):
     """Pyro's own minibatching: the plate draws 5 of the rows at every call and scales by len(x) / 5."""
     loc = pyro.sample("loc", dist.Normal(0.0, 10.0))
@@ -459,6 +466,14 @@ CHECKS = {
                     "plate 'data' draws its own subsample of the rows (subsample_size= or subsample=), and fit was "
                     "drawing minibatches of 10 of 100 rows too: pass batch_size >= 100",
                     _check("subsampling", _self_subsampled, torch.randn(10), 10, guide="auto_normal")),
+    "guide site the model lacks": (
+        _check("guide_sites", coin_model("data"), torch.ones(5), guide=_beta_guide("P")),
+        "the guide samples 'P', which the model does not (and the model's 'p' goes unguided: misspelt?)",
+        _check("guide_sites", coin_model("data"), torch.ones(5), guide=_beta_guide("p"))),
+    "guide wider than the model": (
+        _check("guide_sites", coin_model("data"), torch.ones(5), guide=_beta_guide("p", normal=True)),
+        "the guide draws latent site 'p' over all real numbers, where the model bounds it",
+        _check("guide_sites", coin_model("data"), torch.ones(5), guide="auto_delta")),
     "guided by an autoguide": (
         _check("guided", _two_gaussians(False), torch.randn(10), "trace", guide="auto_normal"),
         "discrete latent site 'z' is not enumerated, and the autoguide 'auto_normal' guides continuous sites only",

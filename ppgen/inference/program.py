@@ -150,6 +150,13 @@ class Inspection:
     subsampling : tuple of str
         Plates of the model that draw their own subsample of the rows (``pyro.plate(name, N,
         subsample_size=...)``, or ``subsample=``): each step scores a minibatch that the model picks.
+    guide_only : tuple of str
+        Sites the guide samples that the model does not have and that are not marked auxiliary
+        (``infer={"is_auxiliary": True}``): each adds its entropy, and no density, to the ELBO.
+    guide_unbounded : tuple of str
+        Latent sites whose guide distribution ranges over all real numbers where the model's is
+        bounded (a Normal guide for a Beta, Gamma or HalfNormal site): draws outside the model's
+        support have no density.
     """
 
     rows: int
@@ -163,6 +170,8 @@ class Inspection:
     guide_outside: tuple[str, ...]
     guide_enumerated: tuple[str, ...] = ()
     subsampling: tuple[str, ...] = ()
+    guide_only: tuple[str, ...] = ()
+    guide_unbounded: tuple[str, ...] = ()
 
 
 class Program:
@@ -438,7 +447,12 @@ class Program:
             guide_outside=tuple(s["name"] for s in guide_sites if not s["is_observed"] and not _in_plate(s, plate)),
             guide_enumerated=tuple(s["name"] for s in guide_sites if s["infer"].get("enumerate")),
             subsampling=tuple(sorted({f.name for s in model_sites for f in s["cond_indep_stack"]
-                                      if f.vectorized and f.size < f.full_size})))
+                                      if f.vectorized and f.size < f.full_size})),
+            guide_only=tuple(s["name"] for s in guide_sites if not s["is_observed"]
+                             and s["name"] not in model_trace.nodes and not s["infer"].get("is_auxiliary")),
+            guide_unbounded=tuple(s["name"] for s in guide_sites if not s["is_observed"]
+                                  and s["name"] in model_trace.nodes and _unbounded(s["fn"])
+                                  and _bounded(model_trace.nodes[s["name"]]["fn"])))
 
     def validate(self, x, y=None, *, num_rows: int | None = None, estimator: str = "auto",
                  num_particles: int = 1, thorough: bool = True) -> ModelCheck:
@@ -469,6 +483,7 @@ class Program:
                   else f"plate {story.subsampling[0]!r} draws its own minibatch" if story.subsampling
                   else "no data plate (full batch)"]
         self.check_subsampling(story, num_rows)
+        self.check_guide_sites(story)
         self.check_minibatch(story, num_rows)
         self.check_guided(story, estimator)
         self.check_enumerated(story, estimator)
@@ -534,6 +549,22 @@ class Program:
             raise ModelCheckError(
                 f"{self.name}'s density is unnormalised (its factor lacks -log Z): elbo={estimator!r} would "
                 "lower its energy everywhere without bound. Train it with its own objective (elbo='auto')")
+
+    def check_guide_sites(self, story: Inspection) -> None:
+        """Refuse a guide site that the model lacks (a misspelt name), and a guide distribution over all
+        reals for a latent that the model bounds: Pyro warns of the first and fails obscurely on the second."""
+        if story.guide_only:
+            unguided = f" (and the model's {story.unguided[0]!r} goes unguided: misspelt?)" if story.unguided else ""
+            raise ModelCheckError(
+                f"the guide samples {story.guide_only[0]!r}, which the model does not{unguided}: its entropy would "
+                "enter the ELBO with no density to match. Name it as the model's site, drop it, or mark it "
+                "infer={'is_auxiliary': True} if it only helps the guide")
+        if story.guide_unbounded:
+            raise ModelCheckError(
+                f"the guide draws latent site {story.guide_unbounded[0]!r} over all real numbers, where the model "
+                "bounds it (its support is narrower): draws outside have no density. Give the guide a "
+                "distribution on the same support (e.g. a Beta for a Beta, a LogNormal for a Gamma, or "
+                "dist.TransformedDistribution(base, biject_to(support))), or use an autoguide")
 
     def check_subsampling(self, story: Inspection, num_rows: int) -> None:
         """Refuse a model that subsamples the rows itself when it is given a minibatch of ``num_rows``
@@ -709,6 +740,32 @@ def check_model(model, x, *, guide=None, data_plate: str | None = None, elbo: st
     if hasattr(x, "check_rows"):
         x = x[torch.arange(min(len(x), 256))]
     return program.validate(x, y, num_rows=num_rows, estimator=elbo, num_particles=num_particles)
+
+
+def _support(fn):
+    """A distribution's support without its ``independent`` wrappers, or None where it depends on
+    the parameters (a Delta's, ...)."""
+    try:
+        support = fn.support
+    except NotImplementedError:
+        return None
+    while isinstance(support, torch.distributions.constraints.independent):
+        support = support.base_constraint
+    return None if support is torch.distributions.constraints.dependent else support
+
+
+def _unbounded(fn) -> bool:
+    """Whether a distribution ranges over all reals (its support is ``real``); a Delta, an autoguide's
+    point in the model's support, says ``real`` of any point, and is not counted."""
+    return not isinstance(fn, pyro.distributions.Delta) and type(_support(fn)) is type(
+        torch.distributions.constraints.real)
+
+
+def _bounded(fn) -> bool:
+    """Whether a continuous distribution's support is known and narrower than all reals."""
+    support = _support(fn)
+    return support is not None and not support.is_discrete and type(support) is not type(
+        torch.distributions.constraints.real)
 
 
 def _discrete_latent(msg: dict) -> bool:
