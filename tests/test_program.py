@@ -421,6 +421,13 @@ def _loc_only_guide(x):
     pyro.sample("loc", dist.Normal(0.0, 1.0))
 
 
+def _rows_of_coins(x, event: bool):
+    """Rows of 3 coins, with the row's 3 values declared one observation (``event``) or not."""
+    p = pyro.sample("p", dist.Beta(torch.ones(3), 1.0).to_event(1))
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Bernoulli(p).to_event(1) if event else dist.Bernoulli(p), obs=x)
+
+
 def _beta_guide(name: str, normal: bool = False):
     """A guide for coin_model's p: a Beta under ``name``, or a Normal (all reals) for a site the model bounds."""
     def guide(x):
@@ -466,6 +473,12 @@ CHECKS = {
                     "plate 'data' draws its own subsample of the rows (subsample_size= or subsample=), and fit was "
                     "drawing minibatches of 10 of 100 rows too: pass batch_size >= 100",
                     _check("subsampling", _self_subsampled, torch.randn(10), 10, guide="auto_normal")),
+    "observation shaped against its plate": (
+        _check("guide_sites", lambda x: _rows_of_coins(x, event=False), torch.ones(5, 3), guide="auto_normal"),
+        "Shape mismatch inside plate('data') at site x dim -1, 5 vs 3: the site's batch shape does not line up with "
+        "the plates around it. Where the trailing values of a row are one observation (a row of pixels), declare "
+        "them with .to_event(k)",
+        _check("guide_sites", lambda x: _rows_of_coins(x, event=True), torch.ones(5, 3), guide="auto_normal")),
     "guide site the model lacks": (
         _check("guide_sites", coin_model("data"), torch.ones(5), guide=_beta_guide("P")),
         "the guide samples 'P', which the model does not (and the model's 'p' goes unguided: misspelt?)",

@@ -433,7 +433,16 @@ class Program:
         ('flips', ('obs',), ('p',), ())
         """
         with self._quietly(x):
-            guide_trace, model_trace = self.trace(x, y)
+            try:
+                guide_trace, model_trace = self.trace(x, y)
+            except ValueError as err:
+                if not str(err).startswith("Shape mismatch inside plate"):
+                    raise
+                raise ModelCheckError(
+                    f"{str(err).splitlines()[0]}: the site's batch shape does not line up with the plates around it. "
+                    "Where the trailing values of a row are one observation (a row of pixels), declare them with "
+                    ".to_event(k), as in dist.Bernoulli(p).to_event(1); where they are a plate of their own, nest "
+                    "a pyro.plate over them") from None
             plate = self._find_data_plate(x, y, model_trace)
         model_sites, guide_sites = sample_sites(model_trace), sample_sites(guide_trace)
         prior = [s for s in model_sites if not s["is_observed"] and s["name"] not in guide_trace.nodes]
