@@ -262,6 +262,21 @@ def test_nothing_to_draw_and_too_few_draws_for_psis_are_refused_naming_why():
         pareto_khat(enumerated_mixture, "auto_normal", MIX_X, num_samples=24)
 
 
+def test_a_story_that_does_not_broadcast_over_the_draws_is_refused_with_the_fix():
+    def regression(x, y):
+        w = pyro.sample("w", dist.Normal(torch.zeros(3), 10.0).to_event(1))
+        with pyro.plate("data", len(x)):
+            pyro.sample("y", dist.Normal(x @ w, 1.0), obs=y)  # x @ w.unsqueeze(-1) would broadcast
+
+    x, y = torch.randn(20, 3), torch.randn(20)
+    with pytest.raises(ModelCheckError, match=r"regression does not broadcast over a dimension of draws \(the 30 "
+                                              r"draws are scored at once, in a plate at dim -2\): .*\. Keep the "
+                                              r"leading batch dimensions"):
+        to_arviz({"w": torch.zeros(1, 30, 3)}, regression, (x, y))
+    with pytest.raises(ModelCheckError, match="regression does not broadcast over a dimension of draws"):
+        pareto_khat(regression, "auto_normal", (x, y), num_samples=30)
+
+
 def test_a_pointwise_log_likelihood_that_enumeration_couples_is_refused_naming_why():
     def switch(x):  # one component for all rows: summed out, it couples them
         locs = pyro.sample("locs", MIX_LOCS)

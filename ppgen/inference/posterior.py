@@ -29,6 +29,7 @@ for large data", ICML 2019.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -308,9 +309,10 @@ def _build_tree(program: Program, draws: dict[str, torch.Tensor], args: tuple, s
         # Predictive reads every axis after the first as a batch axis: pad to the plate nesting
         vectorized_draws = {name: value.reshape(value.shape[:1] + (1,) * (nesting - len(sites[name]["fn"].batch_shape))
                                                 + value.shape[1:]) for name, value in flat.items()}
-        vectorized = Predictive(fn, posterior_samples=vectorized_draws, parallel=True).get_vectorized_trace(*args)
-        predictive = Predictive(poutine.uncondition(fn), posterior_samples=vectorized_draws, return_sites=observed,
-                                parallel=True)(*args)
+        with _broadcasting(program, chains * num_draws, nesting):
+            vectorized = Predictive(fn, posterior_samples=vectorized_draws, parallel=True).get_vectorized_trace(*args)
+            predictive = Predictive(poutine.uncondition(fn), posterior_samples=vectorized_draws,
+                                    return_sites=observed, parallel=True)(*args)
 
     def group(values: dict[str, torch.Tensor], event: bool, sample: bool = True) -> xr.Dataset:
         arrays, dims = {}, {}
@@ -421,20 +423,40 @@ def _guide_draws(program: Program, args: tuple, num_samples: int, seed: int):
         enumerated = [s["name"] for s in model_sites if not s["is_observed"] and s["infer"].get("enumerate")]
         torch.manual_seed(seed)
         nesting = program.nesting(*args)
-        if not enumerated:
-            guide_trace, model_trace = program.trace(*args, num_particles=num_samples)
-            log_p = _per_draw_log_prob(model_trace, num_samples, nesting)
-        else:
-            with pyro.plate(PARTICLE_PLATE, num_samples, dim=-(nesting + 1)):
-                guide_trace = poutine.trace(program.guide).get_trace(*args)
-                model_trace = poutine.trace(poutine.enum(poutine.replay(program.model, trace=guide_trace),
-                                                         first_available_dim=-(nesting + 2))).get_trace(*args)
-            log_p = sum_out_enumerated(model_trace, sample_sites(model_trace), (PARTICLE_PLATE,))
-            log_p = log_p.reshape(-1).expand(num_samples).double()
+        with _broadcasting(program, num_samples, nesting):
+            guide_trace, model_trace, log_p = _joint_draws(program, args, num_samples, nesting, enumerated)
         log_q = _per_draw_log_prob(guide_trace, num_samples, nesting)
         draws = {s["name"]: s["value"].cpu() for s in sample_sites(model_trace)
                  if not s["is_observed"] and s["name"] not in enumerated}
     return draws, log_p.cpu(), log_q.cpu()
+
+
+def _joint_draws(program: Program, args: tuple, num_samples: int, nesting: int, enumerated: list[str]):
+    """The guide's and the model's traces of ``num_samples`` draws at once, and log p(x, z) of each draw."""
+    if not enumerated:
+        guide_trace, model_trace = program.trace(*args, num_particles=num_samples)
+        return guide_trace, model_trace, _per_draw_log_prob(model_trace, num_samples, nesting)
+    with pyro.plate(PARTICLE_PLATE, num_samples, dim=-(nesting + 1)):
+        guide_trace = poutine.trace(program.guide).get_trace(*args)
+        model_trace = poutine.trace(poutine.enum(poutine.replay(program.model, trace=guide_trace),
+                                                 first_available_dim=-(nesting + 2))).get_trace(*args)
+    log_p = sum_out_enumerated(model_trace, sample_sites(model_trace), (PARTICLE_PLATE,))
+    return guide_trace, model_trace, log_p.reshape(-1).expand(num_samples).double()
+
+
+@contextlib.contextmanager
+def _broadcasting(program: Program, count: int, nesting: int):
+    """Run a story on ``count`` draws at once, refusing one that does not broadcast over them by name."""
+    try:
+        yield
+    except (RuntimeError, ValueError, IndexError) as err:
+        if isinstance(err, ModelCheckError):
+            raise
+        why = str(err).splitlines()[0].rstrip(".")
+        raise ModelCheckError(
+            f"{program.name} does not broadcast over a dimension of draws (the {count} draws are scored at once, in "
+            f"a plate at dim {-(nesting + 1)}): {why}. Keep the leading batch dimensions of the latents, e.g. "
+            "(x * w).sum(-1) or x @ w.unsqueeze(-1) rather than x @ w, and z.shape[:-1] rather than len(x)") from None
 
 
 def _per_draw_log_prob(trace, num_samples: int, nesting: int) -> torch.Tensor:
