@@ -262,19 +262,53 @@ def test_nothing_to_draw_and_too_few_draws_for_psis_are_refused_naming_why():
         pareto_khat(enumerated_mixture, "auto_normal", MIX_X, num_samples=24)
 
 
-def test_a_story_that_does_not_broadcast_over_the_draws_is_refused_with_the_fix():
+def _regression(broadcasts: bool):
     def regression(x, y):
         w = pyro.sample("w", dist.Normal(torch.zeros(3), 10.0).to_event(1))
+        sigma = pyro.sample("sigma", dist.HalfNormal(1.0))
         with pyro.plate("data", len(x)):
-            pyro.sample("y", dist.Normal(x @ w, 1.0), obs=y)  # x @ w.unsqueeze(-1) would broadcast
+            # x @ w runs on one draw but not on a batch of them; w.unsqueeze(-2) broadcasts a batch against the
+            # wrong dim, scoring each draw under the others' parameters; (x * w).sum(-1) is right for both
+            mean = (x * w).sum(-1) if broadcasts else x @ w if broadcasts is None else (x * w.unsqueeze(-2)).sum(-1)
+            pyro.sample("y", dist.Normal(mean, sigma), obs=y)
+    return regression
 
-    x, y = torch.randn(20, 3), torch.randn(20)
-    with pytest.raises(ModelCheckError, match=r"regression does not broadcast over a dimension of draws \(the 30 "
-                                              r"draws are scored at once, in a plate at dim -2\): .*\. Keep the "
-                                              r"leading batch dimensions"):
-        to_arviz({"w": torch.zeros(1, 30, 3)}, regression, (x, y))
-    with pytest.raises(ModelCheckError, match="regression does not broadcast over a dimension of draws"):
-        pareto_khat(regression, "auto_normal", (x, y), num_samples=30)
+
+def test_a_story_that_does_not_broadcast_over_the_draws_is_scored_one_draw_at_a_time():
+    """x @ w fails on a batch of draws, and a misplaced unsqueeze scores each draw under all the others' parameters
+    without failing: both are scored draw by draw, and give what the story that broadcasts gives, to float32."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(20, 3, generator=g), torch.randn(20, generator=g)
+    draws = {"w": torch.randn(2, 15, 3, generator=g), "sigma": 0.5 + torch.rand(2, 15, generator=g)}
+    right = to_arviz(draws, _regression(True), (x, y))["log_likelihood"]["y"].values
+    closed = dist.Normal((x * draws["w"][..., None, :]).sum(-1), draws["sigma"][..., None]).log_prob(y).numpy()
+    np.testing.assert_allclose(right, closed, rtol=1e-5)
+    for story in (_regression(None), _regression(False)):
+        np.testing.assert_allclose(to_arviz(draws, story, (x, y))["log_likelihood"]["y"].values, closed, rtol=1e-5)
+        tree = to_arviz(lambda x, y: _normal_guide(), story, (x, y), num_samples=40, seed=2)
+        w, sigma = (torch.from_numpy(tree["posterior"][k].values) for k in ("w", "sigma"))
+        expected = (dist.Normal((x * w[..., None, :]).sum(-1), sigma[..., None]).log_prob(y).sum(-1)
+                    + dist.Normal(torch.zeros(3), 10.0).log_prob(w).sum(-1) + dist.HalfNormal(1.0).log_prob(sigma))
+        np.testing.assert_allclose(tree["sample_stats"]["log_joint"].values, expected.numpy(), rtol=1e-5)
+
+
+def test_an_enumerated_story_that_does_not_broadcast_over_the_draws_is_refused_with_the_fix():
+    def indexed(x):  # locs[c] in place of Vindex(locs)[..., c]: fine on one draw, wrong on a batch of them
+        w = pyro.sample("w", MIX_W)
+        locs = pyro.sample("locs", MIX_LOCS)
+        with pyro.plate("rows", len(x)):
+            c = pyro.sample("c", dist.Bernoulli(w), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(locs[c.long()], 1.0), obs=x)
+
+    with pytest.raises(ModelCheckError, match=r"indexed does not broadcast over a dimension of draws \(the 30 draws "
+                                              r"are scored at once, in a plate at dim -2, to sum out its enumerated "
+                                              r"sites\): .*Keep the leading batch dimensions"):
+        pareto_khat(indexed, "auto_normal", MIX_X, num_samples=30)
+
+
+def _normal_guide():
+    pyro.sample("w", dist.Normal(torch.zeros(3), 0.5).to_event(1))
+    pyro.sample("sigma", dist.LogNormal(0.0, 0.3))
 
 
 def test_a_pointwise_log_likelihood_that_enumeration_couples_is_refused_naming_why():

@@ -11,6 +11,10 @@ mixture's component) are summed out of every density, as ``TraceEnum_ELBO`` and 
 they have no draws, and the pointwise log-likelihood of a row is :math:`\log \sum_c p(x_n, c \mid
 \theta)`.
 
+The draws are scored all at once, in a plate left of the model's plates; a story that does not
+broadcast over them (``x @ w`` where ``(x * w).sum(-1)`` would) is scored one draw at a time
+instead, slower and the same.
+
 Whether variational inference worked is then checked two ways:
 
 - :func:`pareto_khat`: the Pareto-smoothed importance sampling (PSIS) shape estimate k̂ of the
@@ -29,7 +33,6 @@ for large data", ICML 2019.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import sys
@@ -309,10 +312,15 @@ def _build_tree(program: Program, draws: dict[str, torch.Tensor], args: tuple, s
         # Predictive reads every axis after the first as a batch axis: pad to the plate nesting
         vectorized_draws = {name: value.reshape(value.shape[:1] + (1,) * (nesting - len(sites[name]["fn"].batch_shape))
                                                 + value.shape[1:]) for name, value in flat.items()}
-        with _broadcasting(program, chains * num_draws, nesting):
-            vectorized = Predictive(fn, posterior_samples=vectorized_draws, parallel=True).get_vectorized_trace(*args)
-            predictive = Predictive(poutine.uncondition(fn), posterior_samples=vectorized_draws,
-                                    return_sites=observed, parallel=True)(*args)
+        count = chains * num_draws
+        try:  # all draws at once; a story that does not broadcast over them, one draw at a time
+            values, log_lik, predictive = _at_once(fn, vectorized_draws, args, observed, derived, count, nesting)
+        except (RuntimeError, ValueError, IndexError) as err:
+            if isinstance(err, ModelCheckError) or enumerated:  # summing out the enumerated sites needs them at once
+                raise _not_broadcasting(program, count, nesting, err) if not isinstance(err, ModelCheckError) \
+                    else err from None
+            torch.manual_seed(seed)
+            values, log_lik, predictive = _one_at_a_time(fn, flat, args, observed, derived, count)
 
     def group(values: dict[str, torch.Tensor], event: bool, sample: bool = True) -> xr.Dataset:
         arrays, dims = {}, {}
@@ -334,16 +342,11 @@ def _build_tree(program: Program, draws: dict[str, torch.Tensor], args: tuple, s
         log_likelihood = _enumerated_log_likelihood(program, fn, vectorized_draws, args, sites, observed, enumerated,
                                                     (chains, num_draws))
     else:
-        log_lik = {}
-        for name in observed:
-            site = vectorized.nodes[name]
-            log_p = site["fn"].log_prob(site["value"])
-            log_lik[name] = log_p.expand((chains * num_draws,) + log_p.shape[1:]) if log_p.shape[0] == 1 else log_p
         log_likelihood = group(log_lik, event=False)
     for name in derived:  # a function of the draws: reported beside them, as PyMC's Deterministic
-        value, shape = vectorized.nodes[name]["value"].detach(), tuple(sites[name]["value"].shape)
-        flat[name] = value.reshape(shape).expand((chains * num_draws,) + shape) if value.numel() == math.prod(
-            shape) else value.reshape((chains * num_draws,) + shape)
+        value, shape = values[name].detach(), tuple(sites[name]["value"].shape)
+        flat[name] = value.reshape(shape).expand((count,) + shape) if value.numel() == math.prod(
+            shape) else value.reshape((count,) + shape)
     groups = {
         "posterior": group(flat, event=True),
         "log_likelihood": log_likelihood,
@@ -354,6 +357,38 @@ def _build_tree(program: Program, draws: dict[str, torch.Tensor], args: tuple, s
         groups["sample_stats"] = arviz_base.dict_to_dataset(stats, sample_dims=list(SAMPLE_DIMS),
                                                             inference_library=pyro)
     return xr.DataTree.from_dict(groups)
+
+
+def _at_once(fn, draws: dict[str, torch.Tensor], args: tuple, observed: list[str], derived: list[str], count: int,
+             nesting: int):
+    """The story run on all ``count`` draws at once (Predictive's vectorisation): the deterministic sites' values,
+    the observed sites' log-densities (count, ...) and posterior predictive draws."""
+    vectorized = Predictive(fn, posterior_samples=draws, parallel=True).get_vectorized_trace(*args)
+    predictive = Predictive(poutine.uncondition(fn), posterior_samples=draws, return_sites=observed,
+                            parallel=True)(*args)
+    log_lik = {}
+    for name in observed:
+        site = vectorized.nodes[name]
+        log_p = _draws_and_plates(site, site["fn"].log_prob(site["value"]), nesting)
+        log_lik[name] = log_p.expand((count,) + log_p.shape[1:]) if log_p.shape[0] == 1 else log_p
+    return {name: vectorized.nodes[name]["value"] for name in derived}, log_lik, dict(predictive)
+
+
+def _one_at_a_time(fn, flat: dict[str, torch.Tensor], args: tuple, observed: list[str], derived: list[str],
+                   count: int):
+    """What :func:`_at_once` gives, for a story that does not broadcast over draws: run once per draw."""
+    values, log_lik, predictive = ({name: [] for name in names} for names in (derived, observed, observed))
+    for i in range(count):
+        draw = {name: value[i] for name, value in flat.items()}
+        scored = poutine.trace(poutine.condition(fn, data=draw)).get_trace(*args)
+        drawn = poutine.trace(poutine.condition(poutine.uncondition(fn), data=draw)).get_trace(*args)
+        for name in derived:
+            values[name].append(scored.nodes[name]["value"])
+        for name in observed:
+            log_lik[name].append(scored.nodes[name]["fn"].log_prob(scored.nodes[name]["value"]))
+            predictive[name].append(drawn.nodes[name]["value"])
+    return tuple({name: torch.stack(items) for name, items in group.items()} for group in (values, log_lik,
+                                                                                             predictive))
 
 
 def _enumerated_log_likelihood(program: Program, fn, draws: dict[str, torch.Tensor], args: tuple, sites: dict,
@@ -423,12 +458,32 @@ def _guide_draws(program: Program, args: tuple, num_samples: int, seed: int):
         enumerated = [s["name"] for s in model_sites if not s["is_observed"] and s["infer"].get("enumerate")]
         torch.manual_seed(seed)
         nesting = program.nesting(*args)
-        with _broadcasting(program, num_samples, nesting):
+        try:  # all draws at once; a story that does not broadcast over them, one draw at a time
             guide_trace, model_trace, log_p = _joint_draws(program, args, num_samples, nesting, enumerated)
+        except (RuntimeError, ValueError, IndexError) as err:
+            if isinstance(err, ModelCheckError):
+                raise
+            if enumerated:  # summing out the enumerated sites needs the draws at once
+                raise _not_broadcasting(program, num_samples, nesting, err) from None
+            torch.manual_seed(seed)
+            return _joint_draws_one_at_a_time(program, args, num_samples)
         log_q = _per_draw_log_prob(guide_trace, num_samples, nesting)
         draws = {s["name"]: s["value"].cpu() for s in sample_sites(model_trace)
                  if not s["is_observed"] and s["name"] not in enumerated}
     return draws, log_p.cpu(), log_q.cpu()
+
+
+def _joint_draws_one_at_a_time(program: Program, args: tuple, num_samples: int):
+    """What :func:`_guide_draws` gives, for a story that does not broadcast over draws: one draw at a time."""
+    draws, log_p, log_q = {}, [], []
+    for _ in range(num_samples):
+        guide_trace, model_trace = program.trace(*args)
+        log_p.append(_total_log_prob(model_trace))
+        log_q.append(_total_log_prob(guide_trace))
+        for site in sample_sites(model_trace):
+            if not site["is_observed"]:
+                draws.setdefault(site["name"], []).append(site["value"].cpu())
+    return {name: torch.stack(values) for name, values in draws.items()}, torch.cat(log_p), torch.cat(log_q)
 
 
 def _joint_draws(program: Program, args: tuple, num_samples: int, nesting: int, enumerated: list[str]):
@@ -444,26 +499,37 @@ def _joint_draws(program: Program, args: tuple, num_samples: int, nesting: int, 
     return guide_trace, model_trace, log_p.reshape(-1).expand(num_samples).double()
 
 
-@contextlib.contextmanager
-def _broadcasting(program: Program, count: int, nesting: int):
-    """Run a story on ``count`` draws at once, refusing one that does not broadcast over them by name."""
-    try:
-        yield
-    except (RuntimeError, ValueError, IndexError) as err:
-        if isinstance(err, ModelCheckError):
-            raise
-        why = str(err).splitlines()[0].rstrip(".")
-        raise ModelCheckError(
-            f"{program.name} does not broadcast over a dimension of draws (the {count} draws are scored at once, in "
-            f"a plate at dim {-(nesting + 1)}): {why}. Keep the leading batch dimensions of the latents, e.g. "
-            "(x * w).sum(-1) or x @ w.unsqueeze(-1) rather than x @ w, and z.shape[:-1] rather than len(x)") from None
+def _not_broadcasting(program: Program, count: int, nesting: int, err: Exception) -> ModelCheckError:
+    """The refusal of a story that does not broadcast over ``count`` draws scored at once."""
+    why = str(err).splitlines()[0].rstrip(".")
+    return ModelCheckError(
+        f"{program.name} does not broadcast over a dimension of draws (the {count} draws are scored at once, in "
+        f"a plate at dim {-(nesting + 1)}, to sum out its enumerated sites): {why}. Keep the leading batch "
+        "dimensions of the latents, e.g. (x * w).sum(-1) rather than x @ w, and z.shape[:-1] rather than len(x)")
+
+
+def _draws_and_plates(site: dict, log_p: torch.Tensor, nesting: int) -> torch.Tensor:
+    """A site's log-density scored on all draws at once, checked to have no dims but the draws' and the plates':
+    a story that broadcasts a latent's draws against the wrong dim scores each draw under the others' (raised
+    as a ValueError, on which the draws are scored one at a time)."""
+    if log_p.dim() > nesting + 1:
+        raise ValueError(f"site {site['name']!r} has a log-density of shape {tuple(log_p.shape)} on the draws: more "
+                         f"dims than the draws' and the {nesting} plates'")
+    return log_p
+
+
+def _total_log_prob(trace) -> torch.Tensor:
+    """The log-density of one draw's trace, summed over its sites, shape (1,) float64."""
+    trace.compute_log_prob()
+    return sum((site["log_prob"].sum().double().cpu() for site in sample_sites(trace)),
+               torch.zeros((), dtype=torch.float64)).reshape(1)
 
 
 def _per_draw_log_prob(trace, num_samples: int, nesting: int) -> torch.Tensor:
     trace.compute_log_prob()
     total = torch.zeros(num_samples, dtype=torch.float64)
     for site in sample_sites(trace):
-        log_p = site["log_prob"]
+        log_p = _draws_and_plates(site, site["log_prob"], nesting)
         log_p = log_p.reshape((1,) * (nesting + 1 - log_p.dim()) + log_p.shape)
         total += log_p.expand((num_samples,) + log_p.shape[1:]).reshape(num_samples, -1).sum(-1).double().cpu()
     return total
