@@ -435,6 +435,15 @@ def _beta_guide(name: str, normal: bool = False):
     return guide
 
 
+def _misbroadcast(unsqueeze: bool):
+    """A scale drawn per particle, shape (K, 1); unsqueezed once more it meets the rows a dim too far left."""
+    def story(x):
+        scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(0.0, scale.unsqueeze(-1) if unsqueeze else scale), obs=x)
+    return story
+
+
 def _self_subsampled(x):
     """Pyro's own minibatching: the plate draws 5 of the rows at every call and scales by len(x) / 5."""
     loc = pyro.sample("loc", dist.Normal(0.0, 10.0))
@@ -501,6 +510,11 @@ CHECKS = {
                   "story does not broadcast over a particle dimension (num_particles > 1 draws the samples of all "
                   "particles at once, in a plate at dim -2): shape '[4, 2]' is invalid for input of size 16",
                   _check("particles", _particle_story(False), torch.randn(4), guide="auto_normal")),
+    "particles against the wrong dim": (
+        _check("particles", _misbroadcast(True), torch.randn(4), guide="auto_normal"),
+        "site 'x' has a log-density of shape (2, 2, 4) with 2 particles: more dims than the particles' and the 1 "
+        "plates', so each particle is scored under the others' latents",
+        _check("particles", _misbroadcast(False), torch.randn(4), guide="auto_normal")),
     "sample_shape": (_check("sample_shape", _WideSamples(6), X6), "_WideSamples.sample(2) returned shape (2, 7)",
                      _check("sample_shape", IndependentBernoulli(6), X6)),
     "sums_to_one": (_check("sums_to_one", _ShiftedLogProb(6), X6),

@@ -651,6 +651,12 @@ class Program:
                 f"{str(err).splitlines()[0]}. Keep the leading batch dimensions of z (e.g. z.shape[:-1], "
                 "not len(x)), or use num_particles=1") from None
         for site, log_p in log_densities:
+            if log_p.dim() > -dim:
+                raise ModelCheckError(
+                    f"site {site['name']!r} has a log-density of shape {tuple(log_p.shape)} with {k} particles: more "
+                    f"dims than the particles' and the {story.nesting} plates', so each particle is scored under the "
+                    "others' latents. Broadcast the latents from the right, e.g. (x * w).sum(-1) rather than an "
+                    "unsqueeze that moves their batch dims, or use num_particles=1")
             if story.latent and site["is_observed"] and (log_p.dim() < -dim or log_p.shape[dim] != k):
                 raise ModelCheckError(
                     f"observed site {site['name']!r} does not vary over the particle dimension (its "
