@@ -316,9 +316,10 @@ def _build_tree(program: Program, draws: dict[str, torch.Tensor], args: tuple, s
         try:  # all draws at once; a story that does not broadcast over them, one draw at a time
             values, log_lik, predictive = _at_once(fn, vectorized_draws, args, observed, derived, count, nesting)
         except (RuntimeError, ValueError, IndexError) as err:
-            if isinstance(err, ModelCheckError) or enumerated:  # summing out the enumerated sites needs them at once
-                raise _not_broadcasting(program, count, nesting, err) if not isinstance(err, ModelCheckError) \
-                    else err from None
+            if isinstance(err, ModelCheckError):
+                raise
+            if enumerated:  # summing out the enumerated sites needs the draws at once
+                raise _not_broadcasting(program, count, nesting, err) from None
             torch.manual_seed(seed)
             values, log_lik, predictive = _one_at_a_time(fn, flat, args, observed, derived, count)
 
@@ -460,6 +461,7 @@ def _guide_draws(program: Program, args: tuple, num_samples: int, seed: int):
         nesting = program.nesting(*args)
         try:  # all draws at once; a story that does not broadcast over them, one draw at a time
             guide_trace, model_trace, log_p = _joint_draws(program, args, num_samples, nesting, enumerated)
+            log_q = _per_draw_log_prob(guide_trace, num_samples, nesting)
         except (RuntimeError, ValueError, IndexError) as err:
             if isinstance(err, ModelCheckError):
                 raise
@@ -467,7 +469,6 @@ def _guide_draws(program: Program, args: tuple, num_samples: int, seed: int):
                 raise _not_broadcasting(program, num_samples, nesting, err) from None
             torch.manual_seed(seed)
             return _joint_draws_one_at_a_time(program, args, num_samples)
-        log_q = _per_draw_log_prob(guide_trace, num_samples, nesting)
         draws = {s["name"]: s["value"].cpu() for s in sample_sites(model_trace)
                  if not s["is_observed"] and s["name"] not in enumerated}
     return draws, log_p.cpu(), log_q.cpu()
