@@ -766,7 +766,7 @@ def _support(fn):
         return None
     while isinstance(support, torch.distributions.constraints.independent):
         support = support.base_constraint
-    return None if support is torch.distributions.constraints.dependent else support
+    return None if torch.distributions.constraints.is_dependent(support) else support
 
 
 def _unbounded(fn) -> bool:
