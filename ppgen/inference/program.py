@@ -212,7 +212,7 @@ class Program:
         if data_plate is not None and not isinstance(data_plate, str):
             raise TypeError(f"data_plate must be a plate name (str), got {type(data_plate).__name__}")
         self.source = model
-        self.autoguide = guide if isinstance(guide, str) else None
+        self.autoguide_name = guide if isinstance(guide, str) else None
         self.model: Callable = model.model if self.generative_model is not None else model
         self.guide_module: torch.nn.Module | None = None
         if guide is None:
@@ -599,10 +599,10 @@ class Program:
     def check_guided(self, story: Inspection, estimator: str) -> None:
         """Refuse, for an ELBO, a latent site of the model that the guide does not sample and that
         is not enumerated: its term would be missing from the ELBO."""
-        if story.unguided and estimator in ELBO_ESTIMATORS and self.autoguide is not None:
+        if story.unguided and estimator in ELBO_ESTIMATORS and self.autoguide_name is not None:
             raise ModelCheckError(
                 f"discrete latent site {story.unguided[0]!r} is not enumerated, and the autoguide "
-                f"{self.autoguide!r} guides continuous sites only: its term would be missing from the ELBO. "
+                f"{self.autoguide_name!r} guides continuous sites only: its term would be missing from the ELBO. "
                 "Mark it with infer={'enumerate': 'parallel'} (or pass pyro.infer.config_enumerate(model)) so "
                 "that elbo='auto' sums it out, or pass a guide function that samples it")
         if story.unguided and estimator in ELBO_ESTIMATORS:
@@ -787,10 +787,8 @@ def _discrete_latent(msg: dict) -> bool:
     """Whether a Pyro message is a latent sample site with discrete support (what no autoguide guides)."""
     if msg["type"] != "sample" or msg["is_observed"] or site_is_subsample(msg):
         return False
-    try:
-        return bool(msg["fn"].support.is_discrete)
-    except NotImplementedError:  # a dependent support: not known to be discrete
-        return False
+    support = _support(msg["fn"])
+    return support is not None and support.is_discrete
 
 
 def _forget_stale_params(prefix: str) -> None:
