@@ -313,15 +313,10 @@ def _build_tree(program: Program, draws: dict[str, torch.Tensor], args: tuple, s
         vectorized_draws = {name: value.reshape(value.shape[:1] + (1,) * (nesting - len(sites[name]["fn"].batch_shape))
                                                 + value.shape[1:]) for name, value in flat.items()}
         count = chains * num_draws
-        try:  # all draws at once; a story that does not broadcast over them, one draw at a time
-            values, log_lik, predictive = _at_once(fn, vectorized_draws, args, observed, derived, count, nesting)
-        except (RuntimeError, ValueError, IndexError) as err:
-            if isinstance(err, ModelCheckError):
-                raise
-            if enumerated:  # summing out the enumerated sites needs the draws at once
-                raise _not_broadcasting(program, count, nesting, err) from None
-            torch.manual_seed(seed)
-            values, log_lik, predictive = _one_at_a_time(fn, flat, args, observed, derived, count)
+        values, log_lik, predictive = _at_once_else_one_by_one(
+            program, count, nesting, enumerated, seed,
+            lambda: _at_once(fn, vectorized_draws, args, observed, derived, count, nesting),
+            lambda: _one_at_a_time(fn, flat, args, observed, derived, count))
 
     def group(values: dict[str, torch.Tensor], event: bool, sample: bool = True) -> xr.Dataset:
         arrays, dims = {}, {}
@@ -459,19 +454,24 @@ def _guide_draws(program: Program, args: tuple, num_samples: int, seed: int):
         enumerated = [s["name"] for s in model_sites if not s["is_observed"] and s["infer"].get("enumerate")]
         torch.manual_seed(seed)
         nesting = program.nesting(*args)
-        try:  # all draws at once; a story that does not broadcast over them, one draw at a time
-            guide_trace, model_trace, log_p = _joint_draws(program, args, num_samples, nesting, enumerated)
-            log_q = _per_draw_log_prob(guide_trace, num_samples, nesting)
-        except (RuntimeError, ValueError, IndexError) as err:
-            if isinstance(err, ModelCheckError):
-                raise
-            if enumerated:  # summing out the enumerated sites needs the draws at once
-                raise _not_broadcasting(program, num_samples, nesting, err) from None
-            torch.manual_seed(seed)
-            return _joint_draws_one_at_a_time(program, args, num_samples)
-        draws = {s["name"]: s["value"].cpu() for s in sample_sites(model_trace)
-                 if not s["is_observed"] and s["name"] not in enumerated}
-    return draws, log_p.cpu(), log_q.cpu()
+        return _at_once_else_one_by_one(program, num_samples, nesting, enumerated, seed,
+                                        lambda: _joint_draws(program, args, num_samples, nesting, enumerated),
+                                        lambda: _joint_draws_one_at_a_time(program, args, num_samples))
+
+
+def _at_once_else_one_by_one(program: Program, count: int, nesting: int, enumerated: list[str], seed: int,
+                             at_once, one_by_one):
+    """``at_once()``, the story run on all ``count`` draws at once; where it does not broadcast over them,
+    ``one_by_one()``, reseeded, except that summing out enumerated sites needs them at once (refused then)."""
+    try:
+        return at_once()
+    except (RuntimeError, ValueError, IndexError) as err:
+        if isinstance(err, ModelCheckError):
+            raise
+        if enumerated:
+            raise _not_broadcasting(program, count, nesting, err) from None
+        torch.manual_seed(seed)
+        return one_by_one()
 
 
 def _joint_draws_one_at_a_time(program: Program, args: tuple, num_samples: int):
@@ -488,16 +488,20 @@ def _joint_draws_one_at_a_time(program: Program, args: tuple, num_samples: int):
 
 
 def _joint_draws(program: Program, args: tuple, num_samples: int, nesting: int, enumerated: list[str]):
-    """The guide's and the model's traces of ``num_samples`` draws at once, and log p(x, z) of each draw."""
+    """``num_samples`` draws of the guided latents at once, with log p(x, z) and log q(z) of each draw."""
     if not enumerated:
         guide_trace, model_trace = program.trace(*args, num_particles=num_samples)
-        return guide_trace, model_trace, _per_draw_log_prob(model_trace, num_samples, nesting)
-    with pyro.plate(PARTICLE_PLATE, num_samples, dim=-(nesting + 1)):
-        guide_trace = poutine.trace(program.guide).get_trace(*args)
-        model_trace = poutine.trace(poutine.enum(poutine.replay(program.model, trace=guide_trace),
-                                                 first_available_dim=-(nesting + 2))).get_trace(*args)
-    log_p = sum_out_enumerated(model_trace, sample_sites(model_trace), (PARTICLE_PLATE,))
-    return guide_trace, model_trace, log_p.reshape(-1).expand(num_samples).double()
+        log_p = _per_draw_log_prob(model_trace, num_samples, nesting)
+    else:
+        with pyro.plate(PARTICLE_PLATE, num_samples, dim=-(nesting + 1)):
+            guide_trace = poutine.trace(program.guide).get_trace(*args)
+            model_trace = poutine.trace(poutine.enum(poutine.replay(program.model, trace=guide_trace),
+                                                     first_available_dim=-(nesting + 2))).get_trace(*args)
+        log_p = sum_out_enumerated(model_trace, sample_sites(model_trace), (PARTICLE_PLATE,))
+        log_p = log_p.reshape(-1).expand(num_samples).double().cpu()
+    draws = {s["name"]: s["value"].cpu() for s in sample_sites(model_trace)
+             if not s["is_observed"] and s["name"] not in enumerated}
+    return draws, log_p, _per_draw_log_prob(guide_trace, num_samples, nesting)
 
 
 def _not_broadcasting(program: Program, count: int, nesting: int, err: Exception) -> ModelCheckError:
