@@ -623,7 +623,7 @@ def compress_run(run: Path, source: Path, target: Path, *, decompress: bool = Fa
     import numpy as np
 
     from ppgen.compression import compress, decompress as decode, model_nll_bits
-    from ppgen.compression.text import ESCAPE_BITS
+    from ppgen.compression.text import ESCAPE_BITS, text_ids
 
     model, config = load_run(run)
     if not source.is_file():
@@ -659,7 +659,7 @@ def compress_run(run: Path, source: Path, target: Path, *, decompress: bool = Fa
     if len(x):
         bits, kind = model_nll_bits(model, x)
         line += f"; model {kind} {bits / units:.4f} {per}"
-    if isinstance(x, str) and (unknown := int((model.vocabulary.encode(x, errors="replace") == 0).sum())):
+    if isinstance(x, str) and (unknown := len(text_ids(model, x)[2])):  # the code points coded after the rows
         line += (f" ({unknown:,} character(s) outside its vocabulary, coded by code point at "
                  f"{ESCAPE_BITS:.1f} bits each)")
     return line + f"; wrote {target}"
