@@ -314,6 +314,17 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
         "stopped_early": False}
 
 
+def test_significantly_better_is_a_paired_t_test_at_two_standard_errors():
+    from ppgen.inference.training import significantly_better
+
+    # differences 1 +- s (four of each): standard error s / sqrt(7), so the edge is at s = sqrt(7) / 2 = 1.3229
+    spread = torch.tensor([-1.0, 1.0] * 4)
+    assert significantly_better(1 + 1.32 * spread) and not significantly_better(1 + 1.33 * spread)
+    assert not significantly_better(-1 + 0.1 * spread)  # worse is never better
+    # without noise (identical pairs) any gain counts, and none is not one
+    assert significantly_better(torch.full((8,), 1e-6)) and not significantly_better(torch.zeros(8))
+
+
 def test_scoring_a_model_that_drops_the_particle_dimension_is_refused_clearly(digits):
     with pytest.raises(ModelCheckError, match="does not broadcast over a particle dimension"):
         log_likelihood(_FlatVAE(784, z_dim=2, hidden=8), digits["test"].x[:8], num_samples=10)

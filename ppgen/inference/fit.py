@@ -38,8 +38,8 @@ from ppgen.inference.checkpoint import CHECKPOINT_NAME, Checkpointer, RunLock, c
 from ppgen.inference.distributed import join
 from ppgen.inference.signals import DeferredSignals
 from ppgen.inference.training import (
-    ConvergenceWarning, DivergenceError, EarlyStopping, FitConfig, FitResult, NonFiniteLossError, TrainState,
-    convergence_message,
+    FRESH_PASSES, ConvergenceWarning, DivergenceError, EarlyStopping, FitConfig, FitResult, NonFiniteLossError,
+    TrainState, convergence_message, significantly_better,
 )
 from ppgen.inference.objectives import Objective, make_objective
 from ppgen.inference.optimizers import make_optimizer
@@ -120,6 +120,7 @@ class Trainer:
         self._stepped = False  # whether a step ran (Pyro's argument checks run on the first only)
         self._pending: tuple[float, int] | None = None  # the record of a step whose update may be applied
         self._clock_zero: float | None = None  # perf_counter() at which this run's training time would be zero
+        self._stop_in_doubt: str | None = None  # an early stop that was no decline beyond noise, in words
 
     # --- init ---------------------------------------------------------------------------------
 
@@ -433,14 +434,15 @@ class Trainer:
             step=state.step + 1, site=site)
 
     @torch.no_grad()
-    def evaluate(self, x, y=None, *, seed: int = 0) -> float | None:
+    def evaluate(self, x, y=None, *, seed: int = 0, averaged: bool = True) -> float | None:
         """The objective's score per example on held-out rows (with a fixed seed, so that it does
         not disturb training); each rank scores its share of every batch and the totals are summed.
-        None when the objective has no normalised score (:meth:`Objective.score` returns None)."""
+        None when the objective has no normalised score (:meth:`Objective.score` returns None).
+        ``averaged=False``: the parameters as they are, not their moving averages."""
         cluster, device = self.cluster, self.device
         total = torch.zeros((), dtype=torch.float64, device=device)
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), \
-                self.program.mode(False, self.objective), self._averaged():
+                self.program.mode(False, self.objective), self._averaged() if averaged else contextlib.nullcontext():
             torch.manual_seed(seed + cluster.rank)
             for idx in torch.arange(x.shape[0]).split(self.config.batch_size):
                 self.signals.check()
@@ -461,6 +463,18 @@ class Trainer:
         params = self._averaged_params()
         trained = [p.detach().clone() for p in params]  # on the parameters' device: no round trip
         self._hold_averages()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(params, trained)
+
+    @contextlib.contextmanager
+    def _holding(self, saved: dict[str, torch.Tensor]):
+        """Inside: the parameters hold ``saved`` (a snapshot), restored after."""
+        params = list(self.checkpoints.params.values())
+        trained = [p.detach().clone() for p in params]
+        self.checkpoints.load_params(saved, "best epoch")
         try:
             yield
         finally:
@@ -601,15 +615,17 @@ class Trainer:
                             f"({state.epoch} of {config.epochs} epochs done): the run has not reached its end. "
                             + ("resume=True with the same checkpoint_dir continues it" if config.checkpoint_dir
                                is not None else "Give a checkpoint_dir to be able to continue a run"))
-        elif config.convergence_tol is not None and not state.stopped_early and objective.monotone:
-            message = convergence_message(state.train_elbo, config.convergence_tol)
+        elif config.convergence_tol is not None and objective.monotone and (
+                not state.stopped_early or self._stop_in_doubt is not None):
+            advice = self._advice() if not state.stopped_early else self._stop_in_doubt
+            message = convergence_message(state.train_elbo, config.convergence_tol, advice=advice)
             # a model that subsamples its rows itself cannot be scored on chunks of rows of our choosing
             if message is None and objective.estimator in ESTIMATORS and self.cluster.world_size == 1 \
                     and not self.program.subsampling:
                 # the rows it looks at, so that it costs at most about a tenth of the training: a sixteenth of
                 # the rows the run trained on (at least 128), up to 2048
                 found = self._stationarity(x, y, min(2048, max(128, state.step * config.batch_size // 16)))
-                message = found.message(config.convergence_tol, self._advice()) if found is not None else None
+                message = found.message(config.convergence_tol, advice) if found is not None else None
             messages += [message] if message else []
         levels = self._levels() if self._whole_numbers or objective.estimator in ESTIMATORS else None
         if levels is not None and state.train_elbo:
@@ -657,6 +673,7 @@ class Trainer:
             self._say(f"{self.estimator_name} has no normalised validation score: no best epoch, no early stopping")
         best = EarlyStopping(self.config.patience).decide(
             state, score, lambda: self.checkpoints.snapshot(averaged=True))  # what was scored
+        best = self._second_look(state, best, valid)
         state.commit_epoch(train, score, best, seconds=self._seconds(state))
         self.checkpoints.commit()  # the buffers as the epoch left them (validation runs in evaluation mode)
         self.checkpoints.save(state.to_dict())
@@ -666,6 +683,42 @@ class Trainer:
             if gm is not None and (state.epoch % IMAGE_EVERY == 0 or state.epoch == self.config.epochs
                                    or state.stopped_early):
                 self.log.samples(state.step, gm, seed=self.config.seed)
+
+    def _second_look(self, state: TrainState, best: dict, valid) -> dict:
+        """``best`` (:meth:`EarlyStopping.decide`'s changes), looked at again where the best epoch's record would
+        end the run (a stop after ``patience`` epochs, or its parameters restored after the last epoch). A Monte
+        Carlo score's record is the best of many noisy draws and can be luck while the model still improves;
+        so the parameters now and the best epoch's are scored again on FRESH_PASSES paired fresh seeds. Better
+        beyond the noise (:func:`significantly_better`), the parameters now take the record and a stop is
+        called off; within it, the fresh scores (fairer than a record chosen for being high) pick which are
+        kept, and a stop that was no decline either has the end-of-fit verdict look at the parameters."""
+        epoch, config = state.epoch + 1, self.config
+        ending = best.get("stopped_early") or (epoch == config.epochs and "best_epoch" not in best)
+        if not ending or state.best_state is None or self._deterministic():
+            return best
+        seeds = [config.seed + 1_000_003 * (k + 1) + epoch for k in range(FRESH_PASSES)]
+        now = torch.tensor([self.evaluate(*valid, seed=seed) for seed in seeds])
+        with self._holding(state.best_state):
+            then = torch.tensor([self.evaluate(*valid, seed=seed, averaged=False) for seed in seeds])
+        difference = now - then
+        gap, stderr = difference.mean().item(), difference.std().item() / FRESH_PASSES ** 0.5
+        better = significantly_better(difference)
+        stop = bool(best.get("stopped_early")) and not better
+        kept = epoch if gap > 0 else state.best_epoch
+        if best.get("stopped_early") and better:
+            self._say(f"epoch {epoch} scores {gap:.4g} ± {stderr:.2g} per example above the best record (epoch "
+                      f"{state.best_epoch}) on {FRESH_PASSES} fresh validation passes: that record was the draws' "
+                      "luck, and training goes on")
+        elif stop and not significantly_better(-difference):
+            self._stop_in_doubt = (
+                f"It stopped early after epoch {epoch}, {config.patience} epochs after its best record (epoch "
+                f"{state.best_epoch}), but the two scored within the draws' noise of each other ({gap:+.3g} ± "
+                f"{stderr:.2g} nats per example on {FRESH_PASSES} fresh validation passes; it holds epoch {kept}'s "
+                "parameters), not a decline: raise patience, or validate on more rows")
+        if kept == state.best_epoch:
+            return {**best, "stopped_early": stop}
+        return {"best_elbo": now.mean().item(), "best_epoch": epoch,
+                "best_state": self.checkpoints.snapshot(averaged=True), "stopped_early": stop}
 
     def _record_applied_step(self, state: TrainState) -> None:
         """After an interrupt between a step's parameter update and its record, record it: the

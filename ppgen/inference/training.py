@@ -103,7 +103,13 @@ class FitConfig:
         Seeds the sampling and the data order: same seed, same result on the same device.
     patience : int, optional
         With validation rows, stop after this many epochs without a better validation score and
-        restore the parameters of the best epoch.
+        restore the parameters of the best epoch. A Monte Carlo score (an ELBO, a bound) can
+        hold its record by luck: before that record stops the run, or is restored after the
+        last epoch, the parameters now and the best epoch's are scored again on 8 paired fresh
+        seeds, and if the former are better beyond the draws' noise (2 standard errors) they
+        become the best and training goes on; within the noise, the fresh scores pick which are
+        kept, and a stop that was no decline either gets the end-of-fit checks (and their
+        warning) a run without a stop gets.
     checkpoint_dir : path, optional
         Write ``checkpoint.pt`` there after every epoch (atomically), when interrupted, and when
         the loss becomes non-finite.
@@ -250,7 +256,8 @@ class FitResult:
     stopped_early : bool
     best_epoch : int or None
         Epoch (1-based) of the best validation objective, whose parameters the model holds
-        when early stopping was on.
+        when early stopping was on (for a Monte Carlo score, the last epoch instead where it
+        scored as well on fresh validation passes: ``patience`` in :class:`FitConfig`).
     device : str
     estimator : str
         The estimator that ran (``"auto"`` resolved), or the custom objective's class name.
@@ -352,6 +359,20 @@ class TrainState:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "rng"}
 
 
+# Paired validation passes (fresh seeds) that check a Monte Carlo score's best epoch before it ends a run
+FRESH_PASSES = 8
+
+
+def significantly_better(differences: torch.Tensor, z: float = 2.0) -> bool:
+    """Whether paired score differences (each the parameters now minus the best epoch's, both scored on one
+    seed) have a mean more than ``z`` standard errors above zero: better beyond the draws' noise (with 8
+    pairs, a one-sided t-test at about 4%). Identical pairs (no noise) count any gain."""
+    differences = differences.double()
+    mean = differences.mean()
+    stderr = differences.std() / math.sqrt(len(differences)) if len(differences) > 1 else torch.tensor(math.inf)
+    return bool(mean > z * stderr) if stderr > 0 else bool(mean > 0)
+
+
 class EarlyStopping:
     """Track the best validation score; say when ``patience`` epochs passed without a better one."""
 
@@ -370,7 +391,8 @@ class EarlyStopping:
         return {"stopped_early": self.patience is not None and epoch - state.best_epoch >= self.patience}
 
 
-def convergence_message(train_elbo: list[float], tol: float, window: int = 5) -> str | None:
+def convergence_message(train_elbo: list[float], tol: float, window: int = 5,
+                        advice: str = "Raise epochs or lr") -> str | None:
     """Why training had not converged, or None: the least-squares slope of the per-epoch
     objective over the last ``window`` epochs is an improvement of more than ``tol`` (relative,
     per epoch) and more than twice its own standard error (so noise alone does not warn)."""
@@ -386,5 +408,5 @@ def convergence_message(train_elbo: list[float], tol: float, window: int = 5) ->
     if slope > tol * scale and slope > 2 * stderr:
         return (f"the objective was still improving by {slope.item():.3g} nats per example per epoch over the "
                 f"last {window} epochs (ending at {train_elbo[-1]:.4g}; tolerance {tol:g} x {scale.item():.3g}): "
-                "training had not converged. Raise epochs or lr (or set convergence_tol=None)")
+                f"training had not converged. {advice} (or set convergence_tol=None)")
     return None
