@@ -10,6 +10,7 @@ import warnings
 
 import pyro
 import pyro.distributions as dist
+from pyro import poutine
 import pytest
 import torch
 from torch import nn
@@ -462,6 +463,16 @@ def _self_subsampled(x):
         pyro.sample("x", dist.Normal(loc, 1.0), obs=x[rows])
 
 
+def _scaled_by_hand(scale):
+    """The minibatch scaling written by hand, as Pyro's SVI tutorial shows it (scale=100 / len(x) for 100 rows in
+    all), or another constant scale (a tempered likelihood)."""
+    def story(x):
+        loc = pyro.sample("loc", dist.Normal(0.0, 10.0))
+        with pyro.plate("data", len(x)), poutine.scale(scale=scale(x)):
+            pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+    return story
+
+
 def _two_gaussians(enumerate: bool):
     """A plain Pyro mixture of two unit Gaussians: a prior on the weight and the means, a Bernoulli choice a row."""
     def two_gaussians(x):
@@ -493,6 +504,12 @@ CHECKS = {
                     "plate 'data' draws its own subsample of the rows (subsample_size= or subsample=), and fit was "
                     "drawing minibatches of 10 of 100 rows too: pass batch_size >= 100",
                     _check("subsampling", _self_subsampled, torch.randn(10), 10, guide="auto_normal")),
+    # fit scales a minibatch to the full data itself: by hand too, the likelihood of 100 rows would count 1,000
+    # times; a tempered likelihood (scale 0.5 whatever the batch) is the story's own and passes
+    "own scaling": (_check("own_scaling", _scaled_by_hand(lambda x: 100 / len(x)), torch.randn(10), 100,
+                           guide="auto_normal"),
+                    "site 'x' is scaled by 10 = 100 / 10 in the story itself (poutine.scale): the minibatch scaling",
+                    _check("own_scaling", _scaled_by_hand(lambda x: 0.5), torch.randn(10), 100, guide="auto_normal")),
     "observation shaped against its plate": (
         _check("guide_sites", lambda x: _rows_of_coins(x, event=False), torch.ones(5, 3), guide="auto_normal"),
         "Shape mismatch inside plate('data') at site x dim -1, 5 vs 3: the site's batch shape does not line up with "

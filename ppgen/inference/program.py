@@ -157,6 +157,9 @@ class Inspection:
         Latent sites whose guide distribution ranges over all real numbers where the model's is
         bounded (a Normal guide for a Beta, Gamma or HalfNormal site): draws outside the model's
         support have no density.
+    scaled_in_plate : tuple of (str, float)
+        Sites of the model or guide inside the data plate whose log-density the story scales itself
+        (``poutine.scale``, or a plate with ``subsample=``) by a single number, with that number.
     """
 
     rows: int
@@ -172,6 +175,7 @@ class Inspection:
     subsampling: tuple[str, ...] = ()
     guide_only: tuple[str, ...] = ()
     guide_unbounded: tuple[str, ...] = ()
+    scaled_in_plate: tuple[tuple[str, float], ...] = ()
 
 
 class Program:
@@ -461,7 +465,9 @@ class Program:
                              and s["name"] not in model_trace.nodes and not s["infer"].get("is_auxiliary")),
             guide_unbounded=tuple(s["name"] for s in guide_sites if not s["is_observed"]
                                   and s["name"] in model_trace.nodes and _unbounded(s["fn"])
-                                  and _bounded(model_trace.nodes[s["name"]]["fn"])))
+                                  and _bounded(model_trace.nodes[s["name"]]["fn"])),
+            scaled_in_plate=tuple((s["name"], float(s["scale"])) for s in model_sites + guide_sites
+                                  if _in_plate(s, plate) and _one_number(s["scale"]) and float(s["scale"]) != 1.0))
 
     def validate(self, x, y=None, *, num_rows: int | None = None, estimator: str = "auto",
                  num_particles: int = 1, thorough: bool = True) -> ModelCheck:
@@ -470,8 +476,9 @@ class Program:
 
         :meth:`inspect`, then the checks in this order, each raising :class:`ModelCheckError` that
         names the site: :meth:`check_observes`, :meth:`check_normalised`, :meth:`check_minibatch`
-        (``num_rows`` > rows given), :meth:`check_guided`, :meth:`check_enumerated`,
-        :meth:`check_per_example`, :meth:`check_particles` (``num_particles > 1`` with an ELBO), and
+        (``num_rows`` > rows given), :meth:`check_own_scaling` (the same), :meth:`check_guided`,
+        :meth:`check_enumerated`, :meth:`check_per_example`, :meth:`check_particles`
+        (``num_particles > 1`` with an ELBO), and
         for a ``GenerativeModel`` :meth:`check_sample_shape` (``thorough`` only),
         :meth:`check_sums_to_one` and :meth:`check_log_prob`. Sets :attr:`data_plate` to the plate
         found (and caches the nesting that :meth:`trace` vectorises particles beside).
@@ -494,6 +501,7 @@ class Program:
         self.check_subsampling(story, num_rows)
         self.check_guide_sites(story)
         self.check_minibatch(story, num_rows)
+        self.check_own_scaling(story, num_rows)
         self.check_guided(story, estimator)
         self.check_enumerated(story, estimator)
         passed.append("every latent of the model is sampled by the guide or enumerated")
@@ -595,6 +603,20 @@ class Program:
                 f"observed site {story.observed_outside[0]!r} is outside {where}: a minibatch of {story.rows} of "
                 f"{num_rows} rows cannot be scaled to the full data. Observe it inside pyro.plate(name, len(x)), "
                 f"or use batch_size >= {num_rows}")
+
+    def check_own_scaling(self, story: Inspection, num_rows: int) -> None:
+        """Refuse a story that scales a site in the data plate by ``num_rows`` / rows itself (``poutine.scale``,
+        the minibatch scaling written by hand) when it is given a minibatch: fit scales the data plate to the
+        full data too, and the likelihood would count twice."""
+        factor = num_rows / story.rows
+        for name, scale in story.scaled_in_plate:
+            if num_rows > story.rows and math.isclose(scale, factor, rel_tol=1e-6):
+                raise ModelCheckError(
+                    f"site {name!r} is scaled by {scale:g} = {num_rows} / {story.rows} in the story itself "
+                    "(poutine.scale): the minibatch scaling, which fit applies to the data plate on its own, so the "
+                    "likelihood would "
+                    f"count {factor:g} times over and the posterior be too sure. Remove the poutine.scale (fit "
+                    f"scales each minibatch to all {num_rows} rows), or use batch_size >= {num_rows}")
 
     def check_guided(self, story: Inspection, estimator: str) -> None:
         """Refuse, for an ELBO, a latent site of the model that the guide does not sample and that
@@ -820,6 +842,11 @@ def _nesting(*traces) -> int:
     """The most batch dimensions any sample site of ``traces`` uses (its plates' ``-dim``)."""
     return max((-f.dim for trace in traces for site in trace.nodes.values() if site["type"] == "sample"
                 for f in site["cond_indep_stack"] if f.vectorized), default=0)
+
+
+def _one_number(scale) -> bool:
+    """Whether a site's scale is one number (a float, or a tensor of one element)."""
+    return not isinstance(scale, torch.Tensor) or scale.numel() == 1
 
 
 def _in_plate(site, plate: str | None) -> bool:
