@@ -619,9 +619,10 @@ class Trainer:
                 not state.stopped_early or self._stop_in_doubt is not None):
             advice = self._advice() if not state.stopped_early else self._stop_in_doubt
             message = convergence_message(state.train_elbo, config.convergence_tol, advice=advice)
-            # a model that subsamples its rows itself cannot be scored on chunks of rows of our choosing
+            # chunks of rows of our choosing are scored scaled to the full data: not a model that subsamples its
+            # rows itself, nor one without a data plate to scale (its chunks would score another objective)
             if message is None and objective.estimator in ESTIMATORS and self.cluster.world_size == 1 \
-                    and not self.program.subsampling:
+                    and not self.program.subsampling and self.program.data_plate is not None:
                 # the rows it looks at, so that it costs at most about a tenth of the training: a sixteenth of
                 # the rows the run trained on (at least 128), up to 2048
                 found = self._stationarity(x, y, min(2048, max(128, state.step * config.batch_size // 16)))

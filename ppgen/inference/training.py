@@ -128,7 +128,9 @@ class FitConfig:
         Warn (:class:`ConvergenceWarning`) when the training objective still improved by more
         than this fraction per epoch over the last epochs, or when one preconditioned gradient
         step from the returned parameters still raises it by more than this fraction
-        (:func:`~ppgen.inference.stationarity.stationarity`); None turns both checks off.
+        (:func:`~ppgen.inference.stationarity.stationarity`, which scores chunks of rows scaled to
+        the full data: not run for a story without a data plate or one that subsamples its rows
+        itself); None turns both checks off.
         (Scoring worse than the uniform distribution warns whatever this is.)
     divergence_factor : float or None
         Stop with :class:`DivergenceError` when the loss per example grows past this many times
