@@ -314,7 +314,10 @@ def check_data(x, *, dim: int | None = None, support: str = "real", name: str = 
             raise ValueError(f"{name} is empty: it has shape {tuple(x.shape)}")
         if x.is_floating_point() and not torch.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or inf (first at index "
-                             f"{tuple(int(i) for i in (~torch.isfinite(x)).nonzero()[0])})")
+                             f"{tuple(int(i) for i in (~torch.isfinite(x)).nonzero()[0])}). Where they mark missing "
+                             "values, fill those with any number and pass where values are observed as a second "
+                             "tensor, fit(model, (x, observed)), to a story that observes "
+                             "dist.Normal(...).mask(observed)")
         return x
     if x.dim() != 2:
         raise ValueError(f"{name} must have shape (N, D), got shape {tuple(x.shape)}")
