@@ -359,3 +359,41 @@ def test_nuts_on_a_model_with_an_enumerated_site_gives_a_tree_that_sums_it_out()
         warnings.simplefilter("ignore", UserWarning)
         # ArviZ reads the pointwise values: elpd_loo lies within a few effective parameters (3 here) of their sum
         assert loo(tree).elpd == pytest.approx(tree["log_likelihood"]["x"].values.mean(1).sum(), abs=5.0)
+
+
+@pytest.mark.parametrize("how", ["distribution", "poutine"])
+def test_masked_out_values_are_no_data_in_the_tree(how):
+    """x_n ~ N(mu, 2^2) with a fifth of the values missing (filled with 0 and masked out). Pyro scores a masked
+    value 0: counted as an observation it widened LOO's standard error (the values' spread held the zeros: 23.1
+    for 15.4 on 400 rows) and was one of its points. The tree keeps the observed values only, along
+    ``x_observed`` (as PyMC does), and shows the missing ones as NaN among the data; its LOO is the unmasked
+    story's on the observed values."""
+    def story(x, observed):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        with pyro.plate("data", x.shape[0]):
+            if how == "distribution":
+                pyro.sample("x", dist.Normal(mu, 2.0).mask(observed), obs=x)
+            else:
+                with pyro.poutine.mask(mask=observed):
+                    pyro.sample("x", dist.Normal(mu, 2.0), obs=x)
+
+    def complete(x):
+        return story(x, torch.ones(len(x), dtype=torch.bool))
+
+    generator = torch.Generator().manual_seed(0)
+    x = 2 * torch.randn(200, generator=generator) + 3
+    observed = torch.rand(200, generator=generator) < 0.8
+    precision = 1 / 100 + observed.sum().item() / 4
+    mean, sd = x[observed].sum().item() / 4 / precision, precision ** -0.5
+    mu = mean + sd * torch.randn(1, 500, generator=generator)  # exact posterior draws
+    tree = to_arviz({"mu": mu}, story, (torch.where(observed, x, 0.0), observed))
+    log_lik = tree["log_likelihood"]["x"]
+    assert log_lik.dims == ("chain", "draw", "x_observed")
+    np.testing.assert_allclose(log_lik.values[0], dist.Normal(mu[0, :, None], 2.0).log_prob(x[observed]).numpy(),
+                               rtol=1e-6)
+    data = tree["observed_data"]["x"].values
+    assert np.isnan(data[~observed.numpy()]).all() and np.allclose(data[observed.numpy()], x[observed].numpy())
+    assert tree["posterior_predictive"]["x"].shape == (1, 500, 200)  # draws for the missing values too
+    masked, unmasked = loo(tree, var_name="x"), loo(to_arviz({"mu": mu}, complete, x[observed]), var_name="x")
+    assert masked.n_data_points == unmasked.n_data_points == observed.sum().item()
+    assert masked.elpd == pytest.approx(unmasked.elpd, rel=1e-6) and masked.se == pytest.approx(unmasked.se, rel=1e-6)

@@ -84,7 +84,10 @@ def to_arviz(source, model=None, data=None, *, num_samples: int = 1000, seed: in
     xarray.DataTree
         Groups ``posterior``, ``log_likelihood``, ``posterior_predictive``, ``observed_data``
         and ``sample_stats`` (``diverging`` for MCMC; ``log_joint`` and ``log_guide`` for guide
-        draws, which :func:`loo_approximate_posterior` uses).
+        draws, which :func:`loo_approximate_posterior` uses). Values an observed site masks out
+        (``.mask(m)``, ``poutine.mask``: missing data) are no data: its log-likelihood keeps the
+        others, along ``<site>_observed`` (as PyMC's ``x_observed``), ``observed_data`` shows them
+        as NaN, and ``posterior_predictive`` draws them (the imputations).
 
     Examples
     --------
@@ -339,6 +342,14 @@ def _build_tree(program: Program, draws: dict[str, torch.Tensor], args: tuple, s
                                                     (chains, num_draws))
     else:
         log_likelihood = group(log_lik, event=False)
+    observed_data = {name: sites[name]["value"] for name in observed}
+    for name in observed:  # masked-out values are no data: as PyMC's x_observed, and NaN among the data
+        mask = _observed_mask(sites[name])
+        if mask is not None:
+            log_likelihood = _only_observed(log_likelihood, name, mask)
+            value = observed_data[name].double()
+            observed_data[name] = value.masked_fill(~mask.reshape(mask.shape + (1,) * (value.dim() - mask.dim()))
+                                                    .expand_as(value), math.nan)
     for name in derived:  # a function of the draws: reported beside them, as PyMC's Deterministic
         value, shape = values[name].detach(), tuple(sites[name]["value"].shape)
         flat[name] = value.reshape(shape).expand((count,) + shape) if value.numel() == math.prod(
@@ -347,7 +358,7 @@ def _build_tree(program: Program, draws: dict[str, torch.Tensor], args: tuple, s
         "posterior": group(flat, event=True),
         "log_likelihood": log_likelihood,
         "posterior_predictive": group(dict(predictive), event=True),
-        "observed_data": group({name: sites[name]["value"] for name in observed}, event=True, sample=False),
+        "observed_data": group(observed_data, event=True, sample=False),
     }
     if stats:
         groups["sample_stats"] = arviz_base.dict_to_dataset(stats, sample_dims=list(SAMPLE_DIMS),
@@ -421,6 +432,29 @@ def _enumerated_log_likelihood(program: Program, fn, draws: dict[str, torch.Tens
     return arviz_base.dict_to_dataset({observed[0]: values.reshape(lead + tuple(f.size for f in keep)).cpu().numpy()},
                                       dims={observed[0]: [f.name for f in keep]}, sample_dims=list(SAMPLE_DIMS),
                                       inference_library=pyro)
+
+
+def _observed_mask(site: dict) -> torch.Tensor | None:
+    """Which values of an observed site count (``.mask(m)`` on its distribution, or ``poutine.mask``), as a
+    boolean tensor over the batch axes that :func:`_axis_names` keeps; None when all of them do."""
+    fn, batch = site["fn"], tuple(site["fn"].batch_shape)
+    mask = torch.ones(batch, dtype=torch.bool)
+    for m in (site.get("mask"), getattr(fn, "_mask", None)):  # MaskedDistribution keeps its mask there
+        if m is not None:
+            mask = mask & torch.as_tensor(m, dtype=torch.bool).cpu()
+    if mask.all():
+        return None
+    _, keep = _axis_names(site, event=False)
+    return mask.expand(batch)[tuple(slice(None) if k else 0 for k in keep)]
+
+
+def _only_observed(log_likelihood: xr.Dataset, name: str, mask: torch.Tensor) -> xr.Dataset:
+    """``log_likelihood`` with ``name``'s values where ``mask`` is False left out, the rest along one axis
+    ``<name>_observed``: a masked-out value has no likelihood (Pyro scores it 0), and counted as an
+    observation it would widen LOO's standard error (the values' spread holds the zeros) and count as a point."""
+    values = log_likelihood[name].values[..., mask.numpy()]
+    return log_likelihood.drop_vars(name).assign(
+        {name: xr.DataArray(values, dims=[*SAMPLE_DIMS, f"{name}_observed"])})
 
 
 def _axis_names(site: dict, event: bool) -> tuple[list[str], list[bool]]:
