@@ -397,3 +397,17 @@ def test_masked_out_values_are_no_data_in_the_tree(how):
     masked, unmasked = loo(tree, var_name="x"), loo(to_arviz({"mu": mu}, complete, x[observed]), var_name="x")
     assert masked.n_data_points == unmasked.n_data_points == observed.sum().item()
     assert masked.elpd == pytest.approx(unmasked.elpd, rel=1e-6) and masked.se == pytest.approx(unmasked.se, rel=1e-6)
+
+
+def test_numpy_data_is_taken_as_fit_takes_it():
+    """fit takes NumPy arrays; to_arviz and pareto_khat stopped inside Pyro ("The value argument to log_prob
+    must be a Tensor"). The same arrays as tensors give the same tree."""
+    data = conjugate_data()
+    arrays = tuple(d.numpy() for d in data)
+    draws = {"p": torch.full((1, 30), 0.3), "mu": torch.full((1, 30), 0.5), "pi": torch.full((1, 30, 3), 1 / 3)}
+    from_arrays, from_tensors = to_arviz(draws, conjugate_model, arrays), to_arviz(draws, conjugate_model, data)
+    for name in ("coin", "y", "c"):
+        np.testing.assert_array_equal(from_arrays["log_likelihood"][name].values,
+                                      from_tensors["log_likelihood"][name].values)
+    assert pareto_khat(conjugate_model, exact_guide, arrays, num_samples=100).khat == pytest.approx(
+        pareto_khat(conjugate_model, exact_guide, data, num_samples=100).khat)

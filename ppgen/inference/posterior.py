@@ -590,7 +590,10 @@ def _leading(value: torch.Tensor) -> tuple[int, int]:
 
 
 def _as_args(data) -> tuple:
-    return tuple(data) if isinstance(data, (tuple, list)) else (data,)
+    """The model's arguments: ``x`` or ``(x, y)``, NumPy arrays made tensors (as :func:`~ppgen.fit` takes them)."""
+    args = tuple(data) if isinstance(data, (tuple, list)) else (data,)
+    return tuple(torch.as_tensor(a) if hasattr(a, "__array__") and not isinstance(a, torch.Tensor) else a
+                 for a in args)
 
 
 def _no_guide(*args, **kwargs) -> None:
