@@ -716,3 +716,26 @@ def test_missing_values_are_refused_as_nan_and_fitted_through_a_mask():
     # spread 0.83-1.18 of the posterior's); the zeros filled in, unmasked, would pull the mean 5 sd down
     assert pyro.param("AutoNormal.locs.mu").item() == pytest.approx(mean, abs=0.5 * sd)
     assert pyro.param("AutoNormal.scales.mu").item() == pytest.approx(sd, rel=0.25)
+
+
+def test_a_plate_of_a_fixed_size_is_no_plate_over_the_rows():
+    """pyro.plate("data", 300) where len(x) is meant: the plate has the rows' number but keeps it on other rows.
+    Taken for the data plate, a full-batch fit trained and then crashed inside Pyro in its end-of-run check,
+    which scores chunks of rows; it is now a story without a data plate (fitted on all rows; minibatches are
+    refused with the fix)."""
+    x = 2 * torch.randn(300, generator=torch.Generator().manual_seed(0)) + 3
+
+    def story(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        with pyro.plate("data", 300):
+            pyro.sample("x", dist.Normal(mu, 2.0), obs=x)
+
+    assert Program(story, "auto_normal").inspect(x).data_plate is None
+    pyro.clear_param_store()
+    fit(story, x, guide="auto_normal", epochs=500, batch_size=300, lr=0.05, num_particles=8, progress=False)
+    precision = 1 / 100 + 300 / 4
+    mean, sd = x.sum().item() / 4 / precision, precision ** -0.5
+    assert pyro.param("AutoNormal.locs.mu").item() == pytest.approx(mean, abs=0.5 * sd)
+    with pytest.raises(ModelCheckError, match=re.escape("observed site 'x' is outside a plate over the data rows: a "
+                                                        "minibatch of 50 of 300 rows")):
+        fit(story, x, guide="auto_normal", epochs=1, batch_size=50, progress=False)

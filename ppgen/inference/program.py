@@ -530,7 +530,8 @@ class Program:
 
     def _find_data_plate(self, x, y, model_trace) -> str | None:
         """The plate whose size follows the number of rows: traced on ``len(x)`` rows, and on
-        one row fewer to tell it from another plate of the same size."""
+        one row fewer to tell it from another plate of the same size, or (a plain Pyro story) from
+        a plate whose size is fixed."""
         batch = x.shape[0]
         plates = {f.name: f for s in sample_sites(model_trace) for f in s["cond_indep_stack"]}
         if self.data_plate is not None:
@@ -539,9 +540,16 @@ class Program:
                                       f"its plates are {sorted(plates)}")
             return self.data_plate
         candidates = [name for name, f in plates.items() if f.size == batch]
-        if len(candidates) > 1 and batch > 1:
+        if batch > 1 and (len(candidates) > 1 or candidates and self.generative_model is None):
+            # a story of the user's may also fix the plate's size, pyro.plate("data", 300): on one row fewer it
+            # keeps it (or fails), and is no plate over the rows
             fewer = y[: batch - 1] if y is not None else None
-            _, smaller = self.trace(x[: batch - 1], fewer)
+            try:  # the model alone: an autoguide of local latents is sized for the rows it first saw
+                smaller = poutine.trace(self.model).get_trace(*_strip((x[: batch - 1], fewer)))
+            except (ValueError, RuntimeError):
+                if len(candidates) > 1:
+                    raise
+                return None
             shrunk = {f.name for s in sample_sites(smaller) for f in s["cond_indep_stack"] if f.size == batch - 1}
             candidates = [c for c in candidates if c in shrunk]
         if len(candidates) > 1:
