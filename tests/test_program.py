@@ -739,3 +739,51 @@ def test_a_plate_of_a_fixed_size_is_no_plate_over_the_rows():
     with pytest.raises(ModelCheckError, match=re.escape("observed site 'x' is outside a plate over the data rows: a "
                                                         "minibatch of 50 of 300 rows")):
         fit(story, x, guide="auto_normal", epochs=1, batch_size=50, progress=False)
+
+
+def _local_story(x):
+    """mu ~ N(0, 10^2), z_n ~ N(mu, 1), x_n ~ N(z_n, 1): marginally x_n ~ N(mu, 2)."""
+    mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(mu, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def test_a_guide_with_a_parameter_per_row_is_fitted_on_its_rows_and_refused_for_others():
+    """AutoNormal's local z has one parameter per row position. A full-batch fit trained and then crashed inside
+    Pyro in its end-of-run check, which scores chunks of rows; valid= scored held-out rows with the training rows'
+    parameters (or crashed). Now the fit ends (mu's posterior is the conjugate one of the marginal x_n ~ N(mu, 2)),
+    and valid= and minibatches are refused, for a hand-written guide with a pyro.param of len(x) values too; an
+    amortised guide (a function of x) is not."""
+    x = 2 * torch.randn(200, generator=torch.Generator().manual_seed(0)) + 1
+    pyro.clear_param_store()
+    fit(_local_story, x, guide="auto_normal", epochs=800, batch_size=200, lr=0.05, progress=False, seed=0)
+    precision = 1 / 100 + 200 / 2
+    mean, sd = x.sum().item() / 2 / precision, precision ** -0.5
+    assert pyro.param("AutoNormal.locs.mu").item() == pytest.approx(mean, abs=0.5 * sd)  # measured -0.1 sd
+
+    def per_row(x):
+        pyro.sample("mu", dist.Normal(pyro.param("mu_loc", torch.tensor(0.0)), 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(pyro.param("z_loc", torch.zeros(200)), 1.0))
+
+    def amortised(x):
+        pyro.sample("mu", dist.Normal(pyro.param("mu_loc", torch.tensor(0.0)), 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(pyro.param("slope", torch.tensor(0.5)) * x, 0.7))
+
+    for guide in ("auto_normal", per_row):
+        pyro.clear_param_store()
+        with pytest.raises(ValueError, match="the guide has a parameter per training row for its local latent 'z' "
+                                             r".* valid= cannot be scored"):
+            fit(_local_story, x, guide=guide, valid=x[:100], epochs=1, batch_size=200, progress=False)
+        # the autoguide is refused by fit; the hand-written one already fails to trace on 50 rows
+        message = (r"the guide has a parameter per row position for its local latent 'z' .* shuffled minibatches "
+                   r"cannot train: use batch_size >= 200" if guide == "auto_normal" else
+                   r"Shape mismatch inside plate\('data'\) at site z dim -1, 50 vs 200 in the guide: its parameters "
+                   r"do not follow the 50 rows given")
+        with pytest.raises(ValueError, match=message):
+            fit(_local_story, x, guide=guide, epochs=1, batch_size=50, progress=False)
+    pyro.clear_param_store()
+    result = fit(_local_story, x, guide=amortised, valid=x[:100], epochs=2, batch_size=50, progress=False)
+    assert len(result.valid_elbo) == 2

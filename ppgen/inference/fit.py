@@ -31,7 +31,6 @@ from pathlib import Path
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer.autoguide import AutoGuide
 from torch.utils.data import DataLoader
 
 from ppgen.inference.checkpoint import CHECKPOINT_NAME, Checkpointer, RunLock, check_folder
@@ -114,6 +113,7 @@ class Trainer:
         self.resumed_from_step: int | None = None
         self.optimizer_name = config.optimizer
         self.classical = False
+        self.positional: list[str] = []  # guide sites with a parameter per row position (see init)
         self.log: TrainingLog | None = None
         self._whole_numbers = False  # a dequantized density fitted on whole-number rows (checked on the first batch)
         self._data_spread: torch.Tensor | None = None  # the first batch's spread per column, against collapse
@@ -162,8 +162,14 @@ class Trainer:
             self.check = dataclasses.replace(self.check, estimator="mle")  # PPCA, FA: the exact marginal itself
         self.objective = objective or make_objective(program, self.check.estimator, config.num_particles,
                                                      precision=config.precision)
-        if config.batch_size < self.num_rows:
-            _refuse_minibatched_local_guide(program, *first)
+        # guide parameters per row position (an autoguide's local latents): nothing for other rows
+        self.positional = program.positional_guide_sites(*first) if program.data_plate is not None else []
+        if config.batch_size < self.num_rows and self.positional:
+            raise ValueError(
+                f"the guide has a parameter per row position for its local latent {self.positional[0]!r} (an "
+                "autoguide's local latents, or a pyro.param of len(x) values), which shuffled minibatches cannot "
+                f"train: use batch_size >= {self.num_rows}, an amortised guide (a network of x, or a "
+                f"GenerativeModel), or pyro.plate({program.data_plate!r}, N, subsample=...) in the model")
         groups = self.objective.collect_parameters(*first)
         if not any(groups.values()):
             raise ValueError(f"{program.name} and its guide have no parameters to fit")
@@ -507,6 +513,12 @@ class Trainer:
                 contextlib.ExitStack() as modes:
             torch.manual_seed(config.seed + cluster.rank)  # each rank its own (reproducible) sampling noise
             state = self.init(x, y)
+            if valid is not None and self.positional:
+                raise ValueError(
+                    f"the guide has a parameter per training row for its local latent {self.positional[0]!r} (an "
+                    "autoguide's local latents, or a pyro.param of len(x) values) and none for held-out rows: "
+                    "valid= cannot be scored. Fit without valid= (the ELBO of the training rows is the figure), "
+                    "or use an amortised guide (a network of x)")
             # steps in training mode (dropout, batch statistics), scores and checks in evaluation mode; the
             # modules' own modes come back at the end
             modes.enter_context(program.mode(True, self.objective))
@@ -620,9 +632,11 @@ class Trainer:
             advice = self._advice() if not state.stopped_early else self._stop_in_doubt
             message = convergence_message(state.train_elbo, config.convergence_tol, advice=advice)
             # chunks of rows of our choosing are scored scaled to the full data: not a model that subsamples its
-            # rows itself, nor one without a data plate to scale (its chunks would score another objective)
+            # rows itself, nor one without a data plate to scale (its chunks would score another objective), nor
+            # a guide with a parameter per row position (it has none for a chunk's rows)
             if message is None and objective.estimator in ESTIMATORS and self.cluster.world_size == 1 \
-                    and not self.program.subsampling and self.program.data_plate is not None:
+                    and not self.program.subsampling and self.program.data_plate is not None \
+                    and not self.positional:
                 # the rows it looks at, so that it costs at most about a tenth of the training: a sixteenth of
                 # the rows the run trained on (at least 128), up to 2048
                 found = self._stationarity(x, y, min(2048, max(128, state.step * config.batch_size // 16)))
@@ -891,19 +905,6 @@ def _find_non_finite(objective: Objective, params, x, y, scale: float) -> str | 
     return (f"none on its own (a sum overflowed); the largest terms are the {largest_site[1]} "
             f"(|value| up to {largest_site[0]:.3g}) and parameter {largest_param[1]!r} (|value| up to "
             f"{largest_param[0]:.3g})")
-
-
-def _refuse_minibatched_local_guide(program: Program, x, y) -> None:
-    """An autoguide with a latent per row keeps one parameter per row *position*; shuffled
-    minibatches would pair those parameters with different rows at every step."""
-    if not isinstance(program.guide_module, AutoGuide) or program.data_plate is None:
-        return
-    local = program.rowwise_guide_sites(x, y)
-    if local:
-        raise ValueError(
-            f"the autoguide has a local latent {local[0]!r} per row, which minibatches cannot "
-            "train: use batch_size >= the number of rows, an amortised guide (a GenerativeModel), or "
-            f"pyro.plate({program.data_plate!r}, N, subsample=...) in the model")
 
 
 def _global_batches(order: torch.Tensor, batch_size: int, world_size: int) -> list[torch.Tensor]:

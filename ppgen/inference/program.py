@@ -359,11 +359,41 @@ class Program:
 
     def rowwise_guide_sites(self, x, y=None) -> list[str]:
         """The sites the guide samples once per row: inside the data plate, where it does not
-        subsample (the guide traced once on ``x``, without gradients)."""
-        with torch.no_grad(), poutine.block():
+        subsample (the guide traced once on ``x``, without gradients); auxiliary ones (AutoNormal's
+        ``z_unconstrained``) left out."""
+        with torch.no_grad(), poutine.block(), torch.random.fork_rng(_cuda(x)):  # training's draws as they were
             trace = poutine.trace(self.guide).get_trace(*_strip((x, y)))
-        return [site["name"] for site in sample_sites(trace) if any(
+        return [site["name"] for site in sample_sites(trace) if not site["infer"].get("is_auxiliary") and any(
             f.name == self.data_plate and f.size == f.full_size for f in site["cond_indep_stack"])]
+
+    def _guide_fails(self, x, y) -> bool:
+        """Whether the guide fails to trace on ``x`` with a shape mismatch inside a plate where the model alone
+        does not (an autoguide runs the model, and fails with it)."""
+        def mismatch(fn) -> bool:
+            try:
+                poutine.trace(fn).get_trace(*_strip((x, y)))
+            except ValueError as err:
+                return str(err).startswith("Shape mismatch inside plate")
+            return False
+        return mismatch(self.guide) and not mismatch(self.model)
+
+    def positional_guide_sites(self, x, y=None) -> list[str]:
+        """The guide's per-row sites (:meth:`rowwise_guide_sites`) whose parameters belong to row positions, not
+        to the rows' values: an autoguide's local latents (a parameter per row of the data it first saw), or a
+        hand-written guide's ``pyro.param`` of ``len(x)`` values, which keeps its size, and fails, on one row
+        fewer. Such a guide has nothing for other rows (held-out ones, a chunk, a shuffled minibatch); an
+        amortised one, a network of ``x``, has. Call after the guide has seen ``x`` (its parameters exist)."""
+        local = self.rowwise_guide_sites(x, y)
+        if not local or isinstance(self.guide_module, autoguide.AutoGuide):
+            return local
+        if x.shape[0] < 2:
+            return []
+        with torch.no_grad(), poutine.block(), torch.random.fork_rng(_cuda(x)):
+            try:
+                poutine.trace(self.guide).get_trace(*_strip((x[:-1], y[:-1] if y is not None else None)))
+            except (ValueError, RuntimeError):
+                return local
+        return []
 
     @staticmethod
     def _trace_pair(model, guide, args):
@@ -442,6 +472,12 @@ class Program:
             except ValueError as err:
                 if not str(err).startswith("Shape mismatch inside plate"):
                     raise
+                if self._guide_fails(x, y):
+                    raise ModelCheckError(
+                        f"{str(err).splitlines()[0]} in the guide: its parameters do not follow the {x.shape[0]} rows "
+                        "given. A parameter with a value per row of all the data (pyro.param('z_loc', "
+                        "torch.zeros(N))) has none for a minibatch or held-out rows: fit all the rows at once "
+                        "(batch_size >= N), or make the guide a function of x (amortised)") from None
                 raise ModelCheckError(
                     f"{str(err).splitlines()[0]}: the site's batch shape does not line up with the plates around it. "
                     "Where the trailing values of a row are one observation (a row of pixels), declare them with "
