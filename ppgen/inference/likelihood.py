@@ -30,7 +30,8 @@ from ppgen.checks import positive_int
 from ppgen.inference.program import (PARTICLE_PLATE, ModelCheckError, Program, batch_rows, call_args, logmeanexp,
                                      resolve_device, sample_sites, site_log_prob)
 from ppgen.inference.progress import Progress
-from ppgen.models.base import LikelihoodEstimate, bits_per_dim
+from ppgen.inference.training import FitResult
+from ppgen.models.base import GenerativeModel, LikelihoodEstimate, bits_per_dim
 from ppgen.models.decoder_ais import decoder_log_likelihood
 
 __all__ = ["log_likelihood", "LikelihoodResult", "METHODS", "KINDS", "PROGRESS", "describe"]
@@ -226,8 +227,9 @@ def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_si
 
     Parameters
     ----------
-    model : GenerativeModel or callable
-        A ppgen model, or a plain Pyro model function (with ``guide=``).
+    model : GenerativeModel, callable or FitResult
+        A ppgen model, or a plain Pyro model function (with ``guide=``), or what :func:`~ppgen.fit`
+        returned (its model, and a plain story's fitted guide unless ``guide=`` is given).
     data : Tensor (N, D) or (x, y)
     guide : None, callable or str
         The proposal of ``"iwae"`` in place of the model's own guide (as in :class:`Program`).
@@ -268,6 +270,9 @@ def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_si
         positive_int(value, name)
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    if isinstance(model, FitResult):
+        fitted, model = model, model.model
+        guide = fitted.guide if guide is None and not isinstance(model, (GenerativeModel, Program)) else guide
     program = model if isinstance(model, Program) else Program(model, guide)
     x, y = program.rows(data, "data")
     device = program.device if device is None else resolve_device(device)
