@@ -260,6 +260,10 @@ def test_nothing_to_draw_and_too_few_draws_for_psis_are_refused_naming_why():
         pareto_khat(point_mixture, lambda x: None, MIX_X, num_samples=30)
     with pytest.raises(ValueError, match="num_samples must be at least 25 for PSIS"):
         pareto_khat(enumerated_mixture, "auto_normal", MIX_X, num_samples=24)
+    # a point estimate draws one value: every weight is the same (ArviZ stopped on "All tail values are the same")
+    with pytest.raises(ValueError, match=r"the guide of conjugate_model draws the same value every time \(a point "
+                                         r"estimate: AutoDelta"):
+        pareto_khat(conjugate_model, "auto_delta", conjugate_data(), num_samples=30)
 
 
 def _regression(broadcasts: bool):

@@ -230,6 +230,10 @@ def pareto_khat(model, guide, data, num_samples: int = 1000, seed: int = 0) -> P
     if not draws:
         raise ValueError(f"the guide of {program.name} draws no latent: there are no importance weights to "
                          "diagnose (its latents, if any, are summed out or point estimates)")
+    if all(bool((value == value[:1]).all()) for value in draws.values()):
+        raise ValueError(f"the guide of {program.name} draws the same value every time (a point estimate: AutoDelta, "
+                         "or a Delta): there is no spread to weigh, and k̂ is not defined. Diagnose a guide with a "
+                         "spread (guide='auto_normal'), or sample the posterior with run_nuts")
     # arviz_stats' psislw takes a log-likelihood and smooths the weights exp(-input): pass -log w
     minus_log_w = xr.DataArray((log_q - log_p).numpy()[None, :], dims=SAMPLE_DIMS)
     _, khat = minus_log_w.azstats.psislw(dim=list(SAMPLE_DIMS))
