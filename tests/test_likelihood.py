@@ -230,3 +230,38 @@ def test_a_result_says_what_it_is_consistently():
         LikelihoodResult(values, 0.0, 0.0, 0.0, True, 0, kind="bound", errs="low")
     with pytest.raises(ValueError, match="errs=None"):
         LikelihoodResult(values, 0.0, 0.1, 0.0, False, 10, method="iwae", kind="bound")
+
+
+def test_a_hidden_markov_story_needs_no_guide_and_scores_as_the_forward_algorithm():
+    """Pyro's HMM idiom: a chain of enumerated states per sequence, point-estimated transitions and emissions, and no
+    guide (every latent is summed out; fit refused a plain story without guide=). Trained on minibatches of
+    sequences, its log-likelihood is exact, and equals the forward algorithm's at the fitted parameters."""
+    from pyro.ops.indexing import Vindex
+
+    def hmm(x):
+        trans = pyro.param("trans", torch.tensor([[0.7, 0.3], [0.3, 0.7]]), constraint=dist.constraints.simplex)
+        locs = pyro.param("locs", torch.tensor([-0.5, 0.5]))
+        with pyro.plate("data", x.shape[0]):
+            state = 0
+            for t in pyro.markov(range(x.shape[1])):
+                probs = torch.tensor([0.5, 0.5]) if t == 0 else Vindex(trans)[state]
+                state = pyro.sample(f"s_{t}", dist.Categorical(probs), infer={"enumerate": "parallel"})
+                pyro.sample(f"x_{t}", dist.Normal(Vindex(locs)[state], 0.5), obs=x[:, t])
+
+    generator = torch.Generator().manual_seed(0)
+    states = torch.zeros(60, 12, dtype=torch.long)
+    for t in range(1, 12):
+        stay = torch.rand(60, generator=generator) < 0.85
+        states[:, t] = torch.where(stay, states[:, t - 1], 1 - states[:, t - 1])
+    x = torch.tensor([-1.0, 1.5])[states] + 0.5 * torch.randn(60, 12, generator=generator)
+    pyro.clear_param_store()
+    result = fit(hmm, x, epochs=20, batch_size=20, lr=0.05, progress=False)
+    assert result.estimator == "enum"
+    trans, locs = pyro.param("trans").detach(), pyro.param("locs").detach()
+    log_alpha = math.log(0.5) + dist.Normal(locs, 0.5).log_prob(x[:, :1])  # forward algorithm, (rows, states)
+    for t in range(1, 12):
+        log_alpha = (torch.logsumexp(log_alpha[:, :, None] + trans.log(), 1)
+                     + dist.Normal(locs, 0.5).log_prob(x[:, t:t + 1]))
+    scored = log_likelihood(result, x)
+    assert scored.exact
+    torch.testing.assert_close(scored.values, torch.logsumexp(log_alpha, -1), rtol=1e-5, atol=1e-4)

@@ -186,10 +186,11 @@ class Program:
     model : GenerativeModel or callable
         A ppgen model, or a plain Pyro model function ``model(x[, y])``.
     guide : None, callable or str
-        The model's own guide (default, for a ``GenerativeModel``), a guide function or module,
-        or an autoguide name (``"auto_normal"``, ...; see :data:`AUTOGUIDES`). An autoguide guides
-        the continuous latent sites; the discrete ones are hidden from it and summed out where the
-        model marks them for enumeration (``infer={"enumerate": "parallel"}``), refused otherwise.
+        The model's own guide (default, for a ``GenerativeModel``; for a plain story, none: every
+        latent enumerated, or no latent), a guide function or module, or an autoguide name
+        (``"auto_normal"``, ...; see :data:`AUTOGUIDES`). An autoguide guides the continuous latent
+        sites; the discrete ones are hidden from it and summed out where the model marks them for
+        enumeration (``infer={"enumerate": "parallel"}``), refused otherwise.
     data_plate : str, optional
         The name of the plate over the data rows. By default it is found on the first batch:
         the plate whose size follows the number of rows given.
@@ -220,11 +221,9 @@ class Program:
         self.model: Callable = model.model if self.generative_model is not None else model
         self.guide_module: torch.nn.Module | None = None
         if guide is None:
-            if self.generative_model is None:
-                raise ValueError(
-                    "a plain model function needs guide=: a guide function, or an autoguide name "
-                    f"such as 'auto_normal' (choices: {', '.join(AUTOGUIDES)})")
-            self.guide: Callable = self.generative_model.guide
+            # a plain story without a guide has no latent to guide (all summed out, or none): as Pyro's empty
+            # guide; check_guided refuses one whose latents would go unguided
+            self.guide: Callable = self.generative_model.guide if self.generative_model is not None else no_guide
         elif isinstance(guide, str):
             if guide not in AUTOGUIDES:
                 raise ValueError(f"unknown autoguide {guide!r}; choices: {', '.join(AUTOGUIDES)}")
@@ -674,8 +673,9 @@ class Program:
         if story.unguided and estimator in ELBO_ESTIMATORS:
             raise ModelCheckError(
                 f"latent site {story.unguided[0]!r} of the model is not sampled by the guide and not enumerated: "
-                "its term would be missing from the ELBO. Sample it in the guide, or mark a discrete site "
-                "with infer={'enumerate': 'parallel'} (and use elbo='auto' or 'enum')")
+                "its term would be missing from the ELBO. Sample it in the guide (or pass an autoguide, "
+                "guide='auto_normal'), or mark a discrete site with infer={'enumerate': 'parallel'} (and use "
+                "elbo='auto' or 'enum')")
 
     def check_enumerated(self, story: Inspection, estimator: str) -> None:
         """Refuse a site marked for enumeration under an ELBO that does not sum it out (all but "enum")."""
@@ -886,6 +886,10 @@ def _nesting(*traces) -> int:
     """The most batch dimensions any sample site of ``traces`` uses (its plates' ``-dim``)."""
     return max((-f.dim for trace in traces for site in trace.nodes.values() if site["type"] == "sample"
                 for f in site["cond_indep_stack"] if f.vectorized), default=0)
+
+
+def no_guide(*args, **kwargs) -> None:
+    """The guide of a story with nothing to guide: its latents summed out (enumerated), or none."""
 
 
 def _one_number(scale) -> bool:
