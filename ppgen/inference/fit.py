@@ -56,6 +56,7 @@ CLASSICAL_SIZE = 10**8  # rows x parameters of the largest fit that optimizer="a
 # it reaches 16-22 times, and with PCD 29 times
 UNIFORM_FACTOR = 3.0
 SAMPLE_CHECK_ROWS = 64  # samples drawn after each epoch of an objective with no loss to judge by
+GLOBAL_DRAWS = 8  # Monte Carlo draws per chunk in the stationarity check of a guide with global latents
 
 
 class Trainer:
@@ -661,7 +662,7 @@ class Trainer:
                 return stationarity(lambda xb, yb, scale: objective(xb, yb, scale=scale), self.params,
                                     lambda idx: batch_rows(x, y, idx, self.device), self.num_rows, sample=sample,
                                     weight_decay=self.config.weight_decay, exact=self._deterministic(),
-                                    seed=self.config.seed)
+                                    seed=self.config.seed, draws=GLOBAL_DRAWS if self.program.global_latents else 1)
         finally:
             with torch.no_grad():
                 for buffer, value in buffers:

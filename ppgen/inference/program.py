@@ -240,6 +240,7 @@ class Program:
             raise TypeError(f"guide must be a function, a module or an autoguide name, got {type(guide).__name__}")
         self.data_plate = data_plate
         self.subsampling: tuple[str, ...] = ()  # set by validate: the plates that subsample the rows themselves
+        self.global_latents: tuple[str, ...] = ()  # set by validate: latents the guide draws once for all rows
         self._nesting: int | None = None
 
     def __repr__(self) -> str:
@@ -530,6 +531,7 @@ class Program:
         self.check_observes(story, estimator)
         self.check_normalised(estimator)
         self.data_plate, self._nesting, self.subsampling = story.data_plate, story.nesting, story.subsampling
+        self.global_latents = tuple(name for name in story.guide_outside if name in story.latent)
         passed = [f"data plate {story.data_plate!r} ranges over the {story.rows} rows" if story.data_plate
                   else f"plate {story.subsampling[0]!r} draws its own minibatch" if story.subsampling
                   else "no data plate (full batch)"]

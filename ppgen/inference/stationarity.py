@@ -110,7 +110,8 @@ class Stationarity:
 
 def stationarity(loss: Callable[..., torch.Tensor], params: Sequence[torch.Tensor],
                  rows: Callable[[torch.Tensor], tuple], num_rows: int, *, sample: int = 2048, chunks: int = 16,
-                 weight_decay: float = 0.0, exact: bool = False, seed: int = 0) -> Stationarity | None:
+                 weight_decay: float = 0.0, exact: bool = False, seed: int = 0,
+                 draws: int = 1) -> Stationarity | None:
     """Measure how far ``params`` are from a stationary point of ``loss`` (module docstring).
 
     Parameters
@@ -134,6 +135,10 @@ def stationarity(loss: Callable[..., torch.Tensor], params: Sequence[torch.Tenso
         ELBO): with all N rows in the sample, the steps are then scored in sample.
     seed : int
         Seeds the choice of rows and every chunk's Monte Carlo draws; the caller's random state is kept.
+    draws : int
+        Monte Carlo draws averaged in each chunk's gradient and score (an exact objective takes one). A
+        latent shared by all rows gives each chunk one draw of it, whose spread can hide a guide far from
+        its optimum (a global scale's gradient is a chi-square of that draw); ``fit`` asks for 8 there.
 
     Returns
     -------
@@ -153,9 +158,14 @@ def stationarity(loss: Callable[..., torch.Tensor], params: Sequence[torch.Tenso
     devices = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
     original = [p.detach().clone() for p in params]
 
+    draws = 1 if exact else draws
+
     def objective(idx: torch.Tensor, k: int) -> torch.Tensor:  # per example, with chunk k's random numbers
-        torch.manual_seed(seed + 1 + k)
-        value = loss(*rows(idx), num_rows / len(idx))
+        total = 0.0
+        for r in range(draws):
+            torch.manual_seed(seed + 1 + k + r * count)
+            total = total + loss(*rows(idx), num_rows / len(idx))
+        value = total / draws
         if weight_decay:
             value = value + weight_decay / 2 * sum(p.pow(2).sum() for p in params)
         return value / num_rows
