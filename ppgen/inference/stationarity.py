@@ -30,6 +30,9 @@ at a stationary point (each ratio a Student t with K - 1 degrees of freedom) and
 square root of the rows away from one. Neither sees a local optimum, nor a saddle whose gradient
 is within its noise: both are stationary points.
 
+A latent that all rows share (a global one) gets one draw per chunk, whose spread can swamp both
+the gradient and G; for a guide with such latents ``fit`` averages 8 draws in every chunk (``draws``).
+
 The fit is far from stationary when G exceeds ``tol (1 + |L|)`` (``fit``'s ``convergence_tol``,
 relative as the slope test's) and, held out, three standard errors of its mean over the K chunks;
 or when S exceeds :data:`SNR_FAR`. The calibration, fires and false alarms over fits of every family, is
