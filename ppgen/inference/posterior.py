@@ -349,7 +349,8 @@ def _build_tree(program: Program, draws: dict[str, torch.Tensor], args: tuple, s
     observed_data = {name: sites[name]["value"] for name in observed}
     for name in observed:  # masked-out values are no data: as PyMC's x_observed, and NaN among the data
         mask = _observed_mask(sites[name])
-        if mask is not None:
+        # (an enumerated story's log-likelihood may hold other axes: there the masked values stay, scored 0)
+        if mask is not None and tuple(log_likelihood[name].shape[len(SAMPLE_DIMS):]) == tuple(mask.shape):
             log_likelihood = _only_observed(log_likelihood, name, mask)
             value = observed_data[name].double()
             observed_data[name] = value.masked_fill(~mask.reshape(mask.shape + (1,) * (value.dim() - mask.dim()))
