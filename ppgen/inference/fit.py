@@ -163,8 +163,10 @@ class Trainer:
             self.check = dataclasses.replace(self.check, estimator="mle")  # PPCA, FA: the exact marginal itself
         self.objective = objective or make_objective(program, self.check.estimator, config.num_particles,
                                                      precision=config.precision)
-        # guide parameters per row position (an autoguide's local latents): nothing for other rows
-        self.positional = program.positional_guide_sites(*first) if program.data_plate is not None else []
+        # guide parameters per row position (an autoguide's local latents): nothing for other rows; looked at in
+        # evaluation mode, so that a guide's batch statistics are not moved by the look
+        with program.mode(False):
+            self.positional = program.positional_guide_sites(*first) if program.data_plate is not None else []
         if config.batch_size < self.num_rows and self.positional:
             raise ValueError(
                 f"the guide has a parameter per row position for its local latent {self.positional[0]!r} (an "
