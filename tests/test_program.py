@@ -757,10 +757,22 @@ def test_a_guide_with_a_parameter_per_row_is_fitted_on_its_rows_and_refused_for_
     amortised guide (a function of x) is not."""
     x = 2 * torch.randn(200, generator=torch.Generator().manual_seed(0)) + 1
     pyro.clear_param_store()
-    fit(_local_story, x, guide="auto_normal", epochs=800, batch_size=200, lr=0.05, progress=False, seed=0)
+    result = fit(_local_story, x, guide="auto_normal", epochs=800, batch_size=200, lr=0.05, progress=False, seed=0)
     precision = 1 / 100 + 200 / 2
     mean, sd = x.sum().item() / 2 / precision, precision ** -0.5
     assert pyro.param("AutoNormal.locs.mu").item() == pytest.approx(mean, abs=0.5 * sd)  # measured -0.1 sd
+    # the posterior tools take the fitted rows and refuse others (fewer stopped inside Pyro; as many would have
+    # paired the training rows' parameters with them)
+    from ppgen.inference.posterior import pareto_khat, to_arviz
+    assert result.row_bound_guide == ("z",)
+    assert to_arviz(result, data=x, num_samples=30)["posterior"]["z"].shape == (1, 30, 200)
+    for other in (x[:100], x.flip(0)):
+        for call in (lambda: to_arviz(result, data=other, num_samples=30),
+                     lambda: pareto_khat(_local_story, result, other, num_samples=30),
+                     lambda: log_likelihood(result, other)):
+            with pytest.raises(ValueError, match="the guide has a parameter per row of the data it was fitted on for "
+                                                 "its local latent 'z'"):
+                call()
 
     def per_row(x):
         pyro.sample("mu", dist.Normal(pyro.param("mu_loc", torch.tensor(0.0)), 1.0))

@@ -38,7 +38,7 @@ from ppgen.inference.distributed import join
 from ppgen.inference.signals import DeferredSignals
 from ppgen.inference.training import (
     FRESH_PASSES, ConvergenceWarning, DivergenceError, EarlyStopping, FitConfig, FitResult, NonFiniteLossError,
-    TrainState, convergence_message, significantly_better,
+    TrainState, convergence_message, rows_digest, significantly_better,
 )
 from ppgen.inference.objectives import Objective, make_objective
 from ppgen.inference.optimizers import make_optimizer
@@ -608,6 +608,8 @@ class Trainer:
             stopped_early=state.stopped_early, best_epoch=state.best_epoch, device=str(self.device),
             estimator=self.estimator_name, check=self.check, resumed_from_step=self.resumed_from_step,
             optimizer=self.optimizer_name, out_of_time=out_of_time, unit=self._unit(),
+            row_bound_guide=tuple(self.positional),
+            fitted_rows=rows_digest(_strip_args(x, y)) if self.positional and isinstance(x, torch.Tensor) else None,
         )
 
     def _unit(self) -> str:
@@ -908,6 +910,11 @@ def _find_non_finite(objective: Objective, params, x, y, scale: float) -> str | 
     return (f"none on its own (a sum overflowed); the largest terms are the {largest_site[1]} "
             f"(|value| up to {largest_site[0]:.3g}) and parameter {largest_param[1]!r} (|value| up to "
             f"{largest_param[0]:.3g})")
+
+
+def _strip_args(x, y) -> tuple:
+    """The story's data arguments: ``(x,)``, or ``(x, y)`` with labels."""
+    return (x,) if y is None else (x, y)
 
 
 def _global_batches(order: torch.Tensor, batch_size: int, world_size: int) -> list[torch.Tensor]:

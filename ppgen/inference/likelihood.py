@@ -30,7 +30,7 @@ from ppgen.checks import positive_int
 from ppgen.inference.program import (PARTICLE_PLATE, ModelCheckError, Program, batch_rows, call_args, logmeanexp,
                                      resolve_device, sample_sites, site_log_prob)
 from ppgen.inference.progress import Progress
-from ppgen.inference.training import FitResult
+from ppgen.inference.training import FitResult, refuse_other_rows
 from ppgen.models.base import GenerativeModel, LikelihoodEstimate, bits_per_dim
 from ppgen.models.decoder_ais import decoder_log_likelihood
 
@@ -270,11 +270,14 @@ def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_si
         positive_int(value, name)
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    fitted = None
     if isinstance(model, FitResult):
         fitted, model = model, model.model
         guide = fitted.guide if guide is None and not isinstance(model, (GenerativeModel, Program)) else guide
     program = model if isinstance(model, Program) else Program(model, guide)
     x, y = program.rows(data, "data")
+    if fitted is not None and guide is fitted.guide:
+        refuse_other_rows(fitted, (x,) if y is None else (x, y), "log_likelihood")
     device = program.device if device is None else resolve_device(device)
     home = program.device
     program.to(device)

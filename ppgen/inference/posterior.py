@@ -49,6 +49,7 @@ from pyro.infer import MCMC, NUTS, Predictive
 
 from ppgen.checks import non_negative_int, positive_int
 from ppgen.inference.fit import FitResult
+from ppgen.inference.training import refuse_other_rows
 from ppgen.inference.likelihood import sum_out_enumerated
 from ppgen.inference.program import PARTICLE_PLATE, ModelCheckError, Program, deterministic_sites, sample_sites
 
@@ -107,11 +108,14 @@ def to_arviz(source, model=None, data=None, *, num_samples: int = 1000, seed: in
         draws = source.get_samples(group_by_chain=True)
         stats["diverging"] = _divergences(source)
     else:
-        if isinstance(source, FitResult):
-            model, source = (source.model if model is None else model), source.guide
+        if model is None and isinstance(source, FitResult):
+            model = source.model
         if model is None or data is None:
             raise ValueError("model= and data= are needed unless the source is an MCMC run")
         args = _as_args(data)
+        if isinstance(source, FitResult):
+            refuse_other_rows(source, args, "to_arviz")
+            source = source.guide
         if isinstance(source, Mapping):
             draws = {k: torch.as_tensor(np.asarray(v)) for k, v in source.items()}
         elif callable(source):
@@ -224,6 +228,8 @@ def pareto_khat(model, guide, data, num_samples: int = 1000, seed: int = 0) -> P
     if num_samples < PSIS_MIN_SAMPLES:
         raise ValueError(f"num_samples must be at least {PSIS_MIN_SAMPLES} for PSIS (it fits the largest fifth of "
                          f"the weights, at least 5 of them), got {num_samples}")
+    if isinstance(guide, FitResult):
+        refuse_other_rows(guide, args, "pareto_khat")
     program = Program(model, guide.guide if isinstance(guide, FitResult) else guide)
     with program.param_scope():
         draws, log_p, log_q = _guide_draws(program, args, num_samples, seed)

@@ -9,6 +9,7 @@ only by its two commit methods), :class:`FitResult`, :class:`EarlyStopping`,
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from pathlib import Path
 from typing import Any, Callable
@@ -274,6 +275,11 @@ class FitResult:
     unit : str
         What ``train_elbo`` and ``valid_elbo`` are: ``"nats/example"`` for a likelihood or a bound, or
         the objective's name for one that is neither (contrastive divergence, a GAN's game).
+    row_bound_guide : tuple of str
+        The guide's latents with a parameter per row position (an autoguide's local latents), which
+        tie the guide to the rows it was fitted on; empty for an amortised guide.
+    fitted_rows : str or None
+        With ``row_bound_guide``, a digest of those rows: the posterior tools refuse other data.
     """
 
     model: Any
@@ -295,6 +301,8 @@ class FitResult:
     optimizer: str = "adam"
     out_of_time: bool = False
     unit: str = "nats/example"
+    row_bound_guide: tuple[str, ...] = ()
+    fitted_rows: str | None = None
 
     def __repr__(self) -> str:
         valid = f", valid {self.valid_elbo[-1]:.3f}" if self.valid_elbo else ""
@@ -363,6 +371,28 @@ class TrainState:
 
 # Paired validation passes (fresh seeds) that check a Monte Carlo score's best epoch before it ends a run
 FRESH_PASSES = 8
+
+
+def rows_digest(args: tuple) -> str:
+    """A digest of a story's data arguments (tensors; others by their repr): which rows a guide was fitted on."""
+    digest = hashlib.sha256()
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            digest.update(str((a.dtype, tuple(a.shape))).encode())
+            values = a.detach().cpu().contiguous()
+            digest.update((values.float() if values.dtype == torch.bfloat16 else values).numpy().tobytes())
+        else:
+            digest.update(repr(a).encode())
+    return digest.hexdigest()
+
+
+def refuse_other_rows(result: FitResult, args: tuple, what: str) -> None:
+    """Refuse ``what`` on data other than the rows ``result``'s guide is tied to (:attr:`FitResult.row_bound_guide`)."""
+    if result.fitted_rows is not None and rows_digest(args) != result.fitted_rows:
+        raise ValueError(
+            f"{what}: the guide has a parameter per row of the data it was fitted on for its local latent "
+            f"{result.row_bound_guide[0]!r} (an autoguide's local latents), and these are other rows, for which "
+            "it has none. Pass the fitted rows, or use an amortised guide (a network of x) to score new ones")
 
 
 def significantly_better(differences: torch.Tensor, z: float = 2.0) -> bool:
