@@ -42,7 +42,8 @@ from ppgen.inference.training import (
 )
 from ppgen.inference.objectives import Objective, make_objective
 from ppgen.inference.optimizers import make_optimizer
-from ppgen.inference.program import ESTIMATORS, ModelCheck, Program, batch_rows, resolve_device, sample_sites
+from ppgen.inference.program import (ESTIMATORS, ModelCheck, Program, batch_rows, call_args, resolve_device,
+                                     sample_sites)
 from ppgen.inference.stationarity import stationarity, uniform_baseline_message
 from ppgen.inference.watch import IMAGE_EVERY, TrainingLog, epoch_line
 
@@ -609,7 +610,7 @@ class Trainer:
             estimator=self.estimator_name, check=self.check, resumed_from_step=self.resumed_from_step,
             optimizer=self.optimizer_name, out_of_time=out_of_time, unit=self._unit(),
             row_bound_guide=tuple(self.positional),
-            fitted_rows=rows_digest(_strip_args(x, y)) if self.positional and isinstance(x, torch.Tensor) else None,
+            fitted_rows=rows_digest(call_args(x, y)) if self.positional and isinstance(x, torch.Tensor) else None,
         )
 
     def _unit(self) -> str:
@@ -910,11 +911,6 @@ def _find_non_finite(objective: Objective, params, x, y, scale: float) -> str | 
     return (f"none on its own (a sum overflowed); the largest terms are the {largest_site[1]} "
             f"(|value| up to {largest_site[0]:.3g}) and parameter {largest_param[1]!r} (|value| up to "
             f"{largest_param[0]:.3g})")
-
-
-def _strip_args(x, y) -> tuple:
-    """The story's data arguments: ``(x,)``, or ``(x, y)`` with labels."""
-    return (x,) if y is None else (x, y)
 
 
 def _global_batches(order: torch.Tensor, batch_size: int, world_size: int) -> list[torch.Tensor]:

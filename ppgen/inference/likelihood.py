@@ -277,7 +277,7 @@ def log_likelihood(model, data, *, guide=None, num_samples: int = 1000, batch_si
     program = model if isinstance(model, Program) else Program(model, guide)
     x, y = program.rows(data, "data")
     if fitted is not None and guide is fitted.guide:
-        refuse_other_rows(fitted, (x,) if y is None else (x, y), "log_likelihood")
+        refuse_other_rows(fitted, call_args(x, y), "log_likelihood")
     device = program.device if device is None else resolve_device(device)
     home = program.device
     program.to(device)
