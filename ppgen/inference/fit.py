@@ -470,26 +470,13 @@ class Trainer:
         if self.averages is None:
             yield
             return
-        params = self._averaged_params()
-        trained = [p.detach().clone() for p in params]  # on the parameters' device: no round trip
-        self._hold_averages()
-        try:
+        with _swapped(self._averaged_params(), list(self.averages.values())):
             yield
-        finally:
-            with torch.no_grad():
-                torch._foreach_copy_(params, trained)
 
-    @contextlib.contextmanager
     def _holding(self, saved: dict[str, torch.Tensor]):
-        """Inside: the parameters hold ``saved`` (a snapshot), restored after."""
-        params = list(self.checkpoints.params.values())
-        trained = [p.detach().clone() for p in params]
-        self.checkpoints.load_params(saved, "best epoch")
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                torch._foreach_copy_(params, trained)
+        """Inside: the parameters hold ``saved`` (a snapshot of them all, by name), restored after."""
+        params = self.checkpoints.params
+        return _swapped(list(params.values()), [saved[name].to(p.device) for name, p in params.items()])
 
     def _averaged_params(self) -> list[torch.Tensor]:
         """The parameters in the order of their moving averages (``self.averages``)."""
@@ -911,6 +898,19 @@ def _find_non_finite(objective: Objective, params, x, y, scale: float) -> str | 
     return (f"none on its own (a sum overflowed); the largest terms are the {largest_site[1]} "
             f"(|value| up to {largest_site[0]:.3g}) and parameter {largest_param[1]!r} (|value| up to "
             f"{largest_param[0]:.3g})")
+
+
+@contextlib.contextmanager
+def _swapped(params: list[torch.Tensor], values: list[torch.Tensor]):
+    """Inside: ``params`` hold ``values``; their own values come back after (kept on their device: no round trip)."""
+    trained = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        torch._foreach_copy_(params, values)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            torch._foreach_copy_(params, trained)
 
 
 def _global_batches(order: torch.Tensor, batch_size: int, world_size: int) -> list[torch.Tensor]:
