@@ -21,11 +21,20 @@ default), 0.05 and 0.01 (NSF's default now): bits per dimension on the training 
 epoch's mean) and on 500 validation rows, and whether fit warned that it scored worse than the
 uniform model.
 
+Part 4, guides of global latents (``--global``, alone, a few minutes): stories whose latents all rows share (a
+coin's bias under a Beta or a Normal guide, a Gaussian mean, a Bayesian linear regression under a full or a
+mean-field Normal guide), fitted far from and to their optimum over seeds. The truth is the guide against its
+family's optimum in closed form (the conjugate posterior; for the mean-field guide, the posterior mean and the
+inverse of the posterior precision's diagonal), in the latents' unconstrained space: *far* when some latent's
+guide is more than twice as wide as the optimum's or its mean more than one posterior sd off, *converged* when
+every one is within 1.25 times as wide (and not under 0.8) and 0.5 sd. Whether ``fit`` warned, and by which check.
+
 One CPU thread; about 25 minutes. Writes ``benchmarks/results/fit_trust.json`` and prints the
 Markdown tables of ``benchmarks/RESULTS.md``.
 
     python benchmarks/fit_trust.py
     python benchmarks/fit_trust.py --tables   # the tables again, from benchmarks/results/fit_trust.json
+    python benchmarks/fit_trust.py --global   # part 4 alone, into the same JSON
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ import time
 import warnings
 from pathlib import Path
 
+import pyro
+import pyro.distributions as dist
 import torch
 
 from ppgen import FVSBN, PPCA, VAE, BernoulliMixture, ConvergenceWarning, FactorAnalysis, GaussianMixture, \
@@ -270,10 +281,175 @@ def nsf_pixels() -> list[dict]:
     return rows
 
 
+# --- part 4: guides of global latents --------------------------------------------------------------
+
+def _coin(x):
+    p = pyro.sample("p", dist.Beta(2.0, 2.0))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("obs", dist.Bernoulli(p), obs=x)
+
+
+def _beta_guide(x):
+    a = pyro.param("a", torch.tensor(1.0), constraint=dist.constraints.positive)
+    b = pyro.param("b", torch.tensor(1.0), constraint=dist.constraints.positive)
+    pyro.sample("p", dist.Beta(a, b))
+
+
+def _gaussian_mean(x):
+    mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("obs", dist.Normal(mu, 1.0), obs=x)
+
+
+def _normal_guide(x):
+    loc = pyro.param("loc", torch.tensor(0.0))
+    scale = pyro.param("scale", torch.tensor(1.0), constraint=dist.constraints.positive)
+    pyro.sample("mu", dist.Normal(loc, scale))
+
+
+def _regression(x):
+    w = pyro.sample("w", dist.Normal(0.0, 10.0).expand([3]).to_event(1))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("y", dist.Normal((x[:, :3] * w).sum(-1), 1.0), obs=x[:, 3])
+
+
+def _flips(seed, n=300):
+    return (torch.rand(n, generator=torch.Generator().manual_seed(seed)) < 0.3).float()
+
+
+def _regression_rows(seed, n=400):
+    g = torch.Generator().manual_seed(seed)
+    design = torch.randn(n, 3, generator=g)
+    design[:, 1] = design[:, 0] + 0.2 * torch.randn(n, generator=g)  # correlated weights: mean field is narrower
+    y = design @ torch.tensor([1.0, -1.0, 0.5]) + torch.randn(n, generator=g)
+    return torch.cat([design, y[:, None]], 1)
+
+
+def _coin_optimum(x):
+    """Mean and sd of logit p under the conjugate posterior Beta(2 + heads, 2 + tails)."""
+    a, b = 2 + x.sum(), 2 + len(x) - x.sum()
+    return (torch.digamma(a) - torch.digamma(b)).reshape(1), (torch.polygamma(1, a) + torch.polygamma(1, b)).sqrt()
+
+
+def _mean_optimum(x):
+    precision = 1 / 100 + len(x)
+    return (x.sum() / precision).reshape(1), torch.tensor([precision ** -0.5])
+
+
+def _regression_posterior(x):
+    design, y = x[:, :3].double(), x[:, 3].double()
+    precision = design.T @ design + torch.eye(3, dtype=torch.float64) / 100
+    return torch.linalg.solve(precision, design.T @ y), precision
+
+
+def _regression_optimum(x, mean_field):
+    mean, precision = _regression_posterior(x)
+    sd = precision.diagonal().rsqrt() if mean_field else torch.linalg.inv(precision).diagonal().sqrt()
+    return mean, sd
+
+
+def _beta_guide_moments(program):
+    a, b = pyro.param("a").detach(), pyro.param("b").detach()
+    return (torch.digamma(a) - torch.digamma(b)).reshape(1), (torch.polygamma(1, a) + torch.polygamma(1, b)).sqrt()
+
+
+def _autoguide_moments(program, site):
+    guide = program.guide
+    if hasattr(guide, "scale_tril"):  # AutoMultivariateNormal
+        posterior = guide.get_posterior()
+        return posterior.loc.detach(), posterior.covariance_matrix.detach().diagonal().sqrt()
+    return getattr(guide.locs, site).detach().reshape(-1), getattr(guide.scales, site).detach().reshape(-1)
+
+
+GLOBAL_CASES = {  # story, guide, rows, the guide's moments, its family's optimum, far settings, converged settings
+    "coin, Beta guide": (_coin, _beta_guide, _flips, _beta_guide_moments, _coin_optimum,
+                         [dict(), dict(epochs=1000, lr=0.01),
+                          dict(valid=100, patience=5, epochs=400, lr=0.01, batch_size=300)],
+                         [dict(epochs=3000, lr=0.05, batch_size=300)]),
+    "coin, AutoNormal": (_coin, "auto_normal", _flips, lambda p: _autoguide_moments(p, "p"), _coin_optimum,
+                         [dict(), dict(epochs=30, lr=0.01)],
+                         [dict(epochs=1000, lr=0.05), dict(epochs=300, lr=0.02, batch_size=32)]),
+    "Gaussian mean, Normal guide": (_gaussian_mean, _normal_guide, lambda s: torch.randn(
+        300, generator=torch.Generator().manual_seed(s)) + 3.0, lambda p: (pyro.param("loc").detach().reshape(1),
+                                                                           pyro.param("scale").detach().reshape(1)),
+        _mean_optimum, [dict(), dict(epochs=100, lr=0.01)], [dict(epochs=3000, lr=0.05, batch_size=300)]),
+    "regression, AutoMultivariateNormal": (_regression, "auto_multivariate_normal", _regression_rows,
+                                           lambda p: _autoguide_moments(p, "w"),
+                                           lambda x: _regression_optimum(x, False),
+                                           [dict(), dict(epochs=50, lr=0.01)], [dict(epochs=800, lr=0.05)]),
+    "regression, AutoNormal (mean field)": (_regression, "auto_normal", _regression_rows,
+                                            lambda p: _autoguide_moments(p, "w"),
+                                            lambda x: _regression_optimum(x, True),
+                                            [dict(), dict(epochs=50, lr=0.01)], [dict(epochs=800, lr=0.05)]),
+}
+
+
+def global_latents(seeds: int = 3) -> list[dict]:
+    rows = []
+    for name, (story, guide, data, moments, optimum, far_settings, converged_settings) in GLOBAL_CASES.items():
+        for label, settings in (("stopped early", far_settings), ("converged", converged_settings)):
+            for options in settings:
+                for seed in range(seeds):
+                    x = data(seed)
+                    held = options.get("valid", 0)
+                    train, valid = (x[held:], x[:held]) if held else (x, None)
+                    pyro.clear_param_store()
+                    program = Program(story, guide)
+                    start = time.perf_counter()
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always", ConvergenceWarning)
+                        result = fit(program, train, valid=valid, seed=seed, progress=False,
+                                     **{k: v for k, v in options.items() if k != "valid"})
+                    seconds = time.perf_counter() - start
+                    mean, sd = moments(program)
+                    best_mean, best_sd = (v.double() for v in optimum(train))
+                    posterior_sd = (_coin_optimum(train)[1] if story is _coin else _mean_optimum(train)[1]
+                                    if story is _gaussian_mean else _regression_optimum(train, False)[1]).double()
+                    ratio = (sd.double() / best_sd).max().item(), (sd.double() / best_sd).min().item()
+                    shift = ((mean.double() - best_mean).abs() / posterior_sd).max().item()
+                    truth = ("far" if ratio[0] > 2 or shift > 1 else
+                             "converged" if ratio[0] <= 1.25 and ratio[1] >= 0.8 and shift <= 0.5 else "between")
+                    messages = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
+                    rows.append({"case": name, "settings": options,
+                                 "seed": seed, "intended": label, "epochs": result.epochs,
+                                 "stopped_early": result.stopped_early, "sd_ratio": ratio[0],
+                                 "sd_ratio_min": ratio[1], "shift": shift, "truth": truth, "warned": bool(messages),
+                                 "messages": messages, "seconds": seconds})
+                    print(f"{name:36s} {label:14s} {rows[-1]['settings']} seed {seed}: sd x{ratio[0]:.2f} "
+                          f"(min x{ratio[1]:.2f}), {shift:.2f} sd off ({truth}) "
+                          f"{caught_by(rows[-1]) if messages else 'quiet'} {seconds:.1f} s", flush=True)
+    return rows
+
+
+def global_table(rows: list[dict]) -> str:
+    lines = ["| case | far fits warned | converged fits warned (false alarms) | between (warned) | by |",
+             "|---|---:|---:|---:|---|"]
+    for name in GLOBAL_CASES:
+        mine = [r for r in rows if r["case"] == name]
+        by = sorted({caught_by(r) for r in mine if r["warned"]})
+        lines.append(f"| {name} | {_tally(mine, 'far')} | {_tally(mine, 'converged')} | "
+                     f"{_tally(mine, 'between', '{total} ({warned})')} | {', '.join(by) or '-'} |")
+    lines.append(f"| **all** | **{_tally(rows, 'far')}** | **{_tally(rows, 'converged')}** | "
+                 f"{_tally(rows, 'between', '{total}')} | |")
+    lines += ["", "Far fits not warned about, and converged ones warned about:", ""]
+    odd = [r for r in rows if (r["truth"] == "far") != r["warned"] and r["truth"] != "between"]
+    lines += [f"- {r['case']}, {r['settings']}, seed {r['seed']} ({r['truth']}): sd x{r['sd_ratio']:.2f}, "
+              f"{r['shift']:.2f} sd off" for r in odd] or ["- none"]
+    return "\n".join(lines)
+
+
+def _tally(rows: list[dict], truth: str, form: str = "{warned} / {total}") -> str:
+    """How many of the fits whose truth is ``truth`` were warned about, of how many."""
+    mine = [r for r in rows if r["truth"] == truth]
+    return form.format(warned=sum(r["warned"] for r in mine), total=len(mine))
+
+
 def caught_by(row: dict) -> str:
-    """Which check warned: the slope of the last epochs, stationarity, the uniform model."""
+    """Which check warned: the slope of the last epochs, stationarity, the guide against the posterior, the
+    uniform model."""
     kinds = [kind for kind, phrase in (("slope", "still improving"), ("stationarity", "stationary point"),
-                                       ("uniform", "uniform")) if any(phrase in m for m in row["messages"])]
+                                       ("posterior", "far from the posterior"), ("uniform", "uniform"))
+             if any(phrase in m for m in row["messages"])]
     return " + ".join(kinds) or "none"
 
 
@@ -282,17 +458,11 @@ def tables(calibration: list[dict], default_rows: list[dict], nsf_rows: list[dic
              "|---|---|---:|---:|---:|"]
     for name in CASES:
         mine = [r for r in calibration if r["case"] == name]
-        far = [r for r in mine if r["truth"] == "far"]
-        done = [r for r in mine if r["truth"] == "converged"]
-        between = [r for r in mine if r["truth"] == "between"]
-        lines.append(f"| {name} | {mine[0]['family']} | {sum(r['warned'] for r in far)} / {len(far)} | "
-                     f"{sum(r['warned'] for r in done)} / {len(done)} | {len(between)} "
-                     f"({sum(r['warned'] for r in between)} warned) |")
+        lines.append(f"| {name} | {mine[0]['family']} | {_tally(mine, 'far')} | {_tally(mine, 'converged')} | "
+                     f"{_tally(mine, 'between', '{total} ({warned} warned)')} |")
+    lines.append(f"| **all** | | **{_tally(calibration, 'far')}** | **{_tally(calibration, 'converged')}** | "
+                 f"{_tally(calibration, 'between', '{total}')} |")
     far = [r for r in calibration if r["truth"] == "far"]
-    done = [r for r in calibration if r["truth"] == "converged"]
-    lines.append(f"| **all** | | **{sum(r['warned'] for r in far)} / {len(far)}** | "
-                 f"**{sum(r['warned'] for r in done)} / {len(done)}** | "
-                 f"{sum(r['truth'] == 'between' for r in calibration)} |")
     counts = {}
     for r in far:
         counts[caught_by(r)] = counts.get(caught_by(r), 0) + 1
@@ -316,19 +486,30 @@ def tables(calibration: list[dict], default_rows: list[dict], nsf_rows: list[dic
 def main() -> None:
     import sys
 
+    path = Path(__file__).parent / "results" / "fit_trust.json"
     if sys.argv[1:] == ["--tables"]:  # the tables again, from the last run's JSON
-        saved = json.loads((Path(__file__).parent / "results" / "fit_trust.json").read_text())
+        saved = json.loads(path.read_text())
         print(tables(saved["calibration"], saved["defaults"], saved["nsf"]))
+        print("\n" + global_table(saved.get("global_latents", [])))
+        return
+    if sys.argv[1:] == ["--global"]:
+        torch.set_num_threads(1)
+        rows = global_latents()
+        print(global_table(rows))
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        write_json_atomic({**saved, "global_latents": rows}, path)
         return
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", module="sklearn")
     calibration = calibrate()
     default_rows = defaults()
     nsf_rows = nsf_pixels()
+    global_rows = global_latents()
     print(tables(calibration, default_rows, nsf_rows))
+    print("\n" + global_table(global_rows))
     write_json_atomic({"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-                       "tolerance": TOL, "calibration": calibration, "defaults": default_rows, "nsf": nsf_rows},
-                      Path(__file__).parent / "results" / "fit_trust.json")
+                       "tolerance": TOL, "calibration": calibration, "defaults": default_rows, "nsf": nsf_rows,
+                       "global_latents": global_rows}, path)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,9 @@ CLASSICAL_SIZE = 10**8  # rows x parameters of the largest fit that optimizer="a
 UNIFORM_FACTOR = 3.0
 SAMPLE_CHECK_ROWS = 64  # samples drawn after each epoch of an objective with no loss to judge by
 GLOBAL_DRAWS = 8  # Monte Carlo draws per chunk in the stationarity check of a guide with global latents
+# the guide's draws weighed against the posterior at the end of a fit of global latents (guide_gap), and the most
+# rows times draws that check scores (a story of 4,000 rows gets the 1,000 draws; one of more than 20,000, none)
+GAP_DRAWS, GAP_BUDGET = 1000, 4_000_000
 
 
 class Trainer:
@@ -609,8 +612,9 @@ class Trainer:
         """What the end of a run warns about, in words: a call stopped at ``max_minutes``; else the
         objective still rising over the last epochs (:func:`convergence_message`) or, failing that,
         parameters far from a stationary point (:func:`~ppgen.inference.stationarity.stationarity`,
-        for a built-in estimator in one process); and a figure worse than the uniform model's
-        (:func:`uniform_baseline_message`)."""
+        for a built-in estimator in one process) or, failing that, a guide of global latents far from
+        the posterior its importance weights give (:func:`~ppgen.inference.posterior.guide_gap`); and a
+        figure worse than the uniform model's (:func:`uniform_baseline_message`)."""
         config, objective, gm = self.config, self.objective, self.program.generative_model
         messages = []
         if out_of_time:
@@ -620,20 +624,30 @@ class Trainer:
                             f"({state.epoch} of {config.epochs} epochs done): the run has not reached its end. "
                             + ("resume=True with the same checkpoint_dir continues it" if config.checkpoint_dir
                                is not None else "Give a checkpoint_dir to be able to continue a run"))
-        elif config.convergence_tol is not None and objective.monotone and (
-                not state.stopped_early or self._stop_in_doubt is not None):
-            advice = self._advice() if not state.stopped_early else self._stop_in_doubt
-            message = convergence_message(state.train_elbo, config.convergence_tol, advice=advice)
+        elif config.convergence_tol is not None and objective.monotone:
+            # a stop on a validation score that fell beyond its noise ends where it should, as far as the
+            # objective's course can tell; the guide of global latents is still weighed against the posterior
+            settled = state.stopped_early and self._stop_in_doubt is None
+            advice = self._stop_in_doubt or (
+                f"It stopped early after epoch {state.epoch}, on a validation score that fell: raise patience"
+                if settled else self._advice())
+            message = None if settled else convergence_message(state.train_elbo, config.convergence_tol,
+                                                                advice=advice)
             # chunks of rows of our choosing are scored scaled to the full data: not a model that subsamples its
             # rows itself, nor one without a data plate to scale (its chunks would score another objective), nor
             # a guide with a parameter per row position (it has none for a chunk's rows)
-            if message is None and objective.estimator in ESTIMATORS and self.cluster.world_size == 1 \
-                    and not self.program.subsampling and self.program.data_plate is not None \
-                    and not self.positional:
+            if message is None and not settled and objective.estimator in ESTIMATORS \
+                    and self.cluster.world_size == 1 and not self.program.subsampling \
+                    and self.program.data_plate is not None and not self.positional:
                 # the rows it looks at, so that it costs at most about a tenth of the training: a sixteenth of
                 # the rows the run trained on (at least 128), up to 2048
                 found = self._stationarity(x, y, min(2048, max(128, state.step * config.batch_size // 16)))
                 message = found.message(config.convergence_tol, advice) if found is not None else None
+            if message is None and objective.estimator in ESTIMATORS and self.program.global_latents \
+                    and self.cluster.world_size == 1 and isinstance(x, torch.Tensor) and not self.positional \
+                    and not self.program.subsampling:
+                gap = self._guide_gap(x, y)
+                message = gap.message(advice) if gap is not None and gap.far else None
             messages += [message] if message else []
         levels = self._levels() if self._whole_numbers or objective.estimator in ESTIMATORS else None
         if levels is not None and state.train_elbo:
@@ -659,6 +673,23 @@ class Trainer:
             with torch.no_grad():
                 for buffer, value in buffers:
                     buffer.copy_(value)
+
+    def _guide_gap(self, x, y):
+        """:func:`~ppgen.inference.posterior.guide_gap` on all the rows, where they times its draws fit GAP_BUDGET
+        (at least 200 draws), in evaluation mode; None otherwise, and for a story that does not broadcast over
+        draws scored at once (one at a time would cost more than the fit)."""
+        from ppgen.inference.posterior import guide_gap  # posterior builds on fit
+
+        draws = min(GAP_DRAWS, GAP_BUDGET // self.num_rows)
+        if draws < 200:
+            return None
+        try:
+            with self.program.mode(False, self.objective):
+                return guide_gap(self.program, call_args(*batch_rows(x, y, torch.arange(self.num_rows), self.device)),
+                                 draws, seed=self.config.seed, max_samples=GAP_BUDGET // self.num_rows,
+                                 one_by_one=False)
+        except (RuntimeError, ValueError, IndexError):  # ModelCheckError is a ValueError
+            return None
 
     def _advice(self) -> str:
         """What to do about a fit far from a stationary point."""

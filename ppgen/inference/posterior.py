@@ -254,6 +254,133 @@ def pareto_khat(model, guide, data, num_samples: int = 1000, seed: int = 0) -> P
     return ParetoKhat(khat, num_samples, verdict, f"k̂ = {khat:.2f} ({verdict}): {message}")
 
 
+# guide_gap: the effective draws below which the weighted moments are too noisy to judge a guide by, and how far
+# a guide's global latent may sit from its posterior before the fit is called short of its optimum (a guide that
+# minimises KL(q || p) is narrower than the posterior, never twice as wide, and centred within a fraction of an sd)
+GAP_MIN_EFFECTIVE = 100
+GAP_SD_RATIO = 2.0
+GAP_MEAN_SDS = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class GuideGap:
+    """One scalar of a guide's global latents against the posterior its importance weights give, in the latent's
+    unconstrained space (:func:`guide_gap`).
+
+    Attributes
+    ----------
+    site, index : str, tuple of int
+        The latent and the component within its draws.
+    guide_mean, guide_sd, posterior_mean, posterior_sd : float
+        Its mean and standard deviation under the guide and under the weighted draws.
+    khat, effective_samples : float
+        The PSIS k̂ of the weights and their effective sample size, of ``num_samples`` draws.
+    """
+
+    site: str
+    index: tuple[int, ...]
+    guide_mean: float
+    guide_sd: float
+    posterior_mean: float
+    posterior_sd: float
+    khat: float
+    effective_samples: float
+    num_samples: int
+
+    @property
+    def shift(self) -> float:
+        """How far the guide's mean sits from the posterior's, in posterior standard deviations."""
+        return abs(self.guide_mean - self.posterior_mean) / self.posterior_sd
+
+    @property
+    def far(self) -> bool:
+        """Whether the guide is wider than GAP_SD_RATIO posterior sds, or off-centre by more than GAP_MEAN_SDS."""
+        return self.guide_sd > GAP_SD_RATIO * self.posterior_sd or self.shift > GAP_MEAN_SDS
+
+    def message(self, advice: str) -> str:
+        """Why the guide is far from its posterior, in numbers, and ``advice`` (for a guide too wide: it has
+        not travelled far enough; one about as wide but off-centre may also wander about the optimum)."""
+        where = self.site + (str(list(self.index)) if self.index else "")
+        ratio = self.guide_sd / self.posterior_sd
+        if ratio <= GAP_SD_RATIO:
+            advice = (f"{advice}; or, if it wanders about the optimum with steps too large for the objective's "
+                      "noise, a smaller lr or more num_particles")
+        return (f"the guide is far from the posterior it approximates: by importance sampling ({self.num_samples:,} "
+                f"draws of the guide, k̂ {self.khat:.2f}, {self.effective_samples:,.0f} effective), {where} has "
+                f"posterior mean {self.posterior_mean:.4g} and sd {self.posterior_sd:.3g} (unconstrained), where the "
+                f"guide has {self.guide_mean:.4g} and {self.guide_sd:.3g}: {ratio:.3g} times as wide, "
+                f"{self.shift:.2g} sd off-centre. The fit has not reached its optimum. {advice} "
+                "(or set convergence_tol=None)")
+
+
+def guide_gap(program: Program, args: tuple, num_samples: int = 1000, seed: int = 0,
+              max_samples: int | None = None, one_by_one: bool = True) -> GuideGap | None:
+    """Has the guide of a story's global latents reached the posterior? The scalar of its continuous latents
+    whose guide is furthest from its Pareto-smoothed importance-weighted posterior (Yao et al. 2018), or None
+    where the weights cannot say: k̂ >= 0.7, fewer than GAP_MIN_EFFECTIVE effective draws (many latents, or a
+    guide too narrow), a guide that draws latents per row or the same value every time.
+
+    A guide left far too wide (the usual start, and where an optimiser on a noisy objective crawls) is where
+    importance sampling is at its best, and where a fit's other checks are at their weakest: the objective of
+    the whole data moves by a few nats in hundreds, within its noise. A guide ten times too wide leaves about
+    one draw in ten with weight; where the weights are sound (k̂ < 0.7) but too few, the draws are taken again
+    four times as many, up to ``max_samples``. A story that does not broadcast over draws is scored one draw
+    at a time, or with ``one_by_one`` False raises the error it raised.
+    """
+    while True:
+        gap = _guide_gap(program, args, num_samples, seed, one_by_one)
+        if not isinstance(gap, float) or max_samples is None or 4 * num_samples > max_samples:
+            return gap if isinstance(gap, GuideGap) else None
+        num_samples *= 4
+
+
+def _guide_gap(program: Program, args: tuple, num_samples: int, seed: int,
+               one_by_one: bool) -> GuideGap | float | None:
+    """:func:`guide_gap` of ``num_samples`` draws; sound weights too few to judge by: their effective count."""
+    with program.param_scope():
+        draws, log_p, log_q = _guide_draws(program, args, num_samples, seed, one_by_one)
+        with torch.no_grad(), poutine.block(), torch.random.fork_rng():
+            torch.manual_seed(seed)
+            supports = {s["name"]: s["fn"].support for s in sample_sites(poutine.trace(program.model).get_trace(*args))
+                        if not s["is_observed"]}
+    if not draws or any(name not in program.global_latents or bool((value == value[:1]).all())
+                        for name, value in draws.items()):
+        return None  # latents per row, or a point estimate
+    minus_log_w = xr.DataArray((log_q - log_p).numpy()[None, :], dims=SAMPLE_DIMS)
+    log_weights, khat = minus_log_w.azstats.psislw(dim=list(SAMPLE_DIMS))
+    log_weights = torch.from_numpy(np.asarray(log_weights, dtype=np.float64).reshape(-1))
+    weights = (log_weights - log_weights.max()).exp()
+    weights = weights / weights.sum()
+    effective = 1 / weights.pow(2).sum().item()
+    if not math.isfinite(float(khat)) or float(khat) >= 0.7:
+        return None
+    if effective < GAP_MIN_EFFECTIVE:
+        return effective
+    worst = None
+    for name, value in draws.items():
+        if supports[name].is_discrete:
+            continue
+        free = torch.distributions.biject_to(supports[name]).inv(value.double())
+        shape = [size for size in free.shape[1:] if size != 1]  # the particles' plate broadcasts against plates
+        free = free.reshape(num_samples, -1)
+        guide_mean, guide_sd = free.mean(0), free.std(0)
+        posterior_mean = weights @ free
+        posterior_sd = (weights @ (free - posterior_mean).pow(2)).sqrt()
+        for j in range(free.shape[1]):
+            if not posterior_sd[j] > 0:
+                continue
+            gap = GuideGap(name, tuple(int(i) for i in np.unravel_index(j, shape)) if shape else (),
+                           guide_mean[j].item(), guide_sd[j].item(), posterior_mean[j].item(),
+                           posterior_sd[j].item(), float(khat), effective, num_samples)
+            if worst is None or _badness(gap) > _badness(worst):
+                worst = gap
+    return worst
+
+
+def _badness(gap: GuideGap) -> float:
+    return max(gap.guide_sd / gap.posterior_sd / GAP_SD_RATIO, gap.shift / GAP_MEAN_SDS)
+
+
 def loo(tree: xr.DataTree, **kwargs):
     """PSIS-LOO of posterior draws (MCMC): ``arviz.loo`` with pointwise values.
 
@@ -491,9 +618,10 @@ def _axis_names(site: dict, event: bool) -> tuple[list[str], list[bool]]:
     return names, keep
 
 
-def _guide_draws(program: Program, args: tuple, num_samples: int, seed: int):
+def _guide_draws(program: Program, args: tuple, num_samples: int, seed: int, one_by_one: bool = True):
     """``num_samples`` draws of the guided latents from the guide (vectorized), with log p(x, z) (the
-    enumerated sites summed out) and log q(z)."""
+    enumerated sites summed out) and log q(z); where the story does not broadcast over draws, one draw at a
+    time, or with ``one_by_one`` False the error raised."""
     with torch.no_grad(), poutine.block(), torch.random.fork_rng():
         model_sites = sample_sites(poutine.trace(program.model).get_trace(*args))
         enumerated = [s["name"] for s in model_sites if not s["is_observed"] and s["infer"].get("enumerate")]
@@ -501,17 +629,18 @@ def _guide_draws(program: Program, args: tuple, num_samples: int, seed: int):
         nesting = program.nesting(*args)
         return _at_once_else_one_by_one(program, num_samples, nesting, enumerated, seed,
                                         lambda: _joint_draws(program, args, num_samples, nesting, enumerated),
-                                        lambda: _joint_draws_one_at_a_time(program, args, num_samples))
+                                        lambda: _joint_draws_one_at_a_time(program, args, num_samples),
+                                        one_by_one)
 
 
 def _at_once_else_one_by_one(program: Program, count: int, nesting: int, enumerated: list[str], seed: int,
-                             at_once, one_by_one):
+                             at_once, one_by_one, fallback: bool = True):
     """``at_once()``, the story run on all ``count`` draws at once; where it does not broadcast over them,
     ``one_by_one()``, reseeded, except that summing out enumerated sites needs them at once (refused then)."""
     try:
         return at_once()
     except (RuntimeError, ValueError, IndexError) as err:
-        if isinstance(err, ModelCheckError):
+        if isinstance(err, ModelCheckError) or not fallback:
             raise
         if enumerated:
             raise _not_broadcasting(program, count, nesting, err) from None
