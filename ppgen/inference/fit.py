@@ -678,7 +678,7 @@ class Trainer:
         """:func:`~ppgen.inference.posterior.guide_gap` on all the rows, where they times its draws fit GAP_BUDGET
         (at least 200 draws), in evaluation mode; None otherwise, and for a story that does not broadcast over
         draws scored at once (one at a time would cost more than the fit)."""
-        from ppgen.inference.posterior import guide_gap  # posterior builds on fit
+        from ppgen.inference.posterior import guide_gap  # with ArviZ's PSIS: not at ppgen.fit's import
 
         draws = min(GAP_DRAWS, GAP_BUDGET // self.num_rows)
         if draws < 200:

@@ -48,8 +48,7 @@ from pyro import poutine
 from pyro.infer import MCMC, NUTS, Predictive
 
 from ppgen.checks import non_negative_int, positive_int
-from ppgen.inference.fit import FitResult
-from ppgen.inference.training import refuse_other_rows
+from ppgen.inference.training import FitResult, refuse_other_rows
 from ppgen.inference.likelihood import sum_out_enumerated
 from ppgen.inference.program import PARTICLE_PLATE, ModelCheckError, Program, deterministic_sites, sample_sites
 
