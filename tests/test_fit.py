@@ -272,20 +272,22 @@ def test_guide_gap_weighs_a_wide_guide_into_the_exact_posterior():
     """The posterior of the coin is Beta(2 + heads, 2 + tails); of logit p its mean is digamma(a) - digamma(b) and
     its variance trigamma(a) + trigamma(b). From a guide far too wide (Beta(1, 1)), the importance-weighted
     moments are the exact ones within 5 standard errors (mean: sd / sqrt(ESS); sd: sd / sqrt(2 ESS)), and the
-    gap is called far; the exact posterior as the guide is not. (About one draw in ten carries weight: of
-    1,000 draws too few, so 4,000 are taken.)"""
+    gap is called far; the exact posterior as the guide is not. (About one draw in ten carries weight: 500
+    draws are too few, so four times as many are taken, and again.)"""
     a, b = _posterior(_FLIPS)
     mean, sd = (torch.digamma(a) - torch.digamma(b)).item(), _logit_sd(a, b).item()
     pyro.clear_param_store()
     program = Program(_coin, _beta_guide)
     program.validate(_FLIPS)
-    gap = guide_gap(program, (_FLIPS,), 1000, max_samples=16_000)
-    assert gap.site == "p" and gap.num_samples == 4000 and gap.effective_samples > GAP_MIN_EFFECTIVE
+    gap = guide_gap(program, (_FLIPS,), 500, max_samples=16_000, chunk_cells=30_000)  # 100 draws at a time
+    assert gap.site == "p" and gap.num_samples > 500 and gap.effective_samples > GAP_MIN_EFFECTIVE
     ess = gap.effective_samples
     assert abs(gap.posterior_mean - mean) < 5 * sd / ess ** 0.5
     assert abs(gap.posterior_sd / sd - 1) < 5 / (2 * ess) ** 0.5
     assert gap.far and gap.guide_sd > 10 * sd
-    assert guide_gap(program, (_FLIPS,), 1000) is None  # too few effective draws, and no more asked for
+    assert guide_gap(program, (_FLIPS,), 500) is None  # too few effective draws, and no more asked for
+    # out of time after the first chunk: it gives up rather than overrun a fit's end
+    assert guide_gap(program, (_FLIPS,), 4000, chunk_cells=30_000, max_seconds=0.0) is None
 
     pyro.clear_param_store()
     program = Program(_coin, lambda x: _beta_guide(x, a.item(), b.item()))
@@ -306,11 +308,11 @@ def test_the_coin_fitted_with_the_defaults_is_called_short_of_its_posterior():
         with pytest.warns(ConvergenceWarning, match="the guide is far from the posterior") as caught:
             fit(_coin, _FLIPS if not settings else _FLIPS[100:], guide=_beta_guide, progress=False, **settings)
         # the guide's width against the posterior's, of logit p, in closed form (trigamma), as the message has it
-        # from 4,000 weighted draws (their sd within about 4%: 5 standard errors at 400 effective draws)
+        # from the weighted draws (their sd within 20%: 4 standard errors at 200 effective draws, the fewest used)
         ratio = (_logit_sd(pyro.param("a"), pyro.param("b")) / _logit_sd(*_posterior(_FLIPS[100:] if settings
                                                                                      else _FLIPS))).item()
         found = float(re.search(r"([\d.]+) times as wide", str(caught[0].message)).group(1))
-        assert ratio > 10 and abs(found / ratio - 1) < 0.13
+        assert ratio > 10 and abs(found / ratio - 1) < 0.2
     pyro.clear_param_store()
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)

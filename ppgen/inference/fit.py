@@ -61,6 +61,7 @@ GLOBAL_DRAWS = 8  # Monte Carlo draws per chunk in the stationarity check of a g
 # the guide's draws weighed against the posterior at the end of a fit of global latents (guide_gap), and the most
 # rows times draws that check scores (a story of 4,000 rows gets the 1,000 draws; one of more than 20,000, none)
 GAP_DRAWS, GAP_BUDGET = 1000, 4_000_000
+GAP_SECONDS = 5.0  # and the time it may take, or a fifth of the training's where that is more
 
 
 class Trainer:
@@ -646,7 +647,7 @@ class Trainer:
             if message is None and objective.estimator in ESTIMATORS and self.program.global_latents \
                     and self.cluster.world_size == 1 and isinstance(x, torch.Tensor) and not self.positional \
                     and not self.program.subsampling:
-                gap = self._guide_gap(x, y)
+                gap = self._guide_gap(x, y, state)
                 message = gap.message(advice) if gap is not None and gap.far else None
             messages += [message] if message else []
         levels = self._levels() if self._whole_numbers or objective.estimator in ESTIMATORS else None
@@ -674,10 +675,11 @@ class Trainer:
                 for buffer, value in buffers:
                     buffer.copy_(value)
 
-    def _guide_gap(self, x, y):
+    def _guide_gap(self, x, y, state: TrainState):
         """:func:`~ppgen.inference.posterior.guide_gap` on all the rows, where they times its draws fit GAP_BUDGET
-        (at least 200 draws), in evaluation mode; None otherwise, and for a story that does not broadcast over
-        draws scored at once (one at a time would cost more than the fit)."""
+        (at least 200 draws), in evaluation mode, within a fifth of the training's time (at least GAP_SECONDS);
+        None otherwise, and for a story that does not broadcast over draws scored at once (one at a time would
+        cost more than the fit)."""
         from ppgen.inference.posterior import guide_gap  # with ArviZ's PSIS: not at ppgen.fit's import
 
         draws = min(GAP_DRAWS, GAP_BUDGET // self.num_rows)
@@ -687,7 +689,7 @@ class Trainer:
             with self.program.mode(False, self.objective):
                 return guide_gap(self.program, call_args(*batch_rows(x, y, torch.arange(self.num_rows), self.device)),
                                  draws, seed=self.config.seed, max_samples=GAP_BUDGET // self.num_rows,
-                                 one_by_one=False)
+                                 one_by_one=False, max_seconds=max(GAP_SECONDS, self._seconds(state) / 5))
         except (RuntimeError, ValueError, IndexError):  # ModelCheckError is a ValueError
             return None
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import time
 from typing import Any, Mapping
 
 import arviz_base
@@ -256,7 +257,7 @@ def pareto_khat(model, guide, data, num_samples: int = 1000, seed: int = 0) -> P
 # guide_gap: the effective draws below which the weighted moments are too noisy to judge a guide by, and how far
 # a guide's global latent may sit from its posterior before the fit is called short of its optimum (a guide that
 # minimises KL(q || p) is narrower than the posterior, never twice as wide, and centred within a fraction of an sd)
-GAP_MIN_EFFECTIVE = 100
+GAP_MIN_EFFECTIVE = 200
 GAP_SD_RATIO = 2.0
 GAP_MEAN_SDS = 1.0
 
@@ -313,7 +314,8 @@ class GuideGap:
 
 
 def guide_gap(program: Program, args: tuple, num_samples: int = 1000, seed: int = 0,
-              max_samples: int | None = None, one_by_one: bool = True) -> GuideGap | None:
+              max_samples: int | None = None, one_by_one: bool = True, max_seconds: float | None = None,
+              chunk_cells: int = 200_000) -> GuideGap | None:
     """Has the guide of a story's global latents reached the posterior? The scalar of its continuous latents
     whose guide is furthest from its Pareto-smoothed importance-weighted posterior (Yao et al. 2018), or None
     where the weights cannot say: k̂ >= 0.7, fewer than GAP_MIN_EFFECTIVE effective draws (many latents, or a
@@ -324,20 +326,33 @@ def guide_gap(program: Program, args: tuple, num_samples: int = 1000, seed: int 
     the whole data moves by a few nats in hundreds, within its noise. A guide ten times too wide leaves about
     one draw in ten with weight; where the weights are sound (k̂ < 0.7) but too few, the draws are taken again
     four times as many, up to ``max_samples``. A story that does not broadcast over draws is scored one draw
-    at a time, or with ``one_by_one`` False raises the error it raised.
+    at a time, or with ``one_by_one`` False raises the error it raised. The draws are scored a chunk at a time,
+    about ``chunk_cells`` draws x rows each (memory); where the chunks so far say that the rest would take
+    past ``max_seconds`` in all, it gives up (None).
     """
+    deadline = None if max_seconds is None else time.perf_counter() + max_seconds
     while True:
-        gap = _guide_gap(program, args, num_samples, seed, one_by_one)
+        gap = _guide_gap(program, args, num_samples, seed, one_by_one, chunk_cells, deadline)
         if not isinstance(gap, float) or max_samples is None or 4 * num_samples > max_samples:
             return gap if isinstance(gap, GuideGap) else None
         num_samples *= 4
 
 
-def _guide_gap(program: Program, args: tuple, num_samples: int, seed: int,
-               one_by_one: bool) -> GuideGap | float | None:
+def _guide_gap(program: Program, args: tuple, num_samples: int, seed: int, one_by_one: bool, chunk_cells: int,
+               deadline: float | None) -> GuideGap | float | None:
     """:func:`guide_gap` of ``num_samples`` draws; sound weights too few to judge by: their effective count."""
+    rows = args[0].shape[0] if isinstance(args[0], torch.Tensor) and args[0].dim() else 1
+    chunk = max(1, min(num_samples, chunk_cells // rows))
+    parts, start = [], time.perf_counter()
     with program.param_scope():
-        draws, log_p, log_q = _guide_draws(program, args, num_samples, seed, one_by_one)
+        for k, first in enumerate(range(0, num_samples, chunk)):
+            parts.append(_guide_draws(program, args, min(chunk, num_samples - first), seed + k, one_by_one))
+            done, now = first + len(parts[-1][1]), time.perf_counter()
+            if deadline is not None and done < num_samples and now + (now - start) / done * (
+                    num_samples - done) > deadline:
+                return None
+        draws = {name: torch.cat([part[0][name] for part in parts]) for name in parts[0][0]}
+        log_p, log_q = torch.cat([part[1] for part in parts]), torch.cat([part[2] for part in parts])
         with torch.no_grad(), poutine.block(), torch.random.fork_rng():
             torch.manual_seed(seed)
             supports = {s["name"]: s["fn"].support for s in sample_sites(poutine.trace(program.model).get_trace(*args))
