@@ -685,8 +685,9 @@ class Trainer:
         draws = min(GAP_DRAWS, GAP_BUDGET // self.num_rows)
         if draws < 200:
             return None
-        try:
-            with self.program.mode(False, self.objective):
+        try:  # quietly: PSIS says when its tail is heavy, which here only means that the weights cannot tell
+            with warnings.catch_warnings(), self.program.mode(False, self.objective):
+                warnings.simplefilter("ignore")
                 return guide_gap(self.program, call_args(*batch_rows(x, y, torch.arange(self.num_rows), self.device)),
                                  draws, seed=self.config.seed, max_samples=GAP_BUDGET // self.num_rows,
                                  one_by_one=False, max_seconds=max(GAP_SECONDS, self._seconds(state) / 5))
