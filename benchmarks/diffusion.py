@@ -141,6 +141,9 @@ PAPER = {
     "binary": {**LONG["binary"], "epochs": 300, "ema": 0.9999},
 }
 LONGS = {"cpu-long": LONG, "paper": PAPER}
+# a long run's evaluation is kept in pieces of this many test rows and samples (the width-32 U-Net on one CPU thread:
+# about 4 and 7 minutes each)
+EVAL_ROWS, EVAL_SAMPLES = 500, 50
 PUBLISHED_LONG = {"gaussian": "no MNIST figure for DDPM found; the issue's target is <= 1.20 bits/dim",
                   "binary": "no published figure on these rows; the issue's target is <= 95 nats"}
 PUBLISHED_LONG["gaussian-plain"] = PUBLISHED_LONG["gaussian"]
@@ -242,7 +245,9 @@ def long_diffusion(args, name: str, train: torch.Tensor, valid: torch.Tensor, te
     if path.exists() and json.loads(path.read_text())["test_rows"] == len(test):
         return {**report, **json.loads(path.read_text())}
     start = time.perf_counter()
-    bound = bound_estimate(model, test, cfg["test_draws"])
+    # in pieces kept as they are done (hours of evaluation on a CPU), each with its own seeded draws
+    bound = torch.cat(run.pieces("test-bound", math.ceil(len(test) / EVAL_ROWS), lambda k: bound_estimate(
+        model, test[k * EVAL_ROWS:(k + 1) * EVAL_ROWS], cfg["test_draws"], seed=k)))
     stderr = bound.std().item() / math.sqrt(len(bound))
     evaluation = {"test_rows": len(test), "test_draws": cfg["test_draws"], "test_bound_nats": bound.mean().item(),
                   "test_bound_nats_stderr": stderr, "test_bits_per_dim": bound.mean().item() * per_dim,
@@ -251,8 +256,10 @@ def long_diffusion(args, name: str, train: torch.Tensor, valid: torch.Tensor, te
     grey = name != "binary"
     for sampler, options in samplers.items():
         with torch.no_grad():
-            drawn = torch.cat([model.sample(min(250, args.quality_samples - i), seed=i, **options)
-                               for i in range(0, args.quality_samples, 250)])
+            drawn = torch.cat(run.pieces(f"samples-{sampler}", math.ceil(args.quality_samples / EVAL_SAMPLES),
+                                         lambda k, options=options: model.sample(
+                                             min(EVAL_SAMPLES, args.quality_samples - k * EVAL_SAMPLES),
+                                             seed=k * EVAL_SAMPLES, **options)))
         save_grid(drawn[:64], run.folder / f"samples-{sampler}.png", rows=8)
         scale = 255 if grey else 1  # sample_quality takes grey levels 0..255 with grey=True
         evaluation[f"quality_{sampler}"] = sample_quality(drawn * scale, test * scale, args.quality_samples,

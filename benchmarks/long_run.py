@@ -21,12 +21,12 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
-from ppgen.inference.checkpoint import load_fitted, write_json_atomic
+from ppgen.inference.checkpoint import load_fitted, save_atomic, write_json_atomic
 
 
 def scheduled_lr(epoch: int, cfg: dict) -> float:
@@ -119,6 +119,20 @@ class LongRun:
         """Where the evaluation is kept: ``result.json`` once complete, ``result-epochN.json`` for the checkpoint
         as it stands."""
         return self.folder / ("result.json" if self.complete else f"result-epoch{len(self.rows)}.json")
+
+    def pieces(self, name: str, count: int, compute: Callable[[int], torch.Tensor]) -> list[torch.Tensor]:
+        """``[compute(k) for k in range(count)]``, each piece written (atomically) beside :meth:`result_path`, in
+        ``<result>-pieces/<name>/<k>.pt``, as soon as it is computed, and read from there when it is: an
+        evaluation of hours stopped part way goes on where it stopped, with the same figures."""
+        folder = self.folder / f"{self.result_path().stem}-pieces" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        done = []
+        for k in range(count):
+            path = folder / f"{k}.pt"
+            if not path.exists():
+                save_atomic(compute(k), path)
+            done.append(torch.load(path))
+        return done
 
 
 def save_grid(images: torch.Tensor, path: Path, *, rows: int | None = None) -> None:

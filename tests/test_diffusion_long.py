@@ -111,3 +111,27 @@ def test_the_paper_preset_builds_its_models_and_keeps_its_own_settings():
         model = (bench.GaussianDiffusion if name == "gaussian" else bench.BinaryDiffusion)(784, **cfg["model"])
         assert model.num_parameters > 0 and cfg != bench.LONG[name] and cfg["ema"], name
     assert set(bench.LONGS) == {"cpu-long", "paper"}
+
+
+def test_an_evaluation_stopped_part_way_goes_on_where_it_stopped(tmp_path):
+    """The test bound and the samples of a long run take hours on a CPU, and a session's end stops them: each piece
+    is kept as it is done, so that the next call computes only the pieces still missing, and its figures are the
+    ones an unbroken call gives."""
+    long_run = load_script("benchmarks/long_run.py")
+    run = long_run.LongRun(tmp_path / "run", {"epochs": 1})
+    calls = []
+
+    def compute(k, fail_at=None):
+        calls.append(k)
+        if k == fail_at:
+            raise KeyboardInterrupt  # the session ends here
+        return torch.full((3,), float(k)) + torch.randn(3, generator=torch.Generator().manual_seed(k))
+
+    with pytest.raises(KeyboardInterrupt):
+        run.pieces("bound", 4, lambda k: compute(k, fail_at=2))
+    assert calls == [0, 1, 2]
+    calls.clear()
+    resumed = torch.cat(run.pieces("bound", 4, compute))
+    assert calls == [2, 3]  # the two kept pieces are read, not computed again
+    unbroken = torch.cat(long_run.LongRun(tmp_path / "other", {"epochs": 1}).pieces("bound", 4, compute))
+    assert torch.equal(resumed, unbroken)
