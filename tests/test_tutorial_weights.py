@@ -81,10 +81,10 @@ def test_the_deep_ebm_samples_digits_by_its_langevin_steps():
 
 
 def test_the_gaussian_diffusion_bounds_test_digits_as_its_run_did():
-    """The run's averaged weights scored 1.381 bits/dim on MNIST validation rows at epoch 18 (the file holds
-    epoch 19's); a fresh U-Net's bound is far above 3. The bound on 60 embedded test digits, estimated from 20
-    strata of the 1,000 steps as the run's validation is, must come out within 0.15 of 1.38: its standard error
-    here is about 0.05 (the rows' spread and the strata's draws), and epoch 19 is a little better than 18."""
+    """The run's averaged weights after its last epoch (100) scored 1.159 bits/dim on 500 MNIST validation rows;
+    a fresh U-Net's bound is far above 3. The bound on 60 embedded test digits, estimated from 20 strata of the
+    1,000 steps as the run's validation is, must come out within 0.15 of 1.16: its standard error here is about
+    0.05 (the rows' spread and the strata's draws; measured at export: 1.134)."""
     from ppgen.models.diffusion import GaussianDiffusion
 
     def build():
@@ -95,7 +95,7 @@ def test_the_gaussian_diffusion_bounds_test_digits_as_its_run_did():
     rows = ppgen.load_dataset("digits_grey", "test").x[:60] / 255
     trained = ppgen.load_fitted(build(), WEIGHTS / "diffusion_mnist.pt")
     bits = [bench.bound_estimate(model, rows, 20).mean().item() / (784 * math.log(2)) for model in (trained, build())]
-    assert bits[0] == pytest.approx(1.38, abs=0.15) and bits[1] > 3
+    assert bits[0] == pytest.approx(1.16, abs=0.15) and bits[1] > 3
 
 
 def test_the_long_rbm_scores_test_digits_near_its_runs_figure():
