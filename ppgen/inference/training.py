@@ -131,7 +131,8 @@ class FitConfig:
         step from the returned parameters still raises it by more than this fraction
         (:func:`~ppgen.inference.stationarity.stationarity`, which scores chunks of rows scaled to
         the full data: not run for a story without a data plate or one that subsamples its rows
-        itself); None turns both checks off.
+        itself), or when a guide of global latents only is far from the posterior its importance
+        weights give (:func:`~ppgen.inference.posterior.guide_gap`); None turns the three checks off.
         (Scoring worse than the uniform distribution warns whatever this is.)
     divergence_factor : float or None
         Stop with :class:`DivergenceError` when the loss per example grows past this many times
