@@ -347,6 +347,8 @@ def _guide_gap(program: Program, args: tuple, num_samples: int, seed: int, one_b
     with program.param_scope():
         for k, first in enumerate(range(0, num_samples, chunk)):
             parts.append(_guide_draws(program, args, min(chunk, num_samples - first), seed + k, one_by_one))
+            if not parts[0][0] or any(name not in program.global_latents for name in parts[0][0]):
+                return None  # nothing drawn, or latents per row: too many to weigh
             done, now = first + len(parts[-1][1]), time.perf_counter()
             if deadline is not None and done < num_samples and now + (now - start) / done * (
                     num_samples - done) > deadline:
@@ -357,9 +359,8 @@ def _guide_gap(program: Program, args: tuple, num_samples: int, seed: int, one_b
             torch.manual_seed(seed)
             supports = {s["name"]: s["fn"].support for s in sample_sites(poutine.trace(program.model).get_trace(*args))
                         if not s["is_observed"]}
-    if not draws or any(name not in program.global_latents or bool((value == value[:1]).all())
-                        for name, value in draws.items()):
-        return None  # latents per row, or a point estimate
+    if any(bool((value == value[:1]).all()) for value in draws.values()):
+        return None  # a point estimate
     minus_log_w = xr.DataArray((log_q - log_p).numpy()[None, :], dims=SAMPLE_DIMS)
     log_weights, khat = minus_log_w.azstats.psislw(dim=list(SAMPLE_DIMS))
     log_weights = torch.from_numpy(np.asarray(log_weights, dtype=np.float64).reshape(-1))
