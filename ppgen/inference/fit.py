@@ -634,19 +634,18 @@ class Trainer:
                 if settled else self._advice())
             message = None if settled else convergence_message(state.train_elbo, config.convergence_tol,
                                                                 advice=advice)
-            # chunks of rows of our choosing are scored scaled to the full data: not a model that subsamples its
-            # rows itself, nor one without a data plate to scale (its chunks would score another objective), nor
-            # a guide with a parameter per row position (it has none for a chunk's rows)
-            if message is None and not settled and objective.estimator in ESTIMATORS \
-                    and self.cluster.world_size == 1 and not self.program.subsampling \
-                    and self.program.data_plate is not None and not self.positional:
+            # both checks below score rows of our choosing with a built-in estimator in one process: not a model
+            # that subsamples its rows itself, nor a guide with a parameter per row position (it has none for
+            # other rows); the stationarity check's chunks are scaled to the full data, which needs a data plate
+            # (without one its chunks would score another objective)
+            rescorable = objective.estimator in ESTIMATORS and self.cluster.world_size == 1 \
+                and not self.program.subsampling and not self.positional
+            if message is None and not settled and rescorable and self.program.data_plate is not None:
                 # the rows it looks at, so that it costs at most about a tenth of the training: a sixteenth of
                 # the rows the run trained on (at least 128), up to 2048
                 found = self._stationarity(x, y, min(2048, max(128, state.step * config.batch_size // 16)))
                 message = found.message(config.convergence_tol, advice) if found is not None else None
-            if message is None and objective.estimator in ESTIMATORS and self.program.global_latents \
-                    and self.cluster.world_size == 1 and isinstance(x, torch.Tensor) and not self.positional \
-                    and not self.program.subsampling:
+            if message is None and rescorable and self.program.global_latents and isinstance(x, torch.Tensor):
                 gap = self._guide_gap(x, y, state)
                 message = gap.message(advice) if gap is not None and gap.far else None
             messages += [message] if message else []
