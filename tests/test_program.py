@@ -741,6 +741,45 @@ def test_a_plate_of_a_fixed_size_is_no_plate_over_the_rows():
         fit(story, x, guide="auto_normal", epochs=1, batch_size=50, progress=False)
 
 
+
+def test_a_factor_of_the_global_latents_counts_once_and_a_factor_of_the_rows_is_refused_under_minibatches():
+    """pyro.factor outside the data plate. A penalty on mu alone (the same on fewer rows) is a prior's term: it
+    was refused as an observed site outside the plate, and is now counted once a step as Pyro counts it, so a
+    minibatch fit reaches the conjugate posterior (with the penalty scaled by N / B it would sit 12 sds lower). The
+    likelihood of all the rows written as one factor changes with the rows: refused under minibatches, naming it,
+    and fitted on the full batch."""
+    x = 2 * torch.randn(300, generator=torch.Generator().manual_seed(0)) + 3
+
+    def penalised(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        pyro.factor("shrink", -12.5 * mu ** 2)  # a N(0, 0.2^2) prior's log-density, up to its constant
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(mu, 2.0), obs=x)
+
+    def one_factor(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        pyro.factor("likelihood", dist.Normal(mu.unsqueeze(-1), 2.0).log_prob(x).sum(-1))  # over particles too
+
+    story = Program(penalised, "auto_normal").inspect(x[:50])
+    assert story.global_factors == ("shrink",) and story.observed_outside == () and story.data_plate == "data"
+    pyro.clear_param_store()
+    fit(penalised, x, guide="auto_normal", epochs=200, batch_size=50, lr=0.02, num_particles=4, progress=False)
+    precision = 1 / 100 + 25 + 300 / 4
+    mean, sd = x.sum().item() / 4 / precision, precision ** -0.5
+    # measured +0.1 sd; with the penalty scaled by N / B it would be -12.6 sd
+    assert pyro.param("AutoNormal.locs.mu").item() == pytest.approx(mean, abs=sd)
+    assert Program(one_factor, "auto_normal").inspect(x[:50]).observed_outside == ("likelihood",)
+    with pytest.raises(ModelCheckError, match=re.escape(
+            "pyro.factor 'likelihood' is outside a plate over the data rows and changes with the rows given: a term "
+            "of the data, which on a minibatch of 50 of 300 rows cannot be scaled")):
+        fit(one_factor, x, guide="auto_normal", epochs=1, batch_size=50, progress=False)
+    pyro.clear_param_store()
+    fit(one_factor, x, guide="auto_normal", epochs=500, batch_size=300, lr=0.05, num_particles=8, progress=False)
+    precision = 1 / 100 + 300 / 4
+    mean, sd = x.sum().item() / 4 / precision, precision ** -0.5
+    assert pyro.param("AutoNormal.locs.mu").item() == pytest.approx(mean, abs=0.5 * sd)
+
+
 def _local_story(x):
     """mu ~ N(0, 10^2), z_n ~ N(mu, 1), x_n ~ N(z_n, 1): marginally x_n ~ N(mu, 2)."""
     mu = pyro.sample("mu", dist.Normal(0.0, 10.0))

@@ -144,7 +144,8 @@ class Inspection:
         Latent sites of the model that the guide does not sample and that are not marked for
         enumeration: an ELBO would draw them from the prior and miss their term.
     observed_outside : tuple of str
-        Observed sites outside the data plate (all of them when there is none).
+        Observed sites outside the data plate (all of them when there is none), but for the ``pyro.factor``
+        terms of ``global_factors``.
     guide_outside : tuple of str
         Sites the guide samples outside the data plate (auxiliary ones too): one value for all rows.
     subsampling : tuple of str
@@ -160,6 +161,12 @@ class Inspection:
     scaled_in_plate : tuple of (str, float)
         Sites of the model or guide inside the data plate whose log-density the story scales itself
         (``poutine.scale``, or a plate with ``subsample=``) by a single number, with that number.
+    factors : tuple of str
+        The model's ``pyro.factor`` terms (observed sites marked auxiliary), wherever they are.
+    global_factors : tuple of str
+        ``pyro.factor`` terms outside the data plate that stay the same on one row fewer, the latents outside
+        the plate held: terms of the global latents (a penalty on a prior), counted once however many rows a
+        step scores, as a latent's prior is. One that changes with the rows is among ``observed_outside``.
     """
 
     rows: int
@@ -176,6 +183,8 @@ class Inspection:
     guide_only: tuple[str, ...] = ()
     guide_unbounded: tuple[str, ...] = ()
     scaled_in_plate: tuple[tuple[str, float], ...] = ()
+    factors: tuple[str, ...] = ()
+    global_factors: tuple[str, ...] = ()
 
 
 class Program:
@@ -484,6 +493,7 @@ class Program:
                     ".to_event(k), as in dist.Bernoulli(p).to_event(1); where they are a plate of their own, nest "
                     "a pyro.plate over them") from None
             plate = self._find_data_plate(x, y, model_trace)
+            global_factors = self._global_factors(x, y, model_trace, plate)
         model_sites, guide_sites = sample_sites(model_trace), sample_sites(guide_trace)
         prior = [s for s in model_sites if not s["is_observed"] and s["name"] not in guide_trace.nodes]
         return Inspection(
@@ -492,7 +502,8 @@ class Program:
             latent=tuple(s["name"] for s in guide_sites if not s["is_observed"] and s["name"] in model_trace.nodes),
             enumerated=tuple(s["name"] for s in prior if s["infer"].get("enumerate")),
             unguided=tuple(s["name"] for s in prior if not s["infer"].get("enumerate")),
-            observed_outside=tuple(s["name"] for s in model_sites if s["is_observed"] and not _in_plate(s, plate)),
+            observed_outside=tuple(s["name"] for s in model_sites if s["is_observed"] and not _in_plate(s, plate)
+                                   and s["name"] not in global_factors),
             guide_outside=tuple(s["name"] for s in guide_sites if not s["is_observed"] and not _in_plate(s, plate)),
             guide_enumerated=tuple(s["name"] for s in guide_sites if s["infer"].get("enumerate")),
             subsampling=tuple(sorted({f.name for s in model_sites for f in s["cond_indep_stack"]
@@ -503,7 +514,8 @@ class Program:
                                   and s["name"] in model_trace.nodes and _unbounded(s["fn"])
                                   and _bounded(model_trace.nodes[s["name"]]["fn"])),
             scaled_in_plate=tuple((s["name"], float(s["scale"])) for s in model_sites + guide_sites
-                                  if _in_plate(s, plate) and _one_number(s["scale"]) and float(s["scale"]) != 1.0))
+                                  if _in_plate(s, plate) and _one_number(s["scale"]) and float(s["scale"]) != 1.0),
+            factors=tuple(s["name"] for s in model_sites if _is_factor(s)), global_factors=global_factors)
 
     def validate(self, x, y=None, *, num_rows: int | None = None, estimator: str = "auto",
                  num_particles: int = 1, thorough: bool = True) -> ModelCheck:
@@ -538,6 +550,9 @@ class Program:
         self.check_subsampling(story, num_rows)
         self.check_guide_sites(story)
         self.check_minibatch(story, num_rows)
+        if story.global_factors:
+            passed.append(f"pyro.factor {_names(list(story.global_factors))} outside the data plate: a term of the "
+                          "global latents alone (the same on fewer rows), counted once a step")
         self.check_own_scaling(story, num_rows)
         self.check_guided(story, estimator)
         self.check_enumerated(story, estimator)
@@ -564,6 +579,30 @@ class Program:
         if self.exact and not story.latent:
             return "mle"
         return "trace"
+
+    def _global_factors(self, x, y, model_trace, plate: str | None) -> tuple[str, ...]:
+        """The ``pyro.factor`` terms outside the data plate that are the same when the model runs again on one
+        row fewer with the latents outside the plate held at their values: terms of those latents alone.
+        Pyro counts a site outside a subsampled plate once, whatever it is; ppgen asks, so that a term of all
+        the rows written as one factor is refused under minibatches rather than counted once for a few rows."""
+        factors = [site for site in sample_sites(model_trace) if _is_factor(site) and not _in_plate(site, plate)]
+        if not factors or x.shape[0] < 2:
+            return ()
+        held = {site["name"]: site["value"] for site in sample_sites(model_trace)
+                if not site["is_observed"] and not _in_plate(site, plate)}
+        fewer = y[:-1] if y is not None else None
+        try:
+            smaller = poutine.trace(poutine.condition(self.model, data=held)).get_trace(*_strip((x[:-1], fewer)))
+        except (ValueError, RuntimeError):
+            return ()
+        same = []
+        for site in factors:
+            again = smaller.nodes.get(site["name"])
+            if again is not None and again["type"] == "sample":
+                before, after = site_log_prob(site), site_log_prob(again)
+                if before.shape == after.shape and torch.allclose(before, after):
+                    same.append(site["name"])
+        return tuple(same)
 
     def _find_data_plate(self, x, y, model_trace) -> str | None:
         """The plate whose size follows the number of rows: traced on ``len(x)`` rows, and on
@@ -642,12 +681,16 @@ class Program:
         """Refuse an observed site outside the data plate when the batch is a minibatch of
         ``num_rows`` rows: its log-density could not be scaled to the full data."""
         if story.observed_outside and num_rows > story.rows:
-            plate = story.data_plate
-            where = f"the data plate {plate!r}" if plate else "a plate over the data rows"
+            plate, name = story.data_plate, story.observed_outside[0]
+            where = f"outside the data plate {plate!r}" if plate else "outside a plate over the data rows"
+            if name in story.factors:
+                raise ModelCheckError(
+                    f"pyro.factor {name!r} is {where} and changes with the rows given: a term of the data, which on "
+                    f"a minibatch of {story.rows} of {num_rows} rows cannot be scaled to the full data. Give it a "
+                    f"value per row inside pyro.plate(name, len(x)), or use batch_size >= {num_rows}")
             raise ModelCheckError(
-                f"observed site {story.observed_outside[0]!r} is outside {where}: a minibatch of {story.rows} of "
-                f"{num_rows} rows cannot be scaled to the full data. Observe it inside pyro.plate(name, len(x)), "
-                f"or use batch_size >= {num_rows}")
+                f"observed site {name!r} is {where}: a minibatch of {story.rows} of {num_rows} rows cannot be scaled "
+                f"to the full data. Observe it inside pyro.plate(name, len(x)), or use batch_size >= {num_rows}")
 
     def check_own_scaling(self, story: Inspection, num_rows: int) -> None:
         """Refuse a story that scales a site in the data plate by ``num_rows`` / rows itself (``poutine.scale``,
@@ -716,7 +759,7 @@ class Program:
             raise ModelCheckError(
                 f"{self.name} does not broadcast over a particle dimension (num_particles > 1 draws the "
                 f"samples of all particles at once, in a plate at dim {dim}): "
-                f"{str(err).splitlines()[0]}. Keep the leading batch dimensions of z (e.g. z.shape[:-1], "
+                f"{str(err).splitlines()[0].rstrip('.')}. Keep the leading batch dimensions of z (e.g. z.shape[:-1], "
                 "not len(x)), or use num_particles=1") from None
         for site, log_p in log_densities:
             if log_p.dim() > -dim:
@@ -897,6 +940,11 @@ def no_guide(*args, **kwargs) -> None:
 def _one_number(scale) -> bool:
     """Whether a site's scale is one number (a float, or a tensor of one element)."""
     return not isinstance(scale, torch.Tensor) or scale.numel() == 1
+
+
+def _is_factor(site) -> bool:
+    """Whether a site is a ``pyro.factor`` term: Pyro's own signature, an observed site marked auxiliary."""
+    return site["is_observed"] and bool(site["infer"].get("is_auxiliary"))
 
 
 def _in_plate(site, plate: str | None) -> bool:
