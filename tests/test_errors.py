@@ -59,6 +59,11 @@ def test_bad_names():
         fit(lambda x: None, X, progress=False)
     with pytest.raises(ValueError, match="likelihood must be one of"):
         VAE(4, likelihood="poisson")
+    with pytest.raises(TypeError, match=r"fit\(\) got unknown options \['epoch'\]; the settings are the fields"):
+        fit(IndependentBernoulli(4), X, epoch=3, progress=False)
+    with pytest.raises(TypeError, match=r"config must be a FitConfig, got Tensor; labels or conditions go with the "
+                                        r"rows as one argument, fit\(model, \(x, y\)\)"):
+        fit(IndependentBernoulli(4), X, X[:, 0], progress=False)  # SVI.step(x, y)'s habit
 
 
 def test_corrupt_checkpoints_are_refused(tmp_path):

@@ -848,7 +848,9 @@ def fit(model, data, config: FitConfig | None = None, *, guide=None, valid=None,
         raise TypeError(f"fit() got unknown options {unknown}; the settings are the fields of FitConfig: "
                         f"{', '.join(f.name for f in dataclasses.fields(FitConfig))}")
     if config is not None and not isinstance(config, FitConfig):
-        raise TypeError(f"config must be a FitConfig, got {type(config).__name__}")
+        hint = ("; labels or conditions go with the rows as one argument, fit(model, (x, y))"
+                if hasattr(config, "shape") else "")
+        raise TypeError(f"config must be a FitConfig, got {type(config).__name__}{hint}")
     config = dataclasses.replace(config or FitConfig(), **options)
     if config.patience is not None and valid is None:
         raise ValueError("patience (early stopping) needs valid= data")
