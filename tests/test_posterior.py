@@ -171,6 +171,29 @@ def test_a_deterministic_site_is_reported_beside_the_draws_not_scored_as_data():
                                dist.Normal(mu[..., None], 1.0).log_prob(x).numpy(), rtol=1e-6)
 
 
+
+def test_a_factor_is_in_the_joint_and_not_scored_as_data():
+    """pyro.factor adds a term to log p(x, z) (as PyMC's Potential), not an observation: it was put in the
+    log_likelihood group beside the data, where ArviZ's LOO then refused to choose between the two."""
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        pyro.factor("shrink", -0.5 * mu ** 2)
+        with pyro.plate("data", len(x)):
+            pyro.sample("obs", dist.Normal(mu, 1.0), obs=x)
+
+    def guide(x):
+        pyro.sample("mu", dist.Normal(1.2, 0.5))
+
+    x = torch.tensor([0.5, 1.0, 2.5, 1.5, 0.0])
+    tree = to_arviz(guide, model, x, num_samples=200, seed=0)
+    assert list(tree["log_likelihood"].data_vars) == ["obs"] == list(tree["observed_data"].data_vars)
+    assert list(tree["posterior_predictive"].data_vars) == ["obs"]
+    mu = torch.as_tensor(tree["posterior"]["mu"].values)
+    joint = dist.Normal(0.0, 10.0).log_prob(mu) - 0.5 * mu ** 2 + dist.Normal(mu[..., None], 1.0).log_prob(x).sum(-1)
+    np.testing.assert_allclose(tree["sample_stats"]["log_joint"].values, joint.numpy(), rtol=1e-5)
+    assert loo_approximate_posterior(tree).elpd_i.shape == (5,)
+
+
 def test_to_arviz_from_mcmc_keeps_chains_and_draws():
     x = torch.tensor([1.0, 0.0, 1.0, 1.0])
     mcmc = MCMC(NUTS(beta_bernoulli), num_samples=30, warmup_steps=20, disable_progbar=True)

@@ -51,7 +51,8 @@ from pyro.infer import MCMC, NUTS, Predictive
 from ppgen.checks import non_negative_int, positive_int
 from ppgen.inference.training import FitResult, refuse_other_rows
 from ppgen.inference.likelihood import sum_out_enumerated
-from ppgen.inference.program import PARTICLE_PLATE, ModelCheckError, Program, deterministic_sites, sample_sites
+from ppgen.inference.program import (PARTICLE_PLATE, ModelCheckError, Program, deterministic_sites, is_factor,
+                                     sample_sites)
 
 __all__ = ["to_arviz", "run_nuts", "pareto_khat", "ParetoKhat", "loo", "loo_approximate_posterior", "compare"]
 
@@ -446,7 +447,9 @@ def _build_tree(program: Program, draws: dict[str, torch.Tensor], args: tuple, s
         trace = poutine.trace(fn).get_trace(*args)  # unconditioned: only data sites are observed
         sites = {s["name"]: s for s in sample_sites(trace) + deterministic_sites(trace)}
         derived = [s["name"] for s in deterministic_sites(trace)]
-        observed = [name for name, s in sites.items() if s["is_observed"] and name not in derived]
+        # pyro.factor terms are in the joint (sample_stats' log_joint), but no data: as PyMC's Potential, they are
+        # neither log-likelihood nor observed data
+        observed = [name for name, s in sites.items() if s["is_observed"] and name not in derived and not is_factor(s)]
         enumerated = [name for name, s in sites.items() if not s["is_observed"] and s["infer"].get("enumerate")]
         latent = [name for name, s in sites.items() if not s["is_observed"] and name not in enumerated]
         unknown, missing = sorted(set(draws) - set(latent)), sorted(set(latent) - set(draws))

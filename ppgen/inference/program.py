@@ -515,7 +515,7 @@ class Program:
                                   and _bounded(model_trace.nodes[s["name"]]["fn"])),
             scaled_in_plate=tuple((s["name"], float(s["scale"])) for s in model_sites + guide_sites
                                   if _in_plate(s, plate) and _one_number(s["scale"]) and float(s["scale"]) != 1.0),
-            factors=tuple(s["name"] for s in model_sites if _is_factor(s)), global_factors=global_factors)
+            factors=tuple(s["name"] for s in model_sites if is_factor(s)), global_factors=global_factors)
 
     def validate(self, x, y=None, *, num_rows: int | None = None, estimator: str = "auto",
                  num_particles: int = 1, thorough: bool = True) -> ModelCheck:
@@ -585,7 +585,7 @@ class Program:
         row fewer with the latents outside the plate held at their values: terms of those latents alone.
         Pyro counts a site outside a subsampled plate once, whatever it is; ppgen asks, so that a term of all
         the rows written as one factor is refused under minibatches rather than counted once for a few rows."""
-        factors = [site for site in sample_sites(model_trace) if _is_factor(site) and not _in_plate(site, plate)]
+        factors = [site for site in sample_sites(model_trace) if is_factor(site) and not _in_plate(site, plate)]
         if not factors or x.shape[0] < 2:
             return ()
         held = {site["name"]: site["value"] for site in sample_sites(model_trace)
@@ -942,7 +942,7 @@ def _one_number(scale) -> bool:
     return not isinstance(scale, torch.Tensor) or scale.numel() == 1
 
 
-def _is_factor(site) -> bool:
+def is_factor(site) -> bool:
     """Whether a site is a ``pyro.factor`` term: Pyro's own signature, an observed site marked auxiliary."""
     return site["is_observed"] and bool(site["infer"].get("is_auxiliary"))
 
