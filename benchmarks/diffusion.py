@@ -66,7 +66,7 @@ from ppgen.models.diffusion import BinaryDiffusion, DiffusionELBO, GaussianDiffu
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flow_vae import train_for  # noqa: E402  (epochs within a time budget, resuming so Adam's state carries)
-from long_run import LongRun, RandomRows, save_grid, scheduled_lr, trained_parameters  # noqa: E402
+from long_run import CHECKPOINT_MINUTES, LongRun, RandomRows, save_grid, scheduled_lr, trained_parameters  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "diffusion.json"
 PRESETS = {
@@ -219,6 +219,7 @@ def long_diffusion(args, name: str, train: torch.Tensor, valid: torch.Tensor, te
     model = (BinaryDiffusion if name == "binary" else GaussianDiffusion)(784, **cfg["model"])
     objective = functools.partial(DiffusionELBO, **cfg["objective"]) if cfg.get("objective") else None
     settings = dict(batch_size=cfg["batch_size"], device=args.device, seed=0, checkpoint_dir=run.checkpoint_dir,
+                    checkpoint_minutes=CHECKPOINT_MINUTES,
                     resume=True, progress=False, convergence_tol=None, clip_norm=cfg["clip_norm"], objective=objective,
                     ema=cfg.get("ema"))
     rows, valid = RandomRows(train, cfg["rows_per_epoch"]), valid[: cfg["valid_rows"]]

@@ -45,7 +45,7 @@ from ppgen.models.implicit import GAN, AdversarialObjective
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flow_vae import train_for  # noqa: E402  (epochs within a time budget, resuming so Adam's state carries)
-from long_run import budgeted_epochs, save_grid  # noqa: E402  (epochs within a call's budget; sample grids)
+from long_run import CHECKPOINT_MINUTES, budgeted_epochs, save_grid  # noqa: E402  (a call's epochs; grids)
 
 PRESETS = {"cpu": {"hidden": 500, "test_rows": 1000, "ais_temperatures": 3000},
            "gpu": {"hidden": 500, "test_rows": 10000, "ais_temperatures": 14500}}
@@ -85,6 +85,7 @@ def long_rbm(args, name, train, valid, test) -> dict:
     rbm = RBM(784, hidden=cfg["hidden"])
     base = base_visible_bias(train.x, 784)
     settings = dict(batch_size=cfg["batch_size"], device=args.device, seed=0, checkpoint_dir=run / "checkpoint",
+                    checkpoint_minutes=CHECKPOINT_MINUTES,
                     progress=False, convergence_tol=None, weight_decay=cfg.get("weight_decay", 0.0),
                     objective=lambda program: ContrastiveDivergence(program, k=cfg["k"], persistent=cfg["persistent"]))
     start, done = time.perf_counter(), len(curve["epochs"])

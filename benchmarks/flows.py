@@ -47,7 +47,7 @@ from ppgen.models.autoregressive import GreyPixelCNN
 from ppgen.models.flows import MAF, Dequantized, Glow, RealNVP, VariationalDequantization, dequantize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from long_run import LongRun, save_grid, scheduled_lr, trained_parameters  # noqa: E402
+from long_run import CHECKPOINT_MINUTES, LongRun, save_grid, scheduled_lr, trained_parameters  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "flows.json"
 PUBLISHED = {"realnvp": 1.06, "glow": 1.05, "ffjord": 0.99, "maf": 1.89}
@@ -152,6 +152,7 @@ def long_flow(args, name: str, train: torch.Tensor, valid: torch.Tensor, test: t
     run = LongRun(args.runs / name, cfg)
     flow = None if name == "pixelcnn" else MODELS[cfg.get("flow", name)](784, **cfg["model"])
     settings = dict(batch_size=cfg["batch_size"], device=args.device, seed=0, checkpoint_dir=run.checkpoint_dir,
+                    checkpoint_minutes=CHECKPOINT_MINUTES,
                     resume=True, progress=False, convergence_tol=None, clip_norm=cfg["clip_norm"], ema=cfg.get("ema"))
     rows, valid = Dequantized(train), valid[: cfg["valid_rows"]]
     score = dict(batch_size=500, device=args.device)

@@ -69,7 +69,7 @@ from ppgen.inference.checkpoint import write_json_atomic
 from ppgen.models.sequence import CharLSTM, CharNGram, CharTransformer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from long_run import budgeted_epochs, scheduled_lr  # noqa: E402  (a long run's epochs and learning rates)
+from long_run import CHECKPOINT_MINUTES, budgeted_epochs, scheduled_lr  # noqa: E402  (a long run's epochs, lr)
 
 # the networks: "small" trains a few CPU minutes; "nanogpt" is char-rnn's LSTM and nanoGPT's shakespeare_char
 PRESETS = {
@@ -264,7 +264,8 @@ def long_lm(args, name: str, train, valid, test, cfg: dict | None = None) -> dic
     rows = RandomWindows(train.ids, model.x_dim, cfg["rows_per_epoch"])
     valid_ids = valid.ids[: cfg["valid_chars"]]
     settings = dict(batch_size=cfg["batch_size"], device=args.device, seed=args.seed, checkpoint_dir=run / "checkpoint",
-                    resume=True, progress=False, convergence_tol=None,  # a time budget: no convergence diagnostic
+                    checkpoint_minutes=CHECKPOINT_MINUTES, resume=True, progress=False,
+                    convergence_tol=None,  # a time budget: no convergence diagnostic
                     clip_norm=cfg.get("clip_norm"))
     start, cpu_start, done = time.perf_counter(), time.process_time(), len(curve["epochs"])
     before = curve["epochs"][-1] if done else {"seconds": 0.0, "cpu_seconds": 0.0}

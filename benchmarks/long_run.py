@@ -28,6 +28,10 @@ import torch
 
 from ppgen.inference.checkpoint import load_fitted, save_atomic, write_json_atomic
 
+# fit's checkpoint_minutes for a long run: an epoch of an hour (a PixelCNN's, a Transformer's on one thread) stopped
+# without warning (the machine taken back) loses at most this much
+CHECKPOINT_MINUTES = 10.0
+
 
 def scheduled_lr(epoch: int, cfg: dict) -> float:
     """The learning rate of ``epoch`` (1, 2, ...) of a long run planned for E = ``cfg["epochs"]`` epochs:

@@ -707,6 +707,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float,
                    help=f"stop training after about this many minutes, checkpointed (--resume continues); default "
                         f"{TRAIN_MINUTES:g} when --epochs is not given, else no limit")
+    p.add_argument("--checkpoint-minutes", type=float, default=10.0,
+                   help="checkpoint this often within an epoch too, so that a run stopped without warning (a "
+                        "machine taken back) loses at most these minutes; --resume continues (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--optimizer", default="auto",
@@ -794,7 +797,8 @@ def main(argv: list[str] | None = None) -> int:
             with removed_on_failure(args.out / "checkpoints"):
                 epochs, max_minutes = train_length(args.epochs, args.max_minutes)
                 fit_config = FitConfig(epochs=epochs, max_minutes=max_minutes, batch_size=args.batch_size, lr=args.lr,
-                                       optimizer=args.optimizer, weight_decay=args.weight_decay, elbo=args.elbo,
+                                       checkpoint_minutes=args.checkpoint_minutes, optimizer=args.optimizer,
+                                       weight_decay=args.weight_decay, elbo=args.elbo,
                                        num_particles=args.num_particles, patience=args.patience, device=args.device,
                                        seed=args.seed, resume=args.resume, precision=args.precision,
                                        log_dir=args.log_dir, clip_norm=args.clip_norm, ema=args.ema)

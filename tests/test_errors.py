@@ -44,6 +44,7 @@ def test_bad_data(data, error, message):
     ({"precision": "fp16"}, "precision must be one of \\('fp32', 'bf16'\\), got 'fp16'"),
     ({"strategy": "horovod"}, "strategy must be one of \\('auto', 'single', 'ddp'\\), got 'horovod'"),
     ({"num_workers": -1}, "num_workers must be an int >= 0, got -1"),
+    ({"checkpoint_minutes": 0}, "checkpoint_minutes must be a positive number or None, got 0"),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ppgen import VAE, fit
+from ppgen.inference.checkpoint import CHECKPOINT_NAME, load_checkpoint
 import importlib
 
 fit_module = importlib.import_module("ppgen.inference.fit")  # the module (ppgen.inference.fit is the function)
@@ -134,3 +135,33 @@ def test_a_real_signal_leaves_a_checkpoint_that_resumes_exactly(tmp_path, signum
     assert done.returncode == 0
     straight, resumed = (torch.load(tmp_path / f / "final.pt") for f in ("straight", "cut"))
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_a_hard_stop_mid_epoch_resumes_exactly_from_the_last_timed_checkpoint(tmp_path, monkeypatch):
+    """checkpoint_minutes: a stop that writes nothing (here an error fit does not catch, as SIGKILL or a machine
+    taken back would leave it) loses only the steps since the last timed checkpoint, mid-epoch, and a resume from it
+    reaches the unbroken run's parameters and figures."""
+    straight, straight_result = _fit(tmp_path / "straight")
+    step, calls = fit_module.Trainer.step, []
+
+    def failing_step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 7:  # the 3rd of 4 steps of epoch 2
+            raise RuntimeError("machine gone")
+        return step(self, *args, **kwargs)
+
+    x, valid = _data()
+    options = dict(valid=valid, epochs=3, batch_size=16, lr=0.05, seed=2, checkpoint_dir=tmp_path / "cut",
+                   progress=False, convergence_tol=None, checkpoint_minutes=1e-9)
+    monkeypatch.setattr(fit_module.Trainer, "step", failing_step)
+    with pytest.raises(RuntimeError, match="machine gone"):
+        fit(VAE(12, z_dim=2, hidden=4, seed=1), x, **options)
+    monkeypatch.setattr(fit_module.Trainer, "step", step)
+    saved = load_checkpoint(tmp_path / "cut" / CHECKPOINT_NAME)
+    assert saved["state"]["step"] == 6 and saved["state"]["batch"] == 2  # mid-epoch, the last step done
+    resumed = VAE(12, z_dim=2, hidden=4, seed=1)
+    result = fit(resumed, x, **{**options, "resume": True})
+    assert result.resumed_from_step == 6
+    for name, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+    assert result.valid_elbo == straight_result.valid_elbo and result.losses == straight_result.losses

@@ -526,6 +526,9 @@ class Trainer:
                                 f"fit {program.name}")
             step_seconds, rows_seen, out_of_time = 0.0, 0, False
             deadline = start + 60 * config.max_minutes if config.max_minutes is not None else None
+            save_every = 60 * config.checkpoint_minutes if config.checkpoint_minutes is not None \
+                and config.checkpoint_dir is not None and not cluster.parallel else None
+            last_save = time.perf_counter()
             try:
                 signals.check()
                 for epoch in range(state.epoch, config.epochs):
@@ -551,7 +554,12 @@ class Trainer:
                         if deadline is not None and not cluster.parallel and time.perf_counter() > deadline \
                                 and b + 1 < len(batches):
                             raise _OutOfTime
+                        if save_every is not None and time.perf_counter() - last_save > save_every \
+                                and b + 1 < len(batches):
+                            self.checkpoints.save(state.to_dict(), rng=state.rng)
+                            last_save = time.perf_counter()
                     self._finish_epoch(state, valid)
+                    last_save = time.perf_counter()
                     if bar is not None:  # a terminal: a line per epoch above the bar
                         bar.write(epoch_line(state.epoch, config.epochs, state.train_elbo[-1],
                                              state.valid_elbo[-1] if valid is not None and state.valid_elbo else None,

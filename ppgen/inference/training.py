@@ -149,6 +149,12 @@ class FitConfig:
         past it (with several processes, at the first epoch's end past it), checkpointing there
         when there is a ``checkpoint_dir``; the result says so (``FitResult.out_of_time``) and
         so does a :class:`ConvergenceWarning`. ``resume=True`` continues exactly where it stopped.
+    checkpoint_minutes : float, optional
+        With a ``checkpoint_dir``, also checkpoint after the first step past this many minutes since
+        the last checkpoint, not only at the end of each epoch: a run whose epochs take an hour then
+        loses at most these minutes to a stop that leaves no time to write one (a machine taken back,
+        SIGKILL). ``resume=True`` continues from it exactly. One process only (with several, the epochs'
+        ends are the resume points).
     clip_norm : float, optional
         Scale each parameter group's gradient down where it is longer than this L2 norm per row,
         that is, the gradient of the loss averaged over the rows (the data set's loss divided by
@@ -192,6 +198,7 @@ class FitConfig:
     convergence_tol: float | None = 1e-3
     divergence_factor: float | None = 1e3
     max_minutes: float | None = None
+    checkpoint_minutes: float | None = None
     clip_norm: float | None = None
     ema: float | None = None
     log_dir: str | Path | None = None
@@ -216,7 +223,7 @@ class FitConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        for name in ("convergence_tol", "divergence_factor", "clip_norm", "max_minutes"):
+        for name in ("convergence_tol", "divergence_factor", "clip_norm", "max_minutes", "checkpoint_minutes"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not math.isfinite(value) or value <= 0):
@@ -431,6 +438,41 @@ def convergence_message(train_elbo: list[float], tol: float, window: int = 5,
     per epoch) and more than twice its own standard error (so noise alone does not warn)."""
     if len(train_elbo) < window + 1:
         return None
+    half = len(train_elbo) // 2
+    spans = [window] + [window * 2 ** k for k in range(1, 32) if window * 2 ** k < half] + [half] * (half > window)
+    for span in spans:
+        values = torch.tensor(train_elbo[-span:], dtype=torch.float64)
+        t = torch.arange(span, dtype=torch.float64)
+        t = t - t.mean()
+        slope = (t * (values - values.mean())).sum() / (t * t).sum()
+        residual = values - values.mean() - slope * t
+        stderr = (residual.pow(2).sum() / (span - 2) / (t * t).sum()).sqrt()
+        scale = 1.0 + values.abs().mean()
+        if span == window:
+            climbing = slope > tol * scale and slope > 2 * stderr
+        else:
+            lag_one = ((residual[1:] * residual[:-1]).sum() / residual.pow(2).sum().clamp_min(1e-300)).clamp(0, 0.9)
+            climbing = slope > tol * scale + 3 * stderr * ((1 + lag_one) / (1 - lag_one)).sqrt()
+        if climbing:
+            return (f"the objective was still improving by {slope.item():.3g} nats per example per epoch over the "
+                    f"last {span} epochs (ending at {train_elbo[-1]:.4g}; tolerance {tol:g} x {scale.item():.3g}): "
+                    f"training had not converged. {advice} (or set convergence_tol=None)")
+    return None
+    half = len(train_elbo) // 2
+    spans = [window] + [window * 2 ** k for k in range(1, 32) if window * 2 ** k < half] + [half] * (half > window)
+    for span in spans:
+        values = torch.tensor(train_elbo[-span:], dtype=torch.float64)
+        t = torch.arange(span, dtype=torch.float64)
+        t = t - t.mean()
+        slope = (t * (values - values.mean())).sum() / (t * t).sum()
+        residual = values - values.mean() - slope * t
+        stderr = (residual.pow(2).sum() / (span - 2) / (t * t).sum()).sqrt()
+        scale = 1.0 + values.abs().mean()
+        if slope > tol * scale and slope > (2 if span == window else 3) * stderr:
+            return (f"the objective was still improving by {slope.item():.3g} nats per example per epoch over the "
+                    f"last {span} epochs (ending at {train_elbo[-1]:.4g}; tolerance {tol:g} x {scale.item():.3g}): "
+                    f"training had not converged. {advice} (or set convergence_tol=None)")
+    return None
     values = torch.tensor(train_elbo[-window:], dtype=torch.float64)
     t = torch.arange(window, dtype=torch.float64)
     t = t - t.mean()
