@@ -433,9 +433,16 @@ class EarlyStopping:
 
 def convergence_message(train_elbo: list[float], tol: float, window: int = 5,
                         advice: str = "Raise epochs or lr") -> str | None:
-    """Why training had not converged, or None: the least-squares slope of the per-epoch
-    objective over the last ``window`` epochs is an improvement of more than ``tol`` (relative,
-    per epoch) and more than twice its own standard error (so noise alone does not warn)."""
+    """Why training had not converged, or None: the least-squares slope of the per-epoch objective over
+    the last ``window`` epochs is an improvement of more than ``tol`` (relative, per epoch) and more than
+    twice its own standard error (so noise alone does not warn); or, over the last 2, 4, 8, ... times as
+    many epochs and over the last half of them, one more than ``tol`` by three standard errors.
+
+    The longer stretches see the slow climb of a noisy objective (small minibatches, one draw of many
+    latents), whose last few epochs wander by more than they gain. Their standard error allows for the
+    wander's own trend (epochs next to each other correlated, as Adam's steps leave them: the lag-one
+    correlation of the residuals, AR(1)'s inflation), and they ask that the climb be faster than the
+    tolerance beyond its noise, not only faster and beyond noise: several looks at one curve."""
     if len(train_elbo) < window + 1:
         return None
     half = len(train_elbo) // 2
