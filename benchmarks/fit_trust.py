@@ -445,10 +445,11 @@ def _tally(rows: list[dict], truth: str, form: str = "{warned} / {total}") -> st
 
 
 def caught_by(row: dict) -> str:
-    """Which check warned: the slope of the last epochs, stationarity, the guide against the posterior, the
-    uniform model."""
+    """Which check warned: the slope of the last epochs, stationarity, the guide against the posterior by
+    importance sampling or by a Newton step (a Gaussian guide's optimality conditions), the uniform model."""
     kinds = [kind for kind, phrase in (("slope", "still improving"), ("stationarity", "stationary point"),
-                                       ("posterior", "far from the posterior"), ("uniform", "uniform"))
+                                       ("posterior", "by importance sampling"), ("newton", "a Newton step"),
+                                       ("uniform", "uniform"))
              if any(phrase in m for m in row["messages"])]
     return " + ".join(kinds) or "none"
 

@@ -622,8 +622,10 @@ class Trainer:
         objective still rising over the last epochs (:func:`convergence_message`) or, failing that,
         parameters far from a stationary point (:func:`~ppgen.inference.stationarity.stationarity`,
         for a built-in estimator in one process) or, failing that, a guide of global latents far from
-        the posterior its importance weights give (:func:`~ppgen.inference.posterior.guide_gap`); and a
-        figure worse than the uniform model's (:func:`uniform_baseline_message`)."""
+        the posterior its importance weights give (:func:`~ppgen.inference.posterior.guide_gap`), or where
+        they cannot say, a Gaussian guide far from its optimality conditions
+        (:func:`~ppgen.inference.posterior.newton_gap`); and a figure worse than the uniform model's
+        (:func:`uniform_baseline_message`)."""
         config, objective, gm = self.config, self.objective, self.program.generative_model
         messages = []
         if out_of_time:
@@ -656,6 +658,9 @@ class Trainer:
             if message is None and rescorable and self.program.global_latents and isinstance(x, torch.Tensor):
                 gap = self._guide_gap(x, y, state)
                 message = gap.message(advice) if gap is not None and gap.far else None
+                if gap is None:  # the weights cannot say (a guide narrower than the posterior): a Gaussian guide's
+                    gap = self._guide_gap(x, y, state, newton=True)  # optimality conditions can
+                    message = gap.message(advice) if gap is not None and gap.far else None
             messages += [message] if message else []
         levels = self._levels() if self._whole_numbers or objective.estimator in ESTIMATORS else None
         if levels is not None and state.train_elbo:
@@ -682,23 +687,26 @@ class Trainer:
                 for buffer, value in buffers:
                     buffer.copy_(value)
 
-    def _guide_gap(self, x, y, state: TrainState):
+    def _guide_gap(self, x, y, state: TrainState, newton: bool = False):
         """:func:`~ppgen.inference.posterior.guide_gap` on all the rows, where they times its draws fit GAP_BUDGET
         (at least 200 draws), in evaluation mode, within a fifth of the training's time (at least GAP_SECONDS);
         None otherwise, and for a story that does not broadcast over draws scored at once (one at a time would
-        cost more than the fit)."""
-        from ppgen.inference.posterior import guide_gap  # with ArviZ's PSIS: not at ppgen.fit's import
+        cost more than the fit). With ``newton``, :func:`~ppgen.inference.posterior.newton_gap` the same way."""
+        from ppgen.inference.posterior import guide_gap, newton_gap  # with ArviZ's PSIS: not at ppgen.fit's import
 
         draws = min(GAP_DRAWS, GAP_BUDGET // self.num_rows)
         if draws < 200:
             return None
+        args = call_args(*batch_rows(x, y, torch.arange(self.num_rows), self.device))
+        seconds = max(GAP_SECONDS, self._seconds(state) / 5)
         try:  # quietly: PSIS says when its tail is heavy, which here only means that the weights cannot tell
             with warnings.catch_warnings(), self.program.mode(False, self.objective):
                 warnings.simplefilter("ignore")
-                return guide_gap(self.program, call_args(*batch_rows(x, y, torch.arange(self.num_rows), self.device)),
-                                 draws, seed=self.config.seed, max_samples=GAP_BUDGET // self.num_rows,
-                                 one_by_one=False, max_seconds=max(GAP_SECONDS, self._seconds(state) / 5))
-        except (RuntimeError, ValueError, IndexError):  # ModelCheckError is a ValueError
+                if newton:
+                    return newton_gap(self.program, args, seed=self.config.seed, max_seconds=seconds)
+                return guide_gap(self.program, args, draws, seed=self.config.seed,
+                                 max_samples=GAP_BUDGET // self.num_rows, one_by_one=False, max_seconds=seconds)
+        except (RuntimeError, ValueError, IndexError, NotImplementedError):  # ModelCheckError is a ValueError
             return None
 
     def _advice(self) -> str:

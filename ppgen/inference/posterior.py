@@ -15,11 +15,14 @@ The draws are scored all at once, in a plate left of the model's plates; a story
 broadcast over them (``x @ w`` where ``(x * w).sum(-1)`` would) is scored one draw at a time
 instead, slower and the same.
 
-Whether variational inference worked is then checked two ways:
+Whether variational inference worked is then checked three ways:
 
 - :func:`pareto_khat`: the Pareto-smoothed importance sampling (PSIS) shape estimate k̂ of the
   weights p(x, z) / q(z) for z drawn from the guide (Yao et al. 2018): k̂ < 0.5 the guide is
   good, < 0.7 usable, else the importance weights have too heavy a tail to trust it.
+- :func:`guide_gap` and :func:`newton_gap`, which ``fit`` runs at its end for a guide of global
+  latents: the guide's moments against the importance-weighted posterior, or, where the weights
+  cannot say, against the optimality conditions of a Gaussian guide (Opper & Archambeau 2009).
 - :func:`loo`, :func:`loo_approximate_posterior` and :func:`compare`: PSIS leave-one-out
   cross-validation (Vehtari, Gelman & Gabry 2017) of the posterior predictive, for MCMC draws
   and for draws of an approximate posterior (Magnusson et al. 2019).
@@ -28,7 +31,8 @@ References: Y. Yao, A. Vehtari, D. Simpson, A. Gelman, "Yes, but Did It Work?: E
 Variational Inference", ICML 2018. A. Vehtari, A. Gelman, J. Gabry, "Practical Bayesian model
 evaluation using leave-one-out cross-validation and WAIC", Statistics and Computing 2017.
 M. Magnusson, M. Andersen, J. Jonasson, A. Vehtari, "Bayesian leave-one-out cross-validation
-for large data", ICML 2019.
+for large data", ICML 2019. M. Opper, C. Archambeau, "The variational Gaussian approximation
+revisited", Neural Computation 2009.
 """
 
 from __future__ import annotations
@@ -265,8 +269,8 @@ GAP_MEAN_SDS = 1.0
 
 @dataclasses.dataclass(frozen=True)
 class GuideGap:
-    """One scalar of a guide's global latents against the posterior its importance weights give, in the latent's
-    unconstrained space (:func:`guide_gap`).
+    """One scalar of a guide's global latents against the posterior its importance weights give (:func:`guide_gap`)
+    or its Newton step (:func:`newton_gap`), in the latent's unconstrained space.
 
     Attributes
     ----------
@@ -275,7 +279,13 @@ class GuideGap:
     guide_mean, guide_sd, posterior_mean, posterior_sd : float
         Its mean and standard deviation under the guide and under the weighted draws.
     khat, effective_samples : float
-        The PSIS k̂ of the weights and their effective sample size, of ``num_samples`` draws.
+        The PSIS k̂ of the weights and their effective sample size, of ``num_samples`` draws (:func:`newton_gap`:
+        NaN).
+    optimum_sd : float
+        The sd the guide's family has at its optimum (:func:`newton_gap`'s for a mean-field guide: narrower than
+        the posterior's); None: the posterior's.
+    shift_stderr : float
+        The Monte Carlo standard error of :attr:`shift` (:func:`newton_gap`); None: not estimated.
     """
 
     site: str
@@ -287,6 +297,8 @@ class GuideGap:
     khat: float
     effective_samples: float
     num_samples: int
+    optimum_sd: float | None = None
+    shift_stderr: float | None = None
 
     @property
     def shift(self) -> float:
@@ -294,24 +306,40 @@ class GuideGap:
         return abs(self.guide_mean - self.posterior_mean) / self.posterior_sd
 
     @property
+    def width(self) -> float:
+        """The guide's sd over its family's optimal sd (the posterior's unless :attr:`optimum_sd` says otherwise)."""
+        return self.guide_sd / (self.optimum_sd if self.optimum_sd is not None else self.posterior_sd)
+
+    @property
+    def off_centre(self) -> bool:
+        """Off-centre by more than GAP_MEAN_SDS posterior sds (and by 3 standard errors, where they are known)."""
+        return self.shift > GAP_MEAN_SDS and (self.shift_stderr is None or self.shift > 3 * self.shift_stderr)
+
+    @property
     def far(self) -> bool:
-        """Whether the guide is wider than GAP_SD_RATIO posterior sds, or off-centre by more than GAP_MEAN_SDS."""
-        return self.guide_sd > GAP_SD_RATIO * self.posterior_sd or self.shift > GAP_MEAN_SDS
+        """Whether the guide is more than GAP_SD_RATIO times as wide as its family's optimum, or off-centre."""
+        return self.width > GAP_SD_RATIO or self.off_centre
 
     def message(self, advice: str) -> str:
         """Why the guide is far from its posterior, in numbers, and ``advice`` (for a guide too wide: it has
         not travelled far enough; one about as wide but off-centre may also wander about the optimum)."""
         where = self.site + (str(list(self.index)) if self.index else "")
-        ratio = self.guide_sd / self.posterior_sd
-        if ratio <= GAP_SD_RATIO:
+        if self.width <= GAP_SD_RATIO:
             advice = (f"{advice}; or, if it wanders about the optimum with steps too large for the objective's "
                       "noise, a smaller lr or more num_particles")
-        return (f"the guide is far from the posterior it approximates: by importance sampling ({self.num_samples:,} "
-                f"draws of the guide, k̂ {self.khat:.2f}, {self.effective_samples:,.0f} effective), {where} has "
-                f"posterior mean {self.posterior_mean:.4g} and sd {self.posterior_sd:.3g} (unconstrained), where the "
-                f"guide has {self.guide_mean:.4g} and {self.guide_sd:.3g}: {ratio:.3g} times as wide, "
-                f"{self.shift:.2g} sd off-centre. The fit has not reached its optimum. {advice} "
-                "(or set convergence_tol=None)")
+        if self.optimum_sd is None:
+            how = (f"by importance sampling ({self.num_samples:,} draws of the guide, k̂ {self.khat:.2f}, "
+                   f"{self.effective_samples:,.0f} effective)")
+            wide = f"{self.width:.3g} times as wide"
+        else:
+            how = (f"by the posterior's gradient and curvature where the guide draws ({self.num_samples:,} draws; "
+                   "a Newton step from the guide's mean)")
+            wide = (f"{self.width:.3g} times as wide as its family's optimum ({self.optimum_sd:.3g})"
+                    if self.optimum_sd != self.posterior_sd else f"{self.width:.3g} times as wide")
+        return (f"the guide is far from the posterior it approximates: {how}, {where} has posterior mean "
+                f"{self.posterior_mean:.4g} and sd {self.posterior_sd:.3g} (unconstrained), where the guide has "
+                f"{self.guide_mean:.4g} and {self.guide_sd:.3g}: {wide}, {self.shift:.2g} sd off-centre. The fit has "
+                f"not reached its optimum. {advice} (or set convergence_tol=None)")
 
 
 def guide_gap(program: Program, args: tuple, num_samples: int = 1000, seed: int = 0,
@@ -394,7 +422,93 @@ def _guide_gap(program: Program, args: tuple, num_samples: int, seed: int, one_b
 
 
 def _badness(gap: GuideGap) -> float:
-    return max(gap.guide_sd / gap.posterior_sd / GAP_SD_RATIO, gap.shift / GAP_MEAN_SDS)
+    return max(gap.width / GAP_SD_RATIO, gap.shift / GAP_MEAN_SDS if gap.off_centre else 0.0)
+
+
+NEWTON_MAX_LATENTS = 100  # scalars of global latents newton_gap looks at: a Hessian row each per draw
+
+
+def _gaussian_family(guide) -> str | None:
+    """The covariance family of an autoguide whose draws are Gaussian in the latents' unconstrained space (a
+    low-rank one's optimal width has no closed form: it is held to the posterior's, which it does not exceed at
+    its optimum), or None."""
+    from pyro.infer import autoguide
+
+    if isinstance(guide, (autoguide.AutoNormal, autoguide.AutoDiagonalNormal)):
+        return "diagonal"
+    if isinstance(guide, autoguide.AutoMultivariateNormal):
+        return "full"
+    return "low-rank" if isinstance(guide, autoguide.AutoLowRankMultivariateNormal) else None
+
+
+def newton_gap(program: Program, args: tuple, num_samples: int = 64, seed: int = 0,
+               max_seconds: float | None = None) -> GuideGap | None:
+    """Has a Gaussian guide of a story's global latents reached its optimum? Where importance sampling cannot
+    say (a guide narrower than the posterior gives weights of too heavy a tail), the conditions that hold at the
+    optimum of any Gaussian q = N(m, S) in the latents' unconstrained space can (Opper & Archambeau 2009):
+    E_q[grad log p(x, z)] = 0 for the mean, and for the covariance S^-1 = E_q[-hess log p(x, z)] (mean field:
+    its diagonal). From ``num_samples`` draws of the guide, g = E_q[grad] and H = E_q[-hess] over all the rows;
+    the Newton step H^-1 g from the guide's mean, in units of the posterior sds sqrt(diag H^-1), says how far off
+    centre the guide is (exactly, for a Gaussian posterior), with its Monte Carlo standard error; the guide's sd
+    against its family's optimum (1 / sqrt(diag H) for a mean-field guide, sqrt(diag H^-1) for a full one) how
+    wide (a low-rank guide's: against the posterior's). Returns the scalar furthest from its optimum, or None:
+    not an autoguide of that family (nor a hand-written guide), latents per row, more than NEWTON_MAX_LATENTS
+    scalars, H not positive definite, or past ``max_seconds``. A model that Pyro's ``initialize_model`` cannot
+    take raises its error (``fit`` takes that as no answer).
+    """
+    from pyro.infer.mcmc.util import initialize_model
+
+    family = _gaussian_family(program.guide_module)
+    if family is None or not program.global_latents:
+        return None
+    deadline = None if max_seconds is None else time.perf_counter() + max_seconds
+    with program.param_scope(), poutine.block(), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        _, potential, transforms, _ = initialize_model(program.model, model_args=args)
+        with torch.no_grad():
+            traces = [poutine.trace(program.guide).get_trace(*args) for _ in range(num_samples)]
+        names = sorted(transforms)
+        if any(name not in program.global_latents for name in names):
+            return None
+        free = {name: torch.stack([transforms[name](t.nodes[name]["value"]) for t in traces]) for name in names}
+        sizes = [free[name][0].numel() for name in names]
+        if sum(sizes) > NEWTON_MAX_LATENTS:
+            return None
+        draws = torch.cat([free[name].reshape(num_samples, -1) for name in names], 1).double()
+        gradients, hessians = [], []
+        for k, draw in enumerate(draws):
+            point = draw.clone().requires_grad_(True)
+            parts = torch.split(point, sizes)
+            energy = potential({name: part.reshape(free[name].shape[1:]).to(free[name].dtype)
+                                for name, part in zip(names, parts)})
+            (gradient,) = torch.autograd.grad(energy, point, create_graph=True)
+            hessians.append(torch.stack([torch.autograd.grad(gradient[i], point, retain_graph=True)[0]
+                                         for i in range(len(point))]).detach())
+            gradients.append(-gradient.detach())
+            if deadline is not None and time.perf_counter() > deadline:
+                return None
+    precision = torch.stack(hessians).mean(0)
+    try:
+        covariance = torch.cholesky_inverse(torch.linalg.cholesky(precision))
+    except RuntimeError:  # not positive definite: no Gaussian optimum near the guide to measure against
+        return None
+    steps = torch.stack(gradients) @ covariance  # each draw's Newton step; their mean is the guide's
+    step, step_stderr = steps.mean(0), steps.std(0) / math.sqrt(num_samples)
+    posterior_sd = covariance.diagonal().sqrt()
+    guide_mean, guide_sd = draws.mean(0), draws.std(0)
+    optimum_sd = precision.diagonal().rsqrt() if family == "diagonal" else posterior_sd
+    worst, offsets = None, np.cumsum([0] + sizes)
+    for j in range(len(step)):
+        site = int(np.searchsorted(offsets, j, side="right")) - 1
+        shape = [size for size in free[names[site]].shape[1:] if size != 1]
+        local = j - offsets[site]
+        gap = GuideGap(names[site], tuple(int(i) for i in np.unravel_index(local, shape)) if shape else (),
+                       guide_mean[j].item(), guide_sd[j].item(), (guide_mean[j] + step[j]).item(),
+                       posterior_sd[j].item(), math.nan, math.nan, num_samples,
+                       optimum_sd=optimum_sd[j].item(), shift_stderr=(step_stderr[j] / posterior_sd[j]).item())
+        if worst is None or _badness(gap) > _badness(worst):
+            worst = gap
+    return worst
 
 
 def loo(tree: xr.DataTree, **kwargs):

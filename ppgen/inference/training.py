@@ -132,7 +132,9 @@ class FitConfig:
         (:func:`~ppgen.inference.stationarity.stationarity`, which scores chunks of rows scaled to
         the full data: not run for a story without a data plate or one that subsamples its rows
         itself), or when a guide of global latents only is far from the posterior its importance
-        weights give (:func:`~ppgen.inference.posterior.guide_gap`); None turns the three checks off.
+        weights give (:func:`~ppgen.inference.posterior.guide_gap`) or, where they cannot say, a
+        Gaussian autoguide far from its optimality conditions
+        (:func:`~ppgen.inference.posterior.newton_gap`); None turns these checks off.
         (Scoring worse than the uniform distribution warns whatever this is.)
     divergence_factor : float or None
         Stop with :class:`DivergenceError` when the loss per example grows past this many times
