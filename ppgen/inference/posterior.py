@@ -476,7 +476,7 @@ def newton_gap(program: Program, args: tuple, num_samples: int = 64, seed: int =
             return None
         draws = torch.cat([free[name].reshape(num_samples, -1) for name in names], 1).double()
         gradients, hessians = [], []
-        for k, draw in enumerate(draws):
+        for draw in draws:
             point = draw.clone().requires_grad_(True)
             parts = torch.split(point, sizes)
             energy = potential({name: part.reshape(free[name].shape[1:]).to(free[name].dtype)
