@@ -467,30 +467,3 @@ def convergence_message(train_elbo: list[float], tol: float, window: int = 5,
                     f"last {span} epochs (ending at {train_elbo[-1]:.4g}; tolerance {tol:g} x {scale.item():.3g}): "
                     f"training had not converged. {advice} (or set convergence_tol=None)")
     return None
-    half = len(train_elbo) // 2
-    spans = [window] + [window * 2 ** k for k in range(1, 32) if window * 2 ** k < half] + [half] * (half > window)
-    for span in spans:
-        values = torch.tensor(train_elbo[-span:], dtype=torch.float64)
-        t = torch.arange(span, dtype=torch.float64)
-        t = t - t.mean()
-        slope = (t * (values - values.mean())).sum() / (t * t).sum()
-        residual = values - values.mean() - slope * t
-        stderr = (residual.pow(2).sum() / (span - 2) / (t * t).sum()).sqrt()
-        scale = 1.0 + values.abs().mean()
-        if slope > tol * scale and slope > (2 if span == window else 3) * stderr:
-            return (f"the objective was still improving by {slope.item():.3g} nats per example per epoch over the "
-                    f"last {span} epochs (ending at {train_elbo[-1]:.4g}; tolerance {tol:g} x {scale.item():.3g}): "
-                    f"training had not converged. {advice} (or set convergence_tol=None)")
-    return None
-    values = torch.tensor(train_elbo[-window:], dtype=torch.float64)
-    t = torch.arange(window, dtype=torch.float64)
-    t = t - t.mean()
-    slope = (t * (values - values.mean())).sum() / (t * t).sum()
-    residual = values - values.mean() - slope * t
-    stderr = (residual.pow(2).sum() / (window - 2) / (t * t).sum()).sqrt()
-    scale = 1.0 + values.abs().mean()
-    if slope > tol * scale and slope > 2 * stderr:
-        return (f"the objective was still improving by {slope.item():.3g} nats per example per epoch over the "
-                f"last {window} epochs (ending at {train_elbo[-1]:.4g}; tolerance {tol:g} x {scale.item():.3g}): "
-                f"training had not converged. {advice} (or set convergence_tol=None)")
-    return None
